@@ -1,0 +1,502 @@
+"""The tenant config model: the one place that derives ports, paths, users and secret locations.
+
+Defaults come from `roles/<component>/defaults/main.yml` (shared with the Ansible roles); inventory host data
+overrides them per host (`<role>: {...}`) and per tenant (`tenants: {<id>: {<role>: {...}}}`). Every deploy,
+template and `appliance` command reads a `HostConfig`/`TenantConfig` instead of recomputing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.roles import role_defaults
+
+# Tenant ids become OS user names (`tenant-<id>`, at most 32 chars), bucket names (`<id>-audit`, S3 rules) and
+# path components, so they are kept to lowercase letters, digits and inner hyphens.
+TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+TENANT_ID_MAX_LEN = 24
+
+
+class ConfigError(ValueError):
+    """An inventory or setting that cannot be deployed; the message names the problem."""
+
+
+class _Settings(BaseModel):
+    """Settings of one role: field names are the role's defaults without the `<role>_` prefix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    role: ClassVar[str]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        prefix = cls.role + "_"
+        raw = role_defaults(cls.role)
+        unknown = [k for k in raw if not k.startswith(prefix) or k[len(prefix) :] not in cls.model_fields]
+        if unknown:
+            raise ConfigError(f"roles/{cls.role}/defaults/main.yml: unknown settings {unknown}")
+        return {k[len(prefix) :]: v for k, v in raw.items()}
+
+    @classmethod
+    def build(cls, *overrides: dict[str, Any] | None, where: str = "") -> _Settings:
+        merged = cls.defaults()
+        for layer in overrides:
+            if layer:
+                merged.update(layer)
+        try:
+            return cls(**merged)
+        except ValidationError as exc:
+            raise ConfigError(f"{where or cls.role} settings: {_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+class CommonSettings(_Settings):
+    role: ClassVar[str] = "appliance"
+    install_root: Path
+    state_root: Path
+    tenants_root: Path
+    config_dir: Path
+    port_base: int = Field(ge=1024, le=65000)
+    ports_per_tenant: int = Field(ge=5, le=100)
+    service_manager: Literal["auto", "systemd", "supervisor"]
+    bind_address: str
+    port_firewall: bool
+    health_timeout_s: int = Field(gt=0)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        # The common role's settings carry the `appliance_` prefix.
+        raw = role_defaults("common")
+        return {k.removeprefix("appliance_"): v for k, v in raw.items()}
+
+
+class PostgresSettings(_Settings):
+    role: ClassVar[str] = "postgres"
+    version: int
+    port_offset: int = Field(ge=0)
+    database: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    max_connections: int = Field(ge=10)
+    shared_buffers: str = Field(pattern=r"^\d+(kB|MB|GB)$")
+    max_wal_senders: int = Field(ge=1)
+    max_replication_slots: int = Field(ge=1)
+    max_slot_wal_keep_size: str = Field(pattern=r"^(-1|\d+(kB|MB|GB|TB))$")
+    checkpoint_timeout: str = Field(pattern=r"^\d+(s|min|h)$")
+    log_min_duration_statement_ms: int
+
+
+class StreamsSettings(_Settings):
+    role: ClassVar[str] = "streams"
+    server_version: str
+    port_offset: int = Field(ge=0)
+    long_poll_timeout_ms: int = Field(ge=100, le=300_000)
+
+
+class SyncRuntime(StrEnum):
+    auto = "auto"
+    embedded = "embedded"
+    electric = "electric"
+
+
+class SyncSettings(_Settings):
+    role: ClassVar[str] = "sync"
+    runtime: SyncRuntime
+    port_offset: int = Field(ge=0)
+    long_poll_timeout_ms: int = Field(ge=100, le=300_000)
+    electric_image: str
+    publication: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    slot: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    snapshot_chunk_rows: int = Field(ge=1)
+
+
+class GatewaySettings(_Settings):
+    role: ClassVar[str] = "gateway"
+    port_offset: int = Field(ge=0)
+    workers: int = Field(ge=1, le=64)
+    token_ttl_s: int = Field(ge=30)
+    key_rotation_grace_s: int = Field(ge=0)
+    max_body_bytes: int = Field(ge=1024)
+    rate_limit_per_minute: int = Field(ge=1)
+
+
+class AgentsSettings(_Settings):
+    role: ClassVar[str] = "agents"
+    port_offset: int = Field(ge=0)
+    max_concurrency: int = Field(ge=1)
+    max_concurrency_per_agent: int = Field(ge=1)
+    handler_timeout_s: float = Field(gt=0)
+    webhook_timeout_s: float = Field(gt=0)
+    webhook_retries: int = Field(ge=0)
+    webhook_max_response_bytes: int = Field(ge=1024)
+
+
+class AuditSettings(_Settings):
+    role: ClassVar[str] = "audit"
+    retention_days: int = Field(ge=1)
+    batch_max_events: int = Field(ge=1)
+    batch_max_age_s: float = Field(gt=0)
+
+
+class BackupSettings(_Settings):
+    role: ClassVar[str] = "backup"
+    archive_timeout_s: int = Field(ge=1)
+    full_schedule: str
+    diff_schedule: str
+    retention_full: int = Field(ge=1)
+
+
+class ObjectStoreSettings(_Settings):
+    role: ClassVar[str] = "objectstore"
+    mode: Literal["embedded", "external"]
+    seaweedfs_version: str
+    s3_port: int
+    master_port: int
+    volume_port: int
+    filer_port: int
+    endpoint: str
+    region: str
+    ca_file: str
+    bind_address: str
+
+    @model_validator(mode="after")
+    def _external_needs_endpoint(self) -> ObjectStoreSettings:
+        if self.mode == "external" and not self.endpoint.startswith("https://"):
+            raise ValueError("an external object store needs an https:// endpoint")
+        return self
+
+    def ports(self) -> dict[str, int]:
+        """Host ports the embedded store occupies (each also +10000 for its gRPC twin)."""
+        if self.mode != "embedded":
+            return {}
+        base = {"s3": self.s3_port, "master": self.master_port, "volume": self.volume_port,
+                "filer": self.filer_port}
+        return base | {f"{name}-grpc": port + 10000 for name, port in base.items()}
+
+
+# The roles a tenant may override, in the order they come up on a host.
+TENANT_ROLES: dict[str, type[_Settings]] = {
+    "postgres": PostgresSettings,
+    "streams": StreamsSettings,
+    "sync": SyncSettings,
+    "gateway": GatewaySettings,
+    "agents": AgentsSettings,
+    "audit": AuditSettings,
+    "backup": BackupSettings,
+}
+
+# Components with a port of their own in the tenant's block.
+PORTED_COMPONENTS = ("postgres", "streams", "sync", "gateway", "agents")
+
+# Database roles every tenant cluster has (besides its superuser); sync needs REPLICATION for logical decoding.
+DB_ROLES: dict[str, dict[str, bool]] = {
+    "gateway": {"replication": False},
+    "sync": {"replication": True},
+    "agents": {"replication": False},
+    "audit": {"replication": False},
+}
+DB_SUPERUSER = "postgres"
+
+
+class SecretKind(StrEnum):
+    password = "password"  # 32 random url-safe bytes
+    token = "token"  # 32 random url-safe bytes, for bearer secrets
+    key32 = "key32"  # 32 random bytes, base64 (symmetric keys)
+    ed25519 = "ed25519"  # PEM private key
+    s3_access_key = "s3_access_key"  # 20 uppercase alphanumerics, as S3 access keys look
+
+
+# Every secret a tenant has, generated on the host at first deploy and reused forever after.
+TENANT_SECRETS: dict[str, SecretKind] = {
+    "db_superuser_password": SecretKind.password,
+    **{f"db_{role}_password": SecretKind.password for role in DB_ROLES},
+    "sync_secret": SecretKind.token,
+    "agents_internal_token": SecretKind.token,
+    "jwt_signing_key": SecretKind.ed25519,
+    "secrets_encryption_key": SecretKind.key32,
+    "backup_cipher_passphrase": SecretKind.password,
+    "s3_access_key": SecretKind.s3_access_key,
+    "s3_secret_key": SecretKind.password,
+}
+
+
+class TenantInventory(BaseModel):
+    """What the inventory says of one tenant: its slot and any overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    slot: int = Field(ge=0, le=999)
+    ports: dict[str, int] = Field(default_factory=dict)
+    postgres: dict[str, Any] | None = None
+    streams: dict[str, Any] | None = None
+    sync: dict[str, Any] | None = None
+    gateway: dict[str, Any] | None = None
+    agents: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    backup: dict[str, Any] | None = None
+
+    @field_validator("ports")
+    @classmethod
+    def _known_components(cls, ports: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(ports) - set(PORTED_COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown components {unknown}; known: {list(PORTED_COMPONENTS)}")
+        for name, port in ports.items():
+            if not 1024 <= port <= 65535:
+                raise ValueError(f"{name} port {port} is outside 1024-65535")
+        return ports
+
+
+def validate_tenant_id(tenant_id: object) -> str:
+    if not isinstance(tenant_id, str):
+        raise ConfigError(f"tenant id {tenant_id!r} must be a string")
+    if len(tenant_id) < 2 or len(tenant_id) > TENANT_ID_MAX_LEN:
+        raise ConfigError(f"tenant id {tenant_id!r} must be 2 to {TENANT_ID_MAX_LEN} characters long")
+    if not TENANT_ID_PATTERN.match(tenant_id):
+        raise ConfigError(
+            f"tenant id {tenant_id!r} may hold only lowercase letters, digits and inner hyphens, "
+            "and must start with a letter"
+        )
+    return tenant_id
+
+
+class TenantConfig(BaseModel):
+    """One tenant on one host, fully resolved."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    slot: int
+    common: CommonSettings
+    postgres: PostgresSettings
+    streams: StreamsSettings
+    sync: SyncSettings
+    gateway: GatewaySettings
+    agents: AgentsSettings
+    audit: AuditSettings
+    backup: BackupSettings
+    objectstore: ObjectStoreSettings
+    port_overrides: dict[str, int] = Field(default_factory=dict)
+
+    # Identity and places --------------------------------------------------------------------------------
+    @property
+    def user(self) -> str:
+        return f"tenant-{self.id}"
+
+    @property
+    def root(self) -> Path:
+        return self.common.tenants_root / self.id
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.root / "postgres" / "data"
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        return self.root / "run" / "postgres"
+
+    @property
+    def streams_data(self) -> Path:
+        return self.root / "streams"
+
+    @property
+    def sync_data(self) -> Path:
+        return self.root / "sync"
+
+    @property
+    def agents_data(self) -> Path:
+        return self.root / "agents"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def config_file(self) -> Path:
+        """The resolved config on the host, written by the deploy (no secrets in it)."""
+        return self.common.config_dir / "tenants" / f"{self.id}.json"
+
+    def secret_path(self, name: str) -> Path:
+        if name not in TENANT_SECRETS:
+            raise KeyError(f"unknown secret {name!r}")
+        return self.secrets_dir / name
+
+    def read_secret(self, name: str) -> str:
+        return self.secret_path(name).read_text().strip()
+
+    def log_file(self, component: str) -> Path:
+        return self.logs_dir / f"{component}.log"
+
+    # Ports ------------------------------------------------------------------------------------------------
+    def port(self, component: str) -> int:
+        if component in self.port_overrides:
+            return self.port_overrides[component]
+        settings = getattr(self, component)
+        return self.common.port_base + self.slot * self.common.ports_per_tenant + settings.port_offset
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {component: self.port(component) for component in PORTED_COMPONENTS}
+
+    # Object store ----------------------------------------------------------------------------------------
+    @property
+    def audit_bucket(self) -> str:
+        return f"{self.id}-audit"
+
+    @property
+    def backup_bucket(self) -> str:
+        return f"{self.id}-backup"
+
+    # Connection strings (passwords are read from the secrets dir by whoever connects) --------------------
+    def pg_conninfo(self, role: str, *, database: str | None = None, via_socket: bool = False) -> dict[str, Any]:
+        """libpq keywords for `role` (a DB_ROLES name or DB_SUPERUSER), without the password."""
+        return {
+            "host": str(self.pg_socket_dir) if via_socket else self.common.bind_address,
+            "port": self.port("postgres"),
+            "user": role,
+            "dbname": database or self.postgres.database,
+        }
+
+    def pg_password_secret(self, role: str) -> str:
+        return "db_superuser_password" if role == DB_SUPERUSER else f"db_{role}_password"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> TenantConfig:
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+class HostConfig(BaseModel):
+    """One host: its common settings, its object store role, and its tenants."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    common: CommonSettings
+    objectstore: ObjectStoreSettings
+    # Inventory name of the host running the embedded store this host's tenants use ("" = this host).
+    objectstore_host: str = ""
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @property
+    def runs_objectstore(self) -> bool:
+        return self.objectstore.mode == "embedded" and not self.objectstore_host
+
+    @property
+    def host_file(self) -> Path:
+        return self.common.config_dir / "host.json"
+
+    def tenant(self, tenant_id: str) -> TenantConfig:
+        for tenant in self.tenants:
+            if tenant.id == tenant_id:
+                return tenant
+        raise ConfigError(f"no tenant {tenant_id!r} on host {self.name}")
+
+
+HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore"}
+
+
+def host_config(name: str, data: dict[str, Any]) -> HostConfig:
+    """Resolve one inventory host's data into its config; raises ConfigError naming the problem."""
+    unknown = sorted(k for k in data if k not in HOST_DATA_KEYS and not k.startswith("_"))
+    if unknown:
+        raise ConfigError(f"host {name}: unknown host data {unknown}; known: {sorted(HOST_DATA_KEYS)}")
+    where = f"host {name}"
+    common = CommonSettings.build(data.get("common"), where=f"{where}: common")
+    objectstore = ObjectStoreSettings.build(data.get("objectstore"), where=f"{where}: objectstore")
+    assert isinstance(common, CommonSettings) and isinstance(objectstore, ObjectStoreSettings)
+    tenants_data = data.get("tenants") or {}
+    if not isinstance(tenants_data, dict):
+        raise ConfigError(f"{where}: tenants must be a mapping of tenant id to settings")
+    tenants: list[TenantConfig] = []
+    for tenant_id, raw in tenants_data.items():
+        validate_tenant_id(tenant_id)
+        try:
+            inv = TenantInventory.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: tenant {tenant_id}: {_explain(exc)}") from None
+        roles = {
+            role: model.build(getattr(inv, role), where=f"{where}: tenant {tenant_id}: {role}")
+            for role, model in TENANT_ROLES.items()
+        }
+        tenants.append(
+            TenantConfig(
+                id=tenant_id, slot=inv.slot, common=common, objectstore=objectstore,
+                port_overrides=inv.ports, **roles,
+            )
+        )
+    host = HostConfig(
+        name=name, common=common, objectstore=objectstore,
+        objectstore_host=str(data.get("objectstore_host") or ""), tenants=tuple(tenants),
+    )
+    _check_ports(host)
+    return host
+
+
+def _check_ports(host: HostConfig) -> None:
+    """Every port on a host belongs to exactly one thing."""
+    owners: dict[int, str] = {}
+
+    def claim(port: int, owner: str) -> None:
+        if port in owners:
+            raise ConfigError(f"host {host.name}: port {port} is used by both {owners[port]} and {owner}")
+        owners[port] = owner
+
+    if host.runs_objectstore:
+        for name, port in host.objectstore.ports().items():
+            claim(port, f"objectstore {name}")
+    slots: dict[int, str] = {}
+    for tenant in host.tenants:
+        if tenant.slot in slots:
+            raise ConfigError(
+                f"host {host.name}: tenants {slots[tenant.slot]} and {tenant.id} both have slot {tenant.slot}"
+            )
+        slots[tenant.slot] = tenant.id
+        for component, port in tenant.ports.items():
+            if not 1024 <= port <= 65535:
+                raise ConfigError(f"host {host.name}: tenant {tenant.id} {component} port {port} is out of range")
+            claim(port, f"tenant {tenant.id} {component}")
+
+
+def inventory_configs(hosts: dict[str, dict[str, Any]]) -> dict[str, HostConfig]:
+    """Resolve and cross-check a whole inventory (host name -> host data) before anything is touched."""
+    if not hosts:
+        raise ConfigError("the inventory lists no hosts")
+    configs = {name: host_config(name, data) for name, data in hosts.items()}
+    seen: dict[str, str] = {}
+    for name, host in configs.items():
+        if host.objectstore_host:
+            vault = configs.get(host.objectstore_host)
+            if vault is None:
+                raise ConfigError(
+                    f"host {name}: objectstore_host {host.objectstore_host!r} is not a host of this inventory"
+                )
+            if not vault.runs_objectstore:
+                raise ConfigError(
+                    f"host {name}: objectstore_host {host.objectstore_host!r} does not run the embedded store"
+                )
+        for tenant in host.tenants:
+            # Tenants share object store namespaces (buckets, identities), so ids are unique inventory-wide.
+            if tenant.id in seen:
+                raise ConfigError(f"tenant {tenant.id} is on both {seen[tenant.id]} and {name}")
+            seen[tenant.id] = name
+    return configs
