@@ -405,6 +405,45 @@ class HostConfig(BaseModel):
     def host_file(self) -> Path:
         return self.common.config_dir / "host.json"
 
+    # The embedded object store's places (only used where it runs) -----------------------------------
+    @property
+    def objectstore_user(self) -> str:
+        return "appliance-objectstore"
+
+    @property
+    def objectstore_root(self) -> Path:
+        return self.common.state_root / "objectstore"
+
+    @property
+    def objectstore_data(self) -> Path:
+        return self.objectstore_root / "data"
+
+    @property
+    def objectstore_conf_dir(self) -> Path:
+        """s3.json, security.toml (JWT keys), the server key and cert; 0700, the store's user only."""
+        return self.objectstore_root / "conf"
+
+    @property
+    def objectstore_admin_file(self) -> Path:
+        """The store's admin S3 credentials (root only, never handed to tenant processes)."""
+        return self.common.config_dir / "objectstore-admin.json"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The host CA that signs the embedded store's certificate; public, trusted by the appliance's clients."""
+        return self.common.config_dir / "tls" / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.common.config_dir / "tls" / "ca.key"
+
+    @property
+    def s3_endpoint(self) -> str:
+        if self.objectstore.mode == "external":
+            return self.objectstore.endpoint
+        host = self.objectstore_host or self.objectstore.bind_address
+        return f"https://{host}:{self.objectstore.s3_port}"
+
     def tenant(self, tenant_id: str) -> TenantConfig:
         for tenant in self.tenants:
             if tenant.id == tenant_id:
