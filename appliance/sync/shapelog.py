@@ -1,0 +1,613 @@
+"""The append-only, crash-safe log of one shape: (LogOffset, message bytes) entries in offset order.
+
+On disk, a shape's directory holds two files:
+
+- `log`: an 8-byte magic, then records `length u32 | crc32 u32 | tx u64 | op u64 | payload`, little-endian.
+  The CRC covers length, tx, op and payload, so a torn or zero-filled tail left by a crash fails to verify.
+- `durable`: the byte length of the log known to be fsynced, rewritten after each sync but never fsynced
+  itself. It can only lag the truth (it is written after the log's fsync returns), so on open a bad record
+  *before* that mark is real damage to synced data (ShapeLogCorrupt), while a bad record after it is a torn
+  tail from a crash, truncated silently.
+
+Payloads are the JSON bytes exactly as served; the HTTP layer joins a read's messages with commas inside
+`[...]`. One entry may hold several comma-joined messages that must travel together (e.g. a whole snapshot
+chunk at `0_<k>`): the log never splits an entry.
+
+Offsets must strictly increase. A read's `last_offset` is always the offset of an entry, so the offsets a
+client can legitimately send back are `-1` and offsets of entries; `contains()` answers exactly that.
+
+Threading model (single writer, many readers):
+
+- `append()`, `sync()` and `close()` may be called from any thread; they serialise on internal locks, but
+  the design assumes one logical writer (the replication engine) deciding the order of entries.
+  `append()` only touches memory unless the buffer passes FLUSH_BUFFER_BYTES (then one pwrite, no fsync);
+  `sync()` blocks on fdatasync, so from asyncio run it in a worker (`await asyncio.to_thread(log.sync)`).
+  Appends may continue while another thread is inside `sync()`.
+- `read()` and `contains()` are safe from any number of threads at once (positional reads on a shared fd);
+  they see only synced data. They do blocking file reads of bounded size (≈ max_bytes + 64 KiB); from an
+  event loop that is usually fine for page-cached data, or use `asyncio.to_thread` for large reads.
+- `wait_for_data()` is a coroutine for long-poll handlers, woken from whichever thread completed the sync;
+  `add_listener()` registers a plain callback run in the syncing thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, NamedTuple, Self
+
+from appliance.sync.offsets import BEFORE_ALL, INF_OP, LogOffset
+
+log = logging.getLogger(__name__)
+
+LOG_FILE: Final = "log"
+WATERMARK_FILE: Final = "durable"
+
+_FILE_MAGIC: Final = b"ESHLOG01"
+HEADER_SIZE: Final = len(_FILE_MAGIC)
+_RECORD: Final = struct.Struct("<IIQQ")  # length, crc32, tx, op
+_RECORD_SIZE: Final = _RECORD.size
+_CRC_PREFIX: Final = struct.Struct("<IQQ")  # the header fields the CRC covers (all but the CRC itself)
+_WATERMARK_MAGIC: Final = b"ESHDUR01"
+_WATERMARK: Final = struct.Struct("<8sQI")  # magic, durable end, crc32 of the first two
+
+# A bound on one entry so a corrupted length field cannot make recovery or a read allocate gigabytes.
+MAX_ENTRY_BYTES: Final = 256 * 1024 * 1024
+# One sparse-index point per this many log bytes: a read starts at most this far before its target, and
+# memory is ~100 bytes per point (a 1 GiB log costs ~1.6 MB of index).
+INDEX_EVERY_BYTES: Final = 64 * 1024
+# Unit of positional reads; with max_bytes it bounds a read's memory.
+READ_CHUNK_BYTES: Final = 64 * 1024
+# Appends past this much unsynced data go to the file (no fsync) so a big snapshot never sits in memory.
+FLUSH_BUFFER_BYTES: Final = 1024 * 1024
+DEFAULT_READ_BYTES: Final = 10 * 1024 * 1024
+
+
+class ShapeLogError(Exception):
+    """Base class of shape log failures."""
+
+
+class ShapeLogCorrupt(ShapeLogError):
+    """Synced data cannot be read back (bad CRC or framing before the durable mark)."""
+
+
+class ShapeLogClosed(ShapeLogError):
+    """The log was closed (e.g. its shape was deleted)."""
+
+
+class ShapeLogFailed(ShapeLogError):
+    """A write or fsync failed; what reached the disk is unknown, so the log refuses writes until reopened."""
+
+
+class LogRead(NamedTuple):
+    """What `read()` returns: messages in order, and the offset of the last one (or `after` if none)."""
+
+    messages: list[bytes]
+    last_offset: LogOffset
+
+
+class _BadRecord(Exception):
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(f"bad record at byte {position}: {reason}")
+        self.position = position
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Waiter:
+    after: LogOffset
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None] = field(repr=False)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (new, renamed or removed files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directories(path: Path) -> None:
+    """mkdir -p that also fsyncs the parent of every directory it creates, so they survive a power loss."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent creator is as good as us
+            directory.mkdir(mode=0o700)
+        fsync_directory(directory.parent)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view = view[written:]
+        position += written
+
+
+def _record_crc(length: int, tx: int, op: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, tx, op)))
+
+
+def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
+    """Yield (position, tx, op, payload) for each record in [start, end); raise _BadRecord on bad framing.
+
+    Reads READ_CHUNK_BYTES at a time (more only for a single larger record), so memory stays bounded
+    whatever the log size. The payload view is only valid until the next iteration.
+    """
+    position = start
+    chunk = b""
+    chunk_start = start
+    while position < end:
+        rel = position - chunk_start
+        if rel + _RECORD_SIZE > len(chunk):
+            chunk = os.pread(fd, min(READ_CHUNK_BYTES, end - position), position)
+            chunk_start, rel = position, 0
+            if len(chunk) < _RECORD_SIZE:
+                raise _BadRecord(position, "truncated header")
+        length, crc, tx, op = _RECORD.unpack_from(chunk, rel)
+        total = _RECORD_SIZE + length
+        if length > MAX_ENTRY_BYTES or position + total > end:
+            raise _BadRecord(position, "record runs past the end")
+        if rel + total > len(chunk):
+            chunk = os.pread(fd, max(total, min(READ_CHUNK_BYTES, end - position)), position)
+            chunk_start, rel = position, 0
+            if len(chunk) < total:
+                raise _BadRecord(position, "short read")
+        payload = memoryview(chunk)[rel + _RECORD_SIZE : rel + total]
+        if _record_crc(length, tx, op, payload) != crc:
+            raise _BadRecord(position, "checksum mismatch")
+        yield position, tx, op, payload
+        position += total
+
+
+class ShapeLog:
+    """One shape's log. Open with `ShapeLog.open(directory)`; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        directory: Path,
+        log_fd: int,
+        watermark_fd: int,
+        end: int,
+        last_offset: LogOffset,
+        index_keys: list[tuple[int, int]],
+        index_positions: list[int],
+    ) -> None:
+        self.directory = directory
+        self._fd = log_fd
+        self._watermark_fd = watermark_fd
+
+        # Published state, what readers may see: guarded by _state.
+        self._state = threading.Condition(threading.Lock())
+        self._durable_end = end
+        self._durable_offset = last_offset
+        self._index_keys = index_keys  # (tx, op) of the first record at or after each index point
+        self._index_positions = index_positions
+        self._waiters: set[_Waiter] = set()
+        self._listeners: list[Callable[[LogOffset], None]] = []
+        self._active_reads = 0
+        self._closed = False
+
+        # Writer state: guarded by _append_lock. _buffer holds records for file bytes [_buffer_start, ...).
+        self._append_lock = threading.Lock()
+        self._buffer = bytearray()
+        self._buffer_start = end
+        self._last_offset = last_offset
+        self._last_index_position = index_positions[-1] if index_positions else HEADER_SIZE
+        self._pending_index: list[tuple[tuple[int, int], int]] = []
+        self._failure: BaseException | None = None
+
+        # Only one fdatasync/publish at a time, so published state advances in order.
+        self._sync_lock = threading.Lock()
+
+    # -- opening and recovery ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path | str) -> ShapeLog:
+        """Open (creating if needed) the log in `directory`, truncating a torn tail left by a crash.
+
+        Raises ShapeLogCorrupt if data before the durable mark is unreadable, and ShapeLogError if another
+        ShapeLog (in this or another process) has the log open.
+        """
+        directory = Path(directory)
+        make_directories(directory)
+        log_path = directory / LOG_FILE
+        created = False
+        try:
+            fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(log_path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ShapeLogError(f"{log_path} is already open by another writer") from None
+            cls._ensure_header(fd, log_path)
+            watermark_fd, watermark_created = cls._open_watermark(directory)
+            if created or watermark_created:
+                fsync_directory(directory)
+            try:
+                return cls._recover(directory, fd, watermark_fd)
+            except BaseException:
+                os.close(watermark_fd)
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _ensure_header(fd: int, log_path: Path) -> None:
+        head = os.pread(fd, HEADER_SIZE, 0)
+        if head == _FILE_MAGIC:
+            return
+        if len(head) < HEADER_SIZE and _FILE_MAGIC.startswith(head):
+            # A crash between creating the file and syncing its header: nothing was ever appended.
+            os.ftruncate(fd, 0)
+            _pwrite_all(fd, _FILE_MAGIC, 0)
+            os.fdatasync(fd)
+            return
+        raise ShapeLogCorrupt(f"{log_path} is not a shape log (bad magic)")
+
+    @staticmethod
+    def _open_watermark(directory: Path) -> tuple[int, bool]:
+        path = directory / WATERMARK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC), False
+        # Full-size from the start, so later updates overwrite in place and never change the file size.
+        _pwrite_all(fd, _encode_watermark(HEADER_SIZE), 0)
+        os.fdatasync(fd)
+        return fd, True
+
+    @classmethod
+    def _recover(cls, directory: Path, fd: int, watermark_fd: int) -> ShapeLog:
+        file_size = os.fstat(fd).st_size
+        durable_mark = _decode_watermark(os.pread(watermark_fd, _WATERMARK.size, 0))
+        index_keys: list[tuple[int, int]] = []
+        index_positions: list[int] = []
+        last_key = (BEFORE_ALL.tx, BEFORE_ALL.op)
+        last_indexed = HEADER_SIZE
+        valid_end = HEADER_SIZE
+        try:
+            for position, tx, op, payload in _iter_records(fd, HEADER_SIZE, file_size):
+                key = (tx, op)
+                if key <= last_key or (op == INF_OP and tx != 0):
+                    raise _BadRecord(position, "offset out of order")
+                if position - last_indexed >= INDEX_EVERY_BYTES:
+                    index_keys.append(key)
+                    index_positions.append(position)
+                    last_indexed = position
+                last_key = key
+                valid_end = position + _RECORD_SIZE + len(payload)
+        except _BadRecord as bad:
+            if bad.position < durable_mark:
+                raise ShapeLogCorrupt(
+                    f"{directory / LOG_FILE}: {bad}, but bytes up to {durable_mark} were synced"
+                ) from None
+            log.warning("%s: dropping torn tail (%s, %d bytes)", directory / LOG_FILE, bad, file_size - valid_end)
+            os.ftruncate(fd, valid_end)
+        if durable_mark > valid_end:
+            raise ShapeLogCorrupt(f"{directory / LOG_FILE}: ends at {valid_end}, synced up to {durable_mark}")
+        # Records that survived only in the page cache (the process died, the machine did not) are served
+        # from now on, so they must be on disk before anyone reads them.
+        os.fdatasync(fd)
+        if valid_end != durable_mark:
+            _pwrite_all(watermark_fd, _encode_watermark(valid_end), 0)
+        last_offset = BEFORE_ALL if last_key[0] == -1 else LogOffset(*last_key)
+        return cls(directory, fd, watermark_fd, valid_end, last_offset, index_keys, index_positions)
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    @property
+    def last_offset(self) -> LogOffset:
+        """Offset of the last appended entry, synced or not (BEFORE_ALL when empty).
+
+        After a crash and reopen this is the last entry that reached the file; the engine skips replayed
+        entries at or below it, which is exact as long as it assigns offsets deterministically
+        (`<commit lsn>_<op position>`).
+        """
+        return self._last_offset
+
+    @property
+    def durable_offset(self) -> LogOffset:
+        """Offset of the last synced entry: the newest a reader can see (what `offset=now` resolves to)."""
+        return self._durable_offset
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of synced log, header included."""
+        return self._durable_end
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, entries: Iterable[tuple[LogOffset, bytes]]) -> None:
+        """Buffer entries; they become visible and durable at the next `sync()`.
+
+        Offsets must be strictly greater than `last_offset` and increasing within the batch; a bad batch is
+        refused whole (ValueError) with nothing appended.
+        """
+        with self._append_lock:
+            self._check_writable()
+            encoded = bytearray()
+            new_index: list[tuple[tuple[int, int], int]] = []
+            last = self._last_offset
+            last_indexed = self._last_index_position
+            base = self._buffer_start + len(self._buffer)
+            for offset, message in entries:
+                if offset <= last:
+                    raise ValueError(f"offset {offset} is not after {last}")
+                if not message:
+                    raise ValueError(f"empty message at {offset}")
+                if len(message) > MAX_ENTRY_BYTES:
+                    raise ValueError(f"message at {offset} is larger than {MAX_ENTRY_BYTES} bytes")
+                position = base + len(encoded)
+                if position - last_indexed >= INDEX_EVERY_BYTES:
+                    new_index.append(((offset.tx, offset.op), position))
+                    last_indexed = position
+                length = len(message)
+                encoded += _RECORD.pack(
+                    length, _record_crc(length, offset.tx, offset.op, message), offset.tx, offset.op
+                )
+                encoded += message
+                last = offset
+            self._buffer += encoded
+            self._pending_index.extend(new_index)
+            self._last_index_position = last_indexed
+            self._last_offset = last
+            if len(self._buffer) >= FLUSH_BUFFER_BYTES:
+                self._flush_buffer_locked()
+
+    def sync(self) -> LogOffset:
+        """Write and fdatasync everything appended so far, then wake readers; returns the durable offset.
+
+        When it returns, every entry appended before the call survives a crash or power loss.
+        """
+        with self._sync_lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> LogOffset:
+        with self._append_lock:
+            self._check_writable()
+            self._flush_buffer_locked()
+            end = self._buffer_start
+            last = self._last_offset
+            new_index = self._pending_index
+            self._pending_index = []
+        if end == self._durable_end:
+            return self._durable_offset
+        try:
+            os.fdatasync(self._fd)
+        except BaseException as exc:
+            # After a failed fsync the page cache may hold data the disk never got, so nothing written
+            # since the last good sync can be trusted (see PostgreSQL's "fsyncgate").
+            self._fail(exc)
+            raise ShapeLogFailed(f"{self.directory}: fdatasync failed: {exc}") from exc
+        try:
+            _pwrite_all(self._watermark_fd, _encode_watermark(end), 0)
+        except OSError as exc:
+            # Only a hint for telling damage from a torn tail on open; the data itself is durable.
+            log.warning("%s: cannot update the durable mark: %s", self.directory, exc)
+        self._publish(end, last, new_index)
+        return last
+
+    def _flush_buffer_locked(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            _pwrite_all(self._fd, self._buffer, self._buffer_start)
+        except BaseException as exc:
+            self._fail(exc)
+            raise ShapeLogFailed(f"{self.directory}: write failed: {exc}") from exc
+        self._buffer_start += len(self._buffer)
+        self._buffer.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ShapeLogClosed(f"{self.directory} is closed")
+        if self._failure is not None:
+            raise ShapeLogFailed(f"{self.directory}: a write failed ({self._failure}); reopen the log")
+
+    def _publish(self, end: int, last: LogOffset, new_index: list[tuple[tuple[int, int], int]]) -> None:
+        with self._state:
+            self._durable_end = end
+            self._durable_offset = last
+            for key, position in new_index:
+                self._index_keys.append(key)
+                self._index_positions.append(position)
+            woken = [waiter for waiter in self._waiters if waiter.after < last]
+            self._waiters.difference_update(woken)
+            listeners = list(self._listeners)
+        for waiter in woken:
+            _wake(waiter)
+        for listener in listeners:
+            try:
+                listener(last)
+            except Exception:
+                log.exception("%s: listener failed", self.directory)
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def read(self, after: LogOffset, max_bytes: int = DEFAULT_READ_BYTES) -> LogRead:
+        """Synced entries with offset strictly greater than `after`, in order.
+
+        Stops before the payload total would pass `max_bytes`, but always returns at least one entry when
+        one exists, so a caller always makes progress. Returns `([], after)` when nothing is newer.
+        """
+        with self._state:
+            self._check_open()
+            end = self._durable_end
+            if after >= self._durable_offset:
+                return LogRead([], after)
+            start = self._start_position_locked(after)
+            self._active_reads += 1
+        try:
+            messages: list[bytes] = []
+            total = 0
+            after_key = (after.tx, after.op)
+            last_key = after_key
+            for _position, tx, op, payload in self._records(start, end):
+                if (tx, op) <= after_key:
+                    continue
+                if messages and total + len(payload) > max_bytes:
+                    break
+                messages.append(bytes(payload))
+                total += len(payload)
+                last_key = (tx, op)
+            last_offset = after if last_key == after_key else LogOffset(*last_key)
+            return LogRead(messages, last_offset)
+        finally:
+            self._end_read()
+
+    def contains(self, offset: LogOffset) -> bool:
+        """True for `-1` and for the offset of any synced entry: exactly the offsets this log hands out."""
+        if offset == BEFORE_ALL:
+            return True
+        with self._state:
+            self._check_open()
+            if offset >= self._durable_offset:
+                return offset == self._durable_offset
+            end = self._durable_end
+            start = self._start_position_locked(offset)
+            self._active_reads += 1
+        try:
+            target = (offset.tx, offset.op)
+            for _position, tx, op, _payload in self._records(start, end):
+                if (tx, op) >= target:
+                    return (tx, op) == target
+            return False
+        finally:
+            self._end_read()
+
+    def _start_position_locked(self, after: LogOffset) -> int:
+        # The last index point whose first record is <= after: every record > after lies beyond it.
+        slot = bisect.bisect_right(self._index_keys, (after.tx, after.op)) - 1
+        return self._index_positions[slot] if slot >= 0 else HEADER_SIZE
+
+    def _records(self, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
+        try:
+            yield from _iter_records(self._fd, start, end)
+        except _BadRecord as bad:
+            raise ShapeLogCorrupt(f"{self.directory / LOG_FILE}: {bad}") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShapeLogClosed(f"{self.directory} is closed")
+
+    def _end_read(self) -> None:
+        with self._state:
+            self._active_reads -= 1
+            if self._active_reads == 0:
+                self._state.notify_all()
+
+    # -- waiting for new data ----------------------------------------------------------------------------
+
+    async def wait_for_data(self, after: LogOffset, timeout: float | None = None) -> bool:
+        """Wait until an entry newer than `after` is synced; True if so, False on timeout or close."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(after, loop, loop.create_future())
+        with self._state:
+            if self._closed:
+                return False
+            if self._durable_offset > after:
+                return True
+            self._waiters.add(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.future
+        except TimeoutError:
+            pass
+        finally:
+            with self._state:
+                self._waiters.discard(waiter)
+        return not self._closed and self._durable_offset > after
+
+    def add_listener(self, listener: Callable[[LogOffset], None]) -> Callable[[], None]:
+        """Call `listener(durable_offset)` after each sync that shows new data; returns an unsubscriber.
+
+        It runs in the syncing thread and must be quick (e.g. `loop.call_soon_threadsafe(...)`).
+        """
+        with self._state:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._state, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    # -- closing -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Sync what is buffered (unless the log has failed), wake every waiter, then release the files.
+
+        Waits for reads in progress to finish; afterwards every call but `close()` raises ShapeLogClosed.
+        """
+        with self._sync_lock:
+            if self._closed:
+                return
+            try:
+                if self._failure is None:
+                    self._sync_locked()
+            finally:
+                with self._append_lock, self._state:
+                    self._closed = True
+                    woken = list(self._waiters)
+                    self._waiters.clear()
+                    self._state.wait_for(lambda: self._active_reads == 0)
+                    os.close(self._watermark_fd)
+                    os.close(self._fd)  # also drops the flock
+                for waiter in woken:
+                    _wake(waiter)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _wake(waiter: _Waiter) -> None:
+    def resolve() -> None:
+        if not waiter.future.done():
+            waiter.future.set_result(None)
+
+    # The waiting loop may already be gone (its request was cancelled and the loop closed).
+    with contextlib.suppress(RuntimeError):
+        waiter.loop.call_soon_threadsafe(resolve)
+
+
+def _encode_watermark(end: int) -> bytes:
+    return _WATERMARK.pack(_WATERMARK_MAGIC, end, zlib.crc32(_WATERMARK_MAGIC + end.to_bytes(8, "little")))
+
+
+def _decode_watermark(data: bytes) -> int:
+    """The durable mark, or HEADER_SIZE (nothing known durable) when the mark is missing or torn."""
+    if len(data) != _WATERMARK.size:
+        return HEADER_SIZE
+    magic, end, crc = _WATERMARK.unpack(data)
+    if magic != _WATERMARK_MAGIC or crc != zlib.crc32(magic + end.to_bytes(8, "little")):
+        return HEADER_SIZE
+    return int(end)
