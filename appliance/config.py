@@ -451,12 +451,14 @@ class HostConfig(BaseModel):
         raise ConfigError(f"no tenant {tenant_id!r} on host {self.name}")
 
 
-HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore"}
+HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore", "only_tenants"}
+# Keys pyinfra connectors read from host data; they are not appliance settings.
+CONNECTOR_KEY_PREFIXES = ("ssh_", "_", "docker_", "vagrant_", "local_", "chroot_", "winrm_")
 
 
 def host_config(name: str, data: dict[str, Any]) -> HostConfig:
     """Resolve one inventory host's data into its config; raises ConfigError naming the problem."""
-    unknown = sorted(k for k in data if k not in HOST_DATA_KEYS and not k.startswith("_"))
+    unknown = sorted(k for k in data if k not in HOST_DATA_KEYS and not k.startswith(CONNECTOR_KEY_PREFIXES))
     if unknown:
         raise ConfigError(f"host {name}: unknown host data {unknown}; known: {sorted(HOST_DATA_KEYS)}")
     where = f"host {name}"
@@ -539,3 +541,23 @@ def inventory_configs(hosts: dict[str, dict[str, Any]]) -> dict[str, HostConfig]
                 raise ConfigError(f"tenant {tenant.id} is on both {seen[tenant.id]} and {name}")
             seen[tenant.id] = name
     return configs
+
+
+def default_config_dir() -> Path:
+    """Where the deploy leaves host.json; APPLIANCE_CONFIG_DIR points commands elsewhere (tests, scratch)."""
+    import os
+
+    override = os.environ.get("APPLIANCE_CONFIG_DIR")
+    return Path(override) if override else Path(CommonSettings.defaults()["config_dir"])
+
+
+def load_host_config(config_dir: Path | None = None) -> HostConfig:
+    """The resolved config the last deploy left on this host."""
+    path = (config_dir or default_config_dir()) / "host.json"
+    try:
+        return HostConfig.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist: this host has not been deployed yet "
+            "(run `pyinfra -y inventory/local.py deploy.py`)"
+        ) from None

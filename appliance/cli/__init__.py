@@ -1,0 +1,43 @@
+"""`appliance`: the operator's command line (and the deploy's host-side helpers under `appliance host`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from appliance import __version__
+from appliance.config import ConfigError
+
+
+class _Group(click.Group):
+    """Turns configuration errors into one clear line and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="appliance")
+def main() -> None:
+    """Operate the sovereign tenant appliance on this host.
+
+    Deploy with pyinfra (`pyinfra -y inventory/local.py deploy.py`); then use these commands on the host,
+    as root, to see and operate what runs.
+    """
+
+
+def _register() -> None:
+    from appliance.cli import host, inventory, status, tenant
+
+    main.add_command(status.status)
+    main.add_command(tenant.tenant)
+    main.add_command(inventory.inventory)
+    main.add_command(host.host)
+
+
+_register()

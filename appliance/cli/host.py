@@ -1,0 +1,132 @@
+"""`appliance host ...`: host-side steps the deploy runs on each host (idempotent; they print what changed).
+
+Operators do not need these; they exist so that work needing the host's own secrets happens on the host and
+never passes through the controller or the inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import sys
+import time
+
+import click
+
+from appliance.config import HostConfig, TenantConfig, load_host_config
+
+
+def _tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
+    host = load_host_config()
+    return host, host.tenant(tenant_id)
+
+
+def _report(changes: list[str], what: str) -> None:
+    click.echo(f"{what}: " + (", ".join(changes) if changes else "no change"))
+
+
+@click.group(hidden=True)
+def host() -> None:
+    """Host-side steps of the deploy (internal)."""
+
+
+@host.command()
+@click.option("--tenant", "tenant_id", help="Report this tenant's facts instead of the host's.")
+def facts(tenant_id: str | None) -> None:
+    """Print what the host (or a tenant on it) is, as JSON."""
+    from appliance.host.facts import host_facts, tenant_facts
+
+    host_config = load_host_config()
+    data = tenant_facts(host_config.tenant(tenant_id)) if tenant_id else host_facts(host_config)
+    click.echo(json.dumps(data, sort_keys=True))
+
+
+@host.command()
+@click.argument("tenant_id")
+def secrets(tenant_id: str) -> None:
+    """Generate the tenant's missing secrets (0600, owned by the tenant user); never print them."""
+    from appliance.secrets import ensure_tenant_secrets
+
+    _, tenant = _tenant(tenant_id)
+    user = pwd.getpwnam(tenant.user)
+    _report(ensure_tenant_secrets(tenant, user.pw_uid, user.pw_gid), f"secrets of {tenant_id}")
+
+
+@host.command("postgres-init")
+@click.argument("tenant_id")
+def postgres_init(tenant_id: str) -> None:
+    """initdb the tenant's cluster as the tenant's OS user (once)."""
+    from appliance.host.postgres import initdb
+
+    _, tenant = _tenant(tenant_id)
+    _report(["cluster created"] if initdb(tenant) else [], f"postgres cluster of {tenant_id}")
+
+
+@host.command("postgres-roles")
+@click.argument("tenant_id")
+def postgres_roles(tenant_id: str) -> None:
+    """Create the tenant's database roles and database; re-sync role passwords with the secrets."""
+    from appliance.host.postgres import ensure_roles
+
+    _, tenant = _tenant(tenant_id)
+    _report(ensure_roles(tenant), f"postgres roles of {tenant_id}")
+
+
+@host.command("postgres-reload")
+@click.argument("tenant_id")
+def postgres_reload(tenant_id: str) -> None:
+    """Apply changed postgres config: reload, and restart only if a changed setting needs it."""
+    import subprocess
+
+    from appliance.host.postgres import reload
+    from appliance.services import tenant_services
+    from appliance.supervision import detect, manager
+
+    host_config, tenant = _tenant(tenant_id)
+    if not reload(tenant):
+        click.echo(f"postgres of {tenant_id}: reloaded")
+        return
+    spec = next(s for s in tenant_services(tenant) if s.component == "postgres")
+    subprocess.run(manager(detect(host_config.common.service_manager)).restart_command(spec), check=True)
+    click.echo(f"postgres of {tenant_id}: restarted (a changed setting needs a restart)")
+
+
+@host.command()
+@click.option("--tenant", "tenant_id", help="Wait for this tenant's components (default: the host's).")
+@click.option("--timeout", type=float, help="Seconds to wait (default: the health_timeout_s setting).")
+@click.argument("components", nargs=-1, required=True)
+def wait(tenant_id: str | None, timeout: float | None, components: tuple[str, ...]) -> None:
+    """Wait until the named components answer their health probes; name the log to read if they do not."""
+    from appliance.services import host_services
+    from appliance.status import _component
+    from appliance.supervision import detect, manager
+
+    host_config = load_host_config()
+    specs = [s for s in host_services(host_config) if s.tenant == tenant_id and s.component in components]
+    missing = set(components) - {s.component for s in specs}
+    if missing:
+        raise click.UsageError(f"unknown components {sorted(missing)}")
+    mgr = manager(detect(host_config.common.service_manager))
+    deadline = time.monotonic() + (timeout or host_config.common.health_timeout_s)
+    pending = {s.name: s for s in specs}
+    last_detail: dict[str, str] = {}
+    started = time.monotonic()
+    while pending:
+        states = mgr.states(list(pending.values()))
+        for name, spec in list(pending.items()):
+            status = _component(spec, states[name], host_config)
+            last_detail[name] = status.detail
+            if status.healthy:
+                click.echo(f"{spec.name}: healthy after {time.monotonic() - started:.1f}s ({status.detail})")
+                del pending[name]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            for name, spec in pending.items():
+                click.echo(
+                    f"error: {spec.component}{' of ' + tenant_id if tenant_id else ''} is not healthy: "
+                    f"{last_detail[name]}; command: {' '.join(spec.command)}; log: {spec.log_file}",
+                    err=True,
+                )
+            sys.exit(1)
+        time.sleep(0.25)

@@ -1,0 +1,103 @@
+"""`appliance tenant ...`: operations on one tenant of this host."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from appliance.config import HostConfig, TenantConfig, load_host_config
+from appliance.services import tenant_services
+from appliance.supervision import detect, manager
+
+
+@click.group()
+def tenant() -> None:
+    """Operate on one tenant of this host."""
+
+
+def _pids_of(uid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except FileNotFoundError:
+                continue
+    return pids
+
+
+def _remove_services(host: HostConfig, tenant_config: TenantConfig) -> None:
+    mgr = manager(detect(host.common.service_manager))
+    specs = tenant_services(tenant_config)
+    for spec in reversed(specs):
+        click.echo(f"stopping {spec.name}")
+        subprocess.run(mgr.stop_command(spec), capture_output=True)
+        mgr.unit_path(spec).unlink(missing_ok=True)
+    subprocess.run(mgr.remove_command(specs), capture_output=True)
+
+
+def _kill_leftovers(uid: int) -> None:
+    """Anything still running as the tenant's user (a stray child) goes too, by PID."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _pids_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+@tenant.command()
+@click.argument("tenant_id")
+@click.option("--yes-destroy-data", is_flag=True, help="Required: confirms that the tenant's data is deleted.")
+def destroy(tenant_id: str, yes_destroy_data: bool) -> None:
+    """Stop and remove a tenant's processes, OS user and data on this host.
+
+    Its COMPLIANCE-locked audit objects cannot be deleted by anyone until their retention ends; they stay
+    in the object store. Remove the tenant from the inventory too, or the next deploy creates it again.
+    """
+    host = load_host_config()
+    tenant_config = host.tenant(tenant_id)
+    if not yes_destroy_data:
+        raise click.UsageError(
+            f"this deletes every byte of tenant {tenant_id} on this host ({tenant_config.root}); "
+            "pass --yes-destroy-data to confirm"
+        )
+    _remove_services(host, tenant_config)
+    try:
+        user = pwd.getpwnam(tenant_config.user)
+    except KeyError:
+        user = None
+    if user is not None:
+        _kill_leftovers(user.pw_uid)
+    if tenant_config.root.exists():
+        click.echo(f"removing {tenant_config.root}")
+        shutil.rmtree(tenant_config.root)
+    if user is not None:
+        click.echo(f"removing OS user {tenant_config.user}")
+        subprocess.run(["userdel", tenant_config.user], check=True, capture_output=True)
+    if host.runs_objectstore:
+        from appliance.host.objectstore import forget_tenant
+
+        for line in forget_tenant(host, tenant_config):
+            click.echo(line)
+    remaining = tuple(t for t in host.tenants if t.id != tenant_id)
+    host.host_file.write_text(host.model_copy(update={"tenants": remaining}).model_dump_json(indent=2) + "\n")
+    click.echo(
+        f"tenant {tenant_id} destroyed on this host.\n"
+        f"note: its audit batches in bucket {tenant_config.audit_bucket} are locked in COMPLIANCE mode for "
+        f"{tenant_config.audit.retention_days} days from when each was shipped; nobody, the operator included, "
+        "can delete them before then.\n"
+        f"next: remove {tenant_id} from the inventory, or the next deploy recreates it empty."
+    )

@@ -1,0 +1,147 @@
+"""Host bootstrap, once per host: packages, the appliance's venv and sources, the streams server, supervisord."""
+
+from __future__ import annotations
+
+import io
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.facts.server import Which
+from pyinfra.operations import apt, files, server
+
+from appliance.config import HostConfig
+from appliance.deploys.facts import FileContent, SupervisordRunning
+from appliance.deploys.source import requirements_digest, tarball
+from appliance.roles import role_file
+from appliance.supervision import SUPERVISOR_CONF, ManagerName
+
+# Debian's python3 builds the host venv: it is what every Debian 12 host has, whatever the controller runs.
+HOST_PYTHON = "/usr/bin/python3"
+
+
+def apt_packages(config: HostConfig, manager: ManagerName) -> list[str]:
+    packages = [
+        f"postgresql-{_postgres_version(config)}",
+        "postgresql-contrib",
+        "pgbackrest",
+        "nodejs",
+        "python3-venv",
+        "nftables",
+        "ca-certificates",
+    ]
+    if manager == "supervisor":
+        packages.append("supervisor")
+    return packages
+
+
+def _postgres_version(config: HostConfig) -> int:
+    from appliance.config import PostgresSettings
+
+    versions = {t.postgres.version for t in config.tenants} or {PostgresSettings.defaults()["version"]}
+    if len(versions) != 1:
+        raise ValueError(f"host {config.name}: tenants ask for different postgres versions {sorted(versions)}")
+    return versions.pop()
+
+
+@operation()
+def appliance_sources(config: HostConfig):
+    """Ship the appliance's sources to <install_root>/src and install them into its venv, when they changed."""
+    root = config.common.install_root
+    data, digest = tarball()
+    if host.get_fact(FileContent, path=f"{root}/src/.source-sha256") == digest:
+        host.noop("appliance sources are current")
+        return
+    yield from files.put._inner(src=io.BytesIO(data), dest=f"{root}/src.tar.gz", mode="600")
+    q = shlex.quote
+    yield (
+        f"rm -rf {q(str(root))}/src.new && mkdir -p {q(str(root))}/src.new && "
+        f"tar -xzf {q(str(root))}/src.tar.gz -C {q(str(root))}/src.new && "
+        f"rm -rf {q(str(root))}/src && mv {q(str(root))}/src.new {q(str(root))}/src && "
+        f"rm -f {q(str(root))}/src.tar.gz"
+    )
+    venv = root / "venv"
+    lock_digest = requirements_digest()
+    # Dependencies are reinstalled only when the lock changes; our own package is an editable install of
+    # src/, so roles/ stays beside it and a code change needs no pip run.
+    yield (
+        f"if [ \"$(cat {venv}/.requirements-sha256 2>/dev/null)\" != {lock_digest} ]; then "
+        f"{venv}/bin/pip install --quiet --disable-pip-version-check -r {root}/src/requirements.lock && "
+        f"echo {lock_digest} > {venv}/.requirements-sha256; fi"
+    )
+    yield (
+        f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation "
+        f"-e {root}/src"
+    )
+    yield f"echo {digest} > {root}/src/.source-sha256"
+
+
+@operation()
+def supervisord_running():
+    """Start supervisord when it is not running (hosts where systemd is not PID 1)."""
+    if host.get_fact(SupervisordRunning):
+        host.noop("supervisord is running")
+        return
+    yield f"supervisord -c {SUPERVISOR_CONF}"
+    # supervisord daemonizes before its socket is up; wait so the next step can talk to it.
+    yield "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"
+
+
+@deploy("Host bootstrap")
+def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
+    apt.packages(
+        name="Install system packages (postgres, pgbackrest, node, supervisor, nftables)",
+        packages=apt_packages(config, manager),
+        update=True,
+        cache_time=24 * 3600,
+        no_recommends=True,
+    )
+    if not host.get_fact(Which, command="npm"):
+        # Nodesource's nodejs ships npm; Debian's splits it out.
+        apt.packages(name="Install npm", packages=["npm"], no_recommends=True)
+
+    root = config.common.install_root
+    files.directory(name="Appliance install root", path=str(root), mode="755", user="root", group="root")
+    files.directory(
+        name="Appliance config dir", path=str(config.common.config_dir), mode="755", user="root", group="root"
+    )
+    server.shell(
+        name="Create the appliance venv",
+        commands=[f"{HOST_PYTHON} -m venv {root}/venv && {root}/venv/bin/pip install --quiet -U pip setuptools"],
+        _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
+    )
+    appliance_sources(name="Install the appliance package into its venv", config=config)
+    files.put(
+        name="Resolved host config (no secrets)",
+        src=io.StringIO(config.model_dump_json(indent=2) + "\n"),
+        dest=str(config.common.config_dir / "host.json"),
+        mode="644", user="root", group="root",
+    )
+
+    streams = root / "streams"
+    files.directory(name="Streams server dir", path=str(streams), mode="755", user="root", group="root")
+    package_files = [
+        files.put(
+            name=f"Streams server {name}",
+            src=str(role_file("streams", name)),
+            dest=str(streams / name),
+            mode="644", user="root", group="root",
+        )
+        for name in ("package.json", "package-lock.json")
+    ]
+    files.put(
+        name="Streams server entry point",
+        src=str(role_file("streams", "server.mjs")),
+        dest=str(streams / "server.mjs"),
+        mode="644", user="root", group="root",
+    )
+    # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
+    # native packages; `install --no-save` still resolves from the lock file and never rewrites it.
+    server.shell(
+        name="Install the Durable Streams server (pinned by package.json and package-lock.json)",
+        commands=[f"cd {streams} && npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"],
+        _if=lambda: any(op.did_change() for op in package_files)
+        or not host.get_fact(FileContent, path=f"{streams}/node_modules/@durable-streams/server/package.json"),
+    )
+    if manager == "supervisor":
+        supervisord_running(name="Ensure supervisord is running")

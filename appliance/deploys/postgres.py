@@ -1,0 +1,68 @@
+"""The tenant's own Postgres cluster: initdb as the tenant user, config, supervised postmaster, roles."""
+
+from __future__ import annotations
+
+import io
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.operations import files, server
+
+from appliance import roles
+from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.facts import appliance_facts
+from appliance.deploys.services import install_services
+from appliance.services import tenant_services
+from appliance.supervision import ManagerName
+
+
+def _host_command(config: HostConfig, *args: str) -> str:
+    return " ".join([str(config.common.install_root / "venv" / "bin" / "appliance"), "host", *args])
+
+
+@operation()
+def cluster_initialized(config: HostConfig, tenant: TenantConfig):
+    if appliance_facts(config, tenant.id).get("pg_initialized"):
+        host.noop(f"cluster of {tenant.id} exists")
+        return
+    yield _host_command(config, "postgres-init", tenant.id)
+
+
+@operation()
+def roles_and_database(config: HostConfig, tenant: TenantConfig):
+    if appliance_facts(config, tenant.id).get("pg_roles_ok"):
+        host.noop(f"roles of {tenant.id} log in with their secrets")
+        return
+    yield _host_command(config, "postgres-roles", tenant.id)
+
+
+def postgres_files(tenant: TenantConfig) -> dict[str, str]:
+    """The cluster's config files, rendered (no secrets in them)."""
+    archive_command = ""  # set by the backup role once the tenant's stanza exists
+    return {
+        "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
+                                        archive_command=archive_command),
+        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant),
+    }
+
+
+@deploy("Tenant postgres")
+def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    fresh = cluster_initialized(name=f"Postgres cluster of {tenant.id} (initdb)", config=config, tenant=tenant)
+    conf_ops = [
+        files.put(
+            name=f"Postgres {name} of {tenant.id}",
+            src=io.StringIO(content),
+            dest=str(tenant.pg_data / name),
+            user=tenant.user, group=tenant.user, mode="600",
+        )
+        for name, content in postgres_files(tenant).items()
+    ]
+    spec = next(s for s in tenant_services(tenant) if s.component == "postgres")
+    apply, *_ = install_services(config, manager, [spec], tenant=tenant.id)
+    server.shell(
+        name=f"Reload postgres of {tenant.id} (restart only if a changed setting needs it)",
+        commands=[_host_command(config, "postgres-reload", tenant.id)],
+        _if=lambda: not fresh.did_change() and not apply.did_change() and any(op.did_change() for op in conf_ops),
+    )
+    roles_and_database(name=f"Postgres roles and database of {tenant.id}", config=config, tenant=tenant)

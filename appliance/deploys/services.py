@@ -1,0 +1,61 @@
+"""Installing service specs into the host's service manager: unit/program file → apply → health wait."""
+
+from __future__ import annotations
+
+import io
+
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files, server
+
+from appliance.config import HostConfig
+from appliance.services import ServiceSpec
+from appliance.supervision import ManagerName, manager
+
+
+def install_services(
+    config: HostConfig,
+    manager_name: ManagerName,
+    specs: list[ServiceSpec],
+    *,
+    tenant: str | None,
+    restart_if: list[OperationMeta] | None = None,
+) -> list[OperationMeta]:
+    """Write each spec's unit/program file; apply (start new, restart changed) and wait until healthy.
+
+    Only services whose own file changed restart; `restart_if` lists other operations (config files the
+    services read) whose change also restarts them.
+    """
+    mgr = manager(manager_name)
+    file_ops = [
+        files.put(
+            name=f"Service definition {spec.name}",
+            src=io.StringIO(mgr.render(spec)),
+            dest=str(mgr.unit_path(spec)),
+            mode="644", user="root", group="root",
+        )
+        for spec in specs
+    ]
+    apply = server.shell(
+        name=f"Start or update {', '.join(s.component for s in specs)}" + (f" of {tenant}" if tenant else ""),
+        commands=[" ".join(mgr.apply_command(specs))],
+        _if=lambda: any(op.did_change() for op in file_ops),
+    )
+    restart_ops = []
+    for spec, file_op in zip(specs, file_ops, strict=True):
+        if restart_if:
+            restart_ops.append(
+                server.shell(
+                    name=f"Restart {spec.name} (its configuration changed)",
+                    commands=[" ".join(mgr.restart_command(spec))],
+                    _if=lambda file_op=file_op: not file_op.did_change()
+                    and any(op.did_change() for op in restart_if),
+                )
+            )
+    appliance = config.common.install_root / "venv" / "bin" / "appliance"
+    scope = f"--tenant {tenant} " if tenant else ""
+    server.shell(
+        name=f"Wait until {', '.join(s.component for s in specs)} answer" + (f" ({tenant})" if tenant else ""),
+        commands=[f"{appliance} host wait {scope}{' '.join(s.component for s in specs)}"],
+        _if=lambda: apply.did_change() or any(op.did_change() for op in restart_ops),
+    )
+    return [apply, *file_ops, *restart_ops]

@@ -1,0 +1,16 @@
+"""The tenant's Durable Streams server: its own process, file-backed in the tenant dir, on loopback."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.services import install_services
+from appliance.services import tenant_services
+from appliance.supervision import ManagerName
+
+
+@deploy("Tenant streams")
+def tenant_streams(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    specs = [s for s in tenant_services(tenant) if s.component == "streams"]
+    install_services(config, manager, specs, tenant=tenant.id)

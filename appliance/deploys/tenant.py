@@ -1,0 +1,59 @@
+"""A tenant's substrate: its OS user, its 0700 root directory and its secrets. Then every component."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy, operation
+from pyinfra.operations import files, server
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.facts import appliance_facts
+from appliance.deploys.postgres import tenant_postgres
+from appliance.deploys.streams import tenant_streams
+from appliance.supervision import ManagerName
+
+
+def host_command(config: HostConfig, *args: str) -> str:
+    return " ".join([str(config.common.install_root / "venv" / "bin" / "appliance"), "host", *args])
+
+
+@operation()
+def tenant_secrets(config: HostConfig, tenant: TenantConfig):
+    """Generate the tenant's secrets on the host the first time; they are reused on every redeploy."""
+    missing = appliance_facts(config, tenant.id).get("secrets_missing", ["*"])
+    if not missing:
+        from pyinfra import host
+
+        host.noop(f"secrets of {tenant.id} exist")
+        return
+    yield host_command(config, "secrets", tenant.id)
+
+
+@deploy("Tenant substrate")
+def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
+    server.user(
+        name=f"OS user {tenant.user}",
+        user=tenant.user,
+        home=str(tenant.root),
+        shell="/usr/sbin/nologin",
+        system=True,
+        create_home=False,
+    )
+    files.directory(
+        name=f"Tenant root {tenant.root} (0700)", path=str(tenant.root),
+        user=tenant.user, group=tenant.user, mode="700",
+    )
+    for path in (tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,
+                 tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
+        files.directory(
+            name=f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path=str(path),
+            user=tenant.user, group=tenant.user, mode="700",
+        )
+    tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
+
+
+@deploy("Tenant stack")
+def tenant_stack(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    """Everything one tenant runs, on its own substrate."""
+    tenant_substrate(config=config, tenant=tenant)
+    tenant_postgres(config=config, tenant=tenant, manager=manager)
+    tenant_streams(config=config, tenant=tenant, manager=manager)

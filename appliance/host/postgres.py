@@ -1,0 +1,181 @@
+"""Host-side work on a tenant's Postgres cluster: initdb, roles and database, config reloads, probes.
+
+Runs on the tenant's host as root (called by the deploy through `appliance host ...`); every function is
+idempotent and returns what it changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from appliance.config import DB_ROLES, DB_SUPERUSER, TenantConfig
+
+SCRAM_ITERATIONS = 4096
+
+
+def pg_bin(tenant: TenantConfig, program: str) -> str:
+    return f"/usr/lib/postgresql/{tenant.postgres.version}/bin/{program}"
+
+
+def is_initialized(tenant: TenantConfig) -> bool:
+    return (tenant.pg_data / "PG_VERSION").is_file()
+
+
+def initdb(tenant: TenantConfig) -> bool:
+    """Create the tenant's cluster as the tenant's OS user; False when it already exists."""
+    if is_initialized(tenant):
+        return False
+    user = pwd.getpwnam(tenant.user)
+    tenant.pg_data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(tenant.pg_data, user.pw_uid, user.pw_gid)
+    subprocess.run(
+        [
+            pg_bin(tenant, "initdb"), "-D", str(tenant.pg_data), "-U", DB_SUPERUSER,
+            "--auth=scram-sha-256", f"--pwfile={tenant.secret_path('db_superuser_password')}",
+            "--encoding=UTF8", "--locale=C.UTF-8",
+            # Page checksums let pg_amcheck and backup verification catch corrupted pages.
+            "--data-checksums",
+        ],
+        check=True, capture_output=True, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+        cwd=tenant.root,
+    )
+    return True
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores, computed here so the password itself never reaches the
+    server (nor its logs, should a statement ever be logged)."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def connect(tenant: TenantConfig, role: str = DB_SUPERUSER, *, database: str | None = None,
+            timeout: float = 5) -> psycopg.Connection:
+    """Connect as `role` over the tenant's socket (superuser) or loopback (others) with its secret."""
+    info = tenant.pg_conninfo(role, database=database, via_socket=role == DB_SUPERUSER)
+    return psycopg.connect(
+        **info, password=tenant.read_secret(tenant.pg_password_secret(role)), connect_timeout=max(1, int(timeout)),
+        autocommit=True,
+    )
+
+
+def roles_ok(tenant: TenantConfig) -> bool:
+    """Every role logs in with its current secret, and the application database exists."""
+    try:
+        for role in DB_ROLES:
+            with connect(tenant, role, timeout=3):
+                pass
+    except (psycopg.Error, OSError):
+        return False
+    return True
+
+
+def ensure_roles(tenant: TenantConfig) -> list[str]:
+    """Create missing roles and the database; reset a role's password when it no longer matches its secret."""
+    changed: list[str] = []
+    with connect(tenant, database="postgres") as conn:
+        existing = {row[0] for row in conn.execute("select rolname from pg_roles")}
+        for role, attrs in DB_ROLES.items():
+            password = tenant.read_secret(tenant.pg_password_secret(role))
+            options = sql.SQL("LOGIN REPLICATION" if attrs["replication"] else "LOGIN NOREPLICATION")
+            if role not in existing:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} {} PASSWORD {}").format(
+                        sql.Identifier(role), options, sql.Literal(scram_verifier(password))
+                    )
+                )
+                changed.append(f"role {role}")
+                continue
+            if not _password_matches(tenant, role, password):
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} {} PASSWORD {}").format(
+                        sql.Identifier(role), options, sql.Literal(scram_verifier(password))
+                    )
+                )
+                changed.append(f"password of {role}")
+        database = tenant.postgres.database
+        if conn.execute("select 1 from pg_database where datname = %s", [database]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            changed.append(f"database {database}")
+        # Nobody but the roles of this tenant may connect; PUBLIC connect is revoked from every database.
+        for db in (database, "postgres", "template1"):
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        conn.execute(
+            sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.SQL(", ").join(sql.Identifier(r) for r in DB_ROLES)
+            )
+        )
+    return changed
+
+
+def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:
+    info = tenant.pg_conninfo(role, database="postgres")
+    try:
+        with psycopg.connect(**info, password=password, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def postmaster_pid(tenant: TenantConfig) -> int | None:
+    try:
+        return int((tenant.pg_data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def reload(tenant: TenantConfig) -> bool:
+    """Apply changed config files: SIGHUP, then report whether a setting still needs a restart."""
+    pid = postmaster_pid(tenant)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGHUP)
+    # The postmaster applies the reload asynchronously; pending_restart shows only after it has re-read.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with connect(tenant, database="postgres") as conn:
+                pending = conn.execute("select count(*) from pg_settings where pending_restart").fetchone()
+                conf_ok = conn.execute("select count(*) from pg_file_settings where error is not null").fetchone()
+        except psycopg.Error:
+            continue
+        if conf_ok and conf_ok[0]:
+            raise RuntimeError(f"postgresql.conf of tenant {tenant.id} has errors; see {tenant.log_file('postgres')}")
+        return bool(pending and pending[0])
+    return True
+
+
+def probe(tenant: TenantConfig) -> tuple[bool, str]:
+    """A real probe: `select 1` as the superuser over the tenant's socket."""
+    try:
+        with connect(tenant, database="postgres", timeout=3) as conn:
+            version = conn.execute("select 1, current_setting('server_version')").fetchone()
+        return True, f"select 1 ok (postgres {version[1] if version else '?'})"
+    except (psycopg.Error, OSError) as exc:
+        return False, f"select 1 failed: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def data_dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -1,0 +1,73 @@
+"""Tenant secrets: generated on the host at first deploy, 0600 in the tenant's secrets dir, reused forever.
+
+Nothing here prints or logs a secret value; callers get names, never contents.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import string
+from pathlib import Path
+
+from appliance.config import TENANT_SECRETS, SecretKind, TenantConfig
+
+
+def generate(kind: SecretKind) -> str:
+    if kind in (SecretKind.password, SecretKind.token):
+        return secrets.token_urlsafe(32)
+    if kind is SecretKind.key32:
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    if kind is SecretKind.s3_access_key:
+        alphabet = string.ascii_uppercase + string.digits
+        return "".join(secrets.choice(alphabet) for _ in range(20))
+    if kind is SecretKind.ed25519:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.generate()
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+    raise ValueError(f"unknown secret kind {kind}")
+
+
+def write_private(path: Path, content: str, uid: int, gid: int) -> None:
+    """Create `path` 0600 with `content` without a window where it is readable by others; never overwrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.write(fd, content.encode() if content.endswith("\n") else (content + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def missing_secrets(tenant: TenantConfig) -> list[str]:
+    return [name for name in TENANT_SECRETS if not tenant.secret_path(name).is_file()]
+
+
+def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]:
+    """Generate the secrets the tenant lacks; return their names (empty when nothing changed)."""
+    tenant.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(tenant.secrets_dir, uid, gid)
+    os.chmod(tenant.secrets_dir, 0o700)
+    created = []
+    for name in missing_secrets(tenant):
+        write_private(tenant.secret_path(name), generate(TENANT_SECRETS[name]), uid, gid)
+        created.append(name)
+    # Secrets that exist keep their value, but their modes are re-asserted every time.
+    for name in TENANT_SECRETS:
+        path = tenant.secret_path(name)
+        st = path.stat()
+        if st.st_mode & 0o777 != 0o600 or st.st_uid != uid:
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o600)
+    if created:
+        fd = os.open(tenant.secrets_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return created

@@ -1,0 +1,104 @@
+"""Service definitions: what each supervised process of a host runs, as one spec rendered for any manager.
+
+A component plugs into the appliance by adding a `ServiceSpec` here; the deploy renders it into a supervisord
+program file or a systemd unit (same spec, templates in roles/services/templates/), `appliance status` probes
+it, and `appliance tenant destroy` stops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from appliance.config import HostConfig, TenantConfig
+
+ProbeKind = Literal["postgres", "http", "s3", "tcp"]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # unit/program name, unique on the host
+    component: str  # postgres, streams, sync, gateway, agents, audit, backup, objectstore
+    command: tuple[str, ...]
+    user: str
+    working_dir: Path
+    log_file: Path
+    port: int | None = None
+    probe: ProbeKind = "tcp"
+    probe_path: str = ""  # for http probes
+    environment: dict[str, str] = field(default_factory=dict)  # never secrets: services read secret files
+    stop_signal: str = "TERM"
+    stop_wait_s: int = 30
+    tenant: str | None = None
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.name}.service"
+
+
+def venv_bin(config: TenantConfig | HostConfig, program: str) -> str:
+    return str(config.common.install_root / "venv" / "bin" / program)
+
+
+def streams_dir(config: TenantConfig | HostConfig) -> Path:
+    return config.common.install_root / "streams"
+
+
+def tenant_services(tenant: TenantConfig) -> list[ServiceSpec]:
+    """The supervised processes of one tenant, in start order."""
+    pg_bin = Path(f"/usr/lib/postgresql/{tenant.postgres.version}/bin")
+    bind = tenant.common.bind_address
+    common = {"user": tenant.user, "working_dir": tenant.root, "tenant": tenant.id}
+    return [
+        ServiceSpec(
+            name=f"appliance-{tenant.id}-postgres",
+            component="postgres",
+            command=(str(pg_bin / "postgres"), "-D", str(tenant.pg_data)),
+            log_file=tenant.log_file("postgres"),
+            port=tenant.port("postgres"),
+            probe="postgres",
+            # SIGINT is Postgres's fast shutdown: it rolls back open transactions instead of waiting on clients.
+            stop_signal="INT",
+            stop_wait_s=60,
+            **common,  # type: ignore[arg-type]
+        ),
+        ServiceSpec(
+            name=f"appliance-{tenant.id}-streams",
+            component="streams",
+            command=(
+                "/usr/bin/node", str(streams_dir(tenant) / "server.mjs"),
+                "--host", bind, "--port", str(tenant.port("streams")),
+                "--data-dir", str(tenant.streams_data),
+                "--long-poll-timeout", str(tenant.streams.long_poll_timeout_ms),
+            ),
+            log_file=tenant.log_file("streams"),
+            port=tenant.port("streams"),
+            probe="tcp",
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+def objectstore_service(host: HostConfig) -> ServiceSpec:
+    from appliance.objectstore.seaweed import weed_argv
+
+    return ServiceSpec(
+        name="appliance-objectstore",
+        component="objectstore",
+        command=tuple(weed_argv(host)),
+        user=host.objectstore_user,
+        # weed reads security.toml (the JWT keys) from its working directory.
+        working_dir=host.objectstore_conf_dir,
+        log_file=host.objectstore_root / "objectstore.log",
+        port=host.objectstore.s3_port,
+        probe="s3",
+    )
+
+
+def host_services(host: HostConfig) -> list[ServiceSpec]:
+    """Every supervised process on a host: the shared store first, then each tenant's."""
+    services = [objectstore_service(host)] if host.runs_objectstore else []
+    for tenant in host.tenants:
+        services.extend(tenant_services(tenant))
+    return services

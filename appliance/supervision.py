@@ -1,0 +1,176 @@
+"""Service managers: systemd where it is PID 1, supervisord elsewhere — one interface, same service specs.
+
+The deploy writes unit/program files rendered from roles/services/templates and asks the manager to apply
+them; `appliance status` asks it for pid and uptime. Both speak only in service names from `ServiceSpec`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from appliance import roles
+from appliance.services import ServiceSpec
+
+ManagerName = Literal["systemd", "supervisor"]
+
+SUPERVISOR_CONF = Path("/etc/supervisor/supervisord.conf")
+SUPERVISOR_PROGRAMS = Path("/etc/supervisor/conf.d")
+SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
+SYSTEMD_UNITS = Path("/etc/systemd/system")
+
+
+def detect(setting: str = "auto") -> ManagerName:
+    """systemd when it runs as PID 1, else supervisord; an explicit setting wins."""
+    if setting in ("systemd", "supervisor"):
+        return setting  # type: ignore[return-value]
+    try:
+        return "systemd" if Path("/proc/1/comm").read_text().strip() == "systemd" else "supervisor"
+    except OSError:
+        return "supervisor"
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    running: bool
+    pid: int | None
+    uptime_s: int | None
+    state: str  # the manager's own word: RUNNING, FATAL, active, failed, ...
+
+
+class ServiceManager(Protocol):
+    name: ManagerName
+
+    def unit_path(self, spec: ServiceSpec) -> Path: ...
+    def render(self, spec: ServiceSpec) -> str: ...
+    def states(self, specs: list[ServiceSpec]) -> dict[str, ProcessState]: ...
+    def apply_command(self, specs: list[ServiceSpec]) -> list[str]: ...
+    def restart_command(self, spec: ServiceSpec) -> list[str]: ...
+    def stop_command(self, spec: ServiceSpec) -> list[str]: ...
+    def remove_command(self, specs: list[ServiceSpec]) -> list[str]: ...
+
+
+def _render(template: str, spec: ServiceSpec) -> str:
+    return roles.render("services", template, spec=spec, command=subprocess.list2cmdline(spec.command))
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        super().__init__()
+        self._path = path
+        self._timeout = timeout
+
+    def make_connection(self, host: object) -> http.client.HTTPConnection:
+        return _UnixHTTPConnection(self._path, self._timeout)
+
+
+class Supervisor:
+    name: ManagerName = "supervisor"
+
+    def __init__(self, socket_path: Path = SUPERVISOR_SOCKET) -> None:
+        self.socket_path = socket_path
+
+    def unit_path(self, spec: ServiceSpec) -> Path:
+        return SUPERVISOR_PROGRAMS / f"{spec.name}.conf"
+
+    def render(self, spec: ServiceSpec) -> str:
+        return _render("supervisor-program.conf.j2", spec)
+
+    def _rpc(self) -> xmlrpc.client.ServerProxy:
+        # supervisord's own XML-RPC over its unix socket: one round trip for every process, where
+        # `supervisorctl status` would cost a Python start per call.
+        return xmlrpc.client.ServerProxy("http://localhost", transport=_UnixTransport(str(self.socket_path)))
+
+    def is_running(self) -> bool:
+        try:
+            return self._rpc().supervisor.getState()["statename"] == "RUNNING"  # type: ignore[index]
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def states(self, specs: list[ServiceSpec]) -> dict[str, ProcessState]:
+        wanted = {spec.name for spec in specs}
+        result = {name: ProcessState(False, None, None, "ABSENT") for name in wanted}
+        try:
+            infos = self._rpc().supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error) as exc:
+            return {name: ProcessState(False, None, None, f"supervisord unreachable: {exc}") for name in wanted}
+        for info in infos:  # type: ignore[union-attr]
+            if info["name"] in wanted:
+                running = info["statename"] == "RUNNING"
+                uptime = int(info["now"] - info["start"]) if running else None
+                result[info["name"]] = ProcessState(running, info["pid"] or None, uptime, info["statename"])
+        return result
+
+    def apply_command(self, specs: list[ServiceSpec]) -> list[str]:
+        # `update` adds new programs, restarts those whose program file changed, leaves the rest alone.
+        return ["supervisorctl", "update", *[spec.name for spec in specs]]
+
+    def restart_command(self, spec: ServiceSpec) -> list[str]:
+        return ["supervisorctl", "restart", spec.name]
+
+    def stop_command(self, spec: ServiceSpec) -> list[str]:
+        return ["supervisorctl", "stop", spec.name]
+
+    def remove_command(self, specs: list[ServiceSpec]) -> list[str]:
+        return ["supervisorctl", "update"]
+
+
+class Systemd:
+    name: ManagerName = "systemd"
+
+    def unit_path(self, spec: ServiceSpec) -> Path:
+        return SYSTEMD_UNITS / spec.unit_name
+
+    def render(self, spec: ServiceSpec) -> str:
+        return _render("systemd.service.j2", spec)
+
+    def states(self, specs: list[ServiceSpec]) -> dict[str, ProcessState]:
+        result = {}
+        boot = time.monotonic()
+        for spec in specs:
+            out = subprocess.run(
+                ["systemctl", "show", spec.unit_name, "-p", "MainPID,ActiveState,ActiveEnterTimestampMonotonic"],
+                capture_output=True, text=True,
+            ).stdout
+            props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            pid = int(props.get("MainPID", "0") or 0) or None
+            active = props.get("ActiveState", "unknown")
+            since = int(props.get("ActiveEnterTimestampMonotonic", "0") or 0)
+            uptime = int(boot - since / 1e6) if active == "active" and since else None
+            result[spec.name] = ProcessState(active == "active", pid, uptime, active)
+        return result
+
+    def apply_command(self, specs: list[ServiceSpec]) -> list[str]:
+        names = [spec.unit_name for spec in specs]
+        return ["sh", "-c", "systemctl daemon-reload && systemctl enable --now " + " ".join(names)]
+
+    def restart_command(self, spec: ServiceSpec) -> list[str]:
+        return ["systemctl", "restart", spec.unit_name]
+
+    def stop_command(self, spec: ServiceSpec) -> list[str]:
+        return ["systemctl", "stop", spec.unit_name]
+
+    def remove_command(self, specs: list[ServiceSpec]) -> list[str]:
+        names = " ".join(spec.unit_name for spec in specs)
+        return ["sh", "-c", f"systemctl disable --now {names} ; systemctl daemon-reload"]
+
+
+def manager(name: ManagerName) -> ServiceManager:
+    return Systemd() if name == "systemd" else Supervisor()

@@ -1,0 +1,31 @@
+"""The appliance deploy: `pyinfra -y inventory/local.py deploy.py`.
+
+Per host: bootstrap (packages, venv, streams server, supervisord), the embedded object store where the host
+runs it, then one stack per tenant on its own substrate. `--data only_tenants=acme` deploys one tenant;
+`--limit <host>` one host.
+"""
+
+from pyinfra import host, inventory
+
+from appliance.deploys.bootstrap import host_bootstrap
+from appliance.deploys.facts import InitProcess
+from appliance.deploys.firewall import port_firewall
+from appliance.deploys.objectstore import host_objectstore, tenant_objectstore
+from appliance.deploys.plan import resolve, selected_tenants
+from appliance.deploys.tenant import tenant_stack
+from appliance.supervision import detect
+
+config = resolve(host, inventory)
+manager = detect(config.common.service_manager) if config.common.service_manager != "auto" else (
+    "systemd" if host.get_fact(InitProcess) == "systemd" else "supervisor"
+)
+
+host_bootstrap(config=config, manager=manager)
+if config.runs_objectstore:
+    host_objectstore(config=config, manager=manager)
+for tenant_id in selected_tenants(config, host.data.get("only_tenants")):
+    tenant = config.tenant(tenant_id)
+    tenant_stack(config=config, tenant=tenant, manager=manager)
+    tenant_objectstore(config=config, tenant=tenant)
+if config.common.port_firewall:
+    port_firewall(name="Loopback port ownership rules (nftables)", config=config)
