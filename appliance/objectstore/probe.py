@@ -1,0 +1,137 @@
+"""Health probes for `appliance status`: a tenant's buckets, and the embedded store itself.
+
+Probes never raise for a store that is down, refuses, or is misconfigured: they return a `ProbeResult` whose
+`detail` says what an operator needs to know.
+
+    >>> probe_tenant(host, tenant)
+    ProbeResult(healthy=True, detail='acme-audit (COMPLIANCE 365 days) and acme-backup reachable ...')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.objectstore.buckets import default_retention, lock_configuration
+from appliance.objectstore.client import ca_bundle, s3_client
+from appliance.objectstore.credentials import tenant_credentials
+
+# The embedded store enforces locks in a process on the host it protects, so it cannot stand up to root
+# there (see specs/object-lock-store.md): status output says so instead of implying a WORM guarantee.
+EMBEDDED_CAVEAT = (
+    "embedded store: Object Lock is enforced on this host, root here can still destroy the data; "
+    "use a separate vault host or an external S3 with Object Lock for a WORM guarantee"
+)
+# A certificate closer than this to expiry makes the store unhealthy: a redeploy renews it at 30 days.
+CERT_WARN_DAYS = 7
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    healthy: bool
+    detail: str
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        code = error.get("Code") or status
+        if str(code) in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return f"credentials refused ({code})"
+        if str(code) in ("404", "NoSuchBucket", "NotFound"):
+            return "bucket missing"
+        return f"{code}: {error.get('Message') or status}"
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def probe_tenant(host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 5.0) -> ProbeResult:
+    """Both buckets reachable with the tenant's own keys, and the audit bucket locked as configured."""
+    where = host.s3_endpoint
+    try:
+        client = s3_client(host, tenant_credentials(tenant), timeout_s=timeout_s, retries=1)
+    except (OSError, ValueError) as exc:
+        return ProbeResult(False, f"tenant {tenant.id}: S3 credentials unreadable: {_describe(exc)}")
+    for bucket in (tenant.audit_bucket, tenant.backup_bucket):
+        try:
+            client.head_bucket(Bucket=bucket)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            return ProbeResult(False, f"{bucket} at {where}: {_describe(exc)}")
+    try:
+        config = lock_configuration(client, tenant.audit_bucket)
+    except (BotoCoreError, ClientError, OSError) as exc:
+        return ProbeResult(False, f"{tenant.audit_bucket}: lock configuration unreadable: {_describe(exc)}")
+    wanted = ("COMPLIANCE", tenant.audit.retention_days)
+    found = default_retention(config)
+    if config is None or config.get("ObjectLockEnabled") != "Enabled":
+        return ProbeResult(False, f"{tenant.audit_bucket}: Object Lock is not enabled")
+    if found != wanted:
+        shown = f"{found[0]} {found[1]} days" if found else "no default retention"
+        return ProbeResult(
+            False, f"{tenant.audit_bucket}: default retention is {shown}, expected COMPLIANCE "
+            f"{tenant.audit.retention_days} days",
+        )
+    return ProbeResult(
+        True,
+        f"{tenant.audit_bucket} (COMPLIANCE {tenant.audit.retention_days} days) and {tenant.backup_bucket} "
+        f"reachable at {where} with the tenant's keys",
+    )
+
+
+def _tls_context(host: HostConfig) -> ssl.SSLContext:
+    bundle = ca_bundle(host)
+    return ssl.create_default_context(cafile=bundle if isinstance(bundle, str) else None)
+
+
+def _s3_answers(host: HostConfig, timeout_s: float) -> tuple[int, str, dict[str, Any]]:
+    """An unsigned GET / over verified TLS: any S3 error document proves the S3 layer is up."""
+    parts = urlsplit(host.s3_endpoint)
+    conn = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, timeout=timeout_s, context=_tls_context(host)
+    )
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read(4096).decode("utf-8", "replace")
+        sock = conn.sock
+        cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+        return response.status, body, cert or {}
+    finally:
+        conn.close()
+
+
+def probe_store(host: HostConfig, *, timeout_s: float = 5.0) -> ProbeResult:
+    """The store answers S3 over TLS with a certificate the host CA verifies and that is not about to expire.
+
+    For the embedded store the detail always carries `EMBEDDED_CAVEAT`.
+    """
+    where = host.s3_endpoint
+    try:
+        status, body, cert = _s3_answers(host, timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        return ProbeResult(False, f"object store at {where}: certificate not trusted: {exc.verify_message}")
+    except (OSError, http.client.HTTPException) as exc:
+        return ProbeResult(False, f"object store at {where} unreachable: {_describe(exc)}")
+    if "<Error>" not in body and not 200 <= status < 300:
+        return ProbeResult(False, f"object store at {where}: not an S3 answer (HTTP {status})")
+    parts = [f"object store at {where} answers S3 over TLS"]
+    healthy = True
+    not_after = cert.get("notAfter")
+    if isinstance(not_after, str):
+        expires = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.UTC)
+        days = (expires - dt.datetime.now(dt.UTC)).days
+        parts.append(f"certificate valid {days} more days")
+        if days < CERT_WARN_DAYS:
+            healthy = False
+            parts.append("renew it (redeploy)")
+    if host.objectstore.mode == "embedded":
+        parts.append(EMBEDDED_CAVEAT)
+    return ProbeResult(healthy, "; ".join(parts))
