@@ -1,0 +1,253 @@
+"""The embedded default deployed for real to @local: healthy, idempotent, and tenants isolated in the substrate.
+
+These tests create real OS users, clusters and processes on this machine (root required). The first deploy
+takes minutes on a fresh machine; reruns are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from appliance.config import DB_ROLES, TENANT_SECRETS, HostConfig, load_host_config
+from tests.support.deployment import (
+    LOCAL_INVENTORY,
+    changed_operation_names,
+    changed_operations,
+    deploy_or_fail,
+    pids,
+    status_json,
+)
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(os.geteuid() != 0, reason="deploying to @local needs root"),
+]
+
+
+@pytest.fixture(scope="session")
+def deployed() -> Iterator[HostConfig]:
+    deploy_or_fail()
+    yield load_host_config()
+
+
+def _as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
+
+
+def test_every_component_is_healthy(deployed: HostConfig) -> None:
+    code, report = status_json()
+    assert code == 0, report
+    assert set(report["tenants"]) == {"acme", "globex"}
+    for tenant in report["tenants"].values():
+        assert {"postgres", "streams"} <= set(tenant["components"])
+        for component in tenant["components"].values():
+            assert component["healthy"] and component["pid"] and component["uptime_s"] is not None, component
+    if deployed.runs_objectstore:
+        assert report["host"]["components"]["objectstore"]["healthy"]
+
+
+def test_redeploy_with_nothing_changed_changes_and_restarts_nothing(deployed: HostConfig) -> None:
+    _, before = status_json()
+    output = deploy_or_fail()
+    _, after = status_json()
+    assert changed_operations(output) == 0, changed_operation_names(output)
+    assert pids(after) == pids(before)
+
+
+def test_changing_one_setting_restarts_only_what_depends_on_it(deployed: HostConfig, tmp_path: Path) -> None:
+    _, before = status_json()
+    original = LOCAL_INVENTORY.read_text()
+    # A setting Postgres applies on reload: no process restarts at all.
+    reloadable = tmp_path / "reload.py"
+    reloadable.write_text(
+        original.replace(
+            '"acme": {"slot": 1}', '"acme": {"slot": 1, "postgres": {"log_min_duration_statement_ms": 250}}'
+        )
+    )
+    # A setting that needs a restart: only acme's postgres gets a new pid.
+    restart = tmp_path / "restart.py"
+    restart.write_text(
+        original.replace('"acme": {"slot": 1}', '"acme": {"slot": 1, "postgres": {"max_connections": 90}}')
+    )
+    try:
+        deploy_or_fail(reloadable)
+        _, after_reload = status_json()
+        assert pids(after_reload) == pids(before)
+        with _superuser(deployed, "acme") as conn:
+            assert conn.execute("show log_min_duration_statement").fetchone() == ("250ms",)
+
+        deploy_or_fail(restart)
+        _, after_restart = status_json()
+        changed = {k for k, v in pids(after_restart).items() if v != pids(before)[k]}
+        assert changed == {"acme/postgres"}
+        with _superuser(deployed, "acme") as conn:
+            assert conn.execute("show max_connections").fetchone() == ("90",)
+    finally:
+        deploy_or_fail()
+    _, restored = status_json()
+    with _superuser(deployed, "acme") as conn:
+        assert conn.execute("show max_connections").fetchone() == ("100",)
+    assert all(c["healthy"] for t in restored["tenants"].values() for c in t["components"].values())
+
+
+def _superuser(host: HostConfig, tenant_id: str) -> psycopg.Connection:
+    from appliance.host.postgres import connect
+
+    return connect(host.tenant(tenant_id), database="postgres")
+
+
+# Isolation ---------------------------------------------------------------------------------------------------
+
+
+def test_tenant_user_cannot_read_another_tenants_directory(deployed: HostConfig) -> None:
+    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
+    assert stat.S_IMODE(globex.root.stat().st_mode) == 0o700
+    denied = _as_user(acme.user, "ls", str(globex.root))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    denied = _as_user(acme.user, "cat", str(globex.secret_path("db_gateway_password")))
+    assert denied.returncode != 0
+    # and the tenant can read its own, so the refusal above is about ownership, not a broken directory
+    assert _as_user(acme.user, "ls", str(acme.root)).returncode == 0
+
+
+def test_one_tenants_db_credentials_are_refused_by_anothers_cluster(deployed: HostConfig) -> None:
+    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
+    for role in DB_ROLES:
+        info = globex.pg_conninfo(role, database="postgres")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**info, password=acme.read_secret(acme.pg_password_secret(role)), connect_timeout=5)
+        # the same role with its own tenant's secret gets in: the refusal is the credential, not the role
+        psycopg.connect(**info, password=globex.read_secret(globex.pg_password_secret(role)), connect_timeout=5).close()
+
+
+def test_superuser_cannot_log_in_over_tcp_without_its_secret(deployed: HostConfig) -> None:
+    acme = deployed.tenant("acme")
+    info = acme.pg_conninfo("postgres", database="postgres")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**info, password="postgres", connect_timeout=5)
+
+
+def test_a_tenant_user_cannot_even_connect_to_another_tenants_private_ports(deployed: HostConfig) -> None:
+    if not deployed.common.port_firewall:
+        pytest.skip("port firewall disabled")
+    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
+    probe = (
+        "import socket,sys\n"
+        "try:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3).close(); print('open')\n"
+        "except OSError as e:\n print('refused', e)\n"
+    )
+    for component in ("postgres", "streams"):
+        theirs = _as_user(acme.user, "/usr/bin/python3", "-c", probe, str(globex.port(component)))
+        assert theirs.stdout.startswith("refused"), (component, theirs.stdout, theirs.stderr)
+        own = _as_user(acme.user, "/usr/bin/python3", "-c", probe, str(acme.port(component)))
+        assert own.stdout.startswith("open"), (component, own.stdout, own.stderr)
+
+
+def _listeners() -> list[tuple[str, str, int]]:
+    """(local address, user, pid) of every listening TCP socket on the machine."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    result = []
+    for line in out.splitlines():
+        fields = line.split()
+        local = fields[3]
+        for pid in re.findall(r"pid=(\d+)", line):
+            try:
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except FileNotFoundError:
+                continue
+            import pwd
+
+            result.append((local, pwd.getpwuid(uid).pw_name, int(pid)))
+    return result
+
+
+def test_no_tenant_service_listens_on_a_non_loopback_address(deployed: HostConfig) -> None:
+    owners = {t.user for t in deployed.tenants} | {deployed.objectstore_user}
+    ours = [(addr, user) for addr, user, _ in _listeners() if user in owners]
+    assert ours, "no listening sockets found for tenant services"
+    exposed = [(addr, user) for addr, user in ours if not (addr.startswith("127.0.0.1:") or addr.startswith("[::1]:"))]
+    assert not exposed
+
+
+def test_secrets_are_0600_and_owned_by_their_tenant(deployed: HostConfig) -> None:
+    import pwd
+
+    for tenant in deployed.tenants:
+        uid = pwd.getpwnam(tenant.user).pw_uid
+        assert stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o700
+        for name in TENANT_SECRETS:
+            st = tenant.secret_path(name).stat()
+            assert stat.S_IMODE(st.st_mode) == 0o600, name
+            assert st.st_uid == uid, name
+
+
+def _secret_values(host: HostConfig) -> dict[str, str]:
+    values = {}
+    for tenant in host.tenants:
+        for name in TENANT_SECRETS:
+            value = tenant.read_secret(name)
+            # PEM keys: their base64 body lines are the secret part
+            for part in value.splitlines():
+                if len(part) >= 16 and not part.startswith("-----"):
+                    values[f"{tenant.id}/{name}"] = part
+    return values
+
+
+def test_secrets_never_appear_in_process_listings(deployed: HostConfig) -> None:
+    listing = subprocess.run(["ps", "-eo", "user,pid,args", "--no-headers"], capture_output=True, text=True).stdout
+    assert "tenant-acme" in listing or "postgres -D /srv/appliance/tenants/acme" in listing
+    leaked = [name for name, value in _secret_values(deployed).items() if value in listing]
+    assert not leaked
+
+
+def test_secrets_never_appear_in_logs_configs_or_inventory(deployed: HostConfig) -> None:
+    places: list[Path] = [LOCAL_INVENTORY, deployed.host_file]
+    for tenant in deployed.tenants:
+        places.extend(p for p in tenant.logs_dir.rglob("*") if p.is_file())
+        places.extend(tenant.pg_data.glob("*.conf"))
+    places.extend(p for p in Path("/etc/supervisor/conf.d").glob("appliance-*.conf"))
+    places.extend(p for p in Path("/var/log/supervisor").glob("*") if p.is_file())
+    texts = {p: p.read_bytes().decode(errors="replace") for p in places}
+    assert any(texts.values())
+    leaks = [
+        (str(p), name) for p, text in texts.items() for name, value in _secret_values(deployed).items() if value in text
+    ]
+    assert not leaks
+
+
+def test_streams_server_refuses_the_upstream_fault_injection_route(deployed: HostConfig) -> None:
+    import httpx
+
+    acme = deployed.tenant("acme")
+    response = httpx.post(f"http://127.0.0.1:{acme.port('streams')}/_test/inject-error", json={}, timeout=5)
+    assert response.status_code == 404
+
+
+def test_streams_are_file_backed_in_the_tenant_dir(deployed: HostConfig) -> None:
+    import httpx
+
+    acme = deployed.tenant("acme")
+    base = f"http://127.0.0.1:{acme.port('streams')}"
+    name = f"deploy-test-{os.getpid()}"
+    created = httpx.put(f"{base}/{name}", headers={"content-type": "application/json"}, timeout=5)
+    assert created.status_code in (200, 201)
+    httpx.post(f"{base}/{name}", json={"hello": "acme"}, timeout=5).raise_for_status()
+    assert any(acme.streams_data.rglob("*")), "no files in the tenant's streams dir"
+    httpx.delete(f"{base}/{name}", timeout=5)
+
+
+def test_tenant_ports_are_reachable_only_on_loopback(deployed: HostConfig) -> None:
+    acme = deployed.tenant("acme")
+    addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+    for address in addresses:
+        with pytest.raises(OSError), socket.create_connection((address, acme.port("postgres")), timeout=2):
+            pass
