@@ -66,6 +66,9 @@ MAX_ENTRY_BYTES: Final = 256 * 1024 * 1024
 # One sparse-index point per this many log bytes: a read starts at most this far before its target, and
 # memory is ~100 bytes per point (a 1 GiB log costs ~1.6 MB of index).
 INDEX_EVERY_BYTES: Final = 64 * 1024
+# Every record among the newest this many is indexed exactly, so a long poll reading "what came after my
+# offset" starts at the right byte instead of scanning up to INDEX_EVERY_BYTES of older records.
+TAIL_INDEX_ENTRIES: Final = 1024
 # Unit of positional reads; with max_bytes it bounds a read's memory.
 READ_CHUNK_BYTES: Final = 64 * 1024
 # Appends past this much unsynced data go to the file (no fsync) so a big snapshot never sits in memory.
@@ -199,6 +202,9 @@ class ShapeLog:
         self._durable_offset = last_offset
         self._index_keys = index_keys  # (tx, op) of the first record at or after each index point
         self._index_positions = index_positions
+        # (tx, op) and position of every one of the newest records (a contiguous run ending at _durable_end).
+        self._tail_keys: list[tuple[int, int]] = []
+        self._tail_positions: list[int] = []
         self._waiters: set[_Waiter] = set()
         self._listeners: list[Callable[[LogOffset], None]] = []
         self._active_reads = 0
@@ -211,6 +217,7 @@ class ShapeLog:
         self._last_offset = last_offset
         self._last_index_position = index_positions[-1] if index_positions else HEADER_SIZE
         self._pending_index: list[tuple[tuple[int, int], int]] = []
+        self._pending_tail: list[tuple[tuple[int, int], int]] = []
         self._failure: BaseException | None = None
 
         # Only one fdatasync/publish at a time, so published state advances in order.
@@ -350,6 +357,7 @@ class ShapeLog:
             self._check_writable()
             encoded = bytearray()
             new_index: list[tuple[tuple[int, int], int]] = []
+            new_tail: list[tuple[tuple[int, int], int]] = []
             last = self._last_offset
             last_indexed = self._last_index_position
             base = self._buffer_start + len(self._buffer)
@@ -361,9 +369,11 @@ class ShapeLog:
                 if len(message) > MAX_ENTRY_BYTES:
                     raise ValueError(f"message at {offset} is larger than {MAX_ENTRY_BYTES} bytes")
                 position = base + len(encoded)
+                key = (offset.tx, offset.op)
                 if position - last_indexed >= INDEX_EVERY_BYTES:
-                    new_index.append(((offset.tx, offset.op), position))
+                    new_index.append((key, position))
                     last_indexed = position
+                new_tail.append((key, position))
                 length = len(message)
                 encoded += _RECORD.pack(
                     length, _record_crc(length, offset.tx, offset.op, message), offset.tx, offset.op
@@ -372,6 +382,9 @@ class ShapeLog:
                 last = offset
             self._buffer += encoded
             self._pending_index.extend(new_index)
+            self._pending_tail.extend(new_tail[-TAIL_INDEX_ENTRIES:])
+            if len(self._pending_tail) > 2 * TAIL_INDEX_ENTRIES:
+                del self._pending_tail[:-TAIL_INDEX_ENTRIES]
             self._last_index_position = last_indexed
             self._last_offset = last
             if len(self._buffer) >= FLUSH_BUFFER_BYTES:
@@ -392,7 +405,9 @@ class ShapeLog:
             end = self._buffer_start
             last = self._last_offset
             new_index = self._pending_index
+            new_tail = self._pending_tail
             self._pending_index = []
+            self._pending_tail = []
         if end == self._durable_end:
             return self._durable_offset
         try:
@@ -407,7 +422,7 @@ class ShapeLog:
         except OSError as exc:
             # Only a hint for telling damage from a torn tail on open; the data itself is durable.
             log.warning("%s: cannot update the durable mark: %s", self.directory, exc)
-        self._publish(end, last, new_index)
+        self._publish(end, last, new_index, new_tail)
         return last
 
     def _flush_buffer_locked(self) -> None:
@@ -430,13 +445,29 @@ class ShapeLog:
         if self._failure is not None:
             raise ShapeLogFailed(f"{self.directory}: a write failed ({self._failure}); reopen the log")
 
-    def _publish(self, end: int, last: LogOffset, new_index: list[tuple[tuple[int, int], int]]) -> None:
+    def _publish(
+        self,
+        end: int,
+        last: LogOffset,
+        new_index: list[tuple[tuple[int, int], int]],
+        new_tail: list[tuple[tuple[int, int], int]],
+    ) -> None:
         with self._state:
             self._durable_end = end
             self._durable_offset = last
             for key, position in new_index:
                 self._index_keys.append(key)
                 self._index_positions.append(position)
+            if len(new_tail) >= TAIL_INDEX_ENTRIES:
+                # The pending run may have been cut at its front, so it cannot extend the old one.
+                self._tail_keys.clear()
+                self._tail_positions.clear()
+            for key, position in new_tail:
+                self._tail_keys.append(key)
+                self._tail_positions.append(position)
+            if len(self._tail_keys) > 2 * TAIL_INDEX_ENTRIES:
+                del self._tail_keys[:-TAIL_INDEX_ENTRIES]
+                del self._tail_positions[:-TAIL_INDEX_ENTRIES]
             woken = [waiter for waiter in self._waiters if waiter.after < last]
             self._waiters.difference_update(woken)
             listeners = list(self._listeners)
@@ -461,7 +492,7 @@ class ShapeLog:
             end = self._durable_end
             if after >= self._durable_offset:
                 return LogRead([], after)
-            start = self._start_position_locked(after)
+            start = self._start_position_locked(after, inclusive=False)
             self._active_reads += 1
         try:
             messages: list[bytes] = []
@@ -489,8 +520,12 @@ class ShapeLog:
             self._check_open()
             if offset >= self._durable_offset:
                 return offset == self._durable_offset
+            key = (offset.tx, offset.op)
+            if self._tail_keys and key >= self._tail_keys[0]:
+                slot = bisect.bisect_left(self._tail_keys, key)
+                return self._tail_keys[slot] == key  # slot is in range: key < durable offset = last tail key
             end = self._durable_end
-            start = self._start_position_locked(offset)
+            start = self._start_position_locked(offset, inclusive=True)
             self._active_reads += 1
         try:
             target = (offset.tx, offset.op)
@@ -501,9 +536,16 @@ class ShapeLog:
         finally:
             self._end_read()
 
-    def _start_position_locked(self, after: LogOffset) -> int:
-        # The last index point whose first record is <= after: every record > after lies beyond it.
-        slot = bisect.bisect_right(self._index_keys, (after.tx, after.op)) - 1
+    def _start_position_locked(self, offset: LogOffset, *, inclusive: bool) -> int:
+        """A byte position at or before the first record > `offset` (>= when inclusive)."""
+        key = (offset.tx, offset.op)
+        if self._tail_keys and key >= self._tail_keys[0]:
+            # Exact: the tail run covers every record from its first key to the durable end.
+            find = bisect.bisect_left if inclusive else bisect.bisect_right
+            slot = find(self._tail_keys, key)
+            return self._tail_positions[slot] if slot < len(self._tail_positions) else self._durable_end
+        # The last index point whose first record is <= offset: every record > offset lies beyond it.
+        slot = bisect.bisect_right(self._index_keys, key) - 1
         return self._index_positions[slot] if slot >= 0 else HEADER_SIZE
 
     def _records(self, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:

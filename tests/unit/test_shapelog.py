@@ -532,15 +532,32 @@ operations = st.lists(
         st.tuples(st.just("append"), st.integers(1, 40), st.integers(1, 3000)),
         st.tuples(st.just("sync"), st.just(0), st.just(0)),
         st.tuples(st.just("read"), st.integers(0, 10_000), st.integers(1, 20_000)),
+        st.tuples(st.just("read_between"), st.integers(0, 10_000), st.integers(1, 20_000)),
+        st.tuples(st.just("contains"), st.integers(0, 10_000), st.just(0)),
         st.tuples(st.just("reopen"), st.just(0), st.just(0)),
     ),
-    max_size=30,
+    max_size=40,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(operations)
-def test_the_log_behaves_like_a_list_of_synced_entries(ops: list[tuple[str, int, int]]) -> None:
+@pytest.mark.parametrize(
+    ("index_every", "tail_entries"),
+    [(INDEX_EVERY_BYTES, shapelog.TAIL_INDEX_ENTRIES), (300, 3)],
+    ids=["default-geometry", "dense-index-short-tail"],
+)
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations)
+def test_the_log_behaves_like_a_list_of_synced_entries(
+    monkeypatch: pytest.MonkeyPatch, index_every: int, tail_entries: int, ops: list[tuple[str, int, int]]
+) -> None:
+    # A small geometry makes every path run in small logs: sparse index points, a trimmed tail index, reads
+    # that start in one and end in the other.
+    monkeypatch.setattr(shapelog, "INDEX_EVERY_BYTES", index_every)
+    monkeypatch.setattr(shapelog, "TAIL_INDEX_ENTRIES", tail_entries)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "log"
         current = ShapeLog.open(directory)
@@ -549,11 +566,12 @@ def test_the_log_behaves_like_a_list_of_synced_entries(ops: list[tuple[str, int,
         lsn = 1
         try:
             for name, a, b in ops:
+                visible = appended[:synced]
                 if name == "append":
                     batch = []
                     for _ in range(a):
                         offset = LogOffset.live(lsn, lsn % 3)
-                        lsn += 1 + lsn % 2
+                        lsn += 1 + lsn % 2  # leaves LSNs no entry has
                         batch.append((offset, message_for(offset, b)))
                     current.append(batch)
                     appended.extend(batch)
@@ -564,17 +582,25 @@ def test_the_log_behaves_like_a_list_of_synced_entries(ops: list[tuple[str, int,
                     current.close()  # close syncs
                     synced = len(appended)
                     current = ShapeLog.open(directory)
-                else:
-                    visible = appended[:synced]
+                elif name in ("read", "read_between"):
                     start = a % (len(visible) + 1)
                     after = visible[start - 1][0] if start else BEFORE_ALL
+                    if name == "read_between" and start:
+                        after = LogOffset.live(after.tx, 7)  # after this entry, before the next; not an entry
                     messages, last = current.read(after, max_bytes=b)
                     want = [m for _, m in visible[start:]]
                     assert messages == want[: len(messages)]
                     assert bool(messages) == bool(want)
                     assert last == (visible[start + len(messages) - 1][0] if messages else after)
+                else:
+                    if visible:
+                        present = visible[a % len(visible)][0]
+                        assert current.contains(present)
+                        assert not current.contains(LogOffset.live(present.tx, 7))
+                        assert not current.contains(LogOffset.live(present.tx + 1, present.op))
+                    for unsynced, _ in appended[synced:][:3]:
+                        assert not current.contains(unsynced)
             current.close()
-            synced = len(appended)
             current = ShapeLog.open(directory)
             assert read_all(current, max_bytes=5000) == [m for _, m in appended]
         finally:
