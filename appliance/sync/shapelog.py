@@ -382,9 +382,13 @@ class ShapeLog:
                 last = offset
             self._buffer += encoded
             self._pending_index.extend(new_index)
-            self._pending_tail.extend(new_tail[-TAIL_INDEX_ENTRIES:])
-            if len(self._pending_tail) > 2 * TAIL_INDEX_ENTRIES:
-                del self._pending_tail[:-TAIL_INDEX_ENTRIES]
+            # Only ever cut the run at its front, so what is kept stays contiguous up to the newest record.
+            if len(new_tail) >= TAIL_INDEX_ENTRIES:
+                self._pending_tail = new_tail[-TAIL_INDEX_ENTRIES:]
+            else:
+                self._pending_tail.extend(new_tail)
+                if len(self._pending_tail) > 2 * TAIL_INDEX_ENTRIES:
+                    del self._pending_tail[:-TAIL_INDEX_ENTRIES]
             self._last_index_position = last_indexed
             self._last_offset = last
             if len(self._buffer) >= FLUSH_BUFFER_BYTES:
