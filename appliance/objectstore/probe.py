@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore.buckets import default_retention, lock_configuration
@@ -40,6 +48,10 @@ class ProbeResult:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SSLError):
+        return f"TLS failed (is the host CA trusted?): {exc}"
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError)):
+        return f"object store unreachable: {exc}"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
@@ -119,7 +131,7 @@ def probe_store(host: HostConfig, *, timeout_s: float = 5.0) -> ProbeResult:
     except ssl.SSLCertVerificationError as exc:
         return ProbeResult(False, f"object store at {where}: certificate not trusted: {exc.verify_message}")
     except (OSError, http.client.HTTPException) as exc:
-        return ProbeResult(False, f"object store at {where} unreachable: {_describe(exc)}")
+        return ProbeResult(False, f"object store at {where} unreachable: {exc}")
     if "<Error>" not in body and not 200 <= status < 300:
         return ProbeResult(False, f"object store at {where}: not an S3 answer (HTTP {status})")
     parts = [f"object store at {where} answers S3 over TLS"]

