@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import select
 import threading
 import time
@@ -71,6 +72,18 @@ _TCP_KEEPALIVES: Final = {
 # (55006), WAL already removed (58P01, seen while a slot is being invalidated, before wal_status says 'lost').
 _TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "55006", "58P01"})
 _TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "53"})
+
+
+_CONNECTION_ERRORS: Final = frozenset(
+    {
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+        psycopg2.DatabaseError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        psycopg.DatabaseError,
+    }
+)
 
 
 class ReplicationError(Exception):
@@ -395,6 +408,7 @@ class ReplicationStream:
         self._sent_flush = 0  # flush position last given to psycopg2 on the current connection
         self._last_data_start = 0  # mirrors psycopg2's last_msg_data_start, see _must_hold_reads
         self._last_feedback = 0.0
+        self._feedback_interval = status_interval
         self._txn: _TransactionInProgress | None = None
         self._relations: dict[int, RelationInfo] = {}
         self._type_names: dict[int, str] = {}  # from Type messages: fallback for types gone from pg_type
@@ -543,6 +557,12 @@ class ReplicationStream:
         connection = psycopg2.connect(connection_factory=psycopg2.extras.LogicalReplicationConnection, **params)
         try:
             cursor = connection.cursor()
+            # The server drops a client it has not heard from in wal_sender_timeout, and only asks for a
+            # reply (which psycopg2 answers while reading) after half of it; status updates are sent on our
+            # own clock, also while reads are held, so they must come well inside that.
+            cursor.execute("SHOW wal_sender_timeout")
+            timeout = _duration_seconds(cursor.fetchone()[0])
+            self._feedback_interval = min(self.status_interval, timeout / 4) if timeout > 0 else self.status_interval
             quoted_publication = '"' + self.publication.replace('"', '""') + '"'
             # Starting after what was already handed over (rather than at the slot's confirmed position) keeps
             # a reconnect from decoding again what the consumer already has; _must_hold_reads covers the gap.
@@ -551,7 +571,7 @@ class ReplicationStream:
                 decode=False,
                 start_lsn=self._delivered_end,
                 options={"proto_version": str(pgoutput.PROTO_VERSION), "publication_names": quoted_publication},
-                status_interval=self.status_interval,
+                status_interval=max(1.0, self._feedback_interval),  # psycopg2's own timer; it refuses < 1 s
             )
         except BaseException:
             connection.close()
@@ -606,7 +626,7 @@ class ReplicationStream:
         now = time.monotonic()
         if confirmed > self._sent_flush:
             self._report_flush(cursor, confirmed)
-        elif force or now - self._last_feedback >= self.status_interval:
+        elif force or now - self._last_feedback >= self._feedback_interval:
             cursor.send_feedback(force=True)
             self._last_feedback = now
 
@@ -630,7 +650,7 @@ class ReplicationStream:
             self._report_flush(cursor, wal_end)
 
     def _until_feedback_due(self) -> float:
-        return max(0.0, self._last_feedback + self.status_interval - time.monotonic())
+        return max(0.0, self._last_feedback + self._feedback_interval - time.monotonic())
 
     def _wait(self, fds: list[int], timeout: float) -> None:
         try:
@@ -661,7 +681,12 @@ class ReplicationStream:
             raise SlotLostError(self.slot, "does not exist (dropped?)") from exc
         if health is not None and health.wal_status == "lost":
             raise SlotLostError(self.slot, "was invalidated: the WAL it needed was removed") from exc
-        if code is None or code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES:
+        if code is not None:
+            if code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES:
+                return
+        # Without a SQLSTATE the server said nothing: the connection broke (psycopg2 reports a dropped
+        # connection as a bare DatabaseError in some paths). Misuse errors (ProgrammingError) are ours.
+        elif type(exc) in _CONNECTION_ERRORS:
             return
         raise ReplicationError(f"replication of slot {self.slot!r} failed: {str(exc).strip()}") from exc
 
@@ -793,6 +818,19 @@ class ReplicationStream:
                 if column.is_identity
             }
         return None
+
+
+_DURATION = re.compile(r"^(\d+)\s*(ms|s|min|h|d)?$")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration_seconds(shown: str) -> float:
+    """A time setting as SHOW prints it ('60s', '500ms', '1min', '0') in seconds; bare numbers are ms, the
+    unit of wal_sender_timeout."""
+    match = _DURATION.match(shown.strip())
+    if match is None:
+        raise ReplicationError(f"unexpected duration from the server: {shown!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2) or "ms"]
 
 
 def _row(relation: RelationInfo, values: pgoutput.TupleData) -> Row:

@@ -674,3 +674,24 @@ def test_invalidated_slot_raises_slot_lost_and_setup_recreates_it(pg):
         setup = ensure_publication_and_slot(cap.dsn, cap.publication, cap.slot, [("public", cap.table)])
         assert setup.slot_recreated and not setup.slot_created
         assert slot_health(cap.dsn, cap.slot).wal_status == "reserved"
+
+
+def test_held_reads_keep_the_connection_alive_under_a_short_wal_sender_timeout(pg):
+    execute(pg.conninfo(), "ALTER SYSTEM SET wal_sender_timeout = '2s'", "SELECT pg_reload_conf()")
+    with capture(pg) as cap:
+        cap.dsn = pg.dsn  # the URI form works as well as key=value
+        execute(cap.dsn, f"INSERT INTO {cap.table} VALUES (1, 'a')", f"TRUNCATE {cap.table}")
+
+        async def scenario() -> None:
+            async with cap.stream(status_interval=10) as stream:
+                first = await next_txn(stream)
+                # The truncate comes with its table's Relation message again, and reading that while `first`
+                # is unconfirmed is what _must_hold_reads forbids: the stream waits, answering nothing but
+                # its own status updates, for three times the server's timeout.
+                assert await nothing_within(stream, 6)
+                assert stream.reconnects == 0
+                stream.confirm(first.end_lsn)
+                truncate = await next_txn(stream)
+                assert [c.kind for c in truncate.changes] == ["truncate"]
+
+        run(scenario())
