@@ -370,8 +370,12 @@ class ReplicationStream:
     the loop never touches the connection, and `confirm()` only posts a number to the thread.
 
     Flow control: the thread stops reading while more than `max_buffered_changes` delivered changes wait to
-    be consumed, and (see `_must_hold_reads`) while delivered transactions wait to be confirmed in the rare
-    states where reading on could let psycopg2 report them as flushed. Confirm promptly after storing.
+    be consumed, and (see `_must_hold_reads`) while delivered transactions wait to be confirmed in the
+    states where reading on could let psycopg2 report them as flushed: after a Relation message (the first
+    change to a table on a connection, or after its definition or cache changed), after a reconnect, and
+    at a transaction that began before an already confirmed one committed. So confirm each transaction as
+    soon as it is stored, and never wait for a later transaction before confirming an earlier stored one:
+    the later one may be held until you do.
     """
 
     def __init__(

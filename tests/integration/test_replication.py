@@ -23,6 +23,7 @@ from appliance.sync import pgoutput
 from appliance.sync.lsn import parse_lsn
 from appliance.sync.replication import (
     Change,
+    ReplicationError,
     ReplicationSetupError,
     ReplicationStream,
     SlotLostError,
@@ -693,5 +694,20 @@ def test_held_reads_keep_the_connection_alive_under_a_short_wal_sender_timeout(p
                 stream.confirm(first.end_lsn)
                 truncate = await next_txn(stream)
                 assert [c.kind for c in truncate.changes] == ["truncate"]
+
+        run(scenario())
+
+
+def test_a_dropped_publication_is_an_error_not_a_reconnect_loop(pg_module):
+    with capture(pg_module) as cap:
+
+        async def scenario() -> None:
+            async with cap.stream() as stream:
+                execute(cap.dsn, f"INSERT INTO {cap.table} VALUES (1, 'a')")
+                await take(stream)
+                execute(cap.dsn, f"DROP PUBLICATION {cap.publication}", f"INSERT INTO {cap.table} VALUES (2, 'b')")
+                with pytest.raises(ReplicationError, match="publication") as raised:
+                    await next_txn(stream)
+                assert not isinstance(raised.value, SlotLostError)
 
         run(scenario())
