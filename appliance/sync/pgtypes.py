@@ -448,20 +448,18 @@ def _parse_datetime_input(typname: str, text: str) -> float | int:
     if not 1 <= month <= 12 or not 1 <= day <= _days_in_month(year, month):
         raise PgInputError(f'date/time field value out of range: "{text}"')
     days = days_from_civil(year, month, day)
-    if typname == "date":
-        return days  # a time of day and a zone are read and ignored by date input
     hour, minute = int(hour_s or 0), int(minute_s or 0)
     second = int(second_s or 0)
     # Postgres also takes 24:00:00 and leap second 60 (rolling over); refusing them keeps this simple.
     if hour > 23 or minute > 59 or second > 59:
         raise PgInputError(f'date/time field value out of range: "{text}"')
+    # date and timestamp input ignore the zone, but still reject one out of range.
+    zone_seconds = _zone_seconds(zone_s, text) if zone_s and zone_s != "Z" else 0
+    if typname == "date":
+        return days
     usec = int((fraction_s or "").ljust(6, "0"))
     micros = days * USEC_PER_DAY + ((hour * 60 + minute) * 60 + second) * 1_000_000 + usec
-    if typname == "timestamptz" and zone_s and zone_s != "Z":
-        micros -= _zone_seconds(zone_s, text) * 1_000_000
-    elif zone_s and zone_s != "Z":
-        _zone_seconds(zone_s, text)  # timestamp input ignores the zone, but still rejects a malformed one
-    return micros
+    return micros - zone_seconds * 1_000_000 if typname == "timestamptz" else micros
 
 
 def _zone_seconds(zone: str, text: str) -> int:

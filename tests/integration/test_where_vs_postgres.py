@@ -13,9 +13,15 @@ bpchar::text drops the padding.)
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import psycopg
 import pytest
@@ -24,7 +30,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from appliance.sync.where import WhereError, compile_where
+from appliance.sync import pgtypes
+from appliance.sync.pgtypes import PgInputError
+from appliance.sync.where import WhereError, _compile_like, compile_where
 from tests.support.pg import PgCluster
 
 SESSION_SETTINGS = {
@@ -105,6 +113,7 @@ def _rows_input() -> list[dict[str, str | None]]:
 class Databases:
     icu: psycopg.Connection  # to_sql() runs here
     c: psycopg.Connection  # the original where text runs here
+    text: psycopg.Connection  # C database, results as raw text output
     rows: list[dict[str, str | None]]  # text output, as pgoutput would send it
 
 
@@ -132,22 +141,19 @@ def _create_table(conn: psycopg.Connection, rows: list[dict[str, str | None]]) -
         cur.executemany(insert, [[row[name] for name in COLUMNS] for row in rows])
 
 
-def _read_text_output(conn: psycopg.Connection) -> list[dict[str, str | None]]:
-    """Every column through its output function, like pgoutput's text tuples."""
-    reader = psycopg.connect(conn.info.dsn, autocommit=True, password=conn.info.password)
-    try:
-        for name, value in SESSION_SETTINGS.items():
-            reader.execute(sql.SQL("SELECT set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value)))
-        oids = [oid for (oid,) in reader.execute("SELECT oid FROM pg_type WHERE typname = ANY(%s)",
-                                                 [list(COLUMNS.values())])]
-        for oid in oids:
-            reader.adapters.register_loader(oid, TextLoader)
-        cursor = reader.execute(
-            sql.SQL("SELECT {} FROM t ORDER BY id").format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
-        )
-        return [dict(zip(COLUMNS, values, strict=True)) for values in cursor.fetchall()]
-    finally:
-        reader.close()
+def _text_output_connection(cluster: PgCluster, dbname: str) -> psycopg.Connection:
+    """A connection that hands back every value as its output function wrote it, like pgoutput's tuples."""
+    conn = _connect(cluster, dbname)
+    for (oid,) in conn.execute("SELECT oid FROM pg_type WHERE typname = ANY(%s)", [list(COLUMNS.values())]):
+        conn.adapters.register_loader(oid, TextLoader)
+    return conn
+
+
+def _read_rows(text_conn: psycopg.Connection) -> list[dict[str, str | None]]:
+    cursor = text_conn.execute(
+        sql.SQL("SELECT {} FROM t ORDER BY id").format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+    )
+    return [dict(zip(COLUMNS, values, strict=True)) for values in cursor.fetchall()]
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +166,15 @@ def dbs(pg_module: PgCluster) -> Iterator[Databases]:
         admin.execute("CREATE DATABASE where_c TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'")
     rows = _rows_input()
     icu, c = _connect(pg_module, "where_icu"), _connect(pg_module, "where_c")
+    text = _text_output_connection(pg_module, "where_c")
     try:
         _create_table(icu, rows)
         _create_table(c, rows)
-        text_rows = _read_text_output(c)
-        assert text_rows == _read_text_output(icu)
-        yield Databases(icu=icu, c=c, rows=text_rows)
+        text_rows = _read_rows(text)
+        yield Databases(icu=icu, c=c, text=text, rows=text_rows)
     finally:
-        icu.close()
-        c.close()
+        for conn in (icu, c, text):
+            conn.close()
 
 
 def _postgres_results(conn: psycopg.Connection, condition: sql.Composable, values: list[object],
@@ -481,3 +487,177 @@ def test_generated_where_agrees_with_postgres(dbs: Databases) -> None:
     check()
     # The generator mixes in type errors on purpose; most cases must still be real comparisons.
     assert outcomes["accepted"] > outcomes["refused"], outcomes
+
+
+# -- constants: our input functions and casts against Postgres' ---------------------------------------------
+
+
+def _postgres_output(dbs: Databases, expression: str, values: list[str]) -> str | Exception | None:
+    """Postgres' text output for `expression` over untyped `$n` values, or the error it raised."""
+    try:
+        with psycopg.RawCursor(dbs.text) as cursor:
+            cursor.execute(f"SELECT {expression}", values)
+            row = cursor.fetchone()
+            assert row is not None
+            return row[0]  # type: ignore[no-any-return]
+    except psycopg.Error as exc:
+        return exc
+
+
+def _same_value(typname: str, ours: object, output: str) -> bool:
+    """Whether Postgres' text output of a value denotes our parsed constant."""
+    domain = {"int2": "int", "int4": "int", "int8": "int", "numeric": "numeric", "float4": "float",
+              "float8": "float", "bool": "bool", "uuid": "uuid", "date": "time", "timestamp": "time",
+              "timestamptz": "time", "jsonb": "jsonb"}.get(typname, "text")
+    convert = pgtypes.output_key_function(typname, domain)
+    theirs = convert(output) if convert else output
+    mine = pgtypes.constant_key(ours, typname, domain)
+    if domain == "float" and isinstance(mine, float) and mine == 0:
+        return theirs == 0 and math.copysign(1, mine) == math.copysign(1, theirs)
+    return bool(theirs == mine)
+
+
+def _check_input(dbs: Databases, typname: str, text: str) -> bool:
+    """True if we accepted `text`; then Postgres must accept it too and read the same value."""
+    try:
+        ours = pgtypes.parse_input(typname, text)
+    except PgInputError:
+        return False
+    output = _postgres_output(dbs, f"$1::{typname}", [text])
+    assert isinstance(output, str), f"{text!r}::{typname}: we read {ours!r}, Postgres says {output}"
+    assert _same_value(typname, ours, output), f"{text!r}::{typname}: we read {ours!r}, Postgres {output!r}"
+    return True
+
+
+def _float32_midpoint_text(bits: int, nudge: int, digits: int) -> str:
+    with localcontext() as context:
+        context.prec = 2000
+        low = struct.unpack("<f", struct.pack("<I", bits))[0]
+        high = struct.unpack("<f", struct.pack("<I", bits + 1))[0]
+        midpoint = (Fraction(low) + Fraction(high)) / 2
+        exact = Decimal(midpoint.numerator) / Decimal(midpoint.denominator)
+        return format(exact + Decimal(nudge).scaleb(exact.adjusted() - digits), "f")
+
+
+_SPACES = st.sampled_from(["", "", " ", "\t", "\n "])
+INPUT_STRATEGIES: dict[str, st.SearchStrategy[str]] = {
+    "int2": st.one_of(st.integers(-40000, 40000).map(str), st.text("0123456789+- \t", max_size=7)),
+    "int4": st.one_of(st.integers(-(2**32), 2**32).map(str), st.text("0123456789+- ", max_size=12)),
+    "int8": st.one_of(st.integers(-(2**64), 2**64).map(str), st.text("0123456789+-", max_size=21)),
+    "numeric": st.one_of(
+        st.decimals(allow_nan=False).map(str),
+        st.text("0123456789.eE+-naifty ", max_size=10),
+        st.sampled_from(["NaN", "nan", "Infinity", "-inf", "+Infinity", "1e1000", "1e-1000", "1e1001", ".5", "5."]),
+    ),
+    "float8": st.one_of(
+        st.floats().map(repr),
+        st.text("0123456789.eE+-naifty", max_size=10),
+        st.sampled_from(["1e-400", "2.4e-324", "2.5e-324", "1.7976931348623157e308", "1.8e308", "-0", "NaN"]),
+    ),
+    "float4": st.one_of(
+        st.floats(width=32).map(repr),
+        st.builds(_float32_midpoint_text, st.integers(0x00000001, 0x7F7FFFFE), st.sampled_from([0, -1, 1]),
+                  st.integers(20, 60)),
+        st.text("0123456789.eE+-", max_size=10),
+        st.sampled_from(["3.4028235e38", "3.4028236e38", "3.5e38", "1e-45", "7e-46", "1e-46", "-0", "Infinity"]),
+    ),
+    "bool": st.text("tTrRuUeEfFaAlLsSyYnNoO01 ", max_size=6),
+    "uuid": st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: "{" + u.hex.upper() + "}"),
+        st.uuids().map(lambda u: "-".join(u.hex[i : i + 4] for i in range(0, 32, 4))),
+        st.uuids().map(lambda u: u.hex[:7] + "-" + u.hex[7:]),
+        st.uuids().map(lambda u: " " + str(u)),
+    ),
+    "jsonb": st.one_of(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=4),
+            lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children,
+                                                                               max_size=3),
+            max_leaves=8,
+        ).map(json.dumps),
+        st.sampled_from(['{"a":1,"a":2}', "[1,2", "NaN", '"\\u0000"', '"\\ud800"', "1e1000", "1.0", "-0", "01"]),
+    ),
+}
+
+
+@st.composite
+def datetime_texts(draw: st.DrawFn) -> str:
+    year = draw(st.one_of(st.integers(1, 9999), st.sampled_from([1, 4713, 4714, 10000])))
+    text = f"{year:04d}-{draw(st.integers(0, 13)):02d}-{draw(st.integers(0, 32)):02d}"
+    if draw(st.booleans()):
+        text += draw(st.sampled_from([" ", "T"])) + f"{draw(st.integers(0, 24)):02d}:{draw(st.integers(0, 60)):02d}"
+        if draw(st.booleans()):
+            text += f":{draw(st.integers(0, 60)):02d}"
+            if draw(st.booleans()):
+                text += "." + str(draw(st.integers(0, 10**7))).zfill(draw(st.integers(1, 7)))
+        if draw(st.booleans()):
+            sign = draw(st.sampled_from("+-"))
+            hours, minutes, seconds = draw(st.integers(0, 16)), draw(st.integers(0, 60)), draw(st.integers(0, 59))
+            text += draw(st.sampled_from(["Z", f"{sign}{hours:02d}", f"{sign}{hours:02d}:{minutes:02d}",
+                                          f"{sign}{hours:02d}{minutes:02d}",
+                                          f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}"]))
+    if draw(st.integers(0, 4)) == 0:
+        text += " BC"
+    return draw(_SPACES) + text + draw(_SPACES)
+
+
+@pytest.mark.parametrize("typname", [*INPUT_STRATEGIES, "date", "timestamp", "timestamptz"])
+def test_constants_read_like_postgres_input_functions(dbs: Databases, typname: str) -> None:
+    if typname in INPUT_STRATEGIES:
+        strategy = INPUT_STRATEGIES[typname]
+    else:
+        specials = ["infinity", "-Infinity", " infinity ", "+infinity", "now", "epoch"]
+        strategy = st.one_of(datetime_texts(), st.sampled_from(specials))
+    outcomes: Counter[bool] = Counter()
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(strategy)
+    def check(text: str) -> None:
+        outcomes[_check_input(dbs, typname, text)] += 1
+
+    check()
+    assert outcomes[True] > 0, outcomes
+
+
+NUMERIC_CAST_INPUTS = ["0", "1", "-1", "0.5", "1.5", "2.5", "-2.5", "0.1", "32767", "32768", "-32768", "2147483647.5",
+                       "2147483648", "9223372036854775807", "9223372036854775808", "16777217", "0.30000000000000004",
+                       "1e-40", "1e-50", "3.4028235e38", "3.5e38", "1e308", "NaN", "Infinity", "-Infinity",
+                       "123456.789012345678", "0.000001234567890123"]
+
+
+@pytest.mark.parametrize("source", ["int2", "int4", "int8", "numeric", "float4", "float8"])
+def test_numeric_casts_convert_like_postgres(dbs: Databases, source: str) -> None:
+    for text in NUMERIC_CAST_INPUTS:
+        try:
+            value = pgtypes.parse_input(source, text)
+        except PgInputError:
+            continue
+        for target in ["int2", "int4", "int8", "numeric", "float4", "float8"]:
+            output = _postgres_output(dbs, f"$1::{source}::{target}", [text])
+            try:
+                ours = pgtypes.cast_constant(value, source, target, explicit=True)
+            except PgInputError:
+                assert isinstance(output, Exception), f"{text}::{source}::{target}: we refuse, Postgres {output!r}"
+                continue
+            assert isinstance(output, str), f"{text}::{source}::{target}: we give {ours!r}, Postgres {output}"
+            assert _same_value(target, ours, output), f"{text}::{source}::{target}: ours {ours!r}, Postgres {output!r}"
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(subject=st.text("aAbBéÉ%_\\ \n", max_size=6), pattern=st.text("aAbBéÉ%_\\ ", max_size=5),
+       case_insensitive=st.booleans())
+def test_like_matches_like_postgres(dbs: Databases, subject: str, pattern: str, case_insensitive: bool) -> None:
+    operator = "ILIKE" if case_insensitive else "LIKE"
+    output = _postgres_output(dbs, f'$1::text {operator} $2::text COLLATE "C"', [subject, pattern])
+    try:
+        matcher = _compile_like(pattern, case_insensitive)
+    except ValueError:
+        # Postgres only notices a trailing escape when matching gets that far, so whether it errors depends on
+        # the row; refusing the pattern up front is the only answer consistent for every row.
+        assert re.search(r"(?<!\\)(\\\\)*\\$", pattern), pattern
+        return
+    assert output == ("t" if matcher(subject) else "f"), f"{subject!r} {operator} {pattern!r}"
