@@ -67,9 +67,8 @@ def lock_configuration(client: S3Client, bucket: str) -> dict[str, Any] | None:
     try:
         response = client.get_object_lock_configuration(Bucket=bucket)
     except ClientError as exc:
-        if _code(exc) in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound") or (
-            _status(exc) == 404 and _code(exc) != "NoSuchBucket"
-        ):
+        # A missing bucket is a 404 too, but NoSuchBucket: that one is an error, not "no lock".
+        if _code(exc) in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
             return None
         raise
     config: dict[str, Any] = response.get("ObjectLockConfiguration") or {}

@@ -41,13 +41,19 @@ Unauthenticated side doors (the S3 layer is the only one that enforces Object Lo
     Root on the host can still destroy the data directory: the embedded store is not a WORM boundary.
 
 Reloading identities (s3.json)
-    weed does not watch s3.json: an edit alone changes nothing. SIGHUP re-reads it in place (the new
-    identity works ~10 ms later, no connection is dropped): that adds identities and rotates secrets.
-    SIGHUP does **not** drop identities that disappeared from the file — a removed tenant keeps access until
-    weed restarts (a restart on the same data dir takes ~2 s stop + <1 s start and keeps everything).
-    So `ensure_s3_config` reports `reload` for additions/rotations and `restart` for removals.
-    `weed shell s3.configure` was not used: it would put secrets in argv or need the filer's IAM store as a
-    second source of truth; the embedded IAM API (`-s3.iam`) cannot take pre-generated keys and is turned off.
+    weed does not watch s3.json: an edit alone changes nothing (checked for 5 s). SIGHUP re-reads it in
+    place, same process, the new identity accepted ~10 ms later: that adds identities and rotates secrets.
+    It also replaces an existing identity whole: a new access key revokes the old one, narrowed actions are
+    narrowed at once. But SIGHUP does **not** drop identities that disappeared from the file — a removed
+    tenant keeps access until weed restarts (a restart on the same data dir takes ~2 s stop + <1 s start
+    and keeps everything). So `ensure_s3_config` reports `reload` unless an identity went away: `restart`.
+    `weed shell s3.configure` was not used: it would put secrets in argv (or on its stdin) and make the
+    filer's IAM store a second source of truth beside s3.json; the embedded IAM API (`-s3.iam`) mints its own
+    keys (AWS CreateAccessKey semantics) while tenant keys are made on the tenant's host, so it is off.
+
+Certificates
+    weed reads the S3 certificate and the gRPC certificates at start only: neither rewriting the files nor
+    SIGHUP made it serve a re-issued S3 certificate (checked for 10 s), so a renewal reports `restart`.
 
 Shutdown
     SIGTERM stops `weed mini` in ~2 s (up to ~12 s after a `weed shell` session: the admin server waits for
@@ -83,7 +89,7 @@ AUDIT_ACTIONS = (
 )
 # pgBackRest: get/put/delete/list and multipart uploads, all covered by Read, Write and List.
 BACKUP_ACTIONS = ("Read", "Write", "List")
-# weed mini's own default; not yet a setting (see the report), so callers with a port plan pass their own.
+# weed mini's own default. ObjectStoreSettings has no admin port yet, so callers that plan ports pass one.
 ADMIN_PORT_DEFAULT = 23646
 GRPC_PORT_OFFSET = 10000
 JWT_KEY_NAMES = ("volume_write", "volume_read", "filer_write", "filer_read")
@@ -218,29 +224,17 @@ def render_s3_config(admin: S3Credentials, tenants: Iterable[dict[str, Any]]) ->
     return text
 
 
-def _access_map(text: str | None) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
-    """identity name -> (its access keys, its actions), from an s3.json text."""
+def _identity_names(text: str | None) -> set[str]:
     if not text:
-        return {}
-    data = json.loads(text)
-    return {
-        ident["name"]: (
-            frozenset(c["accessKey"] for c in ident.get("credentials", [])),
-            frozenset(ident.get("actions", [])),
-        )
-        for ident in data.get("identities", [])
-    }
+        return set()
+    return {ident["name"] for ident in json.loads(text).get("identities", [])}
 
 
 def _how_to_apply(old: str | None, new: str) -> Change:
-    """SIGHUP adds identities and rotates secrets, but keeps identities, keys and rights it already had, so
-    anything taken away needs a restart (found by experiment, see the module docstring)."""
-    before, after = _access_map(old), _access_map(new)
-    taken_away = any(
-        name not in after or not keys <= after[name][0] or not actions <= after[name][1]
-        for name, (keys, actions) in before.items()
-    )
-    return Change(("s3.json",), reload=not taken_away, restart=taken_away)
+    """SIGHUP applies added, re-keyed and re-scoped identities but keeps removed ones alive, so a removal
+    needs a restart (found by experiment, see the module docstring)."""
+    removed = _identity_names(old) - _identity_names(new)
+    return Change(("s3.json",), reload=not removed, restart=bool(removed))
 
 
 def ensure_s3_config(host: HostConfig, owner: str | None = None) -> Change:

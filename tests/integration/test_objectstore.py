@@ -12,11 +12,13 @@ import http.client
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ from appliance.objectstore.buckets import (
     ensure_tenant_buckets,
     lock_configuration,
 )
-from appliance.objectstore.client import S3Client, checksum_args, put_object
+from appliance.objectstore.client import S3Client, checksum_args, put_object, s3_client
 from appliance.objectstore.credentials import S3Credentials, tenant_credentials
 from appliance.objectstore.paths import store_paths
 from appliance.objectstore.probe import EMBEDDED_CAVEAT, probe_store, probe_tenant
@@ -69,17 +71,40 @@ def unique_key(name: str) -> str:
     return f"{name}-{os.urandom(4).hex()}"
 
 
+def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """SIGHUP is handled asynchronously; give weed a moment (it needs ~10 ms) before judging."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def accepted(creds: S3Credentials, store: ObjectStore, bucket: str) -> bool:
+    try:
+        s3_client(store.host, creds, retries=1).head_bucket(Bucket=bucket)
+    except ClientError:
+        return False
+    return True
+
+
 # --- TLS (no store needed) --------------------------------------------------------------------------------
 
 def _load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
+def _leaf(files: dict[str, Path], names: list[str]) -> bool:
+    return tls.ensure_leaf_cert(ca_cert=files["ca_cert"], ca_key=files["ca_key"], cert_path=files["cert_path"],
+                                key_path=files["key_path"], names=names)
+
+
 def _ca_and_leaf(tmp_path: Path, names: list[str]) -> dict[str, Path]:
     files = {"ca_cert": tmp_path / "ca.pem", "ca_key": tmp_path / "ca.key",
              "cert_path": tmp_path / "s3.crt", "key_path": tmp_path / "s3.key"}
     tls.ensure_ca(files["ca_cert"], files["ca_key"])
-    tls.ensure_leaf_cert(**files, names=names)
+    _leaf(files, names)
     return files
 
 
@@ -94,14 +119,14 @@ def test_ca_and_server_cert_are_created_once_with_private_keys_0600(tmp_path: Pa
     leaf.verify_directly_issued_by(_load(files["ca_cert"]))
 
     assert tls.ensure_ca(files["ca_cert"], files["ca_key"]) is False
-    assert tls.ensure_leaf_cert(**files, names=tls.required_names(["vault.lan", "10.0.0.5"])) is False
+    assert _leaf(files, tls.required_names(["vault.lan", "10.0.0.5"])) is False
     assert {name: path.read_bytes() for name, path in files.items()} == before
 
 
 def test_server_cert_is_reissued_with_the_same_key_when_a_name_is_missing(tmp_path: Path) -> None:
     files = _ca_and_leaf(tmp_path, tls.required_names())
     key_before = files["key_path"].read_bytes()
-    assert tls.ensure_leaf_cert(**files, names=tls.required_names(["objects.example"])) is True
+    assert _leaf(files, tls.required_names(["objects.example"])) is True
     assert "objects.example" in tls.cert_names(_load(files["cert_path"]))
     assert files["key_path"].read_bytes() == key_before
 
@@ -127,7 +152,7 @@ def test_server_cert_expiring_within_30_days_is_renewed(tmp_path: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     files["cert_path"].write_bytes(short.public_bytes(serialization.Encoding.PEM))
-    assert tls.ensure_leaf_cert(**files, names=tls.required_names()) is True
+    assert _leaf(files, tls.required_names()) is True
     renewed = _load(files["cert_path"])
     assert renewed.not_valid_after_utc - now > dt.timedelta(days=300)
 
@@ -138,7 +163,7 @@ def test_server_cert_from_another_ca_is_replaced(tmp_path: Path) -> None:
     other = _ca_and_leaf(tmp_path / "other", tls.required_names())
     files["cert_path"].write_bytes(other["cert_path"].read_bytes())
     files["key_path"].write_bytes(other["key_path"].read_bytes())
-    assert tls.ensure_leaf_cert(**files, names=tls.required_names()) is True
+    assert _leaf(files, tls.required_names()) is True
     _load(files["cert_path"]).verify_directly_issued_by(_load(files["ca_cert"]))
 
 
@@ -146,7 +171,7 @@ def test_damaged_ca_key_makes_a_new_ca(tmp_path: Path) -> None:
     files = _ca_and_leaf(tmp_path, tls.required_names())
     files["ca_key"].write_text("not a key")
     assert tls.ensure_ca(files["ca_cert"], files["ca_key"]) is True
-    assert tls.ensure_leaf_cert(**files, names=tls.required_names()) is True
+    assert _leaf(files, tls.required_names()) is True
 
 
 # --- configuration -----------------------------------------------------------------------------------------
@@ -188,7 +213,7 @@ def test_s3_json_change_says_reload_for_additions_and_restart_for_removals() -> 
     assert (added.reload, added.restart) == (True, False)
     assert (rotated.reload, rotated.restart) == (True, False)
     assert (removed.reload, removed.restart) == (False, True)
-    assert (rekeyed.reload, rekeyed.restart) == (False, True)
+    assert (rekeyed.reload, rekeyed.restart) == (True, False)
 
 
 # --- the running store ---------------------------------------------------------------------------------------
@@ -288,6 +313,8 @@ def test_locked_audit_version_cannot_be_deleted_or_overwritten(store: ObjectStor
     original = client.get_object(Bucket=tenant.audit_bucket, Key=key, VersionId=first)
     assert original["Body"].read() == b"batch 1"
     assert first in {v["VersionId"] for v in versions(client, tenant.audit_bucket, key)}
+    # Nor can the bucket go with it (weed runs with -s3.allowDeleteBucketNotEmpty=false).
+    assert refused(admin.delete_bucket, Bucket=tenant.audit_bucket) in ("BucketNotEmpty", "AccessDenied")
     # Versioning of a lock bucket cannot be suspended, not even by the admin.
     assert refused(admin.put_bucket_versioning, Bucket=tenant.audit_bucket,
                    VersioningConfiguration={"Status": "Suspended"}) in ("InvalidBucketState", "AccessDenied")
@@ -318,8 +345,10 @@ def test_compliance_retention_cannot_be_shortened_or_downgraded(store: ObjectSto
 def test_put_with_a_wrong_checksum_is_refused(store: ObjectStore) -> None:
     tenant = store.tenant(A)
     bad = checksum_args(b"something else")
-    assert refused(store.client(A).put_object, Bucket=tenant.audit_bucket, Key=unique_key("torn"), Body=b"data",
-                   ContentMD5=bad["ContentMD5"]) == "BadDigest"
+    client = store.client(A)
+    for wrong in ({"ContentMD5": bad["ContentMD5"]}, {"ChecksumSHA256": bad["ChecksumSHA256"]}):
+        assert refused(client.put_object, Bucket=tenant.audit_bucket, Key=unique_key("torn"), Body=b"data",
+                       **wrong) == "BadDigest"
 
 
 def _http(port: int, method: str, path: str, body: bytes | None = None) -> int:
@@ -484,9 +513,16 @@ def test_new_tenant_identity_applies_with_sighup_without_restart(store: ObjectSt
     change = seaweed.ensure_tenant_identity(store.host, zeta, creds)
     assert (bool(change), change.reload, change.restart) == (True, True, False)
     store.reload()
-    result = probe_tenant(store.host, zeta)
-    assert result.healthy, result.detail
+    assert eventually(lambda: probe_tenant(store.host, zeta).healthy), probe_tenant(store.host, zeta).detail
     assert store.pid == pid and store.process is not None and store.process.poll() is None
+    # A new key pair also applies with SIGHUP, and the old pair stops working at once.
+    rotated = S3Credentials(creds.access_key[::-1], creds.secret_key + "-rotated")
+    change = seaweed.ensure_tenant_identity(store.host, zeta, rotated)
+    assert (change.reload, change.restart) == (True, False)
+    store.reload()
+    assert eventually(lambda: accepted(rotated, store, zeta.audit_bucket))
+    assert not accepted(creds, store, zeta.audit_bucket)
+    assert store.pid == pid
     # Taking it away again needs a restart, and is reported so.
     removal = seaweed.remove_tenant_identity(store.host, "zeta")
     assert (removal.reload, removal.restart) == (False, True)
@@ -495,16 +531,19 @@ def test_new_tenant_identity_applies_with_sighup_without_restart(store: ObjectSt
     assert not result.healthy and "credentials refused" in result.detail
 
 
-def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill-9"])
+def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore, stop_signal: int) -> None:
     tenant = store.tenant(B)
     client = store.client(B)
     key = unique_key("batch")
     version = put_object(client, tenant.audit_bucket, key, b"before restart")["VersionId"]
-    put_object(client, tenant.backup_bucket, "backup.info", b"v1")
-    put_object(client, tenant.backup_bucket, "backup.info", b"v2")
+    info = unique_key("backup.info")
+    put_object(client, tenant.backup_bucket, info, b"v1")
+    put_object(client, tenant.backup_bucket, info, b"v2")
     retention = client.get_object_retention(Bucket=tenant.audit_bucket, Key=key)["Retention"]
 
-    store.restart()
+    # Acknowledged writes must survive a crash too, not only an orderly stop.
+    store.restart(stop_signal)
 
     client = store.client(B)
     assert client.get_object(Bucket=tenant.audit_bucket, Key=key, VersionId=version)["Body"].read() == (
@@ -513,7 +552,7 @@ def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore) -> None:
     assert client.get_object_retention(Bucket=tenant.audit_bucket, Key=key)["Retention"] == retention
     assert default_retention(lock_configuration(client, tenant.audit_bucket)) == ("COMPLIANCE", 1)
     assert refused(client.delete_object, Bucket=tenant.audit_bucket, Key=key, VersionId=version) == "AccessDenied"
-    assert len(versions(client, tenant.backup_bucket, "backup.info")) == 2
+    assert len(versions(client, tenant.backup_bucket, info)) == 2
     assert ensure_tenant_buckets(store.client(), tenant) == []
 
 

@@ -49,6 +49,14 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def free_port_with_grpc_twin(taken: set[int]) -> int:
     """A free loopback port whose +10000 gRPC twin is free (and valid) too."""
     for _ in range(200):
@@ -145,16 +153,20 @@ class ObjectStore:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"weed exited during start:\n{self.log_tail()}")
-            result = probe_store(self.host, timeout_s=1.0)
-            if result.healthy:
-                # S3 answering is not yet the filer being ready for bucket calls.
+            # The admin server and its worker come up after S3; "ready" means every port is there, S3
+            # answers over TLS, and the filer behind it takes bucket calls.
+            closed = [name for name, port in self.ports.items() if not _accepts(port)]
+            result = probe_store(self.host, timeout_s=1.0) if not closed else None
+            if closed:
+                detail = f"ports not listening yet: {closed}"
+            elif result is not None and not result.healthy:
+                detail = result.detail
+            else:
                 try:
                     self.client(timeout_s=1.0).list_buckets()
                     return
                 except (BotoCoreError, ClientError) as exc:
                     detail = str(exc)
-            else:
-                detail = result.detail
             time.sleep(0.1)
         raise RuntimeError(f"weed not ready after {timeout_s}s ({detail}):\n{self.log_tail()}")
 
@@ -173,8 +185,9 @@ class ObjectStore:
         self._logs.clear()
         self._remove_tmp_sockets()
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop (gracefully, or with SIGKILL to play a crash) and start again on the same data dir."""
+        self.stop(sig)
         self.start()
 
     @contextmanager
