@@ -278,3 +278,14 @@ def object_store(
     finally:
         store.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def objectstore_module() -> Iterator[ObjectStore]:
+    """A real store with tenants `alpha` and `beta` and their buckets, shared by one test module.
+
+    Use it by importing it into the test module (`from tests.support.objectstore import objectstore_module`)
+    or by re-exporting it from tests/conftest.py; for other tenants, wrap `object_store([...])` in a fixture.
+    """
+    with object_store() as store:
+        yield store
