@@ -319,6 +319,8 @@ def _tokenize(text: str) -> list[_Token]:
         elif ch == ";":
             raise _unsupported("statement separator ';'", pos)
         elif ch in "[]":
+            if ch == "[" and tokens and tokens[-1].kind == "word" and tokens[-1].text == "array":
+                raise _unsupported("ARRAY constructor", tokens[-1].pos)
             raise _unsupported("array subscript", pos)
         elif ch == ".":
             raise _unsupported("qualified name or field selection '.'", pos)
@@ -473,9 +475,19 @@ class _Parser:
         return self.parse_is()
 
     def parse_is(self) -> Expr:
+        depth = self.depth
+        try:
+            return self._parse_is_chain()
+        finally:
+            self.depth = depth
+
+    def _parse_is_chain(self) -> Expr:
         expr = self.parse_comparison()
         while True:
             token = self.peek()
+            if self.at_word("isnull", "notnull", "is"):
+                # Each IS wraps the tree one level deeper without recursing here; the binder will recurse.
+                self.enter(token.pos)
             if self.at_word("isnull", "notnull"):
                 self.advance()
                 expr = IsNull(expr, token.text == "notnull", token.pos)
@@ -574,9 +586,12 @@ class _Parser:
 
     def parse_postfix(self) -> Expr:
         expr = self.parse_primary()
+        depth = self.depth
         while self.peek().kind == "::":
             token = self.advance()
+            self.enter(token.pos)  # a cast chain nests like parentheses do
             expr = Cast(expr, self._parse_type_name(), token.pos)
+        self.depth = depth
         return expr
 
     def _parse_type_name(self) -> str:
@@ -756,7 +771,11 @@ def bind(expr: Expr, columns: Mapping[str, str], params: Mapping[int, str]) -> B
         if "\x00" in value:
             raise WhereError(f"params[{key}] contains a NUL character", field="params")
     binder = _Binder(columns, params)
-    predicate = binder.predicate(expr, "WHERE")
+    try:
+        predicate = binder.predicate(expr, "WHERE")
+    except RecursionError:
+        # Only reachable with a hand-built AST: parse_where caps nesting well below the recursion limit.
+        raise WhereError(f"expression nested too deeply (more than {MAX_DEPTH} levels)") from None
     unused = sorted(set(params) - binder.params_used)
     if unused:
         raise WhereError(
