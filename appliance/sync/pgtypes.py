@@ -22,6 +22,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Final
@@ -505,8 +506,25 @@ _TIMESTAMP_OUTPUT_RE: Final = re.compile(
 )
 
 
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_EPOCH_NAIVE: Final = datetime(1970, 1, 1)
+_EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_USEC: Final = timedelta(microseconds=1)
+
+
 def date_output_key(text: str) -> float | int:
     """Microseconds (UTC midnight) of a date's text output; +-inf for infinity."""
+    if len(text) == 10:
+        # The common case (years 1-9999, AD) through the C parser; it runs once per row and shape.
+        try:
+            return (date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL) * USEC_PER_DAY
+        except ValueError:
+            pass
+    return parse_date_output(text)
+
+
+def parse_date_output(text: str) -> float | int:
+    """date_output_key without the fast path: every year, BC, and infinity."""
     match = _DATE_OUTPUT_RE.fullmatch(text)
     if match is None:
         if text in _SPECIAL_DATETIMES:
@@ -520,6 +538,19 @@ def date_output_key(text: str) -> float | int:
 
 def timestamp_output_key(text: str) -> float | int:
     """Microseconds since 1970-01-01 UTC of a timestamp[tz]'s text output; +-inf for infinity."""
+    if not text.endswith(("BC", "y")):  # BC years and infinities are out of datetime's range
+        # datetime's C parser is ~8x faster than the regex below and reads every AD 1-9999 output form.
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return (moment - (_EPOCH_NAIVE if moment.tzinfo is None else _EPOCH_UTC)) // _ONE_USEC
+    return parse_timestamp_output(text)
+
+
+def parse_timestamp_output(text: str) -> float | int:
+    """timestamp_output_key without the fast path: every year, BC, and infinity."""
     match = _TIMESTAMP_OUTPUT_RE.fullmatch(text)
     if match is None:
         if text in _SPECIAL_DATETIMES:

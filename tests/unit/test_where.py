@@ -6,9 +6,14 @@ behaviour and the error messages without a server.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
+from appliance.sync import pgtypes
 from appliance.sync.where import (
     MAX_DEPTH,
     MAX_WHERE_BYTES,
@@ -548,3 +553,25 @@ def test_to_sql_composes_into_a_larger_query() -> None:
     query = sql.SQL("SELECT * FROM {} WHERE {}").format(sql.Identifier("public", "items"), condition)
     assert query.as_string(None) == 'SELECT * FROM "public"."items" WHERE (("id" >= %s::int4) AND ("id" <= %s::int4))'
     assert values == ["1", "2"]
+
+
+# -- text output parsing fast paths -------------------------------------------------------------------------
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)),
+    offset_seconds=st.one_of(st.none(), st.integers(-(15 * 3600 + 59 * 60 + 59), 15 * 3600 + 59 * 60 + 59)),
+)
+def test_timestamp_fast_path_reads_like_the_exact_parser(moment: datetime, offset_seconds: int | None) -> None:
+    text = moment.isoformat(sep=" ")
+    if "." in text:
+        text = text.rstrip("0")  # Postgres drops trailing zeros of the fraction
+    if offset_seconds is not None:
+        sign = "-" if offset_seconds < 0 else "+"
+        hours, rest = divmod(abs(offset_seconds), 3600)
+        minutes, seconds = divmod(rest, 60)
+        text += f"{sign}{hours:02d}" + (f":{minutes:02d}" if minutes or seconds else "") + (
+            f":{seconds:02d}" if seconds else "")
+    assert pgtypes.timestamp_output_key(text) == pgtypes.parse_timestamp_output(text)
+    assert pgtypes.date_output_key(text[:10]) == pgtypes.parse_date_output(text[:10])
