@@ -231,6 +231,8 @@ _DESCRIBED_KEYWORDS: Final = {
     "collate": "COLLATE",
     "overlaps": "OVERLAPS",
 }
+# Keywords this grammar itself uses: out of place, they are a syntax error rather than an unsupported feature.
+_GRAMMAR_KEYWORDS: Final = frozenset({"and", "or", "not", "in", "is", "isnull", "notnull", "like", "ilike", "between"})
 _STRING_PREFIXES: Final = {
     "e": "escape string E'...'",
     "b": "bit-string literal B'...'",
@@ -665,6 +667,8 @@ class _Parser:
                 return NullLit(token.pos)
             if word in _DESCRIBED_KEYWORDS:
                 raise _unsupported(_DESCRIBED_KEYWORDS[word], token.pos)
+            if word in _GRAMMAR_KEYWORDS:
+                raise self.unexpected(token, expected="an expression")
             if word in _RESERVED:
                 raise _unsupported(f"keyword {word.upper()}", token.pos)
             following = self.peek(1)
@@ -718,7 +722,6 @@ _OPERATORS: Final[dict[str, Callable[[object, object], bool]]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_NEGATED_COMPARISON: Final = {"=": "<>", "<>": "="}
 
 
 def _constant_predicate(value: bool | None) -> Predicate:
@@ -770,6 +773,10 @@ def bind(expr: Expr, columns: Mapping[str, str], params: Mapping[int, str]) -> B
             raise WhereError(f"params[{key}] must be a string", field="params")
         if "\x00" in value:
             raise WhereError(f"params[{key}] contains a NUL character", field="params")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise WhereError(f"params[{key}] is not valid UTF-8 text", field="params") from None
     binder = _Binder(columns, params)
     try:
         predicate = binder.predicate(expr, "WHERE")
@@ -1180,8 +1187,9 @@ def _in_sql(lhs: _Operand, items: list[_Scalar], negated: bool) -> tuple[sql.Com
 
 
 # -- compiled closures --------------------------------------------------------------------------------------
-# A getter yields an operand's key in the comparison domain for a row: ("const", key) for constants (decided
-# at bind time; None is NULL), ("column", name, converter) for columns, ("fn", predicate) for booleans.
+# A getter yields an operand's key in the comparison domain for a row (None for NULL): a _ConstKey decided at
+# bind time, a _ColumnKey converting the column's text output, or a boolean sub-expression's own predicate.
+# Knowing which is which lets _compare_function pick a specialised closure for `column <op> constant`.
 
 _Getter = Callable[[Row], pgtypes.Key]
 

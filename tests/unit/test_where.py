@@ -575,3 +575,15 @@ def test_timestamp_fast_path_reads_like_the_exact_parser(moment: datetime, offse
             f":{seconds:02d}" if seconds else "")
     assert pgtypes.timestamp_output_key(text) == pgtypes.parse_timestamp_output(text)
     assert pgtypes.date_output_key(text[:10]) == pgtypes.parse_date_output(text[:10])
+
+
+def test_grammar_keywords_out_of_place_are_syntax_errors() -> None:
+    assert refusal("AND active") == "syntax error: expected an expression, found AND at position 1"
+    assert refusal("active OR OR active") == "syntax error: expected an expression, found OR at position 11"
+
+
+def test_params_must_be_encodable_text() -> None:
+    with pytest.raises(WhereError, match=r"params\[1\] is not valid UTF-8"):
+        compile_where("name = $1", COLUMNS, {1: "\ud800"})
+    with pytest.raises(WhereError, match=r"params\[1\] contains a NUL"):
+        compile_where("name = $1", COLUMNS, {1: "a\x00"})
