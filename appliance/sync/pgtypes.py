@@ -743,7 +743,7 @@ def constant_key(value: Value, typname: str, domain: str) -> Key:
     return value  # bool, uuid (already canonical)
 
 
-def _bool_output(text: str) -> bool:
+def bool_output(text: str) -> bool:
     return text == "t"
 
 
@@ -797,7 +797,7 @@ def output_key_function(typname: str, domain: str) -> Callable[[str], Key] | Non
     if typname in STRING_TYPES:
         return _rstrip_spaces if typname == "bpchar" or domain == BPCHAR else None
     if typname == "bool":
-        return _bool_output
+        return bool_output
     if typname == "uuid":
         return _uuid_output
     if typname == "date":

@@ -31,7 +31,7 @@ import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from psycopg import sql
 
@@ -714,7 +714,7 @@ class _Pred:
 
 _Operand = _Scalar | _Pred
 
-_OPERATORS: Final[dict[str, Callable[[object, object], bool]]] = {
+_OPERATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "=": operator.eq,
     "<>": operator.ne,
     "<": operator.lt,
@@ -1053,8 +1053,8 @@ class _Binder:
         keys = {pgtypes.constant_key(item.value, common, domain) for item in coerced if item.value is not None}
         has_null = any(item.value is None for item in coerced)
         fn = _in_function(_getter(lhs, domain), frozenset(keys), has_null, node.negated)
-        sql_part, params = _in_sql(lhs, coerced, node.negated)
-        return self._finish(fn, sql_part, params, _columns_of(lhs, probe), node.pos)
+        in_sql, in_params = _in_sql(lhs, coerced, node.negated)
+        return self._finish(fn, in_sql, in_params, _columns_of(lhs, probe), node.pos)
 
     def _coerce_item(self, item: _Scalar, common: str, context: str) -> _Scalar:
         if item.pgtype is None:
@@ -1115,6 +1115,7 @@ class _Binder:
         if isinstance(operand, _Scalar) and operand.pgtype is None:
             operand = self._typed(operand, "text", keyword)
         want_null = not node.negated
+        fn: Predicate
         if isinstance(operand, _Pred):
             inner = operand.fn
 
@@ -1229,7 +1230,10 @@ def _getter(operand: _Operand, domain: str) -> _Getter:
 
 
 # Domains whose text output is canonical, so equality can compare the text itself with the constant's text.
-_TEXT_EQUALITY: Final = {pgtypes.INT: str, pgtypes.BOOL: lambda key: "t" if key else "f"}
+_TEXT_EQUALITY: Final[dict[str, Callable[[Any], str]]] = {
+    pgtypes.INT: str,
+    pgtypes.BOOL: lambda key: "t" if key else "f",
+}
 
 
 def _compare_function(op: str, left: _Getter, right: _Getter, domain: str) -> Predicate:
@@ -1246,7 +1250,7 @@ def _compare_function(op: str, left: _Getter, right: _Getter, domain: str) -> Pr
             return _constant_predicate(None if left.key is None else compare(left.key, key))
         if isinstance(left, _ColumnKey):
             name, convert = left.name, left.convert
-            if op in ("=", "<>") and domain in _TEXT_EQUALITY and convert in (int, pgtypes._bool_output):
+            if op in ("=", "<>") and domain in _TEXT_EQUALITY and convert in (int, pgtypes.bool_output):
                 # Integer and boolean text output is canonical: compare strings, skip parsing every row.
                 convert, key = None, _TEXT_EQUALITY[domain](key)
             if convert is None:
