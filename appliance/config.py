@@ -162,6 +162,7 @@ class ObjectStoreSettings(_Settings):
     master_port: int
     volume_port: int
     filer_port: int
+    admin_port: int
     endpoint: str
     region: str
     ca_file: str
@@ -178,7 +179,7 @@ class ObjectStoreSettings(_Settings):
         if self.mode != "embedded":
             return {}
         base = {"s3": self.s3_port, "master": self.master_port, "volume": self.volume_port,
-                "filer": self.filer_port}
+                "filer": self.filer_port, "admin": self.admin_port}
         return base | {f"{name}-grpc": port + 10000 for name, port in base.items()}
 
 

@@ -31,6 +31,8 @@ class ServiceSpec:
     stop_signal: str = "TERM"
     stop_wait_s: int = 30
     tenant: str | None = None
+    # A /tmp of its own: under systemd PrivateTmp=yes; under supervisord a mount namespace with a tmpfs.
+    private_tmp: bool = False
 
     @property
     def unit_name(self) -> str:
@@ -81,18 +83,25 @@ def tenant_services(tenant: TenantConfig) -> list[ServiceSpec]:
 
 
 def objectstore_service(host: HostConfig) -> ServiceSpec:
-    from appliance.objectstore.seaweed import weed_argv
+    from appliance.objectstore.seaweed import weed_argv, weed_binary, weed_environment
 
+    weed = host.common.install_root / "venv" / "bin" / weed_binary().name
+    # Exactly this environment and nothing inherited: AWS_* in weed's environment would add an admin identity
+    # and WEED_* would override security.toml.
+    clean_env = ["env", "-i", *(f"{k}={v}" for k, v in weed_environment(host).items())]
     return ServiceSpec(
         name="appliance-objectstore",
         component="objectstore",
-        command=tuple(weed_argv(host)),
+        command=(*clean_env, *weed_argv(host, weed)),
         user=host.objectstore_user,
         # weed reads security.toml (the JWT keys) from its working directory.
         working_dir=host.objectstore_conf_dir,
         log_file=host.objectstore_root / "objectstore.log",
         port=host.objectstore.s3_port,
         probe="s3",
+        # weed mini puts its gRPC unix sockets in /tmp whatever TMPDIR says; another local user could
+        # otherwise claim those paths before the store starts.
+        private_tmp=True,
     )
 
 

@@ -64,7 +64,17 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
 
 # Probes for components that are not processes of their own (buckets, slots) plug in here, keyed by name.
 ExtraProbe = Callable[[HostConfig, TenantConfig], dict[str, ComponentStatus]]
-EXTRA_PROBES: list[ExtraProbe] = []
+
+
+def _buckets(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatus]:
+    """The tenant's buckets, reached with the tenant's own keys, audit bucket locked as configured."""
+    from appliance.objectstore.probe import probe_tenant
+
+    result = probe_tenant(host, tenant)
+    return {"buckets": ComponentStatus(result.healthy, result.healthy, None, None, None, result.detail)}
+
+
+EXTRA_PROBES: list[ExtraProbe] = [_buckets]
 
 
 def _component(spec: ServiceSpec, state: ProcessState, host: HostConfig) -> ComponentStatus:
@@ -90,11 +100,6 @@ def collect(host: HostConfig) -> dict[str, Any]:
         components = report["tenants"].setdefault(tenant.id, {"components": {}})["components"]
         for extra in EXTRA_PROBES:
             components.update({k: asdict(v) for k, v in extra(host, tenant).items()})
-    if host.runs_objectstore:
-        report["host"]["components"].setdefault("objectstore", {})["warning"] = (
-            "embedded store on this host: root here can destroy its data, so Object Lock is not a WORM "
-            "guarantee against this host's operator; use a vault host or an external S3 for that"
-        )
     return report
 
 

@@ -7,6 +7,7 @@ them; `appliance status` asks it for pid and uptime. Both speak only in service 
 from __future__ import annotations
 
 import http.client
+import shlex
 import socket
 import subprocess
 import time
@@ -56,8 +57,21 @@ class ServiceManager(Protocol):
     def remove_command(self, specs: list[ServiceSpec]) -> list[str]: ...
 
 
-def _render(template: str, spec: ServiceSpec) -> str:
-    return roles.render("services", template, spec=spec, command=subprocess.list2cmdline(spec.command))
+def _render(template: str, spec: ServiceSpec, *, command: str | None = None, user: str | None = None) -> str:
+    return roles.render(
+        "services", template, spec=spec, command=command or shlex.join(spec.command), user=user or spec.user
+    )
+
+
+def supervisor_command(spec: ServiceSpec) -> tuple[str, str]:
+    """(command, user) for a supervisord program. A private /tmp needs root to set up a mount namespace, so
+    such a program starts as root and drops to the service's user with setpriv before exec'ing it."""
+    if not spec.private_tmp:
+        return shlex.join(spec.command), spec.user
+    drop = shlex.join(["setpriv", f"--reuid={spec.user}", f"--regid={spec.user}", "--init-groups", "--",
+                       *spec.command])
+    script = f"mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp && exec {drop}"
+    return shlex.join(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]), "root"
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -91,7 +105,9 @@ class Supervisor:
         return SUPERVISOR_PROGRAMS / f"{spec.name}.conf"
 
     def render(self, spec: ServiceSpec) -> str:
-        return _render("supervisor-program.conf.j2", spec)
+        command, user = supervisor_command(spec)
+        # supervisord expands %(name)s in its values; a literal % must be doubled.
+        return _render("supervisor-program.conf.j2", spec, command=command.replace("%", "%%"), user=user)
 
     def _rpc(self) -> xmlrpc.client.ServerProxy:
         # supervisord's own XML-RPC over its unix socket: one round trip for every process, where

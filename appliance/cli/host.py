@@ -91,6 +91,24 @@ def postgres_reload(tenant_id: str) -> None:
     click.echo(f"postgres of {tenant_id}: restarted (a changed setting needs a restart)")
 
 
+@host.command("objectstore-setup")
+def objectstore_setup() -> None:
+    """The embedded store's TLS, keys and identities file; a running store picks up what changed."""
+    from appliance.host.objectstore import setup
+
+    _report(setup(load_host_config()), "object store")
+
+
+@host.command("objectstore-tenant")
+@click.argument("tenant_id")
+def objectstore_tenant(tenant_id: str) -> None:
+    """The tenant's S3 identity (its own buckets only) and its buckets with their lock configuration."""
+    from appliance.host.objectstore import ensure_tenant
+
+    host_config, tenant = _tenant(tenant_id)
+    _report(ensure_tenant(host_config, tenant), f"object store of {tenant_id}")
+
+
 @host.command()
 @click.option("--tenant", "tenant_id", help="Wait for this tenant's components (default: the host's).")
 @click.option("--timeout", type=float, help="Seconds to wait (default: the health_timeout_s setting).")

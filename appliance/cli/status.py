@@ -43,8 +43,5 @@ def status(as_json: bool) -> None:
                 f"{owner:<10} {name:<12} {state:<10} {pid!s:>7} {port!s:>6} "
                 f"{_uptime(c.get('uptime_s')):>7}  {c.get('detail', '')}"
             )
-        warning = report["host"]["components"].get("objectstore", {}).get("warning")
-        if warning:
-            click.echo(f"\nnote: {warning}")
         click.echo("\nall healthy" if healthy else "\nSOME COMPONENTS ARE UNHEALTHY (see DETAIL and the logs)")
     sys.exit(0 if healthy else 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.host import postgres
+from appliance.host import objectstore, postgres
 from appliance.secrets import missing_secrets
 
 
@@ -16,10 +16,20 @@ def tenant_facts(tenant: TenantConfig) -> dict[str, Any]:
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
+        "objectstore_ok": bool(not missing and objectstore.tenant_ok(_host(), tenant)),
     }
+
+
+def _host() -> HostConfig:
+    from appliance.config import load_host_config
+
+    return load_host_config()
 
 
 def host_facts(host: HostConfig) -> dict[str, Any]:
     from appliance.supervision import Supervisor
 
-    return {"supervisor_running": Supervisor().is_running()}
+    facts: dict[str, Any] = {"supervisor_running": Supervisor().is_running()}
+    if host.runs_objectstore:
+        facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
+    return facts

@@ -154,7 +154,12 @@ def reload(tenant: TenantConfig) -> bool:
         try:
             with connect(tenant, database="postgres") as conn:
                 pending = conn.execute("select count(*) from pg_settings where pending_restart").fetchone()
-                conf_ok = conn.execute("select count(*) from pg_file_settings where error is not null").fetchone()
+                # A setting that needs a restart shows up here as "could not be applied"; anything else is an
+                # error in the file itself.
+                conf_ok = conn.execute(
+                    "select count(*) from pg_file_settings "
+                    "where error is not null and error <> 'setting could not be applied'"
+                ).fetchone()
         except psycopg.Error:
             continue
         if conf_ok and conf_ok[0]:

@@ -89,8 +89,6 @@ AUDIT_ACTIONS = (
 )
 # pgBackRest: get/put/delete/list and multipart uploads, all covered by Read, Write and List.
 BACKUP_ACTIONS = ("Read", "Write", "List")
-# weed mini's own default. ObjectStoreSettings has no admin port yet, so callers that plan ports pass one.
-ADMIN_PORT_DEFAULT = 23646
 GRPC_PORT_OFFSET = 10000
 JWT_KEY_NAMES = ("volume_write", "volume_read", "filer_write", "filer_read")
 # Time weed gets to stop on SIGTERM before it is killed.
@@ -117,11 +115,12 @@ def weed_binary() -> Path:
     return Path(sys.executable).parent / "weed"
 
 
-def weed_argv(host: HostConfig, weed: Path | None = None, *, admin_port: int = ADMIN_PORT_DEFAULT) -> list[str]:
+def weed_argv(host: HostConfig, weed: Path | None = None, *, admin_port: int | None = None) -> list[str]:
     """The `weed mini` command line. Paths and ports only: every secret lives in a 0600 file."""
     settings = host.objectstore
     paths = store_paths(host)
     ports = settings.ports()
+    admin_port = admin_port or settings.admin_port
     bind = settings.bind_address
     return [
         str(weed or weed_binary()),
@@ -173,8 +172,9 @@ def weed_environment(host: HostConfig) -> dict[str, str]:
     }
 
 
-def store_ports(host: HostConfig, *, admin_port: int = ADMIN_PORT_DEFAULT) -> dict[str, int]:
+def store_ports(host: HostConfig, *, admin_port: int | None = None) -> dict[str, int]:
     """Every TCP port the running store listens on."""
+    admin_port = admin_port or host.objectstore.admin_port
     return host.objectstore.ports() | {"admin": admin_port, "admin-grpc": admin_port + GRPC_PORT_OFFSET}
 
 
@@ -200,7 +200,7 @@ def _fragment_path(paths: StorePaths, tenant_id: str) -> Path:
     return paths.conf_dir / "tenants" / f"{tenant_id}.json"
 
 
-def _read_fragments(paths: StorePaths) -> list[dict[str, Any]]:
+def read_fragments(paths: StorePaths) -> list[dict[str, Any]]:
     folder = paths.conf_dir / "tenants"
     if not folder.is_dir():
         return []
@@ -240,7 +240,7 @@ def _how_to_apply(old: str | None, new: str) -> Change:
 def ensure_s3_config(host: HostConfig, owner: str | None = None) -> Change:
     """Render s3.json from the admin keys and the tenant fragments; report how weed must pick it up."""
     paths = store_paths(host)
-    text = render_s3_config(admin_credentials(host), _read_fragments(paths))
+    text = render_s3_config(admin_credentials(host), read_fragments(paths))
     try:
         old: str | None = paths.s3_config.read_text()
     except FileNotFoundError:

@@ -48,9 +48,11 @@ def test_every_component_is_healthy(deployed: HostConfig) -> None:
     assert code == 0, report
     assert set(report["tenants"]) == {"acme", "globex"}
     for tenant in report["tenants"].values():
-        assert {"postgres", "streams"} <= set(tenant["components"])
-        for component in tenant["components"].values():
-            assert component["healthy"] and component["pid"] and component["uptime_s"] is not None, component
+        assert {"postgres", "streams", "buckets"} <= set(tenant["components"])
+        for name, component in tenant["components"].items():
+            assert component["healthy"], (name, component)
+            if name != "buckets":  # a probe of the store, not a process of the tenant's
+                assert component["pid"] and component["port"] and component["uptime_s"] is not None, component
     if deployed.runs_objectstore:
         assert report["host"]["components"]["objectstore"]["healthy"]
 
@@ -122,7 +124,7 @@ def test_tenant_user_cannot_read_another_tenants_directory(deployed: HostConfig)
 def test_one_tenants_db_credentials_are_refused_by_anothers_cluster(deployed: HostConfig) -> None:
     acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
     for role in DB_ROLES:
-        info = globex.pg_conninfo(role, database="postgres")
+        info = globex.pg_conninfo(role)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(**info, password=acme.read_secret(acme.pg_password_secret(role)), connect_timeout=5)
         # the same role with its own tenant's secret gets in: the refusal is the credential, not the role
@@ -203,7 +205,9 @@ def _secret_values(host: HostConfig) -> dict[str, str]:
 
 
 def test_secrets_never_appear_in_process_listings(deployed: HostConfig) -> None:
-    listing = subprocess.run(["ps", "-eo", "user,pid,args", "--no-headers"], capture_output=True, text=True).stdout
+    listing = subprocess.run(
+        ["ps", "-ww", "-eo", "user:32,pid,args", "--no-headers"], capture_output=True, text=True
+    ).stdout
     assert "tenant-acme" in listing or "postgres -D /srv/appliance/tenants/acme" in listing
     leaked = [name for name, value in _secret_values(deployed).items() if value in listing]
     assert not leaked
@@ -251,3 +255,58 @@ def test_tenant_ports_are_reachable_only_on_loopback(deployed: HostConfig) -> No
     for address in addresses:
         with pytest.raises(OSError), socket.create_connection((address, acme.port("postgres")), timeout=2):
             pass
+
+
+# Object store ------------------------------------------------------------------------------------------------
+
+
+def _tenant_s3(host: HostConfig, tenant_id: str):  # type: ignore[no-untyped-def]
+    from appliance.objectstore.client import s3_client
+    from appliance.objectstore.credentials import tenant_credentials
+
+    return s3_client(host, tenant_credentials(host.tenant(tenant_id)))
+
+
+def test_one_tenants_s3_keys_cannot_list_or_read_anothers_buckets(deployed: HostConfig) -> None:
+    from botocore.exceptions import ClientError
+
+    acme_s3 = _tenant_s3(deployed, "acme")
+    globex = deployed.tenant("globex")
+    for bucket in (globex.audit_bucket, globex.backup_bucket):
+        with pytest.raises(ClientError) as denied:
+            acme_s3.list_objects_v2(Bucket=bucket)
+        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        with pytest.raises(ClientError):
+            acme_s3.get_object(Bucket=bucket, Key="anything")
+        with pytest.raises(ClientError):
+            acme_s3.put_object(Bucket=bucket, Key="intruder", Body=b"x")
+    # acme's own buckets answer the same keys
+    acme = deployed.tenant("acme")
+    acme_s3.list_objects_v2(Bucket=acme.audit_bucket)
+    acme_s3.list_objects_v2(Bucket=acme.backup_bucket)
+
+
+def test_a_locked_audit_object_cannot_be_deleted_with_the_tenants_own_keys(deployed: HostConfig) -> None:
+    from botocore.exceptions import ClientError
+
+    from appliance.objectstore.client import put_object
+
+    acme = deployed.tenant("acme")
+    s3 = _tenant_s3(deployed, "acme")
+    key = f"deploy-tests/lock-probe-{os.getpid()}"
+    version = put_object(s3, acme.audit_bucket, key, b"evidence")["VersionId"]
+    retention = s3.get_object_retention(Bucket=acme.audit_bucket, Key=key, VersionId=version)["Retention"]
+    assert retention["Mode"] == "COMPLIANCE"
+    with pytest.raises(ClientError) as denied:
+        s3.delete_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    assert s3.get_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)["Body"].read() == b"evidence"
+
+
+def test_the_store_serves_s3_over_tls_only(deployed: HostConfig) -> None:
+    import httpx
+
+    if not deployed.runs_objectstore:
+        pytest.skip("no embedded store on this host")
+    plain = httpx.get(f"http://127.0.0.1:{deployed.objectstore.s3_port}/", timeout=5)
+    assert plain.status_code == 400 and "HTTPS" in plain.text

@@ -28,9 +28,10 @@ def pyinfra_deploy(
 
 def deploy_or_fail(inventory: Path = LOCAL_INVENTORY, *extra: str) -> str:
     result = pyinfra_deploy(inventory, *extra)
+    output = result.stdout + result.stderr  # pyinfra prints its progress and results table on stderr
     if result.returncode != 0:
-        raise AssertionError(f"deploy failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
-    return result.stdout
+        raise AssertionError(f"deploy failed ({result.returncode}):\n{output[-8000:]}")
+    return output
 
 
 def changed_operations(output: str) -> int:

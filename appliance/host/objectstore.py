@@ -1,0 +1,105 @@
+"""Host-side work on the embedded object store: its files, tenant identities and buckets, and how a running
+store picks up a change (SIGHUP for added identities, a restart for anything read only at start)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.objectstore import seaweed
+from appliance.objectstore.credentials import admin_credentials
+from appliance.objectstore.paths import store_paths
+from appliance.services import objectstore_service
+from appliance.supervision import detect, manager
+
+
+def _apply(host: HostConfig, change: seaweed.Change) -> list[str]:
+    """Make a running store pick up `change`; a store not running yet reads everything when it starts."""
+    if not change:
+        return []
+    spec = objectstore_service(host)
+    mgr = manager(detect(host.common.service_manager))
+    state = mgr.states([spec])[spec.name]
+    if not state.running or state.pid is None:
+        return list(change.what)
+    if change.restart:
+        subprocess.run(mgr.restart_command(spec), check=True, capture_output=True)
+        return [*change.what, "store restarted"]
+    seaweed.reload_identities(state.pid)
+    return [*change.what, "identities reloaded (SIGHUP)"]
+
+
+def setup(host: HostConfig) -> list[str]:
+    """TLS, admin keys, JWT keys, security.toml, s3.json — created once, then only re-rendered."""
+    return _apply(host, seaweed.ensure_store_config(host, owner=host.objectstore_user))
+
+
+def setup_ok(host: HostConfig) -> bool:
+    """Every file the store needs exists and s3.json is what the current identities render to."""
+    paths = store_paths(host)
+    needed = [paths.server_cert, paths.server_key, paths.grpc_cert, paths.grpc_key, paths.jwt_keys,
+              paths.security_toml, paths.s3_config, host.objectstore_admin_file, host.ca_cert]
+    if not all(p.is_file() for p in needed):
+        return False
+    try:
+        rendered = seaweed.render_s3_config(admin_credentials(host), seaweed.read_fragments(paths))
+        return paths.s3_config.read_text() == rendered and paths.security_toml.read_text() == (
+            seaweed.render_security_toml(host)
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def ensure_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    """The tenant's identity on the store, then its buckets (created by the admin, with their locks)."""
+    from appliance.objectstore.buckets import ensure_tenant_buckets
+    from appliance.objectstore.client import s3_client
+    from appliance.objectstore.credentials import tenant_credentials
+
+    changes = _apply(
+        host, seaweed.ensure_tenant_identity(host, tenant, tenant_credentials(tenant), owner=host.objectstore_user)
+    )
+    admin = s3_client(host, admin_credentials(host))
+    changes += _wait_for(lambda: ensure_tenant_buckets(admin, tenant))
+    if changes:
+        _wait_for(lambda: _tenant_probe_ok(host, tenant))
+    return changes
+
+
+def _tenant_probe_ok(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    from appliance.objectstore.probe import probe_tenant
+
+    result = probe_tenant(host, tenant)
+    if not result.healthy:
+        raise RuntimeError(result.detail)
+    return []
+
+
+def _wait_for(step: Any, timeout: float = 30) -> list[str]:
+    """Retry a step while a just-(re)started or just-reloaded store comes up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return list(step())
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def tenant_ok(host: HostConfig, tenant: TenantConfig) -> bool:
+    from appliance.objectstore.probe import probe_tenant
+
+    if not tenant.secret_path("s3_access_key").is_file():
+        return False
+    return probe_tenant(host, tenant).healthy
+
+
+def forget_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    """Revoke a destroyed tenant's identity (a restart: SIGHUP keeps removed identities alive).
+
+    Its backup bucket is emptied only by retention; its audit bucket is locked COMPLIANCE and stays."""
+    changes = _apply(host, seaweed.remove_tenant_identity(host, tenant.id, owner=host.objectstore_user))
+    return [f"object store: {c}" for c in changes] or ["object store: no identity to revoke"]
