@@ -58,8 +58,8 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
         pip=str(config.common.install_root / "venv" / "bin" / "pip"),
         _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
     )
-    setup = store_setup(name="Object store TLS, JWT keys and identities", config=config)
-    install_services(config, manager, [objectstore_service(config)], tenant=None, restart_if=[setup])
+    store_setup(name="Object store TLS, JWT keys and identities", config=config)
+    install_services(config, manager, [objectstore_service(config)], tenant=None)
 
 
 @deploy("Tenant object store")
