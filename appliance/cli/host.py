@@ -31,13 +31,15 @@ def host() -> None:
 
 
 @host.command()
-@click.option("--tenant", "tenant_id", help="Report this tenant's facts instead of the host's.")
-def facts(tenant_id: str | None) -> None:
-    """Print what the host (or a tenant on it) is, as JSON."""
+def facts() -> None:
+    """Print what the host and each of its tenants is, as JSON (one Python start for the whole deploy)."""
     from appliance.host.facts import host_facts, tenant_facts
 
     host_config = load_host_config()
-    data = tenant_facts(host_config.tenant(tenant_id)) if tenant_id else host_facts(host_config)
+    data = {
+        "host": host_facts(host_config),
+        "tenants": {tenant.id: tenant_facts(host_config, tenant) for tenant in host_config.tenants},
+    }
     click.echo(json.dumps(data, sort_keys=True))
 
 

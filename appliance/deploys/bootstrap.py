@@ -12,6 +12,7 @@ from pyinfra.operations import apt, files, server
 
 from appliance.config import HostConfig
 from appliance.deploys.facts import FileContent, SupervisordRunning
+from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.roles import role_file
 from appliance.supervision import SUPERVISOR_CONF, ManagerName
@@ -101,39 +102,28 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
         apt.packages(name="Install npm", packages=["npm"], no_recommends=True)
 
     root = config.common.install_root
-    files.directory(name="Appliance install root", path=str(root), mode="755", user="root", group="root")
-    files.directory(
-        name="Appliance config dir", path=str(config.common.config_dir), mode="755", user="root", group="root"
-    )
+    managed_directory("Appliance install root", str(root), mode="755")
+    managed_directory("Appliance config dir", str(config.common.config_dir), mode="755")
     server.shell(
         name="Create the appliance venv",
         commands=[f"{HOST_PYTHON} -m venv {root}/venv && {root}/venv/bin/pip install --quiet -U pip setuptools"],
         _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
     )
     appliance_sources(name="Install the appliance package into its venv", config=config)
-    files.put(
-        name="Resolved host config (no secrets)",
-        src=io.StringIO(config.model_dump_json(indent=2) + "\n"),
-        dest=str(config.common.config_dir / "host.json"),
-        mode="644", user="root", group="root",
+    managed_file(
+        "Resolved host config (no secrets)", str(config.common.config_dir / "host.json"),
+        config.model_dump_json(indent=2) + "\n", mode="644",
     )
 
     streams = root / "streams"
-    files.directory(name="Streams server dir", path=str(streams), mode="755", user="root", group="root")
+    managed_directory("Streams server dir", str(streams), mode="755")
     package_files = [
-        files.put(
-            name=f"Streams server {name}",
-            src=str(role_file("streams", name)),
-            dest=str(streams / name),
-            mode="644", user="root", group="root",
-        )
+        managed_file(f"Streams server {name}", str(streams / name), role_file("streams", name).read_text(), mode="644")
         for name in ("package.json", "package-lock.json")
     ]
-    files.put(
-        name="Streams server entry point",
-        src=str(role_file("streams", "server.mjs")),
-        dest=str(streams / "server.mjs"),
-        mode="644", user="root", group="root",
+    managed_file(
+        "Streams server entry point", str(streams / "server.mjs"), role_file("streams", "server.mjs").read_text(),
+        mode="644",
     )
     # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
     # native packages; `install --no-save` still resolves from the lock file and never rewrites it.

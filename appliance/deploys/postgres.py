@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 from pyinfra import host
 from pyinfra.api import deploy, operation
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from appliance import roles
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import appliance_facts
+from appliance.deploys.managed import managed_file
 from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
@@ -50,10 +49,8 @@ def postgres_files(tenant: TenantConfig) -> dict[str, str]:
 def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
     fresh = cluster_initialized(name=f"Postgres cluster of {tenant.id} (initdb)", config=config, tenant=tenant)
     conf_ops = [
-        files.put(
-            name=f"Postgres {name} of {tenant.id}",
-            src=io.StringIO(content),
-            dest=str(tenant.pg_data / name),
+        managed_file(
+            f"Postgres {name} of {tenant.id}", str(tenant.pg_data / name), content,
             user=tenant.user, group=tenant.user, mode="600",
         )
         for name, content in postgres_files(tenant).items()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from appliance.config import HostConfig
+from appliance.deploys.managed import managed_file
 from appliance.services import ServiceSpec
 from appliance.supervision import ManagerName, manager
 
@@ -27,12 +26,7 @@ def install_services(
     """
     mgr = manager(manager_name)
     file_ops = [
-        files.put(
-            name=f"Service definition {spec.name}",
-            src=io.StringIO(mgr.render(spec)),
-            dest=str(mgr.unit_path(spec)),
-            mode="644", user="root", group="root",
-        )
+        managed_file(f"Service definition {spec.name}", str(mgr.unit_path(spec)), mgr.render(spec), mode="644")
         for spec in specs
     ]
     apply = server.shell(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pyinfra.api import deploy, operation
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import appliance_facts
+from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
 from appliance.supervision import ManagerName
@@ -38,14 +39,12 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
         system=True,
         create_home=False,
     )
-    files.directory(
-        name=f"Tenant root {tenant.root} (0700)", path=str(tenant.root),
-        user=tenant.user, group=tenant.user, mode="700",
-    )
+    managed_directory(f"Tenant root {tenant.root} (0700)", str(tenant.root), user=tenant.user, group=tenant.user,
+                      mode="700")
     for path in (tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,
                  tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
-        files.directory(
-            name=f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path=str(path),
+        managed_directory(
+            f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", str(path),
             user=tenant.user, group=tenant.user, mode="700",
         )
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)

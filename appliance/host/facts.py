@@ -9,21 +9,15 @@ from appliance.host import objectstore, postgres
 from appliance.secrets import missing_secrets
 
 
-def tenant_facts(tenant: TenantConfig) -> dict[str, Any]:
+def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
     missing = missing_secrets(tenant) if tenant.secrets_dir.is_dir() else ["*"]
     initialized = postgres.is_initialized(tenant)
     return {
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
-        "objectstore_ok": bool(not missing and objectstore.tenant_ok(_host(), tenant)),
+        "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
     }
-
-
-def _host() -> HostConfig:
-    from appliance.config import load_host_config
-
-    return load_host_config()
 
 
 def host_facts(host: HostConfig) -> dict[str, Any]:
