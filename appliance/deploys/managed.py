@@ -35,7 +35,7 @@ class PathStates(FactBase[dict[str, PathState]]):
             f"for p in {quoted}; do "
             'if [ -e "$p" ]; then s=$(stat -c "%F|%U|%G|%a" -- "$p"); h=""; '
             '[ -f "$p" ] && h=$(sha1sum < "$p" | cut -d" " -f1); echo "$s|$h|$p"; '
-            'else echo "absent||||$p"; fi; done'
+            'else echo "absent|||||$p"; fi; done'
         )
 
     def process(self, output: list[str]) -> dict[str, PathState]:

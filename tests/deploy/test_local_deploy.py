@@ -310,3 +310,58 @@ def test_the_store_serves_s3_over_tls_only(deployed: HostConfig) -> None:
         pytest.skip("no embedded store on this host")
     plain = httpx.get(f"http://127.0.0.1:{deployed.objectstore.s3_port}/", timeout=5)
     assert plain.status_code == 400 and "HTTPS" in plain.text
+
+
+# Lifecycle ---------------------------------------------------------------------------------------------------
+
+
+def test_a_tenant_can_be_added_alone_and_destroyed(deployed: HostConfig, tmp_path: Path) -> None:
+    import pwd
+
+    from tests.support.deployment import BIN
+
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        LOCAL_INVENTORY.read_text().replace('"globex": {"slot": 2},', '"globex": {"slot": 2}, "gamma": {"slot": 8},')
+    )
+    _, before = status_json()
+    try:
+        deploy_or_fail(inventory, "--data", "only_tenants=gamma")
+        code, report = status_json()
+        assert code == 0
+        assert all(c["healthy"] for c in report["tenants"]["gamma"]["components"].values())
+        # adding gamma touched neither acme nor globex
+        assert {k: v for k, v in pids(report).items() if not k.startswith("gamma/")} == pids(before)
+
+        gamma = load_host_config().tenant("gamma")
+        refused = subprocess.run([str(BIN / "appliance"), "tenant", "destroy", "gamma"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "--yes-destroy-data" in refused.stderr
+        assert gamma.root.exists()
+
+        destroyed = subprocess.run(
+            [str(BIN / "appliance"), "tenant", "destroy", "gamma", "--yes-destroy-data"], capture_output=True, text=True
+        )
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert "COMPLIANCE" in destroyed.stdout and "nobody, the operator included, can delete them" in destroyed.stdout
+            "can delete", "cannot delete"
+        )
+        assert not gamma.root.exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(gamma.user)
+        code, report = status_json()
+        assert code == 0 and "gamma" not in report["tenants"]
+    finally:
+        subprocess.run(
+            [str(BIN / "appliance"), "tenant", "destroy", "gamma", "--yes-destroy-data"], capture_output=True
+        )
+        deploy_or_fail()
+
+
+def test_destroy_of_an_unknown_tenant_is_a_clear_error(deployed: HostConfig) -> None:
+    from tests.support.deployment import BIN
+
+    result = subprocess.run(
+        [str(BIN / "appliance"), "tenant", "destroy", "nosuch", "--yes-destroy-data"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "no tenant 'nosuch'" in result.stderr
