@@ -14,11 +14,22 @@ class _Group(click.Group):
     """Turns configuration errors into one clear line and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
+        import subprocess
+
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except subprocess.CalledProcessError as exc:
+            # Name the command that failed and what it said; the full traceback helps nobody operating a host.
+            command = " ".join(str(a) for a in exc.cmd) if isinstance(exc.cmd, list | tuple) else str(exc.cmd)
+            said = (exc.stderr or exc.stdout or b"")
+            said = said.decode(errors="replace") if isinstance(said, bytes) else said
+            click.echo(f"error: `{command}` exited {exc.returncode}", err=True)
+            for line in said.strip().splitlines()[-15:]:
+                click.echo(f"  {line}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
