@@ -10,7 +10,7 @@ from pyinfra import host, inventory
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import InitProcess
 from appliance.deploys.firewall import port_firewall
-from appliance.deploys.objectstore import host_objectstore, tenant_objectstore
+from appliance.deploys.objectstore import host_objectstore, tenant_objectstore, vault_ca, vault_served_tenants
 from appliance.deploys.plan import resolve, selected_tenants
 from appliance.deploys.tenant import tenant_stack
 from appliance.supervision import detect
@@ -23,9 +23,15 @@ manager = detect(config.common.service_manager) if config.common.service_manager
 host_bootstrap(config=config, manager=manager)
 if config.runs_objectstore:
     host_objectstore(config=config, manager=manager)
-for tenant_id in selected_tenants(config, host.data.get("only_tenants")):
-    tenant = config.tenant(tenant_id)
+selected = [config.tenant(t) for t in selected_tenants(config, host.data.get("only_tenants"))]
+for tenant in selected:
     tenant_stack(config=config, tenant=tenant, manager=manager)
+# A vault host keeps the identities of other hosts' tenants: after every tenant host made its keys above.
+if config.served_tenants:
+    vault_served_tenants(config=config)
+if config.objectstore_host:
+    vault_ca(name=f"Trust the CA of the vault host {config.objectstore_host}", config=config)
+for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
 if config.common.port_firewall:
     port_firewall(name="Loopback port ownership rules (nftables)", config=config)

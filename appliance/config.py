@@ -397,6 +397,8 @@ class HostConfig(BaseModel):
     # Inventory name of the host running the embedded store this host's tenants use ("" = this host).
     objectstore_host: str = ""
     tenants: tuple[TenantConfig, ...] = ()
+    # On a vault host: the tenants of other hosts whose identities and buckets this host's store keeps.
+    served_tenants: tuple[ServedTenant, ...] = ()
 
     @property
     def runs_objectstore(self) -> bool:
@@ -442,8 +444,12 @@ class HostConfig(BaseModel):
     def s3_endpoint(self) -> str:
         if self.objectstore.mode == "external":
             return self.objectstore.endpoint
-        host = self.objectstore_host or self.objectstore.bind_address
-        return f"https://{host}:{self.objectstore.s3_port}"
+        # A tenant host using a vault carries the vault's store settings (inventory_configs copies them).
+        return f"https://{self.objectstore.bind_address}:{self.objectstore.s3_port}"
+
+    def store_tenants(self) -> list[TenantConfig]:
+        """Every tenant whose identity and buckets this host's embedded store keeps."""
+        return [*self.tenants, *(served.tenant for served in self.served_tenants)] if self.runs_objectstore else []
 
     def tenant(self, tenant_id: str) -> TenantConfig:
         for tenant in self.tenants:
@@ -451,6 +457,16 @@ class HostConfig(BaseModel):
                 return tenant
         raise ConfigError(f"no tenant {tenant_id!r} on host {self.name}")
 
+
+class ServedTenant(BaseModel):
+    """A tenant of another host, as the vault host that keeps its identity and buckets sees it."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    tenant: TenantConfig
+
+
+HostConfig.model_rebuild()
 
 HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore", "only_tenants"}
 # Keys pyinfra connectors read from host data; they are not appliance settings.
@@ -525,7 +541,7 @@ def inventory_configs(hosts: dict[str, dict[str, Any]]) -> dict[str, HostConfig]
         raise ConfigError("the inventory lists no hosts")
     configs = {name: host_config(name, data) for name, data in hosts.items()}
     seen: dict[str, str] = {}
-    for name, host in configs.items():
+    for name, host in list(configs.items()):
         if host.objectstore_host:
             vault = configs.get(host.objectstore_host)
             if vault is None:
@@ -536,11 +552,27 @@ def inventory_configs(hosts: dict[str, dict[str, Any]]) -> dict[str, HostConfig]
                 raise ConfigError(
                     f"host {name}: objectstore_host {host.objectstore_host!r} does not run the embedded store"
                 )
+            if vault.objectstore.bind_address.startswith("127."):
+                raise ConfigError(
+                    f"host {name} uses the store on {host.objectstore_host}, which listens on loopback only: "
+                    f"set objectstore.bind_address of {host.objectstore_host} to an address {name} can reach"
+                )
+            # The tenant host reaches the vault's store as the vault configures it: one source of truth.
+            store = vault.objectstore
+            configs[name] = host.model_copy(update={
+                "objectstore": store,
+                "tenants": tuple(t.model_copy(update={"objectstore": store}) for t in host.tenants),
+            })
         for tenant in host.tenants:
             # Tenants share object store namespaces (buckets, identities), so ids are unique inventory-wide.
             if tenant.id in seen:
                 raise ConfigError(f"tenant {tenant.id} is on both {seen[tenant.id]} and {name}")
             seen[tenant.id] = name
+    for name, host in list(configs.items()):
+        if host.objectstore_host:
+            vault = configs[host.objectstore_host]
+            served = vault.served_tenants + tuple(ServedTenant(host=name, tenant=t) for t in host.tenants)
+            configs[host.objectstore_host] = vault.model_copy(update={"served_tenants": served})
     return configs
 
 

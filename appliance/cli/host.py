@@ -10,6 +10,7 @@ import json
 import pwd
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -103,12 +104,48 @@ def objectstore_setup() -> None:
 
 @host.command("objectstore-tenant")
 @click.argument("tenant_id")
-def objectstore_tenant(tenant_id: str) -> None:
+@click.option("--keys-from", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file with the keys of a tenant of another host (relayed by the deploy; removed after).")
+def objectstore_tenant(tenant_id: str, keys_from: Path | None) -> None:
     """The tenant's S3 identity (its own buckets only) and its buckets with their lock configuration."""
     from appliance.host.objectstore import ensure_tenant
+    from appliance.objectstore.credentials import read_credentials_file
+
+    host_config = load_host_config()
+    if keys_from is None:
+        tenant = host_config.tenant(tenant_id)
+        credentials = None
+    else:
+        served = {s.tenant.id: s.tenant for s in host_config.served_tenants}
+        if tenant_id not in served:
+            raise click.UsageError(f"this host's store keeps no tenant {tenant_id!r} of another host")
+        tenant = served[tenant_id]
+        try:
+            credentials = read_credentials_file(keys_from)
+        finally:
+            keys_from.unlink(missing_ok=True)
+    _report(ensure_tenant(host_config, tenant, credentials), f"object store of {tenant_id}")
+
+
+@host.command("objectstore-check")
+@click.argument("tenant_id")
+def objectstore_check(tenant_id: str) -> None:
+    """On a host whose store is elsewhere: the tenant's buckets answer its keys (exit 1 naming what fails)."""
+    from appliance.objectstore.probe import probe_tenant
 
     host_config, tenant = _tenant(tenant_id)
-    _report(ensure_tenant(host_config, tenant), f"object store of {tenant_id}")
+    result = probe_tenant(host_config, tenant)
+    if not result.healthy:
+        click.echo(f"error: object store of {tenant_id}: {result.detail}", err=True)
+        if host_config.objectstore.mode == "external":
+            click.echo(
+                f"  the external store is operated outside the appliance: create buckets {tenant.audit_bucket} "
+                f"(Object Lock, COMPLIANCE {tenant.audit.retention_days} days) and {tenant.backup_bucket} "
+                "(versioned) and an identity allowed only those, then install its keys with "
+                f"`appliance tenant s3-keys {tenant_id}`", err=True,
+            )
+        sys.exit(1)
+    click.echo(f"object store of {tenant_id}: {result.detail}")
 
 
 @host.command()

@@ -57,6 +57,31 @@ def _kill_leftovers(uid: int) -> None:
         time.sleep(1)
 
 
+@tenant.command("s3-keys")
+@click.argument("tenant_id")
+def s3_keys(tenant_id: str) -> None:
+    """Install the tenant's S3 keys for an external store (AWS, MinIO, Ceph).
+
+    Reads the access key and the secret key, one per line, from standard input (so they never appear in
+    the process listing or the shell history); prints nothing of them.
+    """
+    from appliance.secrets import write_private
+
+    host = load_host_config()
+    tenant_config = host.tenant(tenant_id)
+    lines = [line.strip() for line in click.get_text_stream("stdin").read().splitlines() if line.strip()]
+    if len(lines) != 2 or not lines[0].isalnum() or len(lines[1]) < 16:
+        raise click.UsageError("expected two lines on stdin: the access key, then the secret key")
+    user = pwd.getpwnam(tenant_config.user)
+    for name, value in zip(("s3_access_key", "s3_secret_key"), lines, strict=True):
+        path = tenant_config.secret_path(name)
+        staged = path.with_name(f".{name}.new")
+        staged.unlink(missing_ok=True)
+        write_private(staged, value, user.pw_uid, user.pw_gid)
+        staged.replace(path)
+    click.echo(f"S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
+
+
 @tenant.command()
 @click.argument("tenant_id")
 @click.option("--yes-destroy-data", is_flag=True, help="Required: confirms that the tenant's data is deleted.")

@@ -32,9 +32,13 @@ def ruleset(config: HostConfig, existing_users: set[str]) -> str:
     internal = []
     if config.runs_objectstore and config.objectstore_user in existing_users:
         internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]
+    # A vault host's store listens on its LAN address; from the network only S3 (TLS, per-tenant keys) may
+    # be reached, never the store's internal ports.
+    exposed = config.runs_objectstore and not config.objectstore.bind_address.startswith("127.")
+    lan_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"] if exposed else []
     return roles.render(
         "common", "nftables.conf.j2", tenants=tenants, objectstore_ports=internal,
-        objectstore_user=config.objectstore_user,
+        objectstore_user=config.objectstore_user, objectstore_lan_ports=lan_internal,
     )
 
 

@@ -3,12 +3,17 @@ its identity and its two buckets (`<id>-audit` locked COMPLIANCE, `<id>-backup` 
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import deploy, operation
-from pyinfra.facts.server import Command
-from pyinfra.operations import pip, server
+import hashlib
+import io
+import json
+import shlex
 
-from appliance.config import HostConfig, TenantConfig
+from pyinfra import host, inventory
+from pyinfra.api import FactBase, FunctionCommand, OperationError, deploy, operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, pip, server
+
+from appliance.config import HostConfig, ServedTenant, TenantConfig
 from appliance.deploys.facts import appliance_facts
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.services import install_services
@@ -63,6 +68,96 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
     install_services(config, manager, [objectstore_service(config)], tenant=None)
 
 
+@operation()
+def tenant_store_check(config: HostConfig, tenant: TenantConfig):
+    """A tenant whose store is elsewhere (vault host, external S3): its buckets must answer its keys."""
+    if appliance_facts(config, tenant.id).get("objectstore_ok"):
+        host.noop(f"buckets of {tenant.id} answer with its own keys, locks as configured")
+        return
+    yield _host_command(config, "objectstore-check", tenant.id)
+
+
+class TextFile(FactBase[str]):
+    """A small text file's content ('' when absent)."""
+
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output) + "\n" if output else ""
+
+
+class KeysDigest(FactBase[str]):
+    """sha256 of a tenant's two S3 key files as they are on its host ('' before they exist)."""
+
+    def command(self, access_key: str, secret_key: str) -> str:
+        return f"cat {shlex.quote(access_key)} {shlex.quote(secret_key)} 2>/dev/null | sha256sum | cut -d' ' -f1"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@operation()
+def vault_ca(config: HostConfig):
+    """A tenant host trusts its vault's CA: the public certificate is copied from the vault."""
+    vault = inventory.get_host(config.objectstore_host)
+    pem = vault.get_fact(TextFile, path=str(config.ca_cert))
+    if not pem:
+        raise OperationError(f"the vault host {config.objectstore_host} has no CA at {config.ca_cert} yet")
+    yield from files.put._inner(src=io.StringIO(pem), dest=str(config.ca_cert), mode="644", user="root",
+                                group="root")
+
+
+def _relay_keys(state, host, tenant_host, tenant: TenantConfig, staging: str) -> bool:  # type: ignore[no-untyped-def]
+    """Carry a tenant's S3 keys from its host to the vault in memory: never on the controller's disk, never
+    in a command line or in pyinfra's output."""
+    values = []
+    for name in ("s3_access_key", "s3_secret_key"):
+        buffer = io.BytesIO()
+        tenant_host.get_file(str(tenant.secret_path(name)), buffer)
+        values.append(buffer.getvalue().decode().strip())
+    body = json.dumps({"access_key": values[0], "secret_key": values[1]}).encode()
+    return bool(host.put_file(io.BytesIO(body), staging))
+
+
+@operation()
+def served_tenant_store(config: HostConfig, served: ServedTenant):
+    """On the vault: the identity and buckets of a tenant of another host, with that tenant's current keys."""
+    tenant = served.tenant
+    tenant_host = inventory.get_host(served.host)
+    current = tenant_host.get_fact(
+        KeysDigest, access_key=str(tenant.secret_path("s3_access_key")),
+        secret_key=str(tenant.secret_path("s3_secret_key")),
+    )
+    if not current or current == EMPTY_SHA256:
+        raise OperationError(f"tenant {tenant.id} on {served.host} has no S3 keys yet (its deploy must run first)")
+    held = appliance_facts(config).get("served_tenants", {}).get(tenant.id, {})
+    if held.get("keys_sha256") == current and held.get("ok"):
+        host.noop(f"store keeps {tenant.id}'s current keys; its buckets answer them")
+        return
+    staging_dir = config.common.config_dir / "staging"
+    staging = staging_dir / f"{tenant.id}-s3.json"
+    # The staging dir is root's and 0700 before the keys land in it.
+    yield f"install -d -m 700 -o root -g root {staging_dir}"
+    yield FunctionCommand(_relay_keys, (tenant_host, tenant, str(staging)), {})
+    yield _host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
+
+
+@deploy("Vault: tenants of other hosts")
+def vault_served_tenants(config: HostConfig) -> None:
+    for served in config.served_tenants:
+        served_tenant_store(
+            name=f"S3 identity and buckets of {served.tenant.id} (tenant of {served.host})", config=config,
+            served=served,
+        )
+
+
 @deploy("Tenant object store")
 def tenant_objectstore(config: HostConfig, tenant: TenantConfig) -> None:
-    tenant_store(name=f"S3 identity and buckets of {tenant.id}", config=config, tenant=tenant)
+    if config.runs_objectstore:
+        tenant_store(name=f"S3 identity and buckets of {tenant.id}", config=config, tenant=tenant)
+    else:
+        tenant_store_check(name=f"Buckets of {tenant.id} answer its keys", config=config, tenant=tenant)

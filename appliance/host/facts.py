@@ -26,4 +26,5 @@ def host_facts(host: HostConfig) -> dict[str, Any]:
     facts: dict[str, Any] = {"supervisor_running": Supervisor().is_running()}
     if host.runs_objectstore:
         facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
+        facts["served_tenants"] = objectstore.served_tenant_facts(host)
     return facts

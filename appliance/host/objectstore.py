@@ -3,13 +3,14 @@ store picks up a change (SIGHUP for added identities, a restart for anything rea
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from typing import Any
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore import seaweed
-from appliance.objectstore.credentials import admin_credentials
+from appliance.objectstore.credentials import S3Credentials, admin_credentials
 from appliance.objectstore.paths import store_paths
 from appliance.services import objectstore_service
 from appliance.supervision import detect, manager
@@ -31,9 +32,17 @@ def _apply(host: HostConfig, change: seaweed.Change) -> list[str]:
     return [*change.what, "identities reloaded (SIGHUP)"]
 
 
+def _extra_names(host: HostConfig) -> list[str]:
+    """A vault host's certificate must also name the address tenant hosts reach it on."""
+    bind = host.objectstore.bind_address
+    return [] if bind.startswith("127.") or bind == "localhost" else [bind]
+
+
 def setup(host: HostConfig) -> list[str]:
     """TLS, admin keys, JWT keys, security.toml, s3.json — created once, then only re-rendered."""
-    return _apply(host, seaweed.ensure_store_config(host, owner=host.objectstore_user))
+    return _apply(
+        host, seaweed.ensure_store_config(host, owner=host.objectstore_user, extra_names=_extra_names(host))
+    )
 
 
 def setup_ok(host: HostConfig) -> bool:
@@ -52,29 +61,55 @@ def setup_ok(host: HostConfig) -> bool:
         return False
 
 
-def ensure_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
-    """The tenant's identity on the store, then its buckets (created by the admin, with their locks)."""
+def ensure_tenant(host: HostConfig, tenant: TenantConfig, credentials: S3Credentials | None = None) -> list[str]:
+    """The tenant's identity on the store, then its buckets (created by the admin, with their locks).
+
+    `credentials` are given for a tenant of another host (its keys were relayed to this vault host);
+    a tenant of this host has them in its secrets dir."""
     from appliance.objectstore.buckets import ensure_tenant_buckets
     from appliance.objectstore.client import s3_client
     from appliance.objectstore.credentials import tenant_credentials
 
-    changes = _apply(
-        host, seaweed.ensure_tenant_identity(host, tenant, tenant_credentials(tenant), owner=host.objectstore_user)
-    )
+    keys = credentials or tenant_credentials(tenant)
+    changes = _apply(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user))
     admin = s3_client(host, admin_credentials(host))
     changes += _wait_for(lambda: ensure_tenant_buckets(admin, tenant))
     if changes:
-        _wait_for(lambda: _tenant_probe_ok(host, tenant))
+        _wait_for(lambda: _tenant_probe_ok(host, tenant, keys))
     return changes
 
 
-def _tenant_probe_ok(host: HostConfig, tenant: TenantConfig) -> list[str]:
+def _tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: S3Credentials) -> list[str]:
     from appliance.objectstore.probe import probe_tenant
 
-    result = probe_tenant(host, tenant)
+    result = probe_tenant(host, tenant, credentials=keys)
     if not result.healthy:
         raise RuntimeError(result.detail)
     return []
+
+
+def keys_digest(credentials: S3Credentials) -> str:
+    """What tenant host and vault compare to tell whether the vault holds the tenant's current keys; it is
+    sha256 of the two secret files as they are on the tenant host ("<access>\n<secret>\n")."""
+    return hashlib.sha256(f"{credentials.access_key}\n{credentials.secret_key}\n".encode()).hexdigest()
+
+
+def served_tenant_facts(host: HostConfig) -> dict[str, dict[str, Any]]:
+    """For each tenant of another host this vault keeps: the digest of the keys it holds, and whether they
+    reach the tenant's buckets."""
+    from appliance.objectstore.probe import probe_tenant
+
+    fragments = {f["id"]: f for f in seaweed.read_fragments(store_paths(host))}
+    facts: dict[str, dict[str, Any]] = {}
+    for served in host.served_tenants:
+        fragment = fragments.get(served.tenant.id)
+        if fragment is None:
+            facts[served.tenant.id] = {"keys_sha256": "", "ok": False}
+            continue
+        keys = S3Credentials(fragment["access_key"], fragment["secret_key"])
+        ok = probe_tenant(host, served.tenant, credentials=keys).healthy
+        facts[served.tenant.id] = {"keys_sha256": keys_digest(keys), "ok": ok}
+    return facts
 
 
 def _wait_for(step: Any, timeout: float = 30) -> list[str]:

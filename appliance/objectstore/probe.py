@@ -29,7 +29,7 @@ from botocore.exceptions import (
 from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore.buckets import default_retention, lock_configuration
 from appliance.objectstore.client import ca_bundle, s3_client
-from appliance.objectstore.credentials import tenant_credentials
+from appliance.objectstore.credentials import S3Credentials, tenant_credentials
 
 # The embedded store enforces locks in a process on the host it protects, so it cannot stand up to root
 # there (see specs/object-lock-store.md): status output says so instead of implying a WORM guarantee.
@@ -65,11 +65,16 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-def probe_tenant(host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 5.0) -> ProbeResult:
-    """Both buckets reachable with the tenant's own keys, and the audit bucket locked as configured."""
+def probe_tenant(
+    host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 5.0, credentials: S3Credentials | None = None
+) -> ProbeResult:
+    """Both buckets reachable with the tenant's own keys, and the audit bucket locked as configured.
+
+    `credentials` are the tenant's keys when they do not live on this host (a vault host probing the
+    identities it keeps for tenants of other hosts)."""
     where = host.s3_endpoint
     try:
-        client = s3_client(host, tenant_credentials(tenant), timeout_s=timeout_s, retries=1)
+        client = s3_client(host, credentials or tenant_credentials(tenant), timeout_s=timeout_s, retries=1)
     except (OSError, ValueError) as exc:
         return ProbeResult(False, f"tenant {tenant.id}: S3 credentials unreadable: {_describe(exc)}")
     for bucket in (tenant.audit_bucket, tenant.backup_bucket):
