@@ -49,6 +49,7 @@ def _register() -> None:
     main.add_command(tenant.tenant)
     main.add_command(inventory.inventory)
     main.add_command(host.host)
+    main.add_command(__import__("appliance.cli.sync", fromlist=["sync"]).sync)
 
 
 _register()

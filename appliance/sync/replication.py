@@ -469,6 +469,30 @@ class ReplicationStream:
             self._wake()
         return txn
 
+    def get_nowait(self) -> Transaction | None:
+        """The next transaction if one is already delivered, else None (never waits). Lets a consumer store
+        everything that is already here in one batch (one fsync per shape log) before confirming it all;
+        it never needs to wait for a later transaction to do so."""
+        if self._queue is None:
+            raise RuntimeError("stream not started")
+        if self._failure is not None:
+            raise self._failure
+        try:
+            item = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if item is _CLOSED or isinstance(item, BaseException):
+            # Leave the end (or the failure) for __anext__ to report, in order.
+            self._queue.put_nowait(item)
+            return None
+        txn = cast(Transaction, item)
+        with self._lock:
+            was_full = self._buffered_changes >= self.max_buffered_changes
+            self._buffered_changes -= max(1, len(txn.changes))
+        if was_full:
+            self._wake()
+        return txn
+
     def confirm(self, lsn: int) -> None:
         """Everything up to `lsn` (a transaction's `end_lsn`) is durably stored: Postgres may forget it.
         Lower values than already confirmed are ignored. Safe to call from any thread."""

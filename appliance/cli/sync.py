@@ -1,0 +1,96 @@
+"""`appliance sync serve`: the embedded Electric-compatible sync engine, standalone or under the supervisor.
+
+    appliance sync serve --database-url postgresql://sync@127.0.0.1:5432/app --port 3000 \\
+        --secret-file /srv/t1/secrets/sync_secret --data-dir /srv/t1/sync
+
+The supervised service passes `--secret-file` and `--database-url-file` so that no secret shows in the
+process listing; `--secret` and `--database-url` are for running it by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+
+def _from_file(path: Path | None, value: str | None, what: str) -> str | None:
+    if path is None:
+        return value
+    if value is not None:
+        raise click.UsageError(f"give --{what} or --{what}-file, not both")
+    text = path.read_text().strip()
+    if not text:
+        raise click.UsageError(f"{path} is empty")
+    return text
+
+
+@click.group()
+def sync() -> None:
+    """The sync engine (Electric HTTP Shape API v1)."""
+
+
+@sync.command()
+@click.option("--database-url", help="Postgres URL of the sync role (REPLICATION + SELECT on synced tables).")
+@click.option("--database-url-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--port", type=int, required=True, help="TCP port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--secret", help="The shape API secret clients pass as ?secret=.")
+@click.option("--secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--insecure", is_flag=True, help="Serve without a secret (tests and local experiments only).")
+@click.option(
+    "--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Shapes and their logs."
+)
+@click.option(
+    "--long-poll-timeout",
+    "long_poll_ms",
+    type=click.IntRange(100, 600_000),
+    default=20_000,
+    show_default=True,
+    help="Milliseconds a live request waits for changes.",
+)
+@click.option("--publication", default="electric_publication_default", show_default=True)
+@click.option("--slot", default="electric_slot_default", show_default=True)
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+def serve(
+    database_url: str | None,
+    database_url_file: Path | None,
+    port: int,
+    host: str,
+    secret: str | None,
+    secret_file: Path | None,
+    insecure: bool,
+    data_dir: Path,
+    long_poll_ms: int,
+    publication: str,
+    slot: str,
+    log_level: str,
+) -> None:
+    """Run the sync engine in the foreground until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from appliance.sync.engine import EngineConfig, SyncEngine
+    from appliance.sync.http import ApiSettings, create_app
+
+    dsn = _from_file(database_url_file, database_url, "database-url")
+    if dsn is None:
+        raise click.UsageError("--database-url or --database-url-file is required")
+    api_secret = _from_file(secret_file, secret, "secret")
+    if api_secret is None and not insecure:
+        raise click.UsageError("--secret or --secret-file is required (or --insecure)")
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = SyncEngine(EngineConfig(dsn=dsn, data_dir=data_dir, publication=publication, slot=slot))
+    app = create_app(engine, ApiSettings(secret=api_secret, long_poll_timeout_ms=long_poll_ms))
+    click.echo(f"sync engine listening on http://{host}:{port} (data in {data_dir})", err=True)
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
+    )

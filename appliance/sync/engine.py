@@ -1,0 +1,653 @@
+"""The sync engine: shapes, their logs, and the replication stream that feeds them. No HTTP in here.
+
+    engine = SyncEngine(EngineConfig(dsn=..., data_dir=Path("/srv/tenant/sync")))
+    await engine.start()
+    shape = await engine.get_or_create(ShapeDefinition("public", "items", where="house_id = $1", params=("7",)))
+    await engine.ensure_snapshot(shape)
+    ...  # read shape.log; shape.wait(...) for news
+    await engine.stop()
+
+One asyncio task consumes the replication stream. For each batch of transactions already delivered it
+appends every shape's messages to that shape's log, fsyncs every log it touched, and only then confirms the
+batch's end LSN to Postgres, so a confirmed transaction is always durable in every shape log (kill -9 at any
+point loses nothing: Postgres resends what was not confirmed, and each log skips offsets it already has,
+offsets being deterministic: `<commit LSN>_<2 × change index (+1 for the insert half of a key change)>`).
+
+A new shape starts *snapshotting*: from the moment it is registered (between two transactions) the engine
+buffers every transaction touching its table; the snapshot is taken in a worker thread; then, between two
+transactions again, the buffered transactions the snapshot does not already contain (xid not visible in its
+`pg_current_snapshot()`) are appended after it and the shape becomes *ready*, remembering the end LSN of the
+last transaction decided that way (`live_from_lsn`): after a restart, replayed transactions up to it are
+skipped for that shape.
+
+Shapes rotate (new handle, clients get 409 and start over) on TRUNCATE of their table, on a schema change of
+their table (seen in the stream, or at startup by comparing the catalog with what the shape was built
+from), when the replication slot was lost or recreated (the log would have a hole), and when a snapshot was
+cut short by a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import psycopg
+
+from appliance.sync import messages
+from appliance.sync.catalog import (
+    CatalogError,
+    TableInfo,
+    load_table,
+    publication_covers,
+    table_not_found_message,
+)
+from appliance.sync.offsets import LogOffset
+from appliance.sync.registry import (
+    ShapeDefinition,
+    ShapeRecord,
+    ShapeRegistry,
+    ShapeState,
+    SnapshotInfo,
+)
+from appliance.sync.replication import (
+    Change,
+    ReplicationError,
+    ReplicationStream,
+    SlotLostError,
+    Transaction,
+    ensure_publication_and_slot,
+)
+from appliance.sync.shape import CompiledShape
+from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory
+from appliance.sync.snapshot import SnapshotCancelled, take_snapshot
+
+log = logging.getLogger(__name__)
+
+TABLE_FILE: Final = "table.json"
+DEFAULT_PUBLICATION: Final = "electric_publication_default"
+DEFAULT_SLOT: Final = "electric_slot_default"
+# Transactions stored per fsync round at most: bounds the latency of the first one in a burst.
+MAX_BATCH: Final = 500
+
+
+class PublicationError(Exception):
+    """The shape's table is not published and the engine's role cannot add it."""
+
+
+class SnapshotFailed(Exception):
+    """The snapshot of a shape failed; the shape was dropped."""
+
+
+@dataclass
+class EngineConfig:
+    dsn: str
+    data_dir: Path
+    publication: str = DEFAULT_PUBLICATION
+    slot: str = DEFAULT_SLOT
+    chunk_bytes: int = 1024 * 1024
+    max_concurrent_snapshots: int = 4
+    status_interval: float = 10.0
+    reconnect_delay: tuple[float, float] = (0.1, 5.0)
+
+
+def full_xid(xid32: int, reference: int) -> int:
+    """The 64-bit xid (epoch included) of a 32-bit xid seen near `reference` (a 64-bit xid): the one within
+    2^31 of it, which is how Postgres itself widens xids."""
+    candidate = (reference & ~0xFFFFFFFF) | (xid32 & 0xFFFFFFFF)
+    if candidate > reference + 2**31:
+        candidate -= 2**32
+    elif candidate < reference - 2**31:
+        candidate += 2**32
+    return candidate
+
+
+def visible_in(snapshot: SnapshotInfo, xid32: int) -> bool:
+    """Whether a transaction's effects are already in a snapshot (committed before it was taken)."""
+    xid = full_xid(xid32, snapshot.xmax)
+    if xid < snapshot.xmin:
+        return True
+    return xid < snapshot.xmax and xid not in snapshot.xip_list
+
+
+@dataclass(eq=False)
+class ShapeRuntime:
+    """A shape as the engine holds it while running. `compiled` is None until a rotated or recovered shape
+    has been checked against the catalog again (at its first request)."""
+
+    record: ShapeRecord
+    log: ShapeLog
+    compiled: CompiledShape | None = None
+    buffer: list[Transaction] | None = None
+    snapshot_task: asyncio.Task[None] | None = None
+    error: Exception | None = None
+    gone: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def handle(self) -> str:
+        return self.record.handle
+
+    @property
+    def definition(self) -> ShapeDefinition:
+        return self.record.definition
+
+    @property
+    def ready(self) -> bool:
+        return self.record.state == ShapeState.ready
+
+    @property
+    def table_key(self) -> tuple[str, str]:
+        return (self.definition.schema, self.definition.table)
+
+    def notify(self) -> None:
+        """Wake everyone waiting in `wait()` (state changed: ready, rotated, deleted, failed)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, after: LogOffset, timeout: float) -> None:
+        """Until the log has data after `after`, the shape's state changes, or `timeout` seconds pass."""
+        if timeout <= 0:
+            return
+        state_changed = self._changed
+        if self.gone or self.error is not None:
+            return
+        data = asyncio.ensure_future(self.log.wait_for_data(after, timeout))
+        state = asyncio.ensure_future(state_changed.wait())
+        try:
+            await asyncio.wait({data, state}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (data, state):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(data, state, return_exceptions=True)
+
+
+EngineStatus = Literal["starting", "active", "stopping"]
+
+
+class SyncEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.status: EngineStatus = "starting"
+        self.last_lsn = 0  # commit LSN of the newest transaction processed (Electric's global_last_seen_lsn)
+        self.last_end_lsn = 0  # end LSN of the newest transaction processed
+        self.transactions_processed = 0
+        self.changes_processed = 0
+        self.rotations = 0
+        self.slot_losses = 0
+        self.last_error: str | None = None
+        self.registry: ShapeRegistry | None = None
+        self._lock = asyncio.Lock()  # the order of log writes: transactions, shape registration, rotation
+        self._create_lock = asyncio.Lock()
+        self._snapshots = asyncio.Semaphore(config.max_concurrent_snapshots)
+        self._by_handle: dict[str, ShapeRuntime] = {}
+        self._by_key: dict[str, ShapeRuntime] = {}
+        self._by_table: dict[tuple[str, str], set[ShapeRuntime]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stream: ReplicationStream | None = None
+        self._stopping = False
+        self._active = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the data dir and start consuming in the background; `status` turns active once streaming."""
+        self.registry = await asyncio.to_thread(ShapeRegistry.open, self.config.data_dir)
+        self._task = asyncio.create_task(self._run(), name="sync-engine")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.status = "stopping"
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for runtime in list(self._by_handle.values()):
+            runtime.cancelled.set()
+            if runtime.snapshot_task is not None:
+                runtime.snapshot_task.cancel()
+        async with self._lock:
+            for runtime in list(self._by_handle.values()):
+                with contextlib.suppress(ShapeLogError):
+                    await asyncio.to_thread(runtime.log.close)
+            if self.registry is not None:
+                self.registry.close()
+
+    async def wait_active(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._active.wait()
+        return self._active.is_set()
+
+    async def _run(self) -> None:
+        recovered = False
+        while not self._stopping:
+            try:
+                setup = await asyncio.to_thread(
+                    ensure_publication_and_slot, self.config.dsn, self.config.publication, self.config.slot, []
+                )
+                if not recovered:
+                    await self._recover_shapes(rotate_all=setup.slot_created or setup.slot_recreated)
+                    recovered = True
+                elif setup.slot_created or setup.slot_recreated:
+                    await self._rotate_all("the replication slot was recreated")
+                stream = ReplicationStream(
+                    self.config.dsn,
+                    slot=self.config.slot,
+                    publication=self.config.publication,
+                    status_interval=self.config.status_interval,
+                    reconnect_delay=self.config.reconnect_delay,
+                )
+                self._stream = stream
+                async with stream:
+                    self.status = "active"
+                    self._active.set()
+                    self.last_error = None
+                    await self._consume(stream)
+            except asyncio.CancelledError:
+                raise
+            except SlotLostError as exc:
+                log.error("%s: rotating every shape", exc)
+                self.slot_losses += 1
+                self.last_error = str(exc)
+                await self._rotate_all(str(exc))
+            except (ReplicationError, psycopg.Error, OSError) as exc:
+                self.last_error = str(exc).strip()
+                log.error("replication failed: %s; retrying", self.last_error)
+                await asyncio.sleep(2)
+            finally:
+                self._stream = None
+
+    async def _consume(self, stream: ReplicationStream) -> None:
+        while not self._stopping:
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH and (more := stream.get_nowait()) is not None:
+                batch.append(more)
+            async with self._lock:
+                touched: set[ShapeRuntime] = set()
+                for txn in batch:
+                    touched |= await self._process(txn)
+                await self._sync(touched)
+            stream.confirm(batch[-1].end_lsn)
+
+    async def _sync(self, touched: Iterable[ShapeRuntime]) -> None:
+        runtimes = [runtime for runtime in touched if not runtime.gone]
+        if not runtimes:
+            return
+        results = await asyncio.gather(
+            *(asyncio.to_thread(runtime.log.sync) for runtime in runtimes), return_exceptions=True
+        )
+        for runtime, result in zip(runtimes, results, strict=True):
+            if isinstance(result, BaseException):
+                # What reached its disk is unknown, so the log cannot be served on: start the shape over.
+                log.error("shape %s: cannot sync its log (%s); rotating it", runtime.handle, result)
+                await self._rotate(runtime)
+
+    # -- transactions ------------------------------------------------------------------------------------
+
+    async def _process(self, txn: Transaction) -> set[ShapeRuntime]:
+        """Append the transaction's messages to every ready shape it concerns; buffer it for snapshotting
+        ones. Returns the shapes whose logs got entries (to be synced)."""
+        self.transactions_processed += 1
+        self.changes_processed += len(txn.changes)
+        self.last_lsn = max(self.last_lsn, txn.commit_lsn)
+        self.last_end_lsn = max(self.last_end_lsn, txn.end_lsn)
+        if not self._by_table:
+            return set()
+        by_table: dict[tuple[str, str], list[tuple[int, Change]]] = {}
+        rotate: set[ShapeRuntime] = set()
+        for index, change in enumerate(txn.changes):
+            name = (change.relation.schema, change.relation.table)
+            if change.kind == "schema":
+                names = {name}
+                if change.previous_relation is not None:
+                    names.add((change.previous_relation.schema, change.previous_relation.table))
+                for table in names:
+                    rotate |= self._by_table.get(table, set())
+                continue
+            if name in self._by_table:
+                by_table.setdefault(name, []).append((index, change))
+        touched: set[ShapeRuntime] = set()
+        for table, changes in by_table.items():
+            for runtime in list(self._by_table.get(table, ())):
+                if runtime in rotate:
+                    continue
+                if not runtime.ready:
+                    if runtime.buffer is not None:
+                        runtime.buffer.append(txn)
+                    continue
+                if txn.end_lsn <= (runtime.record.live_from_lsn or 0):
+                    continue  # decided when the shape became ready (replayed after a restart)
+                entries = self._entries(runtime, txn, changes)
+                if entries is None:
+                    rotate.add(runtime)
+                elif entries:
+                    runtime.log.append(entries)
+                    touched.add(runtime)
+        for runtime in rotate:
+            touched.discard(runtime)
+            await self._rotate(runtime)
+        return touched
+
+    def _entries(
+        self, runtime: ShapeRuntime, txn: Transaction, changes: list[tuple[int, Change]]
+    ) -> list[tuple[LogOffset, bytes]] | None:
+        """The log entries of a transaction for one shape (None: the shape must rotate, e.g. TRUNCATE)."""
+        compiled = runtime.compiled
+        assert compiled is not None
+        produced: list[tuple[int, Any]] = []
+        for index, change in changes:
+            if change.kind == "truncate":
+                return None
+            for message in compiled.convert(change):
+                produced.append((2 * index + message.op_delta, message))
+        if not produced:
+            return []
+        last_offset = runtime.log.last_offset
+        entries: list[tuple[LogOffset, bytes]] = []
+        final = len(produced) - 1
+        for position, (op, message) in enumerate(produced):
+            offset = LogOffset(txn.commit_lsn, op)
+            if offset <= last_offset:
+                continue  # already in the log: a transaction resent after a crash
+            data = message.to_json(compiled.relation, txn.commit_lsn, op, txn.xid, position == final)
+            entries.append((offset, messages.encode(data)))
+        return entries
+
+    # -- shapes: lookups ---------------------------------------------------------------------------------
+
+    def lookup(self, definition: ShapeDefinition) -> ShapeRuntime | None:
+        return self._by_key.get(definition.canonical_key)
+
+    def by_handle(self, handle: str) -> ShapeRuntime | None:
+        return self._by_handle.get(handle)
+
+    def shapes(self) -> list[ShapeRuntime]:
+        return list(self._by_handle.values())
+
+    def _add(self, runtime: ShapeRuntime) -> None:
+        self._by_handle[runtime.handle] = runtime
+        self._by_key[runtime.definition.canonical_key] = runtime
+        self._by_table.setdefault(runtime.table_key, set()).add(runtime)
+
+    def _remove(self, runtime: ShapeRuntime) -> None:
+        runtime.gone = True
+        runtime.cancelled.set()
+        self._by_handle.pop(runtime.handle, None)
+        if self._by_key.get(runtime.definition.canonical_key) is runtime:
+            del self._by_key[runtime.definition.canonical_key]
+        shapes = self._by_table.get(runtime.table_key)
+        if shapes is not None:
+            shapes.discard(runtime)
+            if not shapes:
+                del self._by_table[runtime.table_key]
+        runtime.notify()
+
+    # -- shapes: creating, snapshotting --------------------------------------------------------------------
+
+    async def get_or_create(self, definition: ShapeDefinition) -> ShapeRuntime:
+        """The shape for a definition, created if needed; raises CatalogError / WhereError /
+        PublicationError (all the client's to fix) when the definition cannot be served."""
+        existing = self.lookup(definition)
+        if existing is not None:
+            return existing
+        async with self._create_lock:
+            existing = self.lookup(definition)
+            if existing is not None:
+                return existing
+            table = await asyncio.to_thread(self._prepare_table, definition.schema, definition.table)
+            compiled = CompiledShape(definition, table)
+            assert self.registry is not None
+            registry = self.registry
+            async with self._lock:
+                record, _created = await asyncio.to_thread(registry.get_or_create, definition)
+                directory = registry.log_dir(record.handle)
+                await asyncio.to_thread(_write_table_file, directory, table)
+                shape_log = await asyncio.to_thread(ShapeLog.open, directory)
+                runtime = ShapeRuntime(record, shape_log, compiled=compiled, buffer=[])
+                self._add(runtime)
+            return runtime
+
+    def _prepare_table(self, schema: str, table: str) -> TableInfo:
+        """The table from the catalog, published (added to the publication when the role may do that)."""
+        with psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=10) as conn:
+            info = load_table(conn, schema, table)
+            if info is None:
+                raise CatalogError("table", table_not_found_message(schema, table))
+            if publication_covers(conn, self.config.publication, schema, table):
+                return info
+        try:
+            ensure_publication_and_slot(self.config.dsn, self.config.publication, self.config.slot, [(schema, table)])
+        except (psycopg.Error, ReplicationError) as exc:
+            raise PublicationError(
+                f'Table "{schema}"."{table}" is not in the publication "{self.config.publication}" and the sync '
+                f"role cannot add it ({str(exc).strip()}). Add it as the table's owner: ALTER PUBLICATION "
+                f'"{self.config.publication}" ADD TABLE "{schema}"."{table}"'
+            ) from None
+        return info
+
+    async def ensure_snapshot(self, runtime: ShapeRuntime) -> None:
+        """Make sure a snapshotting shape has its snapshot under way (compiling a rotated or recovered one
+        against the catalog first: that raises, and drops the shape, if its definition no longer works)."""
+        if runtime.ready or runtime.gone or runtime.snapshot_task is not None:
+            return
+        async with runtime._prepare_lock:
+            if runtime.ready or runtime.gone or runtime.snapshot_task is not None:
+                return
+            if runtime.compiled is None:
+                try:
+                    table = await asyncio.to_thread(
+                        self._prepare_table, runtime.definition.schema, runtime.definition.table
+                    )
+                    compiled = CompiledShape(runtime.definition, table)
+                    assert self.registry is not None
+                    await asyncio.to_thread(_write_table_file, self.registry.log_dir(runtime.handle), table)
+                except Exception:
+                    await self.delete(runtime.handle)
+                    raise
+                runtime.compiled = compiled
+            runtime.snapshot_task = asyncio.create_task(self._snapshot(runtime), name=f"snapshot-{runtime.handle}")
+
+    async def _snapshot(self, runtime: ShapeRuntime) -> None:
+        compiled = runtime.compiled
+        assert compiled is not None
+        try:
+            async with self._snapshots:
+                if runtime.gone:
+                    return
+                info = await asyncio.to_thread(
+                    take_snapshot,
+                    self.config.dsn,
+                    compiled,
+                    runtime.log,
+                    chunk_bytes=self.config.chunk_bytes,
+                    cancelled=runtime.cancelled,
+                )
+        except SnapshotCancelled:
+            return
+        except asyncio.CancelledError:
+            runtime.cancelled.set()
+            raise
+        except Exception as exc:
+            log.error("snapshot of shape %s failed: %s", runtime.handle, exc)
+            runtime.error = SnapshotFailed(f"Failed to create snapshot: {str(exc).strip()}")
+            runtime.notify()
+            with contextlib.suppress(Exception):
+                await self.delete(runtime.handle)
+            return
+        async with self._lock:
+            if runtime.gone:
+                return
+            entries: list[tuple[LogOffset, bytes]] = []
+            for txn in runtime.buffer or ():
+                if visible_in(info, txn.xid):
+                    continue
+                changes = [
+                    (index, change)
+                    for index, change in enumerate(txn.changes)
+                    if (change.relation.schema, change.relation.table) == runtime.table_key and change.kind != "schema"
+                ]
+                produced = self._entries(runtime, txn, changes)
+                if produced is None:
+                    await self._rotate(runtime)
+                    return
+                entries.extend(produced)
+            runtime.buffer = None
+            try:
+                if entries:
+                    runtime.log.append(entries)
+                await asyncio.to_thread(runtime.log.sync)
+                assert self.registry is not None
+                runtime.record = await asyncio.to_thread(
+                    self.registry.mark_ready, runtime.handle, info, self.last_end_lsn
+                )
+            except Exception as exc:
+                log.error("shape %s: cannot finish its snapshot (%s); rotating it", runtime.handle, exc)
+                await self._rotate(runtime)
+                return
+            runtime.notify()
+            log.info("shape %s ready (%s.%s)", runtime.handle, *runtime.table_key)
+
+    # -- shapes: deleting, rotating, recovering ------------------------------------------------------------
+
+    async def delete(self, handle: str) -> bool:
+        async with self._lock:
+            runtime = self._by_handle.get(handle)
+            if runtime is None:
+                return False
+            self._remove(runtime)
+            with contextlib.suppress(ShapeLogError):
+                await asyncio.to_thread(runtime.log.close)
+            assert self.registry is not None
+            await asyncio.to_thread(self.registry.delete, handle)
+            return True
+
+    async def _rotate(self, runtime: ShapeRuntime) -> ShapeRuntime | None:
+        """Replace a shape by a fresh snapshotting one with a new handle (callers hold self._lock)."""
+        if runtime.gone:
+            return None
+        self.rotations += 1
+        self._remove(runtime)
+        with contextlib.suppress(ShapeLogError):
+            await asyncio.to_thread(runtime.log.close)
+        assert self.registry is not None
+        record = await asyncio.to_thread(self.registry.rotate, runtime.handle)
+        fresh = ShapeRuntime(record, await asyncio.to_thread(ShapeLog.open, self.registry.log_dir(record.handle)))
+        fresh.buffer = []
+        self._add(fresh)
+        log.info("shape %s rotated to %s", runtime.handle, record.handle)
+        return fresh
+
+    async def _rotate_all(self, reason: str) -> None:
+        async with self._lock:
+            runtimes = list(self._by_handle.values())
+            log.warning("rotating %d shapes: %s", len(runtimes), reason)
+            for runtime in runtimes:
+                await self._rotate(runtime)
+
+    async def _recover_shapes(self, *, rotate_all: bool) -> None:
+        """Load the registry's shapes: ready ones whose table is unchanged are served on; the others (cut
+        short, or built on a table that changed, or after a slot loss) rotate."""
+        assert self.registry is not None
+        registry = self.registry
+        records = registry.shapes()
+        current = await asyncio.to_thread(
+            self._current_tables, {(r.definition.schema, r.definition.table) for r in records}
+        )
+        async with self._lock:
+            for record in records:
+                directory = registry.log_dir(record.handle)
+                stored = await asyncio.to_thread(_read_table_file, directory)
+                now = current.get((record.definition.schema, record.definition.table))
+                usable = (
+                    not rotate_all
+                    and record.state == ShapeState.ready
+                    and stored is not None
+                    and now is not None
+                    and stored.fingerprint == now.fingerprint
+                )
+                compiled = None
+                if usable:
+                    assert stored is not None
+                    try:
+                        compiled = CompiledShape(record.definition, stored)
+                    except Exception:
+                        usable = False
+                if not usable:
+                    fresh = await asyncio.to_thread(registry.rotate, record.handle)
+                    self.rotations += 1
+                    runtime = ShapeRuntime(
+                        fresh, await asyncio.to_thread(ShapeLog.open, registry.log_dir(fresh.handle))
+                    )
+                    runtime.buffer = []
+                else:
+                    shape_log = await asyncio.to_thread(ShapeLog.open, directory)
+                    runtime = ShapeRuntime(record, shape_log, compiled=compiled)
+                    self.last_lsn = max(self.last_lsn, shape_log.last_offset.tx)
+                self._add(runtime)
+        log.info("recovered %d shapes", len(self._by_handle))
+
+    def _current_tables(self, names: set[tuple[str, str]]) -> dict[tuple[str, str], TableInfo]:
+        found: dict[tuple[str, str], TableInfo] = {}
+        if not names:
+            return found
+        with psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=10) as conn:
+            for schema, table in names:
+                info = load_table(conn, schema, table)
+                if info is not None:
+                    found[(schema, table)] = info
+        return found
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "shapes": len(self._by_handle),
+            "transactions_processed": self.transactions_processed,
+            "changes_processed": self.changes_processed,
+            "last_lsn": self.last_lsn,
+            "rotations": self.rotations,
+            "slot_losses": self.slot_losses,
+            "last_error": self.last_error,
+            "time": time.time(),
+        }
+
+
+def _write_table_file(directory: Path, table: TableInfo) -> None:
+    path = directory / TABLE_FILE
+    temporary = directory / (TABLE_FILE + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(table.to_json()).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(directory)
+
+
+def _read_table_file(directory: Path) -> TableInfo | None:
+    try:
+        return TableInfo.from_json(json.loads((directory / TABLE_FILE).read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

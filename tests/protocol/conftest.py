@@ -1,0 +1,30 @@
+"""Fixtures for protocol tests: one Postgres and one sync server per module, each test on its own tables."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.protocol.support import SyncServer, require_node_modules
+from tests.support.pg import PgCluster
+
+_tables = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(pg_module: PgCluster) -> Iterator[SyncServer]:
+    require_node_modules()
+    sync = SyncServer(pg_module.dsn, long_poll_ms=3000).start()
+    try:
+        yield sync
+    finally:
+        sync.stop()
+        shutil.rmtree(sync.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def table_name() -> str:
+    return f"items_{next(_tables)}"

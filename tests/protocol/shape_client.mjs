@@ -1,0 +1,82 @@
+// Drives the official @electric-sql/client ShapeStream against a server and reports, as one JSON line per
+// event on stdout, every batch it sees (after each up-to-date), the rows it holds, and every HTTP status.
+// Usage: node shape_client.mjs '<json options>'; it runs until stdin closes (or "exit" is written to it).
+import { ShapeStream, isChangeMessage, isControlMessage } from '@electric-sql/client'
+import { createInterface } from 'node:readline'
+
+const options = JSON.parse(process.argv[2])
+const responses = []
+const rows = new Map()
+let batch = []
+
+function emit(event) {
+  process.stdout.write(JSON.stringify(event, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) + '\n')
+}
+
+const fetchClient = async (input, init) => {
+  const response = await fetch(input, init)
+  const url = new URL(String(input))
+  responses.push({
+    status: response.status,
+    offset: url.searchParams.get('offset'),
+    live: url.searchParams.get('live'),
+    sse: url.searchParams.get('live_sse'),
+    handle: url.searchParams.get('handle'),
+    responseOffset: response.headers.get('electric-offset'),
+  })
+  return response
+}
+
+const params = { table: options.table, secret: options.secret }
+for (const key of ['where', 'columns', 'replica', 'log']) if (options[key] !== undefined) params[key] = options[key]
+if (options.params !== undefined) params.params = options.params
+
+const stream = new ShapeStream({
+  url: options.url,
+  params,
+  offset: options.offset,
+  handle: options.handle,
+  liveSse: options.liveSse ?? false,
+  fetchClient,
+  backoffOptions: { initialDelay: 50, maxDelay: 500, multiplier: 1.5 },
+  onError: (error) => {
+    emit({ event: 'error', message: String(error && error.message ? error.message : error), status: error.status })
+    return {}
+  },
+})
+
+stream.subscribe(
+  (messages) => {
+    for (const message of messages) {
+      if (isChangeMessage(message)) {
+        batch.push({ key: message.key, value: message.value, old_value: message.old_value, headers: message.headers })
+        const op = message.headers.operation
+        if (op === 'insert') rows.set(message.key, message.value)
+        else if (op === 'update') rows.set(message.key, { ...(rows.get(message.key) ?? {}), ...message.value })
+        else if (op === 'delete') rows.delete(message.key)
+      } else if (isControlMessage(message)) {
+        batch.push({ headers: message.headers })
+        if (message.headers.control === 'must-refetch') rows.clear()
+        if (message.headers.control === 'up-to-date') {
+          emit({
+            event: 'up-to-date',
+            messages: batch,
+            rows: Object.fromEntries([...rows.entries()].sort()),
+            offset: stream.lastOffset,
+            handle: stream.shapeHandle,
+            responses: responses.splice(0),
+          })
+          batch = []
+        }
+      }
+    }
+  },
+  (error) => emit({ event: 'error', message: String(error && error.message ? error.message : error) }),
+)
+
+const input = createInterface({ input: process.stdin })
+input.on('line', (line) => {
+  if (line.trim() === 'exit') process.exit(0)
+  if (line.trim() === 'responses') emit({ event: 'responses', responses: responses.splice(0) })
+})
+input.on('close', () => process.exit(0))
