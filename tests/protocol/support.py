@@ -57,10 +57,24 @@ class SyncServer:
     def start(self) -> SyncServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [str(APPLIANCE), "sync", "serve", "--database-url", self.dsn, "--port", str(self.port),
-             "--secret", self.secret, "--data-dir", str(self.data_dir),
-             "--long-poll-timeout", str(self.long_poll_ms)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            [
+                str(APPLIANCE),
+                "sync",
+                "serve",
+                "--database-url",
+                self.dsn,
+                "--port",
+                str(self.port),
+                "--secret",
+                self.secret,
+                "--data-dir",
+                str(self.data_dir),
+                "--long-poll-timeout",
+                str(self.long_poll_ms),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         log.close()
         self.wait_healthy()
@@ -119,7 +133,10 @@ class NodeProcess:
         require_node_modules()
         self.process = subprocess.Popen(
             ["node", str(PROTOCOL_DIR / script), json.dumps(options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PROTOCOL_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=PROTOCOL_DIR,
         )
         self.events: queue.Queue[Event] = queue.Queue()
         self.stderr: list[str] = []

@@ -47,7 +47,9 @@ def test_kill_9_twice_while_writing_loses_and_repeats_nothing(pg: PgCluster) -> 
         thread.join()
         assert done.is_set()
         with psycopg.connect(pg.dsn) as conn:
-            expected = {f'"public"."items"/"{i}"': {"id": i, "n": n} for i, n in conn.execute("SELECT id, n FROM items")}
+            expected = {
+                f'"public"."items"/"{i}"': {"id": i, "n": n} for i, n in conn.execute("SELECT id, n FROM items")
+            }
         seen_offsets: list[tuple[str, int]] = []
         statuses: list[int] = []
         deadline = time.monotonic() + 60
@@ -59,7 +61,9 @@ def test_kill_9_twice_while_writing_loses_and_repeats_nothing(pg: PgCluster) -> 
                 continue
             statuses.extend(r["status"] for r in event["responses"])
             seen_offsets.extend(
-                (m["headers"]["lsn"], m["headers"]["op_position"]) for m in event["messages"] if "lsn" in m.get("headers", {})
+                (m["headers"]["lsn"], m["headers"]["op_position"])
+                for m in event["messages"]
+                if "lsn" in m.get("headers", {})
             )
             if event["rows"] == expected:
                 break

@@ -41,8 +41,14 @@ def test_initial_sync_then_live_insert_update_delete(pg_module: PgCluster, serve
         row = first["rows"][key(table_name, 2)]
         # The client parsed text output by the electric-schema header: ints, arrays, json, bools (numeric stays text).
         assert row == {
-            "id": 2, "name": "item 2", "house_id": 0, "price": "3.00", "tags": ["a", "b/c"], "data": {"n": 1},
-            "at": "2024-01-02 03:04:05+00", "flag": True,
+            "id": 2,
+            "name": "item 2",
+            "house_id": 0,
+            "price": "3.00",
+            "tags": ["a", "b/c"],
+            "data": {"n": 1},
+            "at": "2024-01-02 03:04:05+00",
+            "flag": True,
         }
         assert [r["offset"] for r in first["responses"]][:1] == ["-1"]
         assert all(r["status"] == 200 for r in first["responses"])
@@ -169,8 +175,10 @@ def test_truncate_makes_the_client_refetch(pg_module: PgCluster, server: SyncSer
         first = client.until(up_to_date)
         execute(pg_module.dsn, f"TRUNCATE {table_name}", f"INSERT INTO {table_name} (id, name) VALUES (7, 'seven')")
         after = client.until(lambda e: up_to_date(e) and e["handle"] != first["handle"], what="rotated shape")
-        after = after if key(table_name, 7) in after["rows"] else client.until(
-            lambda e: up_to_date(e) and key(table_name, 7) in e["rows"]
+        after = (
+            after
+            if key(table_name, 7) in after["rows"]
+            else client.until(lambda e: up_to_date(e) and key(table_name, 7) in e["rows"])
         )
         assert set(after["rows"]) == {key(table_name, 7)}
         statuses = [r["status"] for r in after["responses"]]
@@ -187,8 +195,14 @@ def test_long_poll_times_out_with_200_up_to_date(server: SyncServer, pg_module: 
     assert "electric-up-to-date" in caught_up.headers
     response = server.get(table=table_name, offset=caught_up.headers["electric-offset"], handle=handle, live="true")
     assert response.status_code == 200
-    assert response.json() == [{"headers": {"control": "up-to-date", "global_last_seen_lsn": response.json()[0][
-        "headers"]["global_last_seen_lsn"]}}]
+    assert response.json() == [
+        {
+            "headers": {
+                "control": "up-to-date",
+                "global_last_seen_lsn": response.json()[0]["headers"]["global_last_seen_lsn"],
+            }
+        }
+    ]
     assert response.headers["electric-has-data"] == "false"
     assert "electric-up-to-date" in response.headers
     assert int(response.headers["electric-cursor"]) > 0

@@ -8,9 +8,7 @@ from tests.support.pg import PgCluster
 
 
 def collection(server: SyncServer, table: str) -> NodeProcess:
-    return NodeProcess(
-        "await_txid.mjs", {"url": server.url, "table": table, "secret": server.secret, "timeout": 8000}
-    )
+    return NodeProcess("await_txid.mjs", {"url": server.url, "table": table, "secret": server.secret, "timeout": 8000})
 
 
 def test_await_txid_resolves_through_live_txids(pg_module: PgCluster, server: SyncServer, table_name: str) -> None:
