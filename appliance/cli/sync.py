@@ -9,7 +9,7 @@ process listing; `--secret` and `--database-url` are for running it by hand.
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 from pathlib import Path
 
@@ -71,10 +71,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the sync engine in the foreground until SIGTERM/SIGINT."""
-    import uvicorn
-
-    from appliance.sync.engine import EngineConfig, SyncEngine
-    from appliance.sync.http import ApiSettings, create_app
+    from appliance.sync.server import DATABASE_URL_ENV, SECRET_ENV
 
     dsn = _from_file(database_url_file, database_url, "database-url")
     if dsn is None:
@@ -82,15 +79,28 @@ def serve(
     api_secret = _from_file(secret_file, secret, "secret")
     if api_secret is None and not insecure:
         raise click.UsageError("--secret or --secret-file is required (or --insecure)")
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = SyncEngine(EngineConfig(dsn=dsn, data_dir=data_dir, publication=publication, slot=slot))
-    app = create_app(engine, ApiSettings(secret=api_secret, long_poll_timeout_ms=long_poll_ms))
-    click.echo(f"sync engine listening on http://{host}:{port} (data in {data_dir})", err=True)
-    uvicorn.run(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
-    )
+    environment = {**os.environ, DATABASE_URL_ENV: dsn, SECRET_ENV: api_secret or ""}
+    argv = [
+        sys.executable,
+        "-m",
+        "appliance.sync.server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--long-poll-timeout",
+        str(long_poll_ms),
+        "--publication",
+        publication,
+        "--slot",
+        slot,
+        "--log-level",
+        log_level,
+    ]
+    # Same PID, lean imports: the supervisor (and tests) keep managing the process they started.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, environment)

@@ -199,11 +199,26 @@ class SyncEngine:
         self._stream: ReplicationStream | None = None
         self._stopping = False
         self._active = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def begin_shutdown(self) -> None:
+        """From any thread (a signal handler): answer waiting long polls now, so a graceful shutdown does not
+        have to cut them off."""
+        self.status = "stopping"
+
+        def wake_all() -> None:
+            for runtime in list(self._by_handle.values()):
+                runtime.notify()
+
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(wake_all)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the data dir and start consuming in the background; `status` turns active once streaming."""
+        self._loop = asyncio.get_running_loop()
         self.registry = await asyncio.to_thread(ShapeRegistry.open, self.config.data_dir)
         self._task = asyncio.create_task(self._run(), name="sync-engine")
 
@@ -236,6 +251,7 @@ class SyncEngine:
 
     async def _run(self) -> None:
         recovered = False
+        just_rotated = False  # every shape was rotated for a lost slot: its re-creation needs no second round
         while not self._stopping:
             try:
                 setup = await asyncio.to_thread(
@@ -244,8 +260,9 @@ class SyncEngine:
                 if not recovered:
                     await self._recover_shapes(rotate_all=setup.slot_created or setup.slot_recreated)
                     recovered = True
-                elif setup.slot_created or setup.slot_recreated:
+                elif (setup.slot_created or setup.slot_recreated) and not just_rotated:
                     await self._rotate_all("the replication slot was recreated")
+                just_rotated = False
                 stream = ReplicationStream(
                     self.config.dsn,
                     slot=self.config.slot,
@@ -266,6 +283,7 @@ class SyncEngine:
                 self.slot_losses += 1
                 self.last_error = str(exc)
                 await self._rotate_all(str(exc))
+                just_rotated = True
             except (ReplicationError, psycopg.Error, OSError) as exc:
                 self.last_error = str(exc).strip()
                 log.error("replication failed: %s; retrying", self.last_error)
@@ -419,6 +437,10 @@ class SyncEngine:
             assert self.registry is not None
             registry = self.registry
             async with self._lock:
+                # A rotation (which holds the lock) may have registered its successor meanwhile.
+                existing = self.lookup(definition)
+                if existing is not None:
+                    return existing
                 record, _created = await asyncio.to_thread(registry.get_or_create, definition)
                 directory = registry.log_dir(record.handle)
                 await asyncio.to_thread(_write_table_file, directory, table)

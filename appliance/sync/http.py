@@ -465,7 +465,7 @@ class ShapeApi:
                     body, headers=headers, media_type="application/json"
                 )
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.engine.status == "stopping":
                 headers = self._headers(request, params, runtime, offset, up_to_date=True, no_changes=True)
                 body = messages.join_messages([messages.encode(messages.up_to_date(self.engine.last_lsn))])
                 return Response(body, headers=headers, media_type="application/json")
@@ -486,7 +486,7 @@ class ShapeApi:
             keepalive = settings.sse_keepalive_ms / 1000
             while True:
                 now = time.monotonic()
-                if now >= deadline or runtime.gone or runtime.error is not None:
+                if now >= deadline or runtime.gone or runtime.error is not None or self.engine.status == "stopping":
                     return
                 read = await _read(runtime, since)
                 if read is None:
