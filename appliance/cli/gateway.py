@@ -1,0 +1,37 @@
+"""`appliance gateway serve --tenant <id>`: run a tenant's gateway (what its service manager starts)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from appliance.config import load_host_config
+
+
+@click.group()
+def gateway() -> None:
+    """The tenant gateway (auth, shapes, writes, thread streams)."""
+
+
+@gateway.command()
+@click.option("--tenant", "tenant_id", required=True, help="Tenant id (as in this host's config).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(tenant_id: str, log_level: str) -> None:
+    """Serve the tenant's gateway on its loopback port until SIGTERM."""
+    import uvicorn
+
+    from appliance.gateway.main import TENANT_ENV
+
+    tenant = load_host_config().tenant(tenant_id)
+    os.environ[TENANT_ENV] = tenant.id
+    click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')} "
+               f"({tenant.gateway.workers} worker(s))", err=True)
+    uvicorn.run(
+        "appliance.gateway.main:app_from_env", factory=True,
+        host=tenant.common.bind_address, port=tenant.port("gateway"), workers=tenant.gateway.workers,
+        log_level=log_level, proxy_headers=False, server_header=False,
+        # Long-polls and SSE streams end on their own; give in-flight writes time to finish on shutdown.
+        timeout_graceful_shutdown=10,
+    )

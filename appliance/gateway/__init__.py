@@ -1,0 +1,6 @@
+"""The tenant gateway: the only door to a tenant's data (auth, shapes, writes, thread streams, entries, dispatch).
+
+Entry points: `create_app(tenant)` (main.py), `migrate`/`ensure_publication` (migrate.py), `gateway_service`
+(service.py), `rotate_signing_key` (core/security.py). The activation contract for agent workers is in
+ACTIVATION.md.
+"""

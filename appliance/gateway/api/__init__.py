@@ -1,0 +1,1 @@
+"""The gateway's HTTP layer: routes per resource (routes/), dependencies (deps.py)."""

@@ -1,0 +1,82 @@
+"""Agents: principals of their house (a member row is made with them), woken by `@name` mentions. Admins manage.
+
+Deleting an agent also ends its membership and revokes its API keys, so its tokens stop working at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+
+from appliance.gateway.access import current_txid, require, write_transaction
+from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.models import AgentCreate, AgentUpdate, WriteResult
+
+router = APIRouter(prefix="/api/agents", tags=["agents"], responses=error_responses(401, 403, 404, 422, 429))
+
+
+@router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
+async def create_agent(body: AgentCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    agent_id = body.id or uuid.uuid4()
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        await require(tx.conn, principal, body.house_id, "admin", "agent.create", f"house:{body.house_id}")
+        await environment_in_house(tx.conn, body.environment_id, body.house_id)
+        row = await insert_row(tx.conn, "agents", {
+            "id": agent_id, "house_id": body.house_id, "name": body.name, "handler": body.handler,
+            "environment_id": body.environment_id, "config": body.config, "created_by": principal.id,
+        })
+        await insert_row(tx.conn, "members", {
+            "id": uuid.uuid4(), "house_id": body.house_id, "principal_id": agent_id, "principal_kind": "agent",
+            "role": "member", "created_by": principal.id,
+        })
+        tx.record("agent.create", body.house_id, f"agent:{agent_id}", name=body.name, handler=body.handler)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.patch("/{agent_id}", response_model=WriteResult, responses=error_responses(409))
+async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: CurrentPrincipal,
+                       gateway: GatewayDep) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    # An explicit null unsets the environment; null for the other fields means "unchanged".
+    changes = {k: v for k, v in changes.items() if v is not None or k == "environment_id"}
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "agents", agent_id)
+        if row is None:
+            raise not_found("agent")
+        subject = f"agent:{agent_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "agent.update", subject)
+        if changes.get("environment_id") is not None:
+            await environment_in_house(tx.conn, changes["environment_id"], row["house_id"])
+        if changes:
+            row = await update_row(tx.conn, "agents", agent_id, changes)
+        tx.record("agent.update", row["house_id"], subject, fields=sorted(changes))
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.delete("/{agent_id}", response_model=WriteResult)
+async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "agents", agent_id)
+        if row is None:
+            raise not_found("agent")
+        subject = f"agent:{agent_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "agent.delete", subject)
+        row = await soft_delete(tx.conn, "agents", agent_id)
+        await tx.conn.execute(
+            "UPDATE public.members SET deleted_at = now(), updated_at = now() "
+            "WHERE principal_id = %s AND deleted_at IS NULL",
+            (agent_id,),
+        )
+        cur = await tx.conn.execute(
+            "UPDATE public.api_keys SET deleted_at = now() WHERE principal_id = %s AND deleted_at IS NULL",
+            (agent_id,),
+        )
+        tx.record("agent.delete", row["house_id"], subject, api_keys_revoked=cur.rowcount)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}

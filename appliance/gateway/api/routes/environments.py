@@ -1,0 +1,64 @@
+"""Environments of a house (e.g. dev, prod): configs, secrets and agents may be scoped to one. Admins manage."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+
+from appliance.gateway.access import current_txid, require, write_transaction
+from appliance.gateway.api.crud import insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.models import EnvironmentCreate, EnvironmentUpdate, WriteResult
+
+router = APIRouter(prefix="/api/environments", tags=["environments"],
+                   responses=error_responses(401, 403, 404, 422, 429))
+
+
+@router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
+async def create_environment(body: EnvironmentCreate, principal: CurrentPrincipal, gateway: GatewayDep
+                             ) -> dict[str, Any]:
+    environment_id = body.id or uuid.uuid4()
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        await require(tx.conn, principal, body.house_id, "admin", "environment.create", f"house:{body.house_id}")
+        row = await insert_row(tx.conn, "environments", {
+            "id": environment_id, "house_id": body.house_id, "name": body.name, "description": body.description,
+            "created_by": principal.id,
+        })
+        tx.record("environment.create", body.house_id, f"environment:{environment_id}", name=body.name)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.patch("/{environment_id}", response_model=WriteResult, responses=error_responses(409))
+async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate, principal: CurrentPrincipal,
+                             gateway: GatewayDep) -> dict[str, Any]:
+    changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "environments", environment_id)
+        if row is None:
+            raise not_found("environment")
+        subject = f"environment:{environment_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "environment.update", subject)
+        if changes:
+            row = await update_row(tx.conn, "environments", environment_id, changes)
+        tx.record("environment.update", row["house_id"], subject, fields=sorted(changes))
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.delete("/{environment_id}", response_model=WriteResult)
+async def delete_environment(environment_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep
+                             ) -> dict[str, Any]:
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "environments", environment_id)
+        if row is None:
+            raise not_found("environment")
+        subject = f"environment:{environment_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "environment.delete", subject)
+        row = await soft_delete(tx.conn, "environments", environment_id)
+        tx.record("environment.delete", row["house_id"], subject)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}

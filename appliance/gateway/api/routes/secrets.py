@@ -1,0 +1,63 @@
+"""Secrets: values encrypted at rest (AES-256-GCM under the tenant's key) and never returned by the API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+
+from appliance.gateway.access import current_txid, require, write_transaction
+from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.core.security import encrypt_secret
+from appliance.gateway.models import SecretCreate, SecretUpdate, WriteResult
+
+router = APIRouter(prefix="/api/secrets", tags=["secrets"], responses=error_responses(401, 403, 404, 422, 429))
+
+
+@router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
+async def create_secret(body: SecretCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    secret_id = body.id or uuid.uuid4()
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        await require(tx.conn, principal, body.house_id, "admin", "secret.create", f"house:{body.house_id}")
+        await environment_in_house(tx.conn, body.environment_id, body.house_id)
+        sealed = encrypt_secret(gateway.encryption_key(), secret_id, body.house_id, body.value)
+        row = await insert_row(tx.conn, "secrets", {
+            "id": secret_id, "house_id": body.house_id, "environment_id": body.environment_id, "name": body.name,
+            "value": sealed, "created_by": principal.id,
+        })
+        tx.record("secret.create", body.house_id, f"secret:{secret_id}", name=body.name)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.patch("/{secret_id}", response_model=WriteResult)
+async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: CurrentPrincipal,
+                        gateway: GatewayDep) -> dict[str, Any]:
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "secrets", secret_id)
+        if row is None:
+            raise not_found("secret")
+        subject = f"secret:{secret_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "secret.update", subject)
+        sealed = encrypt_secret(gateway.encryption_key(), secret_id, row["house_id"], body.value)
+        row = await update_row(tx.conn, "secrets", secret_id, {"value": sealed})
+        tx.record("secret.update", row["house_id"], subject, name=row["name"])
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.delete("/{secret_id}", response_model=WriteResult)
+async def delete_secret(secret_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "secrets", secret_id)
+        if row is None:
+            raise not_found("secret")
+        subject = f"secret:{secret_id}"
+        await require(tx.conn, principal, row["house_id"], "admin", "secret.delete", subject)
+        row = await soft_delete(tx.conn, "secrets", secret_id)
+        tx.record("secret.delete", row["house_id"], subject, name=row["name"])
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}

@@ -1,0 +1,92 @@
+"""GET /api/shapes/{table}: the Electric HTTP Shape API, scoped to the caller's houses.
+
+The gateway decides the shape: the table (from the path, synced tables only), its columns, the WHERE
+`house_id IN ($1, ..., $n) AND deleted_at IS NULL` over the caller's houses (sorted, so one membership set is
+one shape; a membership change is a new shape and a full re-sync, which is correct), and the sync secret.
+The client only drives the protocol: offset, handle, live, cursor, log, live_sse (or its older name
+experimental_live_sse), expired_handle, cache-buster. A client that tries to set where, params, table, columns
+or a secret is refused (400) - the request is an attack or a misconfigured client, either way not served; any
+other parameter is dropped. Responses stream through unbuffered with status and electric-* / cache headers.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from appliance.audit.chain import AuditEvent
+from appliance.gateway.access import houses_of
+from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.errors import ApiError, error_responses
+from appliance.gateway.proxy import forwarded_headers, proxy_get
+from appliance.gateway.schema import SYNCED_TABLES
+
+router = APIRouter(prefix="/api/shapes", tags=["shapes"])
+
+PROTOCOL_PARAMS = frozenset({
+    "offset", "handle", "live", "cursor", "log", "live_sse", "experimental_live_sse", "expired_handle",
+    "cache-buster",
+})
+# Parameters that define a shape or authenticate to the sync engine: the gateway's alone.
+RESERVED = re.compile(r"^(where|table|columns|secret|api_secret|params(\[.*\])?|replica|source_id|source_secret)$",
+                      re.IGNORECASE)
+MAX_PARAM_LENGTH = 256
+
+
+def shape_where(houses: list[uuid.UUID]) -> tuple[str, list[tuple[str, str]]]:
+    """The WHERE and its params for a caller in `houses` (sorted). No houses: a WHERE no row satisfies."""
+    if not houses:
+        return "house_id IS NULL", []
+    placeholders = ", ".join(f"${i}" for i in range(1, len(houses) + 1))
+    params = [(f"params[{i}]", str(house)) for i, house in enumerate(sorted(houses, key=str), start=1)]
+    return f"house_id IN ({placeholders}) AND deleted_at IS NULL", params
+
+
+def client_params(request: Request) -> list[tuple[str, str]]:
+    seen: set[str] = set()
+    forwarded: list[tuple[str, str]] = []
+    for name, value in request.query_params.multi_items():
+        if RESERVED.match(name):
+            raise ApiError(400, "param_not_allowed", f"the gateway sets {name!r}; it cannot be given")
+        if name not in PROTOCOL_PARAMS:
+            continue
+        if name in seen:
+            raise ApiError(400, "bad_request", f"{name!r} given twice")
+        if len(value) > MAX_PARAM_LENGTH or "\x00" in value:
+            raise ApiError(400, "bad_request", f"{name!r} is malformed")
+        seen.add(name)
+        forwarded.append((name, value))
+    return forwarded
+
+
+@router.get("/{table}", response_class=Response,
+            responses={200: {"description": "shape log entries (JSON array) or an SSE stream",
+                             "content": {"application/json": {}, "text/event-stream": {}}},
+                       **error_responses(400, 401, 404, 409, 429, 503, 504)})
+async def get_shape(table: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+    columns = SYNCED_TABLES.get(table)
+    if columns is None:
+        raise ApiError(404, "unknown_table", "no such shape table")
+    protocol = client_params(request)
+    async with gateway.db.connection() as conn:
+        houses = await houses_of(conn, principal.id)
+    await gateway.audit.soon(AuditEvent(principal.actor, "auth.granted", None, f"shape:{table}",
+                                        {"access": "shape.read", "houses": [str(h) for h in houses]}))
+    where, where_params = shape_where(houses)
+    params: list[tuple[str, Any]] = [
+        ("table", table), ("columns", ",".join(columns)), ("where", where), *where_params,
+        ("secret", gateway.sync_secret()), *protocol,
+    ]
+    live = dict(protocol)
+    if live.get("live_sse") == "true" or live.get("experimental_live_sse") == "true":
+        read_timeout = None
+    elif live.get("live") == "true":
+        read_timeout = gateway.settings.sync_long_poll_s + 15
+    else:
+        read_timeout = 60.0
+    return await proxy_get(gateway.sync_http, "/v1/shape", params, forwarded_headers(request.headers),
+                           read_timeout, "sync service")

@@ -1,0 +1,135 @@
+"""Threads: metadata in Postgres, transcript in the thread's durable stream (`thread-<id>`).
+
+Members create threads and post entries; the creator or an admin deletes a thread. Reading the stream goes
+through the gateway (membership checked, stream server hidden) with the protocol's offset, long-poll and SSE.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from appliance.audit.chain import AuditEvent
+from appliance.gateway.access import Refused, current_txid, require, write_transaction
+from appliance.gateway.api.crud import insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.errors import ApiError, error_responses, not_found
+from appliance.gateway.models import EntryCreate, EntryResult, ThreadCreate, ThreadUpdate, WriteResult
+from appliance.gateway.proxy import forwarded_headers, proxy_get
+from appliance.gateway.streams import StreamError, stream_path
+
+router = APIRouter(prefix="/api/threads", tags=["threads"], responses=error_responses(401, 403, 404, 422, 429))
+
+# Offsets are "-1", "now" or "<digits>_<digits>"; cursors are opaque tokens of the server.
+OFFSET_PATTERN = r"^(-1|now|[0-9]{1,20}_[0-9]{1,20})$"
+CURSOR_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+_THREAD_READ = (
+    "SELECT t.house_id, m.role FROM public.threads t "
+    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
+    "LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %s AND m.deleted_at IS NULL "
+    "WHERE t.id = %s AND t.deleted_at IS NULL"
+)
+
+
+@router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409, 503))
+async def create_thread(body: ThreadCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    thread_id = body.id or uuid.uuid4()
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        await require(tx.conn, principal, body.house_id, "member", "thread.create", f"house:{body.house_id}")
+        row = await insert_row(tx.conn, "threads", {
+            "id": thread_id, "house_id": body.house_id, "title": body.title, "created_by": principal.id,
+        })
+        # The stream is made before the row commits, so a committed thread always has its stream (a crash in
+        # between leaves an empty stream nobody can reach; an append would also create it).
+        try:
+            await gateway.streams.create(thread_id)
+        except StreamError:
+            raise ApiError(503, "streams_unavailable", "the streams server is unavailable; retry",
+                           {"Retry-After": "1"}) from None
+        tx.record("thread.create", body.house_id, f"thread:{thread_id}")
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.patch("/{thread_id}", response_model=WriteResult)
+async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: CurrentPrincipal,
+                        gateway: GatewayDep) -> dict[str, Any]:
+    changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "threads", thread_id)
+        if row is None:
+            raise not_found("thread")
+        subject = f"thread:{thread_id}"
+        await require(tx.conn, principal, row["house_id"], "member", "thread.update", subject)
+        if changes:
+            row = await update_row(tx.conn, "threads", thread_id, changes)
+        tx.record("thread.update", row["house_id"], subject, fields=sorted(changes))
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.delete("/{thread_id}", response_model=WriteResult)
+async def delete_thread(thread_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
+    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+        row = await load_live(tx.conn, "threads", thread_id)
+        if row is None:
+            raise not_found("thread")
+        subject = f"thread:{thread_id}"
+        mine = await require(tx.conn, principal, row["house_id"], "member", "thread.delete", subject)
+        if row["created_by"] != principal.id and not mine.at_least("admin"):
+            raise Refused(row["house_id"], "thread.delete", "needs_admin_or_creator", 403, subject)
+        row = await soft_delete(tx.conn, "threads", thread_id)
+        tx.record("thread.delete", row["house_id"], subject)
+        txid = await current_txid(tx.conn)
+    return {"data": row_json(row), "txid": txid}
+
+
+@router.post("/{thread_id}/entries", status_code=201, response_model=EntryResult,
+             responses={200: {"model": EntryResult, "description": "a retry: the entry was already stored"},
+                        **error_responses(409, 502, 503)})
+async def post_entry(thread_id: uuid.UUID, body: EntryCreate, principal: CurrentPrincipal,
+                     gateway: GatewayDep) -> Response:
+    outcome = await gateway.entries.post(principal, thread_id, body)
+    return JSONResponse({"data": outcome.as_json(), "duplicate": outcome.duplicate},
+                        status_code=200 if outcome.duplicate else 201)
+
+
+@router.get("/{thread_id}/stream", response_class=Response,
+            responses={200: {"description": "the thread's messages as a JSON array, or an SSE stream",
+                             "content": {"application/json": {}, "text/event-stream": {}}},
+                       204: {"description": "long-poll timed out with no new messages"},
+                       **error_responses(503, 504)})
+async def read_stream(
+    request: Request, thread_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep,
+    offset: Annotated[str, Query(pattern=OFFSET_PATTERN)] = "-1",
+    live: Annotated[str | None, Query(pattern=r"^(long-poll|sse)$")] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
+) -> Response:
+    subject = f"thread:{thread_id}"
+    async with gateway.db.connection() as conn:
+        cur = await conn.execute(_THREAD_READ, (principal.id, thread_id))
+        access = await cur.fetchone()
+    if access is None or access[1] is None:
+        house_id = access[0] if access else None
+        await gateway.audit.now(AuditEvent(principal.actor, "auth.refused", house_id, subject, {
+            "attempted": "thread.read", "reason": "not_a_member" if access else "no_such_thread",
+            "client": principal.client,
+        }))
+        raise not_found("thread")
+    await gateway.audit.soon(AuditEvent(principal.actor, "auth.granted", access[0], subject,
+                                        {"access": "thread.read", "live": live or "no"}))
+    params = [("offset", offset)]
+    if live:
+        params.append(("live", live))
+    if cursor:
+        params.append(("cursor", cursor))
+    read_timeout = None if live == "sse" else gateway.settings.streams_long_poll_s + 15
+    return await proxy_get(
+        gateway.streams.http, stream_path(thread_id), params, forwarded_headers(request.headers), read_timeout,
+        "streams server",
+    )

@@ -1,0 +1,98 @@
+"""How the gateway writes audit events (appliance/audit/chain.py does the chaining).
+
+* Mutations: the event is appended in the mutation's own transaction (`in_transaction`), so both commit or
+  neither does.
+* Refusals (a principal denied access to a house, a bad API key): appended synchronously in a transaction of
+  their own before the error is answered (`now`).
+* Grants of read access (a shape subscription, a thread stream read): queued and appended by a background task
+  in batches, one transaction and one chain-head lock per batch (`soon`), so that reads do not serialise on the
+  chain head. The request does not wait for the commit; the queue is bounded (a full queue makes requests
+  wait), flushed at shutdown, and can lose at most the events of the last few milliseconds if the gateway is
+  killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+
+from appliance.audit.canonical import canonical_json
+from appliance.audit.chain import AuditEvent, append_events_async
+from appliance.gateway.core.db import Database
+
+log = logging.getLogger("appliance.gateway")
+
+MAX_BATCH = 500
+
+
+class AuditLog:
+    def __init__(self, db: Database, queue_size: int = 10_000) -> None:
+        self.db = db
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def in_transaction(self, conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> None:
+        """Append within `conn`'s open transaction; call it last, just before commit (it locks the chain head)."""
+        await append_events_async(conn, [event])
+
+    async def now(self, event: AuditEvent, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+        """Append in a transaction of its own; pass the caller's idle connection rather than take a second one
+        from the pool (a request holding one connection while waiting for another could starve the pool)."""
+        if conn is not None:
+            await append_events_async(conn, [event])
+            return
+        async with self.db.connection() as own:
+            await append_events_async(own, [event])
+
+    async def soon(self, event: AuditEvent) -> None:
+        # Refuse an event without a canonical form here, where the caller sees it, not in the writer's batch.
+        canonical_json({"detail": dict(event.detail), "actor": event.actor, "subject": event.subject})
+        self._idle.clear()
+        await self._queue.put(event)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+            if self._queue.empty():
+                self._idle.set()
+
+    async def _write(self, batch: list[AuditEvent]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.db.connection() as conn:
+                    await append_events_async(conn, batch)
+                return
+            except Exception as exc:
+                # Postgres away (or restarting): keep the batch and retry; reads keep being served meanwhile.
+                log.warning("audit batch of %d events not written yet: %s", len(batch), type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every queued event is committed."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        try:
+            await self.flush(timeout=10.0)
+        except TimeoutError:
+            log.error("audit queue not flushed at shutdown: %d events unwritten", self._queue.qsize())
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

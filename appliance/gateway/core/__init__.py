@@ -1,0 +1,1 @@
+"""The gateway's core: settings, database pool, security (tokens, keys), errors, rate limits."""

@@ -1,0 +1,308 @@
+"""Thread entries: appended to the thread's stream exactly once per entry id, with their mentions dispatched
+through the outbox (migrations/0003_entries_outbox.sql).
+
+The protocol, and why it never stores an entry twice nor loses one:
+
+1. Take a session advisory lock on the entry id (held until step 4; released by Postgres if the gateway dies).
+2. In one transaction: check the thread and the caller's membership, record the entry as `pending` with the
+   exact message, a `floor_offset` (the highest offset recorded for the thread so far, at or before wherever
+   this entry will land), one outbox row per mention (`held`), and the audit event. Commit (synchronously: from
+   here on the entry is never lost).
+3. Append the message to the stream.
+4. Mark the entry `appended` with the returned offset and release its outbox rows (`ready`); wake the
+   dispatcher. This commit may be asynchronous: if it is lost, step 5 redoes it.
+5. Whoever later finds the entry `pending` (the client retrying with the same id, or the recovery sweep after
+   a crash) takes the same lock - so the first attempt is finished or dead - and reads the stream after
+   `floor_offset`: if a message with the entry's id is there it only records that, else it appends.
+
+So appends of one entry are serialised by the lock, and every append but the first is preceded by a look at
+the stream. The stream's own idempotent-producer state is not relied on (it can be lost in a crash, see
+specs/durable-streams.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from appliance.audit.canonical import canonical_json, format_timestamp
+from appliance.audit.chain import AuditEvent, append_events_async
+from appliance.gateway.access import Principal, Refused, fetch_one
+from appliance.gateway.auditlog import AuditLog
+from appliance.gateway.core.db import Database
+from appliance.gateway.core.errors import ApiError
+from appliance.gateway.models import EntryCreate
+from appliance.gateway.schema import ROLE_RANK
+from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
+
+log = logging.getLogger("appliance.gateway")
+
+# `@name` where name is an agent name (see AgentName); not inside a word or an e-mail address.
+MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
+MAX_MENTIONS = 20
+
+_THREAD_ACCESS = (
+    "SELECT t.house_id, m.role, m.principal_kind FROM public.threads t "
+    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
+    "LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %s AND m.deleted_at IS NULL "
+    "WHERE t.id = %s AND t.deleted_at IS NULL"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO appliance.thread_entries (id, thread_id, house_id, author_id, message, request_hash, state, "
+    "floor_offset) VALUES (%s, %s, %s, %s, %s, %s, 'pending', coalesce(("
+    " SELECT e.next_offset FROM appliance.thread_entries e WHERE e.thread_id = %s AND e.state = 'appended'"
+    " ORDER BY e.next_offset COLLATE \"C\" DESC LIMIT 1), '-1')) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+
+
+def mentions_in(text: str) -> list[str]:
+    """Agent names mentioned in `text`, first occurrence order, case-insensitively distinct, at most 20."""
+    seen: dict[str, str] = {}
+    for match in MENTION.finditer(text):
+        name = match.group(1)
+        seen.setdefault(name.lower(), name)
+        if len(seen) >= MAX_MENTIONS:
+            break
+    return list(seen.values())
+
+
+def lock_key(entry_id: uuid.UUID) -> int:
+    """The advisory lock of an entry (a collision only serialises two unrelated entries)."""
+    return int.from_bytes(entry_id.bytes[:8], "big", signed=True)
+
+
+def request_hash(entry: EntryCreate) -> str:
+    return hashlib.sha256(canonical_json(entry.model_dump(mode="json"))).hexdigest()
+
+
+@dataclass(frozen=True)
+class EntryOutcome:
+    id: uuid.UUID
+    thread_id: uuid.UUID
+    next_offset: str
+    duplicate: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "thread_id": str(self.thread_id), "offset": self.next_offset}
+
+
+class Entries:
+    def __init__(self, db: Database, streams: StreamsClient, audit: AuditLog, on_ready: Callable[[], None]) -> None:
+        self.db = db
+        self.streams = streams
+        self.audit = audit
+        self.on_ready = on_ready
+
+    async def post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate) -> EntryOutcome:
+        digest = request_hash(entry)
+        key = lock_key(entry.id)
+        async with self.db.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                fresh = await self._record(conn, principal, thread_id, entry, digest)
+                if fresh is not None:
+                    next_offset = await self._append(conn, entry.id, thread_id, fresh)
+                    return EntryOutcome(entry.id, thread_id, next_offset, duplicate=False)
+                return await self._complete(conn, entry.id, duplicate=True)
+            except Refused as refused:
+                await self.audit.now(refused.event(principal), conn)
+                raise refused.api_error() from None
+            finally:
+                await self._unlock(conn, key)
+
+    async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
+        if conn.broken or conn.closed:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    async def _record(self, conn: psycopg.AsyncConnection[Any], principal: Principal, thread_id: uuid.UUID,
+                      entry: EntryCreate, digest: str) -> dict[str, Any] | None:
+        """Step 2. Returns the message to append, or None when the entry id is already recorded (a retry)."""
+        subject = f"thread:{thread_id}"
+        async with conn.transaction():
+            access = await fetch_one(conn, _THREAD_ACCESS, (principal.id, thread_id))
+            if access is None:
+                raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
+            house_id = access["house_id"]
+            if access["role"] is None:
+                raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
+            if entry.kind == "system" and ROLE_RANK[access["role"]] < ROLE_RANK["admin"]:
+                raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": "system"})
+            existing = await fetch_one(
+                conn, "SELECT thread_id, request_hash FROM appliance.thread_entries WHERE id = %s", (entry.id,)
+            )
+            if existing is not None:
+                if existing["thread_id"] != thread_id or existing["request_hash"] != digest:
+                    raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
+                return None
+            names = mentions_in(entry.text)
+            message: dict[str, Any] = {
+                "type": "entry",
+                "id": str(entry.id),
+                "thread_id": str(thread_id),
+                "kind": entry.kind,
+                "author": {"id": str(principal.id), "kind": access["principal_kind"]},
+                "text": entry.text,
+                "mentions": names,
+                "created_at": format_timestamp(datetime.now(UTC)),
+            }
+            if entry.data is not None:
+                message["data"] = entry.data
+            if entry.reply_to is not None:
+                message["reply_to"] = str(entry.reply_to)
+            cur = await conn.execute(
+                _INSERT_ENTRY, (entry.id, thread_id, house_id, principal.id, Jsonb(message), digest, thread_id)
+            )
+            if await cur.fetchone() is None:
+                # Inserted concurrently under a colliding lock key: treat as a retry (the lock holder finished).
+                raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
+            unknown: list[str] = []
+            if names:
+                cur = await conn.execute(
+                    "SELECT lower(name), id FROM public.agents "
+                    "WHERE house_id = %s AND lower(name) = ANY(%s) AND deleted_at IS NULL",
+                    (house_id, [n.lower() for n in names]),
+                )
+                agents = {row[0]: row[1] for row in await cur.fetchall()}
+                rows = []
+                for name in names:
+                    agent_id = agents.get(name.lower())
+                    if agent_id is None:
+                        unknown.append(name)
+                    rows.append((entry.id, thread_id, house_id, name, agent_id, principal.id,
+                                 "held" if agent_id else "gave_up", None if agent_id else "unknown agent"))
+                async with conn.cursor() as c:
+                    await c.executemany(
+                        "INSERT INTO appliance.outbox (entry_id, thread_id, house_id, agent_name, agent_id, "
+                        "mentioned_by, state, last_error, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+                        "CASE WHEN %s THEN now() END)",
+                        [(*row, row[6] == "gave_up") for row in rows],
+                    )
+            await append_events_async(conn, [AuditEvent(
+                principal.actor, "thread.entry.append", house_id, subject,
+                {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names, "unknown_mentions": unknown},
+            )])
+        return message
+
+    async def _append(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, thread_id: uuid.UUID,
+                      message: dict[str, Any]) -> str:
+        """Step 3 and 4 (the caller holds the entry's lock)."""
+        try:
+            try:
+                next_offset = await self.streams.append(thread_id, message)
+            except StreamMissing:
+                # Threads whose stream was never made (a crash between commit and creation) get it now.
+                await self.streams.create(thread_id)
+                next_offset = await self.streams.append(thread_id, message)
+        except StreamError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise ApiError(503, "streams_unavailable",
+                               "the entry is recorded but not yet in the thread; retry with the same entry id",
+                               {"Retry-After": "1"}) from None
+            await self._mark_failed(conn, entry_id, f"stream refused the append ({exc.status})")
+            raise ApiError(502, "append_refused", "the thread's stream refused the entry") from None
+        await self._mark_appended(conn, entry_id, next_offset)
+        return next_offset
+
+    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str) -> None:
+        async with conn.transaction():
+            # Losing this commit in a Postgres crash is harmless (the entry is found pending and completed from
+            # the stream), so it does not wait for the WAL flush.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(
+                "UPDATE appliance.thread_entries SET state = 'appended', next_offset = %s, appended_at = now() "
+                "WHERE id = %s AND state = 'pending'",
+                (next_offset, entry_id),
+            )
+            cur = await conn.execute(
+                "UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
+                "WHERE entry_id = %s AND state = 'held'",
+                (entry_id,),
+            )
+            released = cur.rowcount
+        if released:
+            self.on_ready()
+
+    async def _mark_failed(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, reason: str) -> None:
+        async with conn.transaction():
+            await conn.execute("UPDATE appliance.thread_entries SET state = 'failed' WHERE id = %s", (entry_id,))
+            await conn.execute(
+                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now() "
+                "WHERE entry_id = %s AND state = 'held'",
+                (reason, entry_id),
+            )
+
+    async def _complete(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, duplicate: bool
+                        ) -> EntryOutcome:
+        """Step 5 (the caller holds the entry's lock)."""
+        row = await fetch_one(
+            conn,
+            "SELECT thread_id, state, message, floor_offset, next_offset FROM appliance.thread_entries WHERE id = %s",
+            (entry_id,),
+        )
+        if row is None:
+            raise ApiError(404, "not_found", "no such entry")
+        thread_id = row["thread_id"]
+        if row["state"] == "appended":
+            return EntryOutcome(entry_id, thread_id, row["next_offset"], duplicate)
+        if row["state"] == "failed":
+            raise ApiError(409, "entry_failed", "this entry was refused by the thread's stream")
+        try:
+            messages, tail = await self.streams.read_after(thread_id, row["floor_offset"])
+        except StreamMissing:
+            messages, tail = [], ""
+        except StreamError:
+            raise ApiError(503, "streams_unavailable", "the thread is unavailable; retry with the same entry id",
+                           {"Retry-After": "1"}) from None
+        wanted = str(entry_id)
+        if tail and any(isinstance(m, dict) and m.get("id") == wanted for m in messages):
+            # Appended by an attempt that died before recording it. The tail is at or after the entry.
+            await self._mark_appended(conn, entry_id, tail)
+            return EntryOutcome(entry_id, thread_id, tail, duplicate)
+        next_offset = await self._append(conn, entry_id, thread_id, row["message"])
+        return EntryOutcome(entry_id, thread_id, next_offset, duplicate)
+
+    async def recover_pending(self, older_than_s: float = 1.0, limit: int = 100) -> int:
+        """Complete entries left pending by attempts that died (the recovery sweep); returns how many."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM appliance.thread_entries WHERE state = 'pending' "
+            "AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s",
+            (older_than_s, limit),
+        )
+        done = 0
+        for row in rows:
+            key = lock_key(row["id"])
+            async with self.db.connection() as conn:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                locked = await cur.fetchone()
+                if not locked or not locked[0]:
+                    continue  # its attempt is alive and will finish it
+                try:
+                    await self._complete(conn, row["id"], duplicate=False)
+                    done += 1
+                except ApiError as exc:
+                    log.info("pending entry %s not completed yet: %s", row["id"], exc.code)
+                finally:
+                    await self._unlock(conn, key)
+        return done
+
+    async def run_recovery(self, interval_s: float = 5.0) -> None:
+        while True:
+            try:
+                await self.recover_pending()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("entry recovery sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,195 @@
+"""The mention dispatcher: delivers `ready` outbox rows to the tenant's agent workers (contract: ACTIVATION.md).
+
+A row is claimed by pushing its `next_attempt_at` past the delivery timeout (a lease: if this gateway dies
+mid-delivery the row becomes due again), then POSTed to `/activate/{agent_id}`. A 2xx answer marks it
+`delivered`; an unknown or deleted agent, or a permanent refusal by the worker (400, 404, 410, 422), marks it
+`gave_up` with the reason and an audit event; anything else (worker down, 5xx, 401/403 from a misconfigured
+credential, 429, a timeout) schedules a retry with exponential backoff. Claims use FOR UPDATE SKIP LOCKED, so
+several gateway workers share the outbox without delivering a row twice at once. Delivery is at least once:
+agent workers deduplicate by entry id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+
+from appliance.audit.chain import AuditEvent
+from appliance.gateway.auditlog import AuditLog
+from appliance.gateway.core.config import Settings
+from appliance.gateway.core.db import Database
+from appliance.gateway.streams import stream_path
+
+log = logging.getLogger("appliance.gateway")
+
+PERMANENT_STATUSES = frozenset({400, 404, 410, 422})
+
+_CLAIM = (
+    "UPDATE appliance.outbox o SET next_attempt_at = now() + make_interval(secs => %s), attempts = o.attempts + 1 "
+    "FROM appliance.thread_entries e "
+    "WHERE e.id = o.entry_id AND o.id IN ("
+    " SELECT id FROM appliance.outbox WHERE state = 'ready' AND next_attempt_at <= now()"
+    " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "RETURNING o.id, o.entry_id, o.thread_id, o.house_id, o.agent_id, o.agent_name, o.mentioned_by, o.attempts, "
+    "e.next_offset"
+)
+
+
+def backoff_s(attempts: int, cap: float) -> float:
+    return float(min(cap, 0.5 * 2 ** max(0, attempts - 1)))
+
+
+class Dispatcher:
+    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: Callable[[], str]) -> None:
+        self.db = db
+        self.audit = audit
+        self.settings = settings
+        self.internal_token = internal_token
+        self._wake = asyncio.Event()
+        self.http = httpx.AsyncClient(base_url=settings.agents_url, timeout=settings.agents_timeout_s,
+                                      trust_env=False)
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self.http.aclose()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                claimed = await self.claim()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("outbox claim failed: %s", type(exc).__name__)
+                claimed = []
+            for row in claimed:
+                task = asyncio.create_task(self.deliver(row))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if len(claimed) >= self._capacity():
+                await asyncio.sleep(0)  # more may be due: claim again at once
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.dispatch_poll_s)
+            self._wake.clear()
+
+    def _capacity(self) -> int:
+        return max(0, self.settings.dispatch_concurrency - len(self._inflight))
+
+    async def claim(self) -> list[dict[str, Any]]:
+        capacity = self._capacity()
+        if capacity == 0:
+            return []
+        lease = self.settings.agents_timeout_s + 30
+        return await self.db.fetchall(_CLAIM, (lease, capacity))
+
+    async def deliver(self, row: dict[str, Any]) -> None:
+        try:
+            await self._deliver(row)
+        except (psycopg.Error, OSError) as exc:
+            # The lease brings the row back; nothing is lost.
+            log.warning("activation %s not settled: %s", row["id"], type(exc).__name__)
+
+    async def _deliver(self, row: dict[str, Any]) -> None:
+        agent = await self.db.fetchrow(
+            "SELECT id, house_id, name, handler, environment_id, config, deleted_at, updated_at "
+            "FROM public.agents WHERE id = %s",
+            (row["agent_id"],),
+        )
+        if agent is None or agent["deleted_at"] is not None or agent["house_id"] != row["house_id"]:
+            await self._give_up(row, "agent deleted" if agent is not None else "unknown agent")
+            return
+        configs = await self.db.fetchall(
+            "SELECT key, value, environment_id FROM public.configs WHERE house_id = %s AND deleted_at IS NULL "
+            "AND (environment_id IS NULL OR environment_id = %s) ORDER BY key, environment_id NULLS FIRST",
+            (row["house_id"], agent["environment_id"]),
+        )
+        payload = activation_payload(row, agent, configs)
+        try:
+            response = await self.http.post(
+                f"/activate/{agent['id']}", json=payload,
+                headers={"Authorization": f"Bearer {self.internal_token()}"},
+            )
+        except httpx.HTTPError as exc:
+            await self._retry(row, f"agent workers unreachable ({type(exc).__name__})")
+            return
+        if 200 <= response.status_code < 300:
+            await self.db.fetchall(
+                "UPDATE appliance.outbox SET state = 'delivered', finished_at = now(), last_error = NULL "
+                "WHERE id = %s RETURNING id",
+                (row["id"],),
+            )
+        elif response.status_code in PERMANENT_STATUSES:
+            await self._give_up(row, f"refused by the agent workers ({response.status_code})")
+        else:
+            await self._retry(row, f"agent workers answered {response.status_code}")
+
+    async def _retry(self, row: dict[str, Any], reason: str) -> None:
+        delay = backoff_s(int(row["attempts"]), self.settings.dispatch_backoff_max_s)
+        await self.db.fetchall(
+            "UPDATE appliance.outbox SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s "
+            "WHERE id = %s AND state = 'ready' RETURNING id",
+            (delay, reason, row["id"]),
+        )
+
+    async def _give_up(self, row: dict[str, Any], reason: str) -> None:
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now() WHERE id = %s",
+                (reason, row["id"]),
+            )
+            await self.audit.in_transaction(conn, AuditEvent(
+                "system", "agent.activation.gave_up", row["house_id"], f"agent:{row['agent_id']}",
+                {"entry_id": str(row["entry_id"]), "thread_id": str(row["thread_id"]), "agent_name": row["agent_name"],
+                 "reason": reason},
+            ))
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def activation_payload(row: dict[str, Any], agent: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of POST /activate/{agent_id} (ACTIVATION.md): the agent's current config and the event."""
+    merged: dict[str, Any] = {}
+    for item in configs:  # house-wide first, then the agent's environment overrides
+        merged[item["key"]] = item["value"]
+    return {
+        "agent": {
+            "id": str(agent["id"]),
+            "house_id": str(agent["house_id"]),
+            "name": agent["name"],
+            "handler": agent["handler"],
+            "environment_id": _json(agent["environment_id"]),
+            "config": agent["config"],
+            "updated_at": _json(agent["updated_at"]),
+        },
+        "configs": merged,
+        "event": {
+            "type": "mention",
+            "activation_id": int(row["id"]),
+            "attempt": int(row["attempts"]),
+            "house_id": str(row["house_id"]),
+            "thread_id": str(row["thread_id"]),
+            "stream": stream_path(row["thread_id"]).lstrip("/"),
+            "entry_id": str(row["entry_id"]),
+            "offset": row["next_offset"],
+            "mentioned_by": str(row["mentioned_by"]),
+            "agent_name": row["agent_name"],
+        },
+    }

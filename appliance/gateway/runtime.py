@@ -1,0 +1,69 @@
+"""The objects one gateway process lives with: settings, pool, keyring, clients and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from appliance.config import TenantConfig
+from appliance.gateway.auditlog import AuditLog
+from appliance.gateway.core.config import Settings
+from appliance.gateway.core.db import Database
+from appliance.gateway.core.ratelimit import RateLimiter
+from appliance.gateway.core.security import Keyring
+from appliance.gateway.entries import Entries
+from appliance.gateway.outbox import Dispatcher
+from appliance.gateway.streams import StreamsClient
+
+log = logging.getLogger("appliance.gateway")
+
+
+class Gateway:
+    def __init__(self, tenant: TenantConfig) -> None:
+        self.tenant = tenant
+        self.settings = settings = Settings.from_tenant(tenant)
+        self.db = Database(settings.db_conninfo, lambda: tenant.read_secret("db_gateway_password"),
+                           settings.db_pool_size)
+        self.keyring = Keyring.for_tenant(tenant)
+        self.audit = AuditLog(self.db)
+        self.streams = StreamsClient(settings.streams_url, settings.streams_long_poll_s)
+        self.sync_http = httpx.AsyncClient(
+            base_url=settings.sync_url, trust_env=False,
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+        )
+        self.dispatcher = Dispatcher(self.db, self.audit, settings,
+                                     lambda: tenant.read_secret("agents_internal_token"))
+        self.entries = Entries(self.db, self.streams, self.audit, self.dispatcher.wake)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        # Before authentication the caller is only an address: failed tokens and API key exchanges share it.
+        self.anonymous_limiter = RateLimiter(max(60, settings.rate_limit_per_minute // 10))
+        self._tasks: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def sync_secret(self) -> str:
+        return self.tenant.read_secret("sync_secret")
+
+    def encryption_key(self) -> str:
+        return self.tenant.read_secret("secrets_encryption_key")
+
+    async def start(self) -> None:
+        # Kept for callers outside the event loop (tests, diagnostics) that need to run something on it.
+        self.loop = asyncio.get_running_loop()
+        self.audit.start()
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox-dispatcher"))
+        self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.dispatcher.close()
+        await self.audit.stop()
+        await self.streams.close()
+        await self.sync_http.aclose()
+        await self.db.close()
