@@ -49,8 +49,8 @@ def _register() -> None:
     main.add_command(tenant.tenant)
     main.add_command(inventory.inventory)
     main.add_command(host.host)
-    from appliance.cli.token import token; main.add_command(token)  # noqa: E702, I001
-    from appliance.cli.gateway import gateway; main.add_command(gateway)  # noqa: E702, I001
+    main.add_command(__import__("appliance.cli.token", fromlist=["token"]).token)
+    main.add_command(__import__("appliance.cli.gateway", fromlist=["gateway"]).gateway)
     main.add_command(__import__("appliance.cli.sync", fromlist=["sync"]).sync)
 
 
