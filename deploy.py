@@ -11,7 +11,7 @@ from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import InitProcess
 from appliance.deploys.firewall import port_firewall
 from appliance.deploys.objectstore import host_objectstore, tenant_objectstore, vault_ca, vault_served_tenants
-from appliance.deploys.plan import resolve, selected_tenants
+from appliance.deploys.plan import all_hosts_reach, resolve, selected_tenants
 from appliance.deploys.tenant import tenant_stack
 from appliance.supervision import detect
 
@@ -27,8 +27,11 @@ selected = [config.tenant(t) for t in selected_tenants(config, host.data.get("on
 for tenant in selected:
     tenant_stack(config=config, tenant=tenant, manager=manager)
 # A vault host keeps the identities of other hosts' tenants: after every tenant host made its keys above.
+all_hosts_reach(name="Every host: tenants' keys exist", step="every host's tenants have their keys")
 if config.served_tenants:
     vault_served_tenants(config=config)
+# A tenant host checks its buckets on the vault: after the vault made them for every tenant above.
+all_hosts_reach(name="Every host: the vault keeps every tenant", step="the vault keeps every tenant's buckets")
 if config.objectstore_host:
     vault_ca(name=f"Trust the CA of the vault host {config.objectstore_host}", config=config)
 for tenant in selected:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyinfra.api import Host, Inventory
+from pyinfra import host as current_host
+from pyinfra.api import Host, Inventory, operation
 
 from appliance.config import ConfigError, HostConfig, inventory_configs
 
@@ -26,3 +27,17 @@ def selected_tenants(config: HostConfig, only: str | None) -> list[str]:
     if unknown:
         raise ConfigError(f"host {config.name}: only_tenants names unknown tenants {unknown}; it has {ids}")
     return [t for t in ids if t in wanted]
+
+
+@operation()
+def all_hosts_reach(step: str):
+    """A point every host of the run passes together: no host runs an operation after it before every host has
+    run its operations before it.
+
+    pyinfra orders operations per host and joins hosts only at operations they share (the same call site on
+    every host); otherwise a host's later operation may run while another host is still on an earlier one. So
+    a step of one host that needs another host's earlier work (the vault reading tenant hosts' keys) must come
+    after one of these, called unconditionally at one line of deploy.py on every host.
+    """
+    current_host.noop(step)
+    yield from ()
