@@ -1,0 +1,364 @@
+"""Restores: into a scratch instance beside the live tenant, or in place.
+
+In place (`restore_in_place`), in this order, each step checked before the next:
+1. secrets: the tenant's own if its secrets dir is whole, else the recovery keys (root-only copy, or an
+   operator's offline copy) open the bucket and the newest bundle puts the secrets back;
+2. the target: `pgbackrest info` must hold a backup that reaches it (else nothing is touched);
+3. the side bundle is downloaded and verified before anything is stopped;
+4. the tenant's services stop through the service manager, dependents first; a running Postgres first switches
+   WAL and waits until that segment is archived, so a restore to the latest state loses nothing acknowledged;
+5. pgBackRest restores (delta when a data dir is there), Postgres replays WAL and promotes at the target;
+6. streams and agents data come back from the bundle only where the live ones are gone (both only grow,
+   so live data is never older than a bundle); the sync engine's state, a cache of Postgres, is emptied so
+   that it rebuilds from the restored database;
+7. services start, Postgres first, and every one must answer its health probe; then `pgbackrest check` proves
+   archiving works on the restored cluster's new timeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from appliance.backup import bundle, pgbackrest
+from appliance.backup.errors import BackupError
+from appliance.backup.scratch import Scratch, new_scratch
+from appliance.backup.stanza import RECOVERY_SECRETS, load_recovery_keys
+from appliance.backup.target import BackupSet, choose_set, pg_time
+from appliance.config import TENANT_SECRETS, HostConfig, TenantConfig
+from appliance.objectstore.credentials import S3Credentials
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class RestoreResult:
+    tenant: str
+    mode: str  # "in-place" or "scratch"
+    target: str  # "latest" or the ISO time
+    backup: dict[str, Any]
+    bundle: dict[str, Any]
+    seconds: float
+    steps: list[str] = field(default_factory=list)
+    scratch: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "mode": self.mode, "target": self.target, "backup": self.backup,
+                "bundle": self.bundle, "seconds": round(self.seconds, 2), "steps": self.steps,
+                "scratch": self.scratch}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What opens the tenant's backups: S3 keys and the cipher passphrase (repr hides them)."""
+
+    creds: S3Credentials
+    passphrase: str = field(repr=False)
+    source: str = "tenant secrets"
+
+
+def keys_for(tenant: TenantConfig, recovery_file: Path | None = None) -> Keys:
+    if recovery_file is None and all(tenant.secret_path(n).is_file() for n in RECOVERY_SECRETS):
+        return Keys(S3Credentials(tenant.read_secret("s3_access_key"), tenant.read_secret("s3_secret_key")),
+                    tenant.read_secret("backup_cipher_passphrase"))
+    keys = load_recovery_keys(tenant, recovery_file)
+    return Keys(S3Credentials(keys["s3_access_key"], keys["s3_secret_key"]), keys["backup_cipher_passphrase"],
+                f"recovery keys {recovery_file or 'on this host'}")
+
+
+def _chown_tree(path: Path, owner: tuple[int, int]) -> None:
+    if os.geteuid() != 0:
+        return
+    os.chown(path, *owner)
+    for child in path.rglob("*"):
+        os.chown(child, *owner, follow_symlinks=False)
+
+
+def _copy_tree(source: Path, dest: Path, owner: tuple[int, int]) -> None:
+    """Copy a bundle dir into place, private to the tenant."""
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    for path in [dest, *dest.rglob("*")]:
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    _chown_tree(dest, owner)
+
+
+def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
+    """Write the bundle's secrets that the tenant lacks (existing ones are the current truth: never replaced)."""
+    owner = pgbackrest.tenant_ids(tenant)
+    for path in (tenant.root, tenant.secrets_dir):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(path, *owner)
+    restored = []
+    for name in TENANT_SECRETS:
+        source = unpacked / "secrets" / name
+        target = tenant.secret_path(name)
+        if source.is_file() and not target.exists():
+            from appliance.secrets import write_private
+
+            write_private(target, source.read_text(), *owner)
+            restored.append(name)
+    return restored
+
+
+def ensure_tenant_dirs(tenant: TenantConfig) -> None:
+    """The tenant's directory skeleton (as the deploy makes it), for a tenant whose directory is gone."""
+    owner = pgbackrest.tenant_ids(tenant)
+    for path in (tenant.root, tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir,
+                 tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True)
+            if os.geteuid() == 0:
+                os.chown(path, *owner)
+
+
+def restore_options(tenant: TenantConfig, chosen: BackupSet, at: dt.datetime | None, *,
+                    pg_data: Path | None = None, spool: Path | None = None, archive_off: bool = False,
+                    delta: bool = False) -> list[str]:
+    options = [f"--set={chosen.label}"]
+    if at is not None:
+        options += ["--type=time", f"--target={pg_time(at)}", "--target-action=promote"]
+    extra = []
+    if pg_data is not None:
+        options.append(f"--pg1-path={pg_data}")
+        extra.append(f"--pg1-path={pg_data}")
+    if spool is not None:
+        extra.append(f"--spool-path={spool}")
+    options.append(f"--recovery-option=restore_command={pgbackrest.restore_command(tenant, *extra)}")
+    if archive_off:
+        options.append("--archive-mode=off")
+    if delta:
+        options.append("--delta")
+    return options
+
+
+# -- scratch -----------------------------------------------------------------------------------------------
+def restore_to_scratch(
+    host: HostConfig, tenant: TenantConfig, at: dt.datetime | None = None, *, name: str | None = None,
+    descriptor: bundle.Descriptor | None = None, progress: Progress = _quiet, timeout_s: float = 3600,
+) -> tuple[Scratch, RestoreResult]:
+    """Restore into a new scratch instance and start it; the caller stops it (`Scratch.remove`)."""
+    started = time.monotonic()
+    keys = keys_for(tenant)
+    info = pgbackrest.info(tenant)
+    chosen = choose_set(info, at)
+    client = bundle.client_for(host, keys.creds)
+    descriptor = descriptor or bundle.choose(bundle.list_bundles(client, tenant), at)
+    scratch = new_scratch(tenant, name)
+    steps = []
+    try:
+        with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
+            progress(f"bundle {descriptor.key} verified")
+            owner = pgbackrest.tenant_ids(tenant)
+            if (unpacked / "streams").is_dir():
+                _copy_tree(unpacked / "streams", scratch.streams_data, owner)
+            scratch.detail["stream_copies"] = [c.as_dict() for c in bundle.stream_copies(unpacked)]
+        steps.append(f"streams from {descriptor.key}")
+        progress(f"restoring backup {chosen.label} ({chosen.type}) to {'latest' if at is None else pg_time(at)}")
+        pgbackrest.run(tenant, "restore", *restore_options(
+            tenant, chosen, at, pg_data=scratch.pg_data, spool=scratch.spool, archive_off=True))
+        steps.append(f"pgbackrest restore {chosen.label}")
+        scratch.start_postgres()
+        scratch.wait_promoted(timeout_s)
+        steps.append("postgres recovered and promoted")
+        scratch.start_streams()
+        scratch.wait_streams()
+        steps.append("streams server up")
+    except BaseException:
+        scratch.remove()
+        raise
+    seconds = time.monotonic() - started
+    scratch.detail.update({"backup": chosen.label, "target": "latest" if at is None else at.isoformat(),
+                           "bundle": descriptor.key, "seconds": round(seconds, 2)})
+    scratch.save()
+    result = RestoreResult(
+        tenant.id, "scratch", "latest" if at is None else at.isoformat(), chosen.as_dict(), descriptor.as_dict(),
+        seconds, steps,
+        {"name": scratch.name, "root": str(scratch.root), "postgres_port": scratch.pg_port,
+         "postgres_socket_dir": str(scratch.run_dir), "streams_port": scratch.streams_port},
+    )
+    return scratch, result
+
+
+# -- in place ------------------------------------------------------------------------------------------------
+def _manager(host: HostConfig) -> Any:
+    from appliance.supervision import detect, manager
+
+    return manager(detect(host.common.service_manager))
+
+
+def _start_command(mgr: Any, spec: Any) -> list[str]:
+    if mgr.name == "supervisor":
+        return ["supervisorctl", "start", spec.name]
+    return ["systemctl", "start", spec.unit_name]
+
+
+def _specs(tenant: TenantConfig) -> list[Any]:
+    from appliance.services import tenant_services
+
+    return tenant_services(tenant)
+
+
+def _flush_wal(tenant: TenantConfig, timeout_s: float = 120) -> str | None:
+    """Switch to a new WAL segment and wait until the finished one is archived; None when Postgres is down."""
+    from appliance.host.postgres import connect
+
+    try:
+        with connect(tenant, database="postgres", timeout=3) as conn:
+            row = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+            segment = str(row[0]) if row else ""
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                done = conn.execute("select last_archived_wal from pg_stat_archiver").fetchone()
+                if done and done[0] and str(done[0]) >= segment:
+                    return segment
+                time.sleep(0.2)
+    except (psycopg.Error, OSError):
+        return None
+    raise BackupError(f"WAL segment {segment} of {tenant.id} was not archived within {timeout_s:.0f}s; not "
+                      "stopping (a restore now would lose it): see the pgbackrest logs in "
+                      f"{tenant.logs_dir}")
+
+
+def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> None:
+    """Every service of the tenant answering its health probe."""
+    from appliance.status import _component
+
+    deadline = time.monotonic() + timeout_s
+    mgr = _manager(host)
+    specs = _specs(tenant)
+    while True:
+        states = mgr.states(specs)
+        unhealthy = {}
+        for spec in specs:
+            status = _component(spec, states[spec.name], host)
+            if not status.healthy:
+                unhealthy[spec.component] = status.detail
+        if not unhealthy:
+            return
+        if time.monotonic() > deadline:
+            raise BackupError(f"after the restore, {tenant.id} is not healthy: {unhealthy}")
+        time.sleep(0.3)
+
+
+def _wait_postgres(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> None:
+    """Postgres out of recovery (promoted); fail as soon as the service manager gives up on it."""
+    from appliance.host.postgres import connect
+
+    mgr = _manager(host)
+    spec = next(s for s in _specs(tenant) if s.component == "postgres")
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with connect(tenant, database="postgres", timeout=3) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+            if row and not row[0]:
+                return
+            last = "still in recovery"
+        except (psycopg.Error, OSError) as exc:
+            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        state = mgr.states([spec])[spec.name].state
+        if state in ("FATAL", "failed"):
+            break
+        time.sleep(0.3)
+    tail = _fatal_line(tenant.log_file("postgres"))
+    raise BackupError(f"postgres of {tenant.id} did not finish recovery ({tail or last}); "
+                      f"log: {tenant.log_file('postgres')}")
+
+
+def _fatal_line(log: Path) -> str:
+    try:
+        text = log.read_text(errors="replace")[-20000:]
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if "FATAL" in line or "PANIC" in line]
+    return lines[-1].strip() if lines else ""
+
+
+def restore_in_place(
+    host: HostConfig, tenant: TenantConfig, at: dt.datetime | None = None, *, recovery_file: Path | None = None,
+    progress: Progress = _quiet, timeout_s: float | None = None,
+) -> RestoreResult:
+    started = time.monotonic()
+    timeout_s = timeout_s or max(600.0, float(host.common.health_timeout_s))
+    steps: list[str] = []
+    owner = pgbackrest.tenant_ids(tenant)
+    keys = keys_for(tenant, recovery_file)
+    client = bundle.client_for(host, keys.creds)
+    descriptors = bundle.list_bundles(client, tenant)
+    if keys.source != "tenant secrets":
+        # The tenant's secrets are gone: the newest bundle brings them back before pgBackRest can run at all.
+        progress(f"secrets of {tenant.id} missing; opening the newest bundle with the {keys.source}")
+        ensure_tenant_dirs(tenant)
+        with bundle.fetched(host, tenant, keys.creds, bundle.choose(descriptors, None), keys.passphrase) as unpacked:
+            restored = put_back_secrets(tenant, unpacked)
+        steps.append(f"secrets restored from the bundle: {len(restored)}")
+    ensure_tenant_dirs(tenant)
+    changed = pgbackrest.ensure_files(host, tenant)
+    if changed:
+        steps.append("pgbackrest files rendered")
+    chosen = choose_set(pgbackrest.info(tenant), at)
+    descriptor = bundle.choose(descriptors, at)
+    with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
+        progress(f"bundle {descriptor.key} verified; stopping {tenant.id}")
+        mgr = _manager(host)
+        specs = _specs(tenant)
+        for spec in reversed(specs):
+            if spec.component == "postgres":
+                flushed = _flush_wal(tenant)
+                if flushed:
+                    steps.append(f"WAL up to {flushed} archived")
+            subprocess.run(mgr.stop_command(spec), capture_output=True, timeout=300)
+            steps.append(f"stopped {spec.name}")
+        pid_file = tenant.pg_data / "postmaster.pid"
+        if pid_file.exists():
+            raise BackupError(f"postgres of {tenant.id} is still running ({pid_file}); not restoring over it")
+        has_data = (tenant.pg_data / "PG_VERSION").is_file()
+        tenant.pg_data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(tenant.pg_data, *owner)
+        progress(f"restoring backup {chosen.label} ({chosen.type}) to {'latest' if at is None else pg_time(at)}")
+        pgbackrest.run(tenant, "restore", *restore_options(tenant, chosen, at, delta=has_data))
+        steps.append(f"pgbackrest restore {chosen.label}" + (" (delta)" if has_data else ""))
+        for name, live in (("streams", tenant.streams_data), ("agents", tenant.agents_data)):
+            present = live.is_dir() and any(live.iterdir())
+            if not present and (unpacked / name).is_dir():
+                _copy_tree(unpacked / name, live, owner)
+                steps.append(f"{name} data restored from {descriptor.key}")
+        put_back_secrets(tenant, unpacked)
+    if tenant.sync_data.is_dir():
+        for child in tenant.sync_data.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        steps.append("sync state emptied (rebuilt from the restored database)")
+    progress(f"starting {tenant.id}")
+    for spec in specs:
+        result = subprocess.run(_start_command(mgr, spec), capture_output=True, text=True, timeout=300)
+        if result.returncode != 0 and "already started" not in result.stdout + result.stderr:
+            raise BackupError(f"starting {spec.name} failed: {(result.stdout + result.stderr).strip()[-300:]}; "
+                              f"log: {spec.log_file}")
+        if spec.component == "postgres":
+            _wait_postgres(host, tenant, timeout_s)
+    _wait_healthy(host, tenant, timeout_s)
+    steps.append("services healthy")
+    pgbackrest.run(tenant, "check", timeout=300)
+    steps.append("archiving checked (pgbackrest check)")
+    return RestoreResult(tenant.id, "in-place", "latest" if at is None else at.isoformat(), chosen.as_dict(),
+                         descriptor.as_dict(), time.monotonic() - started, steps)

@@ -1,0 +1,88 @@
+"""The tenant's stanza: pgBackRest files, the repository in the tenant's backup bucket, and the recovery keys.
+
+Host-side and idempotent; `ensure_stanza` returns what it changed ([] on a redeploy with nothing new).
+It needs the tenant's Postgres running (stanza-create checks the cluster's system id) and the bucket reachable
+with the tenant's keys (the object store step of the deploy).
+
+    >>> ensure_stanza(host, tenant)
+    ['dir /srv/appliance/tenants/acme/backup/spool', '.../pgbackrest.conf', ..., 'stanza acme created']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from appliance.backup import pgbackrest
+from appliance.backup.errors import BackupError
+from appliance.backup.paths import backup_paths
+from appliance.config import HostConfig, TenantConfig
+from appliance.objectstore.files import ensure_dir, write_if_changed
+
+# What opens a tenant's backups: its S3 keys and its cipher passphrase (the bundle's key derives from it).
+RECOVERY_SECRETS = ("s3_access_key", "s3_secret_key", "backup_cipher_passphrase")
+
+# `pgbackrest info` status codes that mean "no repository for this stanza yet".
+_MISSING_STANZA = {1, 3}
+_DATABASE_MISMATCH = 5
+
+
+def stanza_status(tenant: TenantConfig) -> tuple[int, str]:
+    status = pgbackrest.info(tenant).get("status") or {}
+    return int(status.get("code", 99)), str(status.get("message", "unknown"))
+
+
+def ensure_stanza(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    """Files, recovery keys, then the stanza itself (created once)."""
+    changes = pgbackrest.ensure_files(host, tenant)
+    changes += ensure_recovery_keys(tenant)
+    code, message = stanza_status(tenant)
+    if code in _MISSING_STANZA:
+        pgbackrest.run(tenant, "stanza-create")
+        changes.append(f"stanza {pgbackrest.stanza(tenant)} created in {tenant.backup_bucket}")
+    elif code == _DATABASE_MISMATCH:
+        # A cluster initdb'd anew (new system id) must not write into the old cluster's history silently.
+        raise BackupError(
+            f"the repository in {tenant.backup_bucket} belongs to another cluster than {tenant.pg_data} "
+            f"({message}); restore that cluster, or move the old repository away before creating a new one"
+        )
+    return changes
+
+
+def recovery_keys(tenant: TenantConfig) -> dict[str, str]:
+    return {name: tenant.read_secret(name) for name in RECOVERY_SECRETS}
+
+
+def ensure_recovery_keys(tenant: TenantConfig) -> list[str]:
+    """Keep the root-only copy of the tenant's recovery keys current (root only: the scheduler, running as the
+    tenant, leaves it alone)."""
+    if os.geteuid() != 0:
+        return []
+    path = backup_paths(tenant).recovery_keys_file
+    ensure_dir(path.parent, 0o700, (0, 0))
+    body = json.dumps({"tenant": tenant.id, "bucket": tenant.backup_bucket, **recovery_keys(tenant)}, indent=2)
+    if write_if_changed(path, (body + "\n").encode(), 0o600, (0, 0)):
+        return [f"recovery keys {path}"]
+    return []
+
+
+def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = None) -> dict[str, str]:
+    """The recovery keys from `path` (an operator's offline copy) or the host's root-only copy."""
+    source = backup_paths(tenant).recovery_keys_file if path is None else path
+    try:
+        data: dict[str, Any] = json.loads(Path(source).read_text())
+    except FileNotFoundError:
+        raise BackupError(
+            f"tenant {tenant.id}: its secrets are gone and there is no recovery keys file at {source}; pass the "
+            "offline copy with --recovery-file"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"recovery keys file {source} is unreadable: {type(exc).__name__}") from None
+    if data.get("tenant") != tenant.id:
+        raise BackupError(f"recovery keys file {source} is for tenant {data.get('tenant')!r}, not {tenant.id}")
+    missing = [name for name in RECOVERY_SECRETS if not data.get(name)]
+    if missing:
+        raise BackupError(f"recovery keys file {source} lacks {missing}")
+    return {name: str(data[name]) for name in RECOVERY_SECRETS}

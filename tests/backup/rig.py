@@ -1,0 +1,291 @@
+"""A real tenant for backup tests: its own OS user, cluster, streams server and stanza, on a real store.
+
+The tenant is set up the way the deploy sets one up (same functions, same templates, same service specs): OS
+user `tenant-<id>`, secrets, initdb, postgresql.conf rendered with `archive_command(tenant)`, the tenant's
+services as supervisord programs, roles, then `ensure_stanza`. Everything lives in a temporary dir beside the
+test object store; `host.json` is written there too, so the `appliance` CLI reaches this tenant with
+APPLIANCE_CONFIG_DIR=<rig.config_dir>. Tenant ids start with `bkt` so that they can never be a real tenant's.
+
+Teardown stops the supervisord programs it added (by name, its own), kills leftovers of its own OS user by
+PID, removes the user and the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from appliance import roles
+from appliance.backup.archive import archive_command
+from appliance.backup.stanza import ensure_stanza
+from appliance.config import HostConfig, TenantConfig, host_config
+from appliance.host.postgres import connect, ensure_roles, initdb, probe
+from appliance.secrets import ensure_tenant_secrets
+from appliance.services import ServiceSpec, tenant_services
+from appliance.supervision import Supervisor
+from tests.support.objectstore import ObjectStore, object_store
+
+REPO = Path(__file__).resolve().parents[2]
+APPLIANCE = Path(sys.executable).parent / "appliance"
+STREAMS_INSTALL = Path("/opt/appliance")
+
+SCHEMA = """
+create table if not exists houses (id uuid primary key, name text not null, deleted_at timestamptz);
+create table if not exists threads (
+    id uuid primary key, house_id uuid not null references houses(id), title text not null,
+    created_at timestamptz not null default clock_timestamp(), deleted_at timestamptz);
+create table if not exists notes (
+    id bigserial primary key, house_id uuid not null, body text not null,
+    created_at timestamptz not null default clock_timestamp());
+"""
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int) -> int:
+    """A base port with `size` free ports above it (tenant ports are base + slot * 10 + offset)."""
+    for _ in range(200):
+        base = 30000 + (uuid.uuid4().int % 2500) * 10
+        if all(_bindable(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+@dataclass
+class Rig:
+    store: ObjectStore
+    host: HostConfig
+
+    @property
+    def config_dir(self) -> Path:
+        return self.host.common.config_dir
+
+    def tenant(self, tenant_id: str) -> TenantConfig:
+        return self.host.tenant(tenant_id)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "APPLIANCE_CONFIG_DIR": str(self.config_dir)}
+
+    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """`appliance <args>` against this rig's host.json."""
+        return subprocess.run([str(APPLIANCE), *args], capture_output=True, text=True, env=self.env(),
+                              timeout=timeout, cwd=REPO)
+
+    def connect(self, tenant_id: str, database: str | None = None) -> psycopg.Connection:
+        return connect(self.tenant(tenant_id), database=database)
+
+    def services(self, tenant_id: str) -> list[ServiceSpec]:
+        return tenant_services(self.tenant(tenant_id))
+
+
+def supervisor_available() -> bool:
+    return os.geteuid() == 0 and Supervisor().is_running()
+
+
+def _make_user(tenant: TenantConfig) -> pwd.struct_passwd:
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(tenant.user)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(tenant.root),
+                    "--shell", "/usr/sbin/nologin", tenant.user], check=True, capture_output=True)
+    return pwd.getpwnam(tenant.user)
+
+
+def _pids_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _kill_user_processes(uid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _pids_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(1)
+
+
+def install_programs(specs: list[ServiceSpec]) -> None:
+    mgr = Supervisor()
+    for spec in specs:
+        mgr.unit_path(spec).write_text(mgr.render(spec))
+    subprocess.run(mgr.apply_command(specs), check=True, capture_output=True)
+
+
+def remove_programs(specs: list[ServiceSpec]) -> None:
+    mgr = Supervisor()
+    for spec in specs:
+        subprocess.run(mgr.stop_command(spec), capture_output=True)
+        mgr.unit_path(spec).unlink(missing_ok=True)
+    subprocess.run(["supervisorctl", "update"], capture_output=True)
+
+
+def wait_postgres(tenant: TenantConfig, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    detail = ""
+    while time.monotonic() < deadline:
+        ok, detail = probe(tenant)
+        if ok:
+            return
+        time.sleep(0.2)
+    log = tenant.log_file("postgres")
+    raise RuntimeError(f"postgres of {tenant.id} not up: {detail}\n{log.read_text()[-2000:] if log.exists() else ''}")
+
+
+def wait_streams(tenant: TenantConfig, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.head(f"http://127.0.0.1:{tenant.port('streams')}/x", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"streams of {tenant.id} not up")
+
+
+def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
+    """What the deploy does for a tenant, with the backup steps where the deploy will call them."""
+    from appliance.backup.pgbackrest import ensure_files
+
+    user = _make_user(tenant)
+    owner = (user.pw_uid, user.pw_gid)
+    for path in (tenant.root, tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir,
+                 tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(path, *owner)
+        os.chmod(path, 0o700)
+    ensure_tenant_secrets(tenant, *owner)
+    initdb(tenant)
+    ensure_files(host, tenant)
+    files = {
+        "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
+                                        archive_command=archive_command(tenant)),
+        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant),
+    }
+    for name, content in files.items():
+        path = tenant.pg_data / name
+        path.write_text(content)
+        os.chown(path, *owner)
+        os.chmod(path, 0o600)
+    install_programs(tenant_services(tenant))
+    wait_postgres(tenant)
+    wait_streams(tenant)
+    ensure_roles(tenant)
+    ensure_stanza(host, tenant)
+    with connect(tenant) as conn:
+        conn.execute(SCHEMA)
+
+
+def tear_down_tenant(tenant: TenantConfig) -> None:
+    remove_programs(tenant_services(tenant))
+    try:
+        user = pwd.getpwnam(tenant.user)
+    except KeyError:
+        return
+    _kill_user_processes(user.pw_uid)
+    subprocess.run(["userdel", tenant.user], capture_output=True)
+
+
+def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConfig:
+    common = store.host.common.model_dump(mode="json")
+    common.update({
+        "install_root": str(STREAMS_INSTALL), "service_manager": "supervisor", "port_firewall": False,
+        "port_base": free_port_block(10 * (len(store.tenants) + 1)), "health_timeout_s": 60,
+    })
+    data = {
+        "common": common,
+        "objectstore": store.host.objectstore.model_dump(mode="json"),
+        "tenants": {tid: {"slot": slot, **tenants.get(tid, {})} for slot, tid in
+                    enumerate(t.id for t in store.tenants)},
+    }
+    return host_config("backup-test", data)
+
+
+@contextmanager
+def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] | None = None) -> Iterator[Rig]:
+    """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards."""
+    if not supervisor_available():
+        pytest.skip("needs root and a running supervisord (the tenant's services run under the service manager)")
+    if not (STREAMS_INSTALL / "streams" / "server.mjs").is_file():
+        pytest.skip(f"{STREAMS_INSTALL}/streams is not installed (run the bootstrap deploy once)")
+    assert all(t.startswith("bkt") for t in tenant_ids)
+    with object_store(list(tenant_ids)) as store:
+        os.chmod(store.base, 0o711)
+        (store.base / "tenants").mkdir(mode=0o711, exist_ok=True)
+        os.chmod(store.base / "tenants", 0o711)
+        host = rig_host(store, settings or {})
+        host.host_file.parent.mkdir(parents=True, exist_ok=True)
+        host.host_file.write_text(host.model_dump_json(indent=2) + "\n")
+        rig = Rig(store, host)
+        try:
+            for tenant in host.tenants:
+                set_up_tenant(host, tenant)
+            yield rig
+        finally:
+            for tenant in host.tenants:
+                tear_down_tenant(tenant)
+
+
+# -- data helpers ------------------------------------------------------------------------------------------
+def add_house(conn: psycopg.Connection, name: str = "house") -> uuid.UUID:
+    house = uuid.uuid4()
+    conn.execute("insert into houses (id, name) values (%s, %s)", (house, name))
+    return house
+
+
+def add_thread(rig: Rig, tenant_id: str, house: uuid.UUID, entries: int) -> uuid.UUID:
+    """A thread row and its stream `thread-<id>` with `entries` JSON entries."""
+    import httpx
+
+    tenant = rig.tenant(tenant_id)
+    thread = uuid.uuid4()
+    with rig.connect(tenant_id) as conn:
+        conn.execute("insert into threads (id, house_id, title) values (%s, %s, %s)", (thread, house, "t"))
+    base = f"http://127.0.0.1:{tenant.port('streams')}/thread-{thread}"
+    with httpx.Client(timeout=10) as client:
+        client.put(base, content=b"[]", headers={"content-type": "application/json"}).raise_for_status()
+        batch = [{"id": str(uuid.uuid4()), "n": n, "text": f"entry {n} of {thread}"} for n in range(entries)]
+        for start in range(0, entries, 200):
+            client.post(base, content=json.dumps(batch[start:start + 200]).encode(),
+                        headers={"content-type": "application/json"}).raise_for_status()
+    return thread
+
+
+def stream_body(tenant: TenantConfig, thread: uuid.UUID, port: int | None = None) -> bytes:
+    import httpx
+
+    url = f"http://127.0.0.1:{port or tenant.port('streams')}/thread-{thread}?offset=-1"
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    return response.content
