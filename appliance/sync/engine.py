@@ -60,6 +60,7 @@ from appliance.sync.registry import (
 )
 from appliance.sync.replication import (
     Change,
+    RelationInfo,
     ReplicationError,
     ReplicationStream,
     SlotLostError,
@@ -131,6 +132,7 @@ class ShapeRuntime:
     error: Exception | None = None
     gone: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    checked_relation: RelationInfo | None = None  # the last stream relation found to match `compiled.table`
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -374,7 +376,7 @@ class SyncEngine:
         assert compiled is not None
         produced: list[tuple[int, Any]] = []
         for index, change in changes:
-            if change.kind == "truncate":
+            if change.kind == "truncate" or not _same_table(runtime, change.relation):
                 return None
             for message in compiled.convert(change):
                 produced.append((2 * index + message.op_delta, message))
@@ -653,6 +655,24 @@ class SyncEngine:
             "last_error": self.last_error,
             "time": time.time(),
         }
+
+
+def _same_table(runtime: ShapeRuntime, relation: RelationInfo) -> bool:
+    """Whether the stream's description of the table is the one the shape was built from. The stream only
+    reports a schema change relative to what it saw on its own connection, so a change made before the
+    table's first write on this connection (or while the engine was down) is caught here."""
+    if runtime.checked_relation is relation:
+        return True
+    assert runtime.compiled is not None
+    table = runtime.compiled.table
+    # pgoutput (Postgres 15) does not send generated columns.
+    expected = [(c.name, c.type_oid, c.type_modifier) for c in table.columns if not c.generated]
+    found = [(c.name, c.type_oid, c.type_modifier) for c in relation.columns]
+    if relation.oid != table.oid or found != expected or relation.primary_key != table.primary_key:
+        log.info("table %s.%s changed under shape %s", relation.schema, relation.table, runtime.handle)
+        return False
+    runtime.checked_relation = relation
+    return True
 
 
 def _write_table_file(directory: Path, table: TableInfo) -> None:

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -335,6 +336,10 @@ class ShapeApi:
             return self._invalid(request, {exc.field: [str(exc)]})
         except PublicationError as exc:
             return self._invalid(request, {"table": [str(exc)]})
+        except psycopg.OperationalError:
+            # Electric's answer while the database cannot be reached to verify a shape: try again soon.
+            message = "Cannot connect to the database to verify the shape. Please try again later."
+            return self._error(request, 503, messages.error_message(message), retry_after=1)
         return await self._serve(request, params, runtime)
 
     # -- serving a shape -----------------------------------------------------------------------------------

@@ -55,13 +55,13 @@ def parse_pg_snapshot(text: str) -> SnapshotInfo:
     return SnapshotInfo(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
 
 
-def snapshot_query(shape: CompiledShape) -> tuple[sql.Composable, list[object]]:
+def snapshot_query(shape: CompiledShape) -> tuple[sql.Composed, list[object]]:
     table = sql.Identifier(shape.table.schema, shape.table.table)
     # Key columns ride along even when not selected (tables without a primary key are keyed by selected
     # columns only, so this adds nothing there).
     wanted = list(dict.fromkeys([*shape.columns, *shape.key_columns]))
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in wanted)
-    query = sql.SQL("SELECT {} FROM {}").format(columns, table)
+    query: sql.Composed = sql.SQL("SELECT {} FROM {}").format(columns, table)
     params: list[object] = []
     if shape.where is not None:
         condition, params = shape.where.to_sql()
