@@ -49,6 +49,7 @@ def _register() -> None:
     main.add_command(tenant.tenant)
     main.add_command(inventory.inventory)
     main.add_command(host.host)
+    main.commands.update(__import__("appliance.cli.backup", fromlist=["COMMANDS"]).COMMANDS)  # backup, restore, drill
     main.add_command(__import__("appliance.cli.token", fromlist=["token"]).token)
     main.add_command(__import__("appliance.cli.gateway", fromlist=["gateway"]).gateway)
     main.add_command(__import__("appliance.cli.sync", fromlist=["sync"]).sync)

@@ -1,0 +1,246 @@
+"""Backup schedules: full and differential backups at the times the settings give in cron syntax.
+
+Two ways to run them, from the same settings:
+- supervisord hosts (containers, CI): one long-running process per tenant, `appliance backup schedule --tenant
+  <id>`, supervised like every other service (`backup_service(tenant)`);
+- systemd hosts: a oneshot service and a timer per kind (`backup_timer_units(tenant)`), so that a missed run
+  (host down at 03:00) is caught up at boot (`Persistent=true`).
+
+Cron fields: minute hour day-of-month month day-of-week, each `*`, a number, a range `a-b`, a list `a,b` or a
+step `*/n`/`a-b/n`; day-of-week 0-7 (0 and 7 are Sunday) or sun..sat. When both day fields are restricted, a
+day matches either (cron's rule). Times are the host's local time, as cron and systemd both read them.
+
+    >>> Cron("0 3 * * 1-6").next_after(dt.datetime(2026, 11, 22, 4, 0))     # a Sunday
+    datetime.datetime(2026, 11, 23, 3, 0)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from appliance.backup.errors import BackupError
+from appliance.config import TenantConfig
+from appliance.services import ServiceSpec, venv_bin
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_SYSTEMD_DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
+# (low, high, names) of each field.
+_FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
+    (0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTH_NAMES), (0, 7, _DAY_NAMES),
+)
+
+
+class CronError(BackupError):
+    """A schedule that is not valid cron syntax."""
+
+
+def _value(text: str, low: int, names: tuple[str, ...]) -> int:
+    lowered = text.lower()
+    if lowered in names:
+        return names.index(lowered) + (1 if low == 1 else 0)
+    if not text.isdigit():
+        raise CronError(f"{text!r} is not a number")
+    return int(text)
+
+
+def _parse_field(text: str, low: int, high: int, names: tuple[str, ...]) -> frozenset[int] | None:
+    """The values a field allows, or None for `*` (anything)."""
+    if text == "*":
+        return None
+    values: set[int] = set()
+    for part in text.split(","):
+        spec, _, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise CronError(f"step {step_text!r} is not a positive number")
+        if spec == "*":
+            start, end = low, high
+        elif "-" in spec:
+            first, _, last = spec.partition("-")
+            start, end = _value(first, low, names), _value(last, low, names)
+        else:
+            start = end = _value(spec, low, names)
+            if step:
+                end = high
+        if not (low <= start <= high and low <= end <= high and start <= end):
+            raise CronError(f"{part!r} is outside {low}-{high}")
+        values.update(range(start, end + 1, step or 1))
+    return frozenset(values)
+
+
+@dataclass(frozen=True)
+class Cron:
+    expression: str
+
+    def __post_init__(self) -> None:
+        self.fields()  # invalid syntax fails at construction
+
+    def fields(self) -> tuple[frozenset[int] | None, ...]:
+        parts = self.expression.split()
+        if len(parts) != 5:
+            raise CronError(f"schedule {self.expression!r} needs 5 fields (minute hour day month weekday)")
+        try:
+            parsed = [_parse_field(part, low, high, names) for part, (low, high, names) in zip(parts, _FIELDS,
+                                                                                                 strict=True)]
+        except CronError as exc:
+            raise CronError(f"schedule {self.expression!r}: {exc}") from None
+        days = parsed[4]
+        if days is not None and 7 in days:
+            parsed[4] = frozenset((days - {7}) | {0})
+        return tuple(parsed)
+
+    def _day_matches(self, day: dt.date) -> bool:
+        _, _, dom, month, dow = self.fields()
+        if month is not None and day.month not in month:
+            return False
+        weekday = (day.weekday() + 1) % 7  # cron: 0 is Sunday
+        if dom is not None and dow is not None:
+            return day.day in dom or weekday in dow
+        return (dom is None or day.day in dom) and (dow is None or weekday in dow)
+
+    def next_after(self, moment: dt.datetime) -> dt.datetime:
+        """The first matching minute strictly after `moment` (same tzinfo as `moment`)."""
+        minutes, hours, *_ = self.fields()
+        start = (moment + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+        day = start.date()
+        for _ in range(366 * 5):
+            if self._day_matches(day):
+                for hour in sorted(hours if hours is not None else range(24)):
+                    for minute in sorted(minutes if minutes is not None else range(60)):
+                        candidate = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=moment.tzinfo)
+                        if candidate >= start:
+                            return candidate
+            day += dt.timedelta(days=1)
+        raise CronError(f"schedule {self.expression!r} never fires")
+
+    def on_calendar(self) -> list[str]:
+        """The same schedule as systemd OnCalendar= values (several when cron's day rule is an OR)."""
+        minutes, hours, dom, month, dow = self.fields()
+
+        def join(values: frozenset[int] | None) -> str:
+            return "*" if values is None else ",".join(f"{v:02d}" for v in sorted(values))
+
+        clock = f"{join(hours)}:{join(minutes)}:00"
+        date = f"*-{join(month)}-{join(dom if dom is not None else None)}"
+        days = ",".join(_SYSTEMD_DAYS[d] for d in sorted(dow)) if dow is not None else ""
+        if dom is not None and dow is not None:
+            return [f"*-{join(month)}-{join(dom)} {clock}", f"{days} *-{join(month)}-* {clock}"]
+        return [f"{days} {date} {clock}".strip()]
+
+
+BackupKind = Literal["full", "diff"]
+
+
+def next_run(tenant: TenantConfig, now: dt.datetime) -> tuple[dt.datetime, BackupKind]:
+    """The next scheduled backup; a full one wins when both fall on the same minute."""
+    full = Cron(tenant.backup.full_schedule).next_after(now)
+    diff = Cron(tenant.backup.diff_schedule).next_after(now)
+    return (full, "full") if full <= diff else (diff, "diff")
+
+
+def expected_interval(tenant: TenantConfig, now: dt.datetime) -> dt.timedelta:
+    """The longest gap between two scheduled backups over the coming two weeks (for staleness checks)."""
+    moment, longest = now, dt.timedelta(0)
+    previous: dt.datetime | None = None
+    horizon = now + dt.timedelta(days=14)
+    while moment < horizon:
+        moment, _ = next_run(tenant, moment)
+        if previous is not None:
+            longest = max(longest, moment - previous)
+        previous = moment
+    return longest or dt.timedelta(days=7)
+
+
+# -- the supervised scheduler ---------------------------------------------------------------------------------
+def backup_service(tenant: TenantConfig) -> ServiceSpec:
+    """The scheduler as a supervised service (supervisord hosts); it has no port: `backup_status` is its probe."""
+    return ServiceSpec(
+        name=f"appliance-{tenant.id}-backup",
+        component="backup",
+        command=(venv_bin(tenant, "appliance"), "backup", "schedule", "--tenant", tenant.id),
+        user=tenant.user,
+        working_dir=tenant.root,
+        log_file=tenant.log_file("backup"),
+        port=None,
+        probe="tcp",
+        # host.json is where every `appliance` command finds the tenant; a host with another config dir says so.
+        environment={"APPLIANCE_CONFIG_DIR": str(tenant.common.config_dir)},
+        # A backup in progress is aborted on stop and resumed by pgBackRest on the next run.
+        stop_wait_s=30,
+        tenant=tenant.id,
+    )
+
+
+Runner = Callable[[BackupKind], str]
+Clock = Callable[[], dt.datetime]
+
+
+def _local_now() -> dt.datetime:
+    return dt.datetime.now().astimezone()
+
+
+def run_schedule(
+    load_tenant: Callable[[], TenantConfig], run_backup: Runner, has_backup: Callable[[], bool],
+    *, log: Callable[[str], None] = print, stop: threading.Event | None = None, clock: Clock = _local_now,
+    retry_s: float = 600,
+) -> None:
+    """Run backups on schedule until `stop` is set (or SIGTERM/SIGINT arrive, in the main thread).
+
+    The tenant config is re-read before each wait so that a redeploy's new schedule applies without a restart.
+    A tenant without any backup gets a full one at once. A failed backup is logged and retried once after
+    `retry_s`, then the schedule goes on."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    pending: BackupKind | None = None if has_backup() else "full"
+    if pending:
+        log("no backup yet: taking a full backup now")
+    while not stop.is_set():
+        if pending is None:
+            tenant = load_tenant()
+            when, kind = next_run(tenant, clock())
+            log(f"next: {kind} backup at {when.isoformat(timespec='minutes')}")
+            while not stop.is_set() and clock() < when:
+                stop.wait(min(30.0, max(0.05, (when - clock()).total_seconds())))
+            if stop.is_set():
+                break
+            pending = kind
+        kind = pending
+        pending = None
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                log(run_backup(kind))
+                break
+            except Exception as exc:  # a scheduler that dies on one bad night stops backing up for good
+                log(f"{kind} backup failed after {time.monotonic() - started:.0f}s: {exc}")
+                if attempt == 1 and not stop.wait(retry_s):
+                    log(f"retrying the {kind} backup")
+                    continue
+                break
+    log("scheduler stopped")
+
+
+def backup_timer_units(tenant: TenantConfig) -> dict[str, str]:
+    """systemd units (file name -> content) for hosts where systemd is PID 1: a oneshot service and a timer
+    per kind. Enable the timers (`systemctl enable --now appliance-<id>-backup-full.timer ...`)."""
+    from appliance.roles import render
+
+    units = {}
+    appliance = venv_bin(tenant, "appliance")
+    for kind, schedule in (("full", tenant.backup.full_schedule), ("diff", tenant.backup.diff_schedule)):
+        name = f"appliance-{tenant.id}-backup-{kind}"
+        command = f"{appliance} backup {tenant.id}" + (" --full" if kind == "full" else " --diff")
+        units[f"{name}.service"] = render("backup", "backup.service.j2", tenant=tenant, kind=kind, command=command,
+                                          config_dir=tenant.common.config_dir, log_file=tenant.log_file("backup"))
+        units[f"{name}.timer"] = render("backup", "backup.timer.j2", tenant=tenant, kind=kind, schedule=schedule,
+                                        on_calendar=Cron(schedule).on_calendar())
+    return units
