@@ -273,6 +273,8 @@ class RecordingServer:
                 record = Recorded(self.command, split.path, parse_qsl(split.query, keep_blank_values=True),
                                   {k.lower(): v for k, v in self.headers.items()}, body)
                 owner.requests.append(record)
+                # One request per connection: a stopped server must not keep answering on kept-alive sockets.
+                self.close_connection = True
                 owner.handler(owner, record, self)
 
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _handle
@@ -295,6 +297,7 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any, headers: 
     handler.send_response(status)
     handler.send_header("content-type", "application/json")
     handler.send_header("content-length", str(len(data)))
+    handler.send_header("connection", "close")
     for name, value in (headers or {}).items():
         handler.send_header(name, value)
     handler.end_headers()
