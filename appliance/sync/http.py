@@ -556,10 +556,14 @@ def _wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reques
 
 
 async def _read(runtime: ShapeRuntime, after: LogOffset) -> Any:
-    """The log entries after `after`, or None when the shape was closed under us."""
+    """The log entries after `after`, or None when the shape was closed under us.
+
+    From within the snapshot a response is exactly one chunk (one entry), as in Electric: those responses
+    are cached for a week, so they must not depend on how far the live log has grown since."""
+    max_bytes = 1 if after.tx <= 0 else READ_BYTES
     try:
-        # Reads are page-cache positional reads of bounded size; large catch-up reads go to a thread.
-        return await asyncio.to_thread(runtime.log.read, after, READ_BYTES)
+        # Blocking positional reads of bounded size: off the event loop.
+        return await asyncio.to_thread(runtime.log.read, after, max_bytes)
     except Exception:
         if runtime.gone or runtime.log.closed:
             return None
