@@ -111,7 +111,35 @@ class RecoveryPoint:
         }
 
 
-def recovery_point(tenant: TenantConfig, *, look_back_segments: int = 4) -> RecoveryPoint:
+def newest_archived_commit(tenant: TenantConfig, segment: str | None, *, look_back_segments: int = 4,
+                           ) -> dt.datetime | None:
+    """Time of the last COMMIT in the repository's WAL up to `segment` (looking back a few segments when the
+    last ones hold no commit, e.g. only a WAL switch); None if none is found."""
+    work = backup_paths(tenant).work
+    for _ in range(look_back_segments):
+        if segment is None:
+            return None
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            target = Path(tmp) / segment
+            Path(tmp).chmod(0o777)  # the tenant's user writes the segment here; the dir itself is in 0700 work
+            got = pgbackrest.run(tenant, "archive-get", "--no-archive-async", segment, str(target), check=False)
+            if got.returncode != 0 or not target.is_file():
+                return None
+            commits = _waldump([str(target)], tenant)
+        if commits:
+            return commits[-1]
+        segment = _previous_segment(segment)
+    return None
+
+
+def archive_max(info: dict[str, Any]) -> str | None:
+    """The newest WAL segment in the repository for the cluster's current database id (pgbackrest info)."""
+    current = (info.get("db") or [{}])[-1].get("id")
+    ranges = [a for a in info.get("archive") or [] if (a.get("database") or {}).get("id") == current]
+    return str(ranges[-1]["max"]) if ranges and ranges[-1].get("max") else None
+
+
+def recovery_point(tenant: TenantConfig) -> RecoveryPoint:
     """Measure the RPO of the live tenant now (reads WAL only; changes nothing)."""
     status = archiver_status(tenant)
     measured_at: dt.datetime = status["now"]
@@ -120,23 +148,7 @@ def recovery_point(tenant: TenantConfig, *, look_back_segments: int = 4) -> Reco
     last = str(status["last_archived_wal"] or "")[:24]
     if not _SEGMENT.match(last):
         last = None
-    newest_recoverable: dt.datetime | None = None
-    work = backup_paths(tenant).work
-    segment = last
-    for _ in range(look_back_segments):
-        if segment is None:
-            break
-        with tempfile.TemporaryDirectory(dir=work) as tmp:
-            target = Path(tmp) / segment
-            Path(tmp).chmod(0o777)  # the tenant's user writes the segment here; the dir itself is in 0700 work
-            got = pgbackrest.run(tenant, "archive-get", "--no-archive-async", segment, str(target), check=False)
-            if got.returncode != 0 or not target.is_file():
-                break
-            commits = _waldump([str(target)], tenant)
-        if commits:
-            newest_recoverable = commits[-1]
-            break
-        segment = _previous_segment(segment)
+    newest_recoverable = newest_archived_commit(tenant, last)
     pg_wal = tenant.pg_data / "pg_wal"
     start = _next_segment(last) if last else status["current_wal"]
     unarchived = _waldump(["-p", str(pg_wal), start], tenant) if (pg_wal / start).exists() else []

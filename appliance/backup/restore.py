@@ -146,6 +146,25 @@ def restore_options(tenant: TenantConfig, chosen: BackupSet, at: dt.datetime | N
     return options
 
 
+def effective_target(tenant: TenantConfig, at: dt.datetime | None, info: dict[str, Any]
+                     ) -> tuple[dt.datetime | None, str | None]:
+    """The recovery target to ask Postgres for, and a note when it differs from `at`.
+
+    With the live cluster up, a commit is made and archived so that `at` is reachable. With it down, a time
+    after the newest archived commit cannot be reached as a time, but everything archived is then exactly the
+    state at that time: restore that instead, and say so."""
+    from appliance.backup.archive import archive_max, newest_archived_commit
+
+    if at is None or _flush_wal(tenant) is not None:
+        return at, None
+    newest = newest_archived_commit(tenant, archive_max(info))
+    if newest is None or newest <= at:
+        return None, (f"no transaction in the archive after {at.isoformat()} (newest archived commit "
+                      f"{newest.isoformat() if newest else 'none'}): restored everything archived, which is the "
+                      "state at that time")
+    return at, None
+
+
 # -- scratch -----------------------------------------------------------------------------------------------
 def restore_to_scratch(
     host: HostConfig, tenant: TenantConfig, at: dt.datetime | None = None, *, name: str | None = None,
@@ -158,8 +177,9 @@ def restore_to_scratch(
     chosen = choose_set(info, at)
     client = bundle.client_for(host, keys.creds)
     descriptor = descriptor or bundle.choose(bundle.list_bundles(client, tenant), at)
+    recovery_target, note = effective_target(tenant, at, info)
     scratch = new_scratch(tenant, name)
-    steps = []
+    steps = [note] if note else []
     try:
         with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
             progress(f"bundle {descriptor.key} verified")
@@ -170,7 +190,7 @@ def restore_to_scratch(
         steps.append(f"streams from {descriptor.key}")
         progress(f"restoring backup {chosen.label} ({chosen.type}) to {'latest' if at is None else pg_time(at)}")
         pgbackrest.run(tenant, "restore", *restore_options(
-            tenant, chosen, at, pg_data=scratch.pg_data, spool=scratch.spool, archive_off=True))
+            tenant, chosen, recovery_target, pg_data=scratch.pg_data, spool=scratch.spool, archive_off=True))
         steps.append(f"pgbackrest restore {chosen.label}")
         scratch.start_postgres()
         scratch.wait_promoted(timeout_s)
@@ -214,11 +234,15 @@ def _specs(tenant: TenantConfig) -> list[Any]:
 
 
 def _flush_wal(tenant: TenantConfig, timeout_s: float = 120) -> str | None:
-    """Switch to a new WAL segment and wait until the finished one is archived; None when Postgres is down."""
+    """Commit a transaction, switch to a new WAL segment and wait until the finished one is archived; None when
+    Postgres is down. Recovery to a time stops at the first commit after it, so a commit from now on makes any
+    earlier time reachable; without one Postgres 13+ refuses ("recovery ended before configured recovery target
+    was reached")."""
     from appliance.host.postgres import connect
 
     try:
         with connect(tenant, database="postgres", timeout=3) as conn:
+            conn.execute("select txid_current()")
             row = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
             segment = str(row[0]) if row else ""
             deadline = time.monotonic() + timeout_s
@@ -312,8 +336,12 @@ def restore_in_place(
     changed = pgbackrest.ensure_files(host, tenant)
     if changed:
         steps.append("pgbackrest files rendered")
-    chosen = choose_set(pgbackrest.info(tenant), at)
+    info = pgbackrest.info(tenant)
+    chosen = choose_set(info, at)
     descriptor = bundle.choose(descriptors, at)
+    recovery_target, note = effective_target(tenant, at, info)
+    if note:
+        steps.append(note)
     with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
         progress(f"bundle {descriptor.key} verified; stopping {tenant.id}")
         mgr = _manager(host)
@@ -333,7 +361,7 @@ def restore_in_place(
         if os.geteuid() == 0:
             os.chown(tenant.pg_data, *owner)
         progress(f"restoring backup {chosen.label} ({chosen.type}) to {'latest' if at is None else pg_time(at)}")
-        pgbackrest.run(tenant, "restore", *restore_options(tenant, chosen, at, delta=has_data))
+        pgbackrest.run(tenant, "restore", *restore_options(tenant, chosen, recovery_target, delta=has_data))
         steps.append(f"pgbackrest restore {chosen.label}" + (" (delta)" if has_data else ""))
         for name, live in (("streams", tenant.streams_data), ("agents", tenant.agents_data)):
             present = live.is_dir() and any(live.iterdir())

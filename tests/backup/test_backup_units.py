@@ -1,0 +1,220 @@
+"""The backup pieces that need no server: schedules, times, sealing, verify output, rendered files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.backup import pgbackrest
+from appliance.backup.archive import _next_segment, _previous_segment, archive_command
+from appliance.backup.errors import BadRequest
+from appliance.backup.schedule import Cron, CronError, backup_service, backup_timer_units, next_run, run_schedule
+from appliance.backup.sealed import CHUNK, SealedReader, Sealer, SealError, open_sealed
+from appliance.backup.target import choose_set, parse_time, pg_time
+from appliance.backup.verify import object_key, parse
+from appliance.config import TenantConfig, host_config
+from appliance.supervision import Supervisor
+
+UTC = dt.UTC
+
+
+def tenant(**backup: object) -> TenantConfig:
+    host = host_config("unit", {"tenants": {"acme": {"slot": 1, "backup": backup or None}}})
+    return host.tenant("acme")
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        ("0 3 * * 1-6", dt.datetime(2026, 11, 22, 4, 0), dt.datetime(2026, 11, 23, 3, 0)),  # Sunday -> Monday
+        ("0 3 * * 0", dt.datetime(2026, 11, 22, 2, 59, 30), dt.datetime(2026, 11, 22, 3, 0)),
+        ("0 3 * * 7", dt.datetime(2026, 11, 22, 3, 0), dt.datetime(2026, 11, 29, 3, 0)),  # strictly after
+        ("*/15 * * * *", dt.datetime(2026, 11, 22, 4, 7), dt.datetime(2026, 11, 22, 4, 15)),
+        ("30 2 1 * *", dt.datetime(2026, 11, 22), dt.datetime(2026, 12, 1, 2, 30)),
+        ("0 0 29 2 *", dt.datetime(2026, 3, 1), dt.datetime(2028, 2, 29)),
+        ("0 4 1 * mon", dt.datetime(2026, 11, 22), dt.datetime(2026, 11, 23, 4, 0)),  # dom OR dow, as cron does
+        ("15 1 * jan-feb sat", dt.datetime(2026, 11, 22), dt.datetime(2027, 1, 2, 1, 15)),
+    ],
+)
+def test_cron_next_run_follows_cron_rules(expression: str, after: dt.datetime, expected: dt.datetime) -> None:
+    assert Cron(expression).next_after(after) == expected
+
+
+@pytest.mark.parametrize("expression", ["0 3 * *", "61 * * * *", "0 3 * * 8", "a b c d e", "*/0 * * * *",
+                                        "5-1 * * * *"])
+def test_malformed_cron_is_refused_with_the_expression_named(expression: str) -> None:
+    with pytest.raises(CronError, match="schedule"):
+        Cron(expression)
+
+
+def test_cron_becomes_systemd_on_calendar_including_the_day_or_rule() -> None:
+    assert Cron("0 3 * * 0").on_calendar() == ["Sun *-*-* 03:00:00"]
+    assert Cron("0 3 * * 1-6").on_calendar() == ["Mon,Tue,Wed,Thu,Fri,Sat *-*-* 03:00:00"]
+    assert Cron("0 3 1 * mon").on_calendar() == ["*-*-01 03:00:00", "Mon *-*-* 03:00:00"]
+
+
+def test_default_schedules_alternate_full_on_sunday_and_diff_otherwise() -> None:
+    acme = tenant()
+    saturday_night = dt.datetime(2026, 11, 21, 12, 0)
+    assert next_run(acme, saturday_night) == (dt.datetime(2026, 11, 22, 3, 0), "full")
+    assert next_run(acme, dt.datetime(2026, 11, 22, 12, 0)) == (dt.datetime(2026, 11, 23, 3, 0), "diff")
+
+
+def test_timer_units_run_the_backup_as_the_tenant_on_the_schedule() -> None:
+    units = backup_timer_units(tenant())
+    assert sorted(units) == ["appliance-acme-backup-diff.service", "appliance-acme-backup-diff.timer",
+                             "appliance-acme-backup-full.service", "appliance-acme-backup-full.timer"]
+    assert "OnCalendar=Sun *-*-* 03:00:00" in units["appliance-acme-backup-full.timer"]
+    assert "Persistent=true" in units["appliance-acme-backup-full.timer"]
+    service = units["appliance-acme-backup-full.service"]
+    assert "User=tenant-acme" in service and "backup acme --full" in service
+
+
+def test_scheduler_is_a_supervised_program_without_secrets_in_its_definition() -> None:
+    spec = backup_service(tenant())
+    rendered = Supervisor().render(spec)
+    assert "backup schedule --tenant acme" in rendered
+    assert "user=tenant-acme" in rendered
+    assert spec.port is None and spec.component == "backup"
+
+
+def test_scheduler_takes_a_first_full_backup_then_follows_the_schedule_and_survives_failures() -> None:
+    acme = tenant(full_schedule="0 3 * * 0", diff_schedule="*/1 * * * *")
+    clock = [dt.datetime(2026, 11, 22, 2, 58, 30)]
+    ran: list[str] = []
+    stop = threading.Event()
+
+    def now() -> dt.datetime:
+        clock[0] += dt.timedelta(seconds=20)  # each look at the clock moves time on
+        return clock[0]
+
+    def run(kind: str) -> str:
+        ran.append(kind)
+        if len(ran) == 2:
+            raise RuntimeError("store unreachable")
+        if len(ran) >= 5:
+            stop.set()
+        return f"{kind} done"
+
+    log: list[str] = []
+    run_schedule(lambda: acme, run, lambda: False, log=log.append, stop=stop, clock=now, retry_s=0)  # type: ignore[arg-type]
+    assert ran[0] == "full"  # no backup yet
+    assert ran[1] == ran[2] == "diff"  # the failed one was retried
+    assert "full" in ran[3:]  # 03:00 Sunday: the full wins over the every-minute diff
+    assert any("failed" in line for line in log) and log[-1] == "scheduler stopped"
+
+
+# -- times and backup sets -------------------------------------------------------------------------------------
+def test_times_parse_as_iso_8601_and_a_time_without_zone_is_utc() -> None:
+    assert parse_time("2026-11-22T03:00:00Z") == dt.datetime(2026, 11, 22, 3, tzinfo=UTC)
+    assert parse_time("2026-11-22 04:00:00+01:00") == dt.datetime(2026, 11, 22, 3, tzinfo=UTC)
+    assert parse_time("2026-11-22T03:00") == dt.datetime(2026, 11, 22, 3, tzinfo=UTC)
+    assert pg_time(dt.datetime(2026, 11, 22, 4, tzinfo=dt.timezone(dt.timedelta(hours=1)))) == (
+        "2026-11-22 03:00:00.000000+00")
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "2026-11-22T25:00", "", "1700000000"])
+def test_malformed_times_are_bad_requests(text: str) -> None:
+    with pytest.raises(BadRequest, match="ISO 8601"):
+        parse_time(text)
+
+
+def _info(*stops: dt.datetime) -> dict[str, object]:
+    return {"name": "acme", "backup": [
+        {"label": f"b{i}", "type": "full" if i == 0 else "diff",
+         "timestamp": {"start": int(stop.timestamp()) - 10, "stop": int(stop.timestamp())}}
+        for i, stop in enumerate(stops)
+    ]}
+
+
+def test_a_point_in_time_uses_the_newest_backup_that_completed_before_it() -> None:
+    first, second = dt.datetime(2026, 11, 1, 3, tzinfo=UTC), dt.datetime(2026, 11, 2, 3, tzinfo=UTC)
+    info = _info(first, second)
+    assert choose_set(info, None).label == "b1"
+    assert choose_set(info, dt.datetime(2026, 11, 1, 12, tzinfo=UTC)).label == "b0"
+    later = dt.datetime(2026, 11, 3, tzinfo=UTC)
+    assert choose_set(info, later, now=later + dt.timedelta(days=1)).label == "b1"
+
+
+def test_times_before_the_first_backup_or_in_the_future_and_no_backup_at_all_are_refused() -> None:
+    info = _info(dt.datetime(2026, 11, 1, 3, tzinfo=UTC))
+    with pytest.raises(BadRequest, match=r"before the first backup .* earliest point that can be restored is 2026-11"):
+        choose_set(info, dt.datetime(2026, 10, 31, tzinfo=UTC))
+    with pytest.raises(BadRequest, match="in the future"):
+        choose_set(info, dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    with pytest.raises(BadRequest, match="no backup yet"):
+        choose_set({"name": "acme", "backup": []}, None)
+
+
+# -- sealing -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK])
+def test_sealed_data_opens_to_exactly_what_was_written(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    raw = io.BytesIO()
+    with Sealer(raw, "passphrase") as sealer:
+        for start in range(0, size, 100_000):
+            sealer.write(data[start:start + 100_000])
+    assert data[:64] not in raw.getvalue()[64:] or size < 64
+    raw.seek(0)
+    assert SealedReader(raw, "passphrase").read() == data
+
+
+def _sealed(size: int) -> bytes:
+    raw = io.BytesIO()
+    with Sealer(raw, "passphrase") as sealer:
+        sealer.write(b"x" * size)
+    return raw.getvalue()
+
+
+def test_a_flipped_byte_a_truncation_or_another_key_does_not_open() -> None:
+    sealed = _sealed(2 * CHUNK + 10)
+    flipped = bytearray(sealed)
+    flipped[CHUNK] ^= 1
+    for bad, key in ((bytes(flipped), "passphrase"), (sealed[:-20], "passphrase"),
+                     (sealed[: 36 + CHUNK + 16], "passphrase"), (sealed, "other")):
+        with pytest.raises(SealError):
+            b"".join(open_sealed(io.BytesIO(bad), key))
+
+
+# -- pgBackRest: rendered files, verify output ------------------------------------------------------------------
+def test_the_wrapper_and_config_hold_paths_not_secrets(tmp_path: Path) -> None:
+    acme = tenant()
+    wrapper = pgbackrest.render_wrapper(acme)
+    assert "PGBACKREST_REPO1_CIPHER_PASS=$(secret backup_cipher_passphrase)" in wrapper
+    assert f"secrets='{acme.secrets_dir}'" in wrapper
+    host = host_config("unit", {"tenants": {"acme": {"slot": 1}}})
+    config = pgbackrest.render_config(host, acme)
+    assert "repo1-s3-endpoint=localhost" in config  # pgBackRest 2.45 matches DNS names only
+    assert "repo1-cipher-type=aes-256-cbc" in config and "repo1-s3-bucket=acme-backup" in config
+    assert "cipher-pass=" not in config and "s3-key=" not in config
+    assert archive_command(acme) == f"{acme.backup_dir}/pgbackrest.sh archive-push %p"
+
+
+def test_verify_output_is_read_for_its_verdict_and_bad_files() -> None:
+    output = (
+        "2026-11-22 02:58:01.785 P01   INFO: invalid checksum '20261122-025755F/pg_data/base/1/2675.lz4'\n"
+        "2026-11-22 02:58:01.785 P01   INFO: file missing '15-1/0000000100000000/"
+        "000000010000000000000003-e824fbc9711a8f9dd6031c54f1d4db597e144e76.lz4'\n"
+        "2026-11-22 02:58:03.503 P00   INFO: stanza: bkta\n"
+        "                                    status: error\n"
+    )
+    status, bad = parse(output)
+    assert status == "error"
+    assert bad[0] == ("invalid checksum", "20261122-025755F/pg_data/base/1/2675.lz4")
+    acme = tenant()
+    manifests = {"20261122-025755F": {"pg_data/base/1/2675": 1}}
+    assert object_key(acme, bad[0][1], manifests) == "pgbackrest/backup/acme/20261122-025755F/bundle/1"
+    assert object_key(acme, "20261122-025755F/pg_data/base/5/16410.lz4", manifests) == (
+        "pgbackrest/backup/acme/20261122-025755F/pg_data/base/5/16410.lz4")
+    assert object_key(acme, bad[1][1], manifests) == f"pgbackrest/archive/acme/{bad[1][1]}"
+
+
+def test_wal_segment_arithmetic_crosses_log_file_boundaries() -> None:
+    assert _next_segment("0000000100000000000000FF") == "000000010000000100000000"
+    assert _previous_segment("000000010000000100000000") == "0000000100000000000000FF"
+    assert _previous_segment("000000010000000000000000") is None
