@@ -427,6 +427,24 @@ def prime_packages(packages: list[str]) -> None:
         stamp.touch()
 
 
+def _install_sshd() -> None:
+    """Debian's openssh-server, without letting its postinst start a machine-wide sshd on port 22: the fake
+    hosts run their own, and nothing else of this machine should start listening."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    created = not policy.exists()
+    if created:
+        # Debian's documented switch for "packages must not start services now" (exit 101: action forbidden).
+        policy.write_text("#!/bin/sh\n# written by tests/support/hosts.py while installing openssh-server\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**CLEAN_ENV, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server"], check=True,
+                       env=env, capture_output=True, timeout=600)
+    finally:
+        if created:
+            policy.unlink()
+
+
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -453,9 +471,9 @@ def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
         raise HarnessError("fake hosts need root (namespaces, mounts, a bridge)")
     if len(set(names)) != len(names) or not all(n.replace("-", "").isalnum() and len(n) <= 9 for n in names):
         raise HarnessError(f"fake host names must be distinct, alphanumeric (and -), at most 9 chars: {names}")
-    missing = [tool for tool in ("ip", "nft", "unshare", "nsenter", "ssh-keygen", "ssh") if not shutil.which(tool)]
     if not Path("/usr/sbin/sshd").is_file():
-        missing.append("sshd (Debian openssh-server)")
+        _install_sshd()
+    missing = [tool for tool in ("ip", "nft", "unshare", "nsenter", "ssh-keygen", "ssh") if not shutil.which(tool)]
     if missing:
         raise HarnessError(f"fake hosts need {', '.join(missing)}")
     with _lock():
@@ -508,8 +526,8 @@ def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
                 errors.append(f"mounts left behind: {stray}")
             else:
                 shutil.rmtree(harness_root, ignore_errors=True)
-            for path in reversed(made_mountpoints):
+            for mountpoint in reversed(made_mountpoints):
                 with contextlib.suppress(OSError):
-                    path.rmdir()
+                    mountpoint.rmdir()
             if errors:
                 raise HarnessError("fake host teardown: " + "; ".join(errors))
