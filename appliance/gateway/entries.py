@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import uuid
@@ -35,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from appliance.audit.canonical import canonical_json, format_timestamp
+from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, append_events_async
 from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
@@ -83,7 +84,9 @@ def lock_key(entry_id: uuid.UUID) -> int:
 
 
 def request_hash(entry: EntryCreate) -> str:
-    return hashlib.sha256(canonical_json(entry.model_dump(mode="json"))).hexdigest()
+    # Not the audit's canonical form: entry data may hold floats, which are fine for telling requests apart.
+    text = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
+    # One message for "does not exist" and "not yours": the answer must not tell them apart.
+    del what
+    return ApiError(404, "not_found", "not found")
 
 
 _STATUS_CODES = {
