@@ -326,3 +326,39 @@ def temp_base(prefix: str = "appliance-gw-") -> Path:
 
 def remove_base(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the embedded sync engine --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sync_server(env: TenantEnv, long_poll_ms: int = 2000) -> Iterator[subprocess.Popen[bytes]]:
+    """`appliance sync serve` for the tenant, as its service would run it (sync role, secrets from files)."""
+    tenant = env.tenant
+    log = open(env.base / "sync.log", "ab")  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(
+        [str(APPLIANCE_BIN), "sync", "serve",
+         "--database-url", f"postgresql://sync@127.0.0.1:{tenant.port('postgres')}/{tenant.postgres.database}",
+         "--database-password-file", str(tenant.secret_path("db_sync_password")),
+         "--secret-file", str(tenant.secret_path("sync_secret")),
+         "--port", str(tenant.port("sync")), "--data-dir", str(env.base / "sync"),
+         "--long-poll-timeout", str(long_poll_ms),
+         "--publication", tenant.sync.publication, "--slot", tenant.sync.slot, "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"sync server exited: {(env.base / 'sync.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{tenant.port('sync')}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sync server did not become healthy")
+            time.sleep(0.05)
+        yield process
+    finally:
+        stop_process(process)

@@ -1,0 +1,90 @@
+"""End to end with the official @electric-sql/client (and TanStack DB's awaitTxId) pointed at the gateway with
+a bearer token, the embedded sync engine behind it: a member sees exactly their houses' rows, and follows
+membership changes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.gateway.conftest import Stack, build_stack
+from tests.gateway.support import sync_server
+from tests.protocol.support import PROTOCOL_DIR, NodeProcess, require_node_modules
+from tests.support.pg import PgCluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def e2e(pg_module: PgCluster) -> Iterator[Stack]:
+    require_node_modules()
+    for stack in build_stack(pg_module):
+        with sync_server(stack.env):
+            yield stack
+
+
+def client(stack: Stack, table: str, principal: uuid.UUID, mode: str = "shape", **options: Any) -> NodeProcess:
+    return NodeProcess("../gateway/gateway_client.mjs", {
+        "mode": mode, "url": f"{stack.url}/api/shapes/{table}", "token": stack.env.token(principal),
+        "protocolDir": str(PROTOCOL_DIR), **options,
+    })
+
+
+def up_to_date(event: dict[str, Any]) -> bool:
+    return event["event"] == "up-to-date"
+
+
+def house_ids(event: dict[str, Any]) -> set[str]:
+    return {row["id"] for row in event["rows"]}
+
+
+def test_a_member_sees_exactly_their_houses(e2e: Stack) -> None:
+    alice, bob = e2e.user(), e2e.user()
+    mine = {alice.house("a1"), alice.house("a2")}
+    theirs = bob.house("b1")
+    alice.thread(next(iter(mine)))
+    bob.thread(theirs)
+    houses = client(e2e, "houses", alice.id)
+    threads = client(e2e, "threads", alice.id)
+    try:
+        assert house_ids(houses.until(up_to_date)) == mine
+        first = threads.until(up_to_date)
+        assert {row["house_id"] for row in first["rows"]} == {next(iter(mine))}
+    finally:
+        houses.close()
+        threads.close()
+
+
+def test_a_write_returns_a_txid_that_await_txid_resolves(e2e: Stack) -> None:
+    alice = e2e.user()
+    house = alice.house()
+    collection = client(e2e, "threads", alice.id, mode="txid")
+    try:
+        assert collection.until(lambda e: e["event"] == "ready", timeout=30)["ids"] == []
+        created = alice.post("/api/threads", {"house_id": house, "title": "optimistic"}).json()
+        collection.send(str(created["txid"]))
+        resolved = collection.until(lambda e: e["event"] == "txid", timeout=30)
+        assert resolved["resolved"] is True, resolved
+        assert resolved["ids"] == [created["data"]["id"]]
+    finally:
+        collection.close()
+
+
+def test_membership_changes_add_and_remove_a_house(e2e: Stack) -> None:
+    owner, guest = e2e.user(), e2e.user()
+    shared = owner.house("shared")
+    own = guest.house("own")
+    houses = client(e2e, "houses", guest.id)
+    try:
+        assert house_ids(houses.until(up_to_date, timeout=30)) == {own}
+        member = owner.post("/api/members", {"house_id": shared, "principal_id": str(guest.id)}).json()["data"]
+        houses.until(lambda e: up_to_date(e) and house_ids(e) == {own, shared}, timeout=30,
+                     what="the shared house to appear")
+        owner.delete(f"/api/members/{member['id']}")
+        houses.until(lambda e: up_to_date(e) and house_ids(e) == {own}, timeout=30,
+                     what="the shared house to disappear")
+    finally:
+        houses.close()
