@@ -8,14 +8,17 @@ runs it, then one stack per tenant on its own substrate. `--data only_tenants=ac
 from pyinfra import host, inventory
 
 from appliance.deploys.bootstrap import host_bootstrap
-from appliance.deploys.facts import InitProcess
+from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
 from appliance.deploys.objectstore import host_objectstore, tenant_objectstore, vault_ca, vault_served_tenants
 from appliance.deploys.plan import all_hosts_reach, resolve, selected_tenants
+from appliance.deploys.source import tarball
 from appliance.deploys.tenant import tenant_stack
 from appliance.supervision import detect
 
-config = resolve(host, inventory)
+config = resolve(
+    host, inventory, docker_engine=bool(host.get_fact(DockerServerVersion)), source_digest=tarball()[1]
+)
 manager = detect(config.common.service_manager) if config.common.service_manager != "auto" else (
     "systemd" if host.get_fact(InitProcess) == "systemd" else "supervisor"
 )

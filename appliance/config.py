@@ -399,6 +399,8 @@ class HostConfig(BaseModel):
     tenants: tuple[TenantConfig, ...] = ()
     # On a vault host: the tenants of other hosts whose identities and buckets this host's store keeps.
     served_tenants: tuple[ServedTenant, ...] = ()
+    # Digest of the appliance sources deployed; services running our code restart when it changes.
+    source_digest: str = ""
 
     @property
     def runs_objectstore(self) -> bool:

@@ -47,8 +47,11 @@ def streams_dir(config: TenantConfig | HostConfig) -> Path:
     return config.common.install_root / "streams"
 
 
-def tenant_services(tenant: TenantConfig) -> list[ServiceSpec]:
-    """The supervised processes of one tenant, in start order."""
+def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[ServiceSpec]:
+    """The supervised processes of one tenant, in start order.
+
+    `source_digest` (HostConfig.source_digest) goes into the environment of the services that run the
+    appliance's own code, so new sources change their unit/program file and restart them — and only them."""
     pg_bin = Path(f"/usr/lib/postgresql/{tenant.postgres.version}/bin")
     bind = tenant.common.bind_address
     common = {"user": tenant.user, "working_dir": tenant.root, "tenant": tenant.id}
@@ -65,6 +68,7 @@ def tenant_services(tenant: TenantConfig) -> list[ServiceSpec]:
             stop_wait_s=60,
             **common,  # type: ignore[arg-type]
         ),
+        *_sync_services(tenant, source_digest),
         ServiceSpec(
             name=f"appliance-{tenant.id}-streams",
             component="streams",
@@ -79,6 +83,46 @@ def tenant_services(tenant: TenantConfig) -> list[ServiceSpec]:
             probe="tcp",
             **common,  # type: ignore[arg-type]
         ),
+    ]
+
+
+def _ours(source_digest: str) -> dict[str, str]:
+    return {"APPLIANCE_SOURCE_DIGEST": source_digest} if source_digest else {}
+
+
+def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec]:
+    """The embedded sync engine as a supervised process; the official image runs as a container instead."""
+    from appliance.config import SyncRuntime
+
+    if tenant.sync.runtime is SyncRuntime.electric:
+        return []
+    # The URL carries no password: the engine reads it from the secret file and merges it in.
+    url = f"postgresql://sync@{tenant.common.bind_address}:{tenant.port('postgres')}/{tenant.postgres.database}"
+    return [
+        ServiceSpec(
+            name=f"appliance-{tenant.id}-sync",
+            component="sync",
+            command=(
+                venv_bin(tenant, "appliance"), "sync", "serve",
+                "--database-url", url,
+                "--database-password-file", str(tenant.secret_path("db_sync_password")),
+                "--secret-file", str(tenant.secret_path("sync_secret")),
+                "--host", tenant.common.bind_address,
+                "--port", str(tenant.port("sync")),
+                "--data-dir", str(tenant.sync_data),
+                "--long-poll-timeout", str(tenant.sync.long_poll_timeout_ms),
+                "--publication", tenant.sync.publication,
+                "--slot", tenant.sync.slot,
+            ),
+            user=tenant.user,
+            working_dir=tenant.root,
+            tenant=tenant.id,
+            log_file=tenant.log_file("sync"),
+            port=tenant.port("sync"),
+            probe="http",
+            probe_path="/v1/health",
+            environment=_ours(source_digest),
+        )
     ]
 
 
@@ -109,5 +153,5 @@ def host_services(host: HostConfig) -> list[ServiceSpec]:
     """Every supervised process on a host: the shared store first, then each tenant's."""
     services = [objectstore_service(host)] if host.runs_objectstore else []
     for tenant in host.tenants:
-        services.extend(tenant_services(tenant))
+        services.extend(tenant_services(tenant, host.source_digest))
     return services

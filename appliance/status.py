@@ -54,12 +54,48 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
 
         result = probe_store(host)
         return result.healthy, result.detail
+    if spec.component == "sync" and spec.tenant:
+        return _sync_probe(spec, host.tenant(spec.tenant))
     if spec.probe == "http":
         return _http_probe(spec, bind, spec.probe_path)
     if spec.component == "streams":
         # The streams server has no health route; any HTTP answer to a stream path proves it serves.
         return _http_probe(spec, bind, "/__appliance_health")
     return _tcp_probe(spec, bind)
+
+
+def _sync_dsn(tenant: TenantConfig) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(**tenant.pg_conninfo("sync"), password=tenant.read_secret("db_sync_password"))
+
+
+def _sync_probe(spec: ServiceSpec, tenant: TenantConfig) -> tuple[bool, str]:
+    """The engine answers /v1/health, and its slot exists, is not lost, streams, and shows its retained WAL."""
+    from appliance.sync.status import sync_status
+
+    answering, said = _http_probe(spec, tenant.common.bind_address, "/v1/health")
+    if not answering:
+        return False, said
+    slot = sync_status(_sync_dsn(tenant), tenant.sync.slot, tenant.sync_data)
+    return bool(slot["healthy"]), slot["detail"]
+
+
+def _electric_container(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatus]:
+    """The official image's container, where it is the tenant's sync runtime."""
+    from appliance.config import SyncRuntime
+
+    if tenant.sync.runtime is not SyncRuntime.electric:
+        return {}
+    from appliance.sync.container import container_state
+
+    running, pid, detail = container_state(tenant)
+    healthy = running
+    if running:
+        probe = ServiceSpec(name="electric", component="sync", command=(), user="", working_dir=tenant.root,
+                            log_file=tenant.log_file("sync"), port=tenant.port("sync"))
+        healthy, detail = _sync_probe(probe, tenant)
+    return {"sync": ComponentStatus(healthy, running, pid, tenant.port("sync"), None, detail)}
 
 
 # Probes for components that are not processes of their own (buckets, slots) plug in here, keyed by name.
@@ -74,7 +110,7 @@ def _buckets(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatu
     return {"buckets": ComponentStatus(result.healthy, result.healthy, None, None, None, result.detail)}
 
 
-EXTRA_PROBES: list[ExtraProbe] = [_buckets]
+EXTRA_PROBES: list[ExtraProbe] = [_buckets, _electric_container]
 
 
 def _component(spec: ServiceSpec, state: ProcessState, host: HostConfig) -> ComponentStatus:

@@ -94,6 +94,16 @@ def postgres_reload(tenant_id: str) -> None:
     click.echo(f"postgres of {tenant_id}: restarted (a changed setting needs a restart)")
 
 
+@host.command("sync-container")
+@click.argument("tenant_id")
+def sync_container(tenant_id: str) -> None:
+    """Run (or replace) the tenant's official Electric container with its current spec."""
+    from appliance.sync.container import run_tenant_container
+
+    _, tenant = _tenant(tenant_id)
+    _report(run_tenant_container(tenant), f"Electric container of {tenant_id}")
+
+
 @host.command("objectstore-setup")
 def objectstore_setup() -> None:
     """The embedded store's TLS, keys and identities file; a running store picks up what changed."""

@@ -35,6 +35,11 @@ def sync() -> None:
 @sync.command()
 @click.option("--database-url", help="Postgres URL of the sync role (REPLICATION + SELECT on synced tables).")
 @click.option("--database-url-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--database-password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the role's password, merged into the URL (how the supervised service gets it).",
+)
 @click.option("--port", type=int, required=True, help="TCP port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--secret", help="The shape API secret clients pass as ?secret=.")
@@ -59,6 +64,7 @@ def sync() -> None:
 def serve(
     database_url: str | None,
     database_url_file: Path | None,
+    database_password_file: Path | None,
     port: int,
     host: str,
     secret: str | None,
@@ -76,6 +82,10 @@ def serve(
     dsn = _from_file(database_url_file, database_url, "database-url")
     if dsn is None:
         raise click.UsageError("--database-url or --database-url-file is required")
+    if database_password_file is not None:
+        from psycopg.conninfo import make_conninfo
+
+        dsn = make_conninfo(dsn, password=database_password_file.read_text().strip())
     api_secret = _from_file(secret_file, secret, "secret")
     if api_secret is None and not insecure:
         raise click.UsageError("--secret or --secret-file is required (or --insecure)")

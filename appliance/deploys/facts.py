@@ -41,6 +41,16 @@ class InitProcess(FactBase[str]):
         return output[0].strip() if output else ""
 
 
+class DockerServerVersion(FactBase[str]):
+    """The Docker engine's version when one answers ('' when only the client, or nothing, is installed)."""
+
+    def command(self) -> str:
+        return "docker version --format '{{.Server.Version}}' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+
 class SupervisordRunning(FactBase[bool]):
     def command(self) -> str:
         return "supervisorctl pid 2>/dev/null || true"

@@ -8,13 +8,21 @@ from pyinfra import host as current_host
 from pyinfra.api import Host, Inventory, operation
 
 from appliance.config import ConfigError, HostConfig, inventory_configs
+from appliance.sync.container import resolve_runtime
 
 
-def resolve(host: Host, inventory: Inventory) -> HostConfig:
-    """This host's config, after the whole inventory has been cross-checked."""
+def resolve(host: Host, inventory: Inventory, *, docker_engine: bool, source_digest: str) -> HostConfig:
+    """This host's config, after the whole inventory has been cross-checked, with what only the host can
+    tell decided once here: the sync runtime `auto` resolves to (does a Docker engine answer there?), and
+    the sources its appliance services run (a new digest restarts them)."""
     hosts: dict[str, dict[str, Any]] = {h.name: h.data.dict() for h in inventory}
-    configs = inventory_configs(hosts)
-    return configs[host.name]
+    config = inventory_configs(hosts)[host.name]
+    docker = docker_engine
+    tenants = tuple(
+        t.model_copy(update={"sync": t.sync.model_copy(update={"runtime": resolve_runtime(t.sync.runtime, docker)})})
+        for t in config.tenants
+    )
+    return config.model_copy(update={"tenants": tenants, "source_digest": source_digest})
 
 
 def selected_tenants(config: HostConfig, only: str | None) -> list[str]:

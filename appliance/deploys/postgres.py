@@ -7,12 +7,13 @@ from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
 from appliance import roles
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.deploys.facts import appliance_facts
 from appliance.deploys.managed import managed_file
 from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
+from appliance.sync.container import postgres_extra_listen
 
 
 def _host_command(config: HostConfig, *args: str) -> str:
@@ -35,14 +36,26 @@ def roles_and_database(config: HostConfig, tenant: TenantConfig):
     yield _host_command(config, "postgres-roles", tenant.id)
 
 
-def postgres_files(tenant: TenantConfig) -> dict[str, str]:
+def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
     """The cluster's config files, rendered (no secrets in them)."""
     archive_command = ""  # set by the backup role once the tenant's stanza exists
+    electric = postgres_extra_listen(docker_bridge_gateway) if tenant.sync.runtime is SyncRuntime.electric else None
     return {
         "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
-                                        archive_command=archive_command),
-        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant),
+                                        archive_command=archive_command, electric=electric),
+        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant, electric=electric),
     }
+
+
+def _docker_bridge_gateway() -> str:
+    from pyinfra.facts.server import Command
+
+    gateway = host.get_fact(
+        Command, "docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true"
+    )
+    if not gateway:
+        raise ValueError(f"host {host.name}: sync runtime electric, but the Docker bridge network has no gateway")
+    return str(gateway).strip()
 
 
 @deploy("Tenant postgres")
@@ -53,9 +66,11 @@ def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerNa
             f"Postgres {name} of {tenant.id}", str(tenant.pg_data / name), content,
             user=tenant.user, group=tenant.user, mode="600",
         )
-        for name, content in postgres_files(tenant).items()
+        for name, content in postgres_files(
+            tenant, _docker_bridge_gateway() if tenant.sync.runtime is SyncRuntime.electric else ""
+        ).items()
     ]
-    spec = next(s for s in tenant_services(tenant) if s.component == "postgres")
+    spec = next(s for s in tenant_services(tenant, config.source_digest) if s.component == "postgres")
     apply, *_ = install_services(config, manager, [spec], tenant=tenant.id)
     server.shell(
         name=f"Reload postgres of {tenant.id} (restart only if a changed setting needs it)",

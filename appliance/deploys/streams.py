@@ -12,5 +12,5 @@ from appliance.supervision import ManagerName
 
 @deploy("Tenant streams")
 def tenant_streams(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    specs = [s for s in tenant_services(tenant) if s.component == "streams"]
+    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "streams"]
     install_services(config, manager, specs, tenant=tenant.id)

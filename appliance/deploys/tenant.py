@@ -10,6 +10,7 @@ from appliance.deploys.facts import appliance_facts
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
+from appliance.deploys.sync import tenant_sync
 from appliance.supervision import ManagerName
 
 
@@ -55,4 +56,5 @@ def tenant_stack(config: HostConfig, tenant: TenantConfig, manager: ManagerName)
     """Everything one tenant runs, on its own substrate."""
     tenant_substrate(config=config, tenant=tenant)
     tenant_postgres(config=config, tenant=tenant, manager=manager)
+    tenant_sync(config=config, tenant=tenant, manager=manager)
     tenant_streams(config=config, tenant=tenant, manager=manager)

@@ -17,7 +17,18 @@ def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
         "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
+        **_sync_facts(tenant, missing),
     }
+
+
+def _sync_facts(tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
+    from appliance.config import SyncRuntime
+
+    if tenant.sync.runtime is not SyncRuntime.electric:
+        return {}
+    from appliance.sync.container import container_ok
+
+    return {"sync_container_ok": bool(not missing and container_ok(tenant))}
 
 
 def host_facts(host: HostConfig) -> dict[str, Any]:

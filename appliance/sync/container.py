@@ -107,6 +107,51 @@ def postgres_extra_listen(bridge_gateway: str) -> dict[str, str]:
     return {"listen_address": bridge_gateway, "hba_network": f"{bridge_gateway}/16"}
 
 
+def container_state(tenant: TenantConfig) -> tuple[bool, int | None, str]:
+    """(running, pid, detail) of the tenant's Electric container, as the Docker engine reports it."""
+    try:
+        import docker
+        from docker.errors import NotFound
+
+        client = docker.from_env(timeout=3)
+        try:
+            container = client.containers.get(container_name(tenant))
+        except NotFound:
+            return False, None, f"container {container_name(tenant)} does not exist"
+        finally:
+            client.close()
+    except Exception as exc:  # engine unreachable: say so, do not fail the whole status
+        return False, None, f"Docker engine unreachable: {exc}"
+    pid = container.attrs.get("State", {}).get("Pid") or None
+    return container.status == "running", pid, f"container {container.name} {container.status}"
+
+
+def container_ok(tenant: TenantConfig) -> bool:
+    """The container runs the spec the tenant's settings and secrets give today."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            container = client.containers.get(container_name(tenant))
+        finally:
+            client.close()
+    except Exception:
+        return False
+    wanted = tenant_container_spec(tenant)["labels"]["appliance.spec-sha256"]
+    return container.status == "running" and container.labels.get("appliance.spec-sha256") == wanted
+
+
+def run_tenant_container(tenant: TenantConfig) -> list[str]:
+    import docker
+
+    client = docker.from_env(timeout=30)
+    try:
+        return ensure_container(client, tenant_container_spec(tenant))
+    finally:
+        client.close()
+
+
 class _Containers(Protocol):
     def get(self, name: str) -> Any: ...
     def run(self, **kwargs: Any) -> Any: ...

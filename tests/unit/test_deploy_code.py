@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from appliance import roles
 from appliance.config import host_config
+from appliance.deploys.postgres import postgres_files
 from appliance.services import ServiceSpec, host_services
 from appliance.supervision import Supervisor, Systemd
 
@@ -32,10 +32,19 @@ def test_every_file_operation_sets_an_explicit_mode() -> None:
 def test_templates_render_without_blank_lines_left_by_block_tags() -> None:
     host = host_config("@local", {"tenants": {"acme": {"slot": 1}}})
     tenant = host.tenant("acme")
-    conf = roles.render("postgres", "postgresql.conf.j2", tenant=tenant, archive_command="")
+    conf = postgres_files(tenant)["postgresql.conf"]
     assert "listen_addresses = '127.0.0.1'" in conf
     assert "wal_level = logical" in conf and "archive_mode" not in conf
     assert "\n\n\n" not in conf
+
+
+def test_only_the_official_image_runtime_opens_the_cluster_to_the_docker_bridge() -> None:
+    host = host_config("@local", {"tenants": {"acme": {"slot": 1, "sync": {"runtime": "electric"}}}})
+    files = postgres_files(host.tenant("acme"), "172.17.0.1")
+    assert "listen_addresses = '127.0.0.1,172.17.0.1'" in files["postgresql.conf"]
+    assert "host    all          sync       172.17.0.1/16" in files["pg_hba.conf"]
+    embedded = postgres_files(host_config("@local", {"tenants": {"acme": {"slot": 1}}}).tenant("acme"))
+    assert "172.17" not in embedded["postgresql.conf"] + embedded["pg_hba.conf"]
 
 
 def _spec() -> ServiceSpec:
