@@ -393,13 +393,14 @@ def _stop(host: FakeHost, errors: list[str]) -> None:
             errors.append(f"fake host {host.name}: processes {left} outlived its init")
 
 
-def _mounts_under(root: Path) -> list[str]:
-    """Mount points of this machine's mount namespace that lie under `root` or come from it."""
+def _stray_mounts(root: Path) -> list[str]:
+    """Mounts of this machine's mount namespace left by the harness: under `root` or from it, and the network
+    namespaces' handles (`ip netns add` bind-mounts them under /run/netns)."""
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         mount_root, mount_point = fields[3], fields[4]
-        if mount_point.startswith(str(root)) or mount_root.startswith(str(root)):
+        if mount_point.startswith((str(root), "/run/netns/apfh-")) or mount_root.startswith(str(root)):
             found.append(mount_point)
     return found
 
@@ -521,7 +522,7 @@ def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
                 if _run("ip", "link", "show", host.veth, check=False).returncode == 0:
                     _run("ip", "link", "del", host.veth, check=False)
             _network_down(net, errors)
-            stray = _mounts_under(harness_root)
+            stray = _stray_mounts(harness_root)
             if stray:
                 errors.append(f"mounts left behind: {stray}")
             else:
