@@ -27,18 +27,23 @@ What the hosts share with each other and with this machine (the limits of the re
   once for all hosts (`prime_packages`), so a deploy's apt step is a no-op on a fake host; a fresh host's package
   installation is not rehearsed here, and two hosts that asked for different packages would see each other's.
 - /etc/passwd and /etc/group: an OS user created on one host exists on all of them and on this machine, with
-  the same uid. Separation of tenants by user is still real on each host; across hosts it is not exercised.
-- /root (pip's and npm's caches, which speeds up every host's install) and the rest of the filesystem; the
-  harness root (under /var/tmp) holding every host's private directories is hidden inside each host by a tmpfs,
-  but this machine's root sees all of them.
-- the kernel: one clock, one set of kernel modules and sysctls outside the network namespace, /proc/sys and
-  /sys as this machine has them (/sys/class/net lists this machine's interfaces), cgroups, memory and CPU. A
-  host's crash, reboot or disk loss cannot be rehearsed; nor can systemd as PID 1 (the hosts use supervisord).
+  the same uid (and two hosts adding users at the same moment contend for passwd's lock, as no two real hosts
+  would). Separation of tenants by user is still real on each host; across hosts it is not exercised.
+- /root: pip's and npm's caches (so a wheel or package one host downloaded serves the others) and pip's
+  configuration (on a machine with a local wheel mirror configured there, the hosts install from it, not PyPI).
+- the rest of the filesystem, and the disk itself: the harness root (under /var/tmp) holding every host's
+  private directories is hidden inside each host by a tmpfs, but this machine sees all of them. The controller
+  (pyinfra, the tests) is this machine in its own namespaces, reaching the hosts over the bridge; "not on the
+  controller's disk" can only mean "nowhere outside the hosts' private directories".
+- the kernel: one clock, one set of modules and of sysctls outside net/, /sys as this machine has it
+  (/sys/class/net lists this machine's interfaces), cgroups, memory and CPU. A host's crash, reboot or disk loss
+  cannot be rehearsed; nor can systemd as PID 1 (the hosts use supervisord).
 - the bridge is one L2 segment with no firewall between hosts: what a host's own nftables rules allow is what
   another host reaches. A real LAN's routers and firewalls are not modelled.
 
-Teardown stops everything by PID (supervisord via its own shutdown first, then the namespace's init, which takes
-every remaining process of the host with it), deletes the network namespaces, the bridge and the NAT table,
+Teardown asks each host's supervisord (if one was started) to shut down, so its programs stop cleanly, then
+signals the host's init by PID, which takes every remaining process of the host with it (SIGKILL by PID if it
+does not exit); it deletes the network namespaces, the bridge and the NAT table,
 restores ip_forward, and checks that no process and no mount of a fake host is left. One harness runs at a time
 on a machine (a lock file); a run killed with SIGKILL leaves the bridge `apfh0` and namespaces `apfh-*` behind,
 which the next run names and refuses to touch: remove them with `ip netns del apfh-<name>; ip link del apfh0;
