@@ -31,10 +31,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from appliance import roles
 from appliance.backup.archive import archive_command
 from appliance.backup.stanza import ensure_stanza
-from appliance.config import HostConfig, TenantConfig, host_config
+from appliance.config import HostConfig, SyncRuntime, TenantConfig, host_config
+from appliance.deploys.postgres import postgres_files
 from appliance.host.postgres import connect, ensure_roles, initdb, probe
 from appliance.secrets import ensure_tenant_secrets
 from appliance.services import ServiceSpec, tenant_services
@@ -43,7 +43,9 @@ from tests.support.objectstore import ObjectStore, object_store
 
 REPO = Path(__file__).resolve().parents[2]
 APPLIANCE = Path(sys.executable).parent / "appliance"
-STREAMS_INSTALL = Path("/opt/appliance")
+# The streams server the bootstrap deploy installed (node_modules included); the rig's install root links to it
+# and to this venv, so that the tenant's services run this checkout's code.
+STREAMS_INSTALL = Path("/opt/appliance/streams")
 
 SCHEMA = """
 create table if not exists houses (id uuid primary key, name text not null, deleted_at timestamptz);
@@ -161,17 +163,22 @@ def wait_postgres(tenant: TenantConfig, timeout: float = 60) -> None:
     raise RuntimeError(f"postgres of {tenant.id} not up: {detail}\n{log.read_text()[-2000:] if log.exists() else ''}")
 
 
-def wait_streams(tenant: TenantConfig, timeout: float = 30) -> None:
-    import httpx
+def wait_healthy(host: HostConfig, tenant: TenantConfig, timeout: float = 60) -> None:
+    """Every service of the tenant answers its health probe (what `appliance host wait` checks)."""
+    from appliance.status import _component
 
+    specs = tenant_services(tenant)
+    mgr = Supervisor()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.head(f"http://127.0.0.1:{tenant.port('streams')}/x", timeout=1)
+    while True:
+        states = mgr.states(specs)
+        statuses = {spec.component: _component(spec, states[spec.name], host) for spec in specs}
+        unhealthy = {name: status.detail for name, status in statuses.items() if not status.healthy}
+        if not unhealthy:
             return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"streams of {tenant.id} not up")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{tenant.id} not healthy: {unhealthy}")
+        time.sleep(0.2)
 
 
 def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
@@ -188,21 +195,29 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
     ensure_tenant_secrets(tenant, *owner)
     initdb(tenant)
     ensure_files(host, tenant)
-    files = {
-        "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
-                                        archive_command=archive_command(tenant)),
-        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant),
-    }
+    # Rendered as for the embedded sync engine: the rig has no Docker engine for the Electric image to reach
+    # Postgres from (see rig_host), and the backup does not care which engine reads the WAL.
+    embedded = tenant.model_copy(update={"sync": tenant.sync.model_copy(update={"runtime": SyncRuntime.embedded})})
+    files = postgres_files(embedded)
+    if "archive_command" not in files["postgresql.conf"]:
+        # What the deploy renders once it passes archive_command(tenant) to the template.
+        files["postgresql.conf"] += (
+            f"\narchive_mode = on\narchive_command = '{archive_command(tenant)}'\n"
+            f"archive_timeout = {tenant.backup.archive_timeout_s}\n"
+        )
     for name, content in files.items():
         path = tenant.pg_data / name
         path.write_text(content)
         os.chown(path, *owner)
         os.chmod(path, 0o600)
-    install_programs(tenant_services(tenant))
+    specs = tenant_services(tenant)
+    postgres = [spec for spec in specs if spec.component == "postgres"]
+    install_programs(postgres)
     wait_postgres(tenant)
-    wait_streams(tenant)
     ensure_roles(tenant)
     ensure_stanza(host, tenant)
+    install_programs([spec for spec in specs if spec.component != "postgres"])
+    wait_healthy(host, tenant)
     with connect(tenant) as conn:
         conn.execute(SCHEMA)
 
@@ -218,16 +233,25 @@ def tear_down_tenant(tenant: TenantConfig) -> None:
 
 
 def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConfig:
+    install_root = store.base / "opt"
+    install_root.mkdir(mode=0o755, exist_ok=True)
+    for name, target in (("venv", Path(sys.prefix)), ("streams", STREAMS_INSTALL)):
+        link = install_root / name
+        if not link.exists():
+            link.symlink_to(target)
     common = store.host.common.model_dump(mode="json")
     common.update({
-        "install_root": str(STREAMS_INSTALL), "service_manager": "supervisor", "port_firewall": False,
+        "install_root": str(install_root), "service_manager": "supervisor", "port_firewall": False,
         "port_base": free_port_block(10 * (len(store.tenants) + 1)), "health_timeout_s": 60,
     })
     data = {
         "common": common,
         "objectstore": store.host.objectstore.model_dump(mode="json"),
-        "tenants": {tid: {"slot": slot, **tenants.get(tid, {})} for slot, tid in
-                    enumerate(t.id for t in store.tenants)},
+        # No supervised sync engine in the rig: the embedded one would run this checkout's venv as the tenant's
+        # user, and the test venv's interpreter may live where other users cannot reach it (~root/.pyenv).
+        # The restore starts and health-checks whatever tenant_services() lists, so this changes nothing else.
+        "tenants": {tid: {"slot": slot, "sync": {"runtime": "electric"}, **tenants.get(tid, {})}
+                    for slot, tid in enumerate(t.id for t in store.tenants)},
     }
     return host_config("backup-test", data)
 
@@ -237,8 +261,8 @@ def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] 
     """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards."""
     if not supervisor_available():
         pytest.skip("needs root and a running supervisord (the tenant's services run under the service manager)")
-    if not (STREAMS_INSTALL / "streams" / "server.mjs").is_file():
-        pytest.skip(f"{STREAMS_INSTALL}/streams is not installed (run the bootstrap deploy once)")
+    if not (STREAMS_INSTALL / "server.mjs").is_file():
+        pytest.skip(f"{STREAMS_INSTALL} is not installed (run the bootstrap deploy once)")
     assert all(t.startswith("bkt") for t in tenant_ids)
     with object_store(list(tenant_ids)) as store:
         os.chmod(store.base, 0o711)
