@@ -113,7 +113,14 @@ def vault_ca(config: HostConfig):
 
 def _relay_keys(state, host, tenant_host, tenant: TenantConfig, staging: str) -> bool:  # type: ignore[no-untyped-def]
     """Carry a tenant's S3 keys from its host to the vault in memory: never on the controller's disk, never
-    in a command line or in pyinfra's output."""
+    in a command line or in pyinfra's output. Only with root logins: under sudo pyinfra stages file transfers
+    in world-readable temp files, which would expose the keys on both hosts for a moment."""
+    for end in (host, tenant_host):
+        if state.config.SUDO or end.data.get("_sudo"):
+            raise OperationError(
+                f"relaying {tenant.id}'s S3 keys needs a root SSH login on {end.name}, not sudo "
+                "(sudo file transfers go through world-readable temp files)"
+            )
     values = []
     for name in ("s3_access_key", "s3_secret_key"):
         buffer = io.BytesIO()
