@@ -7,7 +7,7 @@ it, and `appliance tenant destroy` stops it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -83,7 +83,20 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
             probe="tcp",
             **common,  # type: ignore[arg-type]
         ),
+        *(_with_sources(spec, source_digest) for spec in _application_services(tenant)),
     ]
+
+
+def _application_services(tenant: TenantConfig) -> list[ServiceSpec]:
+    """The appliance's own per-tenant services, each defined beside its code (imported here, on use, because
+    those modules build on this one)."""
+    from appliance.gateway.service import gateway_service
+
+    return [gateway_service(tenant)]
+
+
+def _with_sources(spec: ServiceSpec, source_digest: str) -> ServiceSpec:
+    return replace(spec, environment={**spec.environment, **_ours(source_digest)})
 
 
 def _ours(source_digest: str) -> dict[str, str]:

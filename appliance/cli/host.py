@@ -75,6 +75,16 @@ def postgres_roles(tenant_id: str) -> None:
     _report(ensure_roles(tenant), f"postgres roles of {tenant_id}")
 
 
+@host.command("schema")
+@click.argument("tenant_id")
+def schema(tenant_id: str) -> None:
+    """Apply the tenant's pending schema migrations; make the sync publication cover the synced tables."""
+    from appliance.host.postgres import ensure_schema
+
+    _, tenant = _tenant(tenant_id)
+    _report(ensure_schema(tenant), f"schema of {tenant_id}")
+
+
 @host.command("postgres-reload")
 @click.argument("tenant_id")
 def postgres_reload(tenant_id: str) -> None:

@@ -36,6 +36,14 @@ def roles_and_database(config: HostConfig, tenant: TenantConfig):
     yield _host_command(config, "postgres-roles", tenant.id)
 
 
+@operation()
+def schema_and_publication(config: HostConfig, tenant: TenantConfig):
+    if appliance_facts(config, tenant.id).get("schema_current"):
+        host.noop(f"schema of {tenant.id} is current, publication covers the synced tables")
+        return
+    yield _host_command(config, "schema", tenant.id)
+
+
 def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
     """The cluster's config files, rendered (no secrets in them)."""
     archive_command = ""  # set by the backup role once the tenant's stanza exists
@@ -78,3 +86,5 @@ def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerNa
         _if=lambda: not fresh.did_change() and not apply.did_change() and any(op.did_change() for op in conf_ops),
     )
     roles_and_database(name=f"Postgres roles and database of {tenant.id}", config=config, tenant=tenant)
+    schema_and_publication(name=f"Schema migrations and sync publication of {tenant.id}", config=config,
+                           tenant=tenant)

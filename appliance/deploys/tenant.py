@@ -6,6 +6,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
@@ -58,3 +59,4 @@ def tenant_stack(config: HostConfig, tenant: TenantConfig, manager: ManagerName)
     tenant_postgres(config=config, tenant=tenant, manager=manager)
     tenant_sync(config=config, tenant=tenant, manager=manager)
     tenant_streams(config=config, tenant=tenant, manager=manager)
+    tenant_application(config=config, tenant=tenant, manager=manager)

@@ -16,6 +16,7 @@ def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
+        "schema_current": bool(initialized and not missing and postgres.schema_current(tenant)),
         "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
         **_sync_facts(tenant, missing),
     }

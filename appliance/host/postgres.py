@@ -134,6 +134,37 @@ def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:
         return False
 
 
+def schema_current(tenant: TenantConfig) -> bool:
+    """Every packaged migration is applied and the sync publication covers exactly the synced tables."""
+    from appliance.gateway.migrate import applied_migrations, migrations
+    from appliance.gateway.schema import SYNCED_TABLES
+
+    try:
+        with connect(tenant, timeout=3) as conn:
+            applied = applied_migrations(conn)
+            published = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                    [tenant.sync.publication],
+                )
+            }
+    except (psycopg.Error, OSError):
+        return False
+    return {m.version for m in migrations()} <= set(applied) and published == {("public", t) for t in SYNCED_TABLES}
+
+
+def ensure_schema(tenant: TenantConfig) -> list[str]:
+    """Apply the tenant's pending migrations and make the sync publication cover the synced tables."""
+    from appliance.gateway.migrate import ensure_publication, migrate
+
+    with connect(tenant) as conn:
+        changes = [f"migration {label}" for label in migrate(conn)]
+        if ensure_publication(conn, tenant.sync.publication):
+            changes.append(f"publication {tenant.sync.publication}")
+    return changes
+
+
 def postmaster_pid(tenant: TenantConfig) -> int | None:
     try:
         return int((tenant.pg_data / "postmaster.pid").read_text().split("\n", 1)[0])

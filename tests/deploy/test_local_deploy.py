@@ -48,7 +48,7 @@ def test_every_component_is_healthy(deployed: HostConfig) -> None:
     assert code == 0, report
     assert set(report["tenants"]) == {"acme", "globex"}
     for tenant in report["tenants"].values():
-        assert {"postgres", "sync", "streams", "buckets"} <= set(tenant["components"])
+        assert {"postgres", "sync", "streams", "gateway", "buckets"} <= set(tenant["components"])
         for name, component in tenant["components"].items():
             assert component["healthy"], (name, component)
             if name != "buckets":  # a probe of the store, not a process of the tenant's

@@ -1,0 +1,19 @@
+"""The appliance's own per-tenant services (gateway, and the agent workers, audit shipper and backup
+scheduler as they exist): each a supervised process from its ServiceSpec, started after the data plane."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.services import install_services
+from appliance.services import tenant_services
+from appliance.supervision import ManagerName
+
+APPLICATION_COMPONENTS = ("gateway", "agents", "audit", "backup")
+
+
+@deploy("Tenant application services")
+def tenant_application(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component in APPLICATION_COMPONENTS]
+    install_services(config, manager, specs, tenant=tenant.id)
