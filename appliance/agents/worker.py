@@ -1,0 +1,392 @@
+"""The agent worker's core (no HTTP here): accept activations durably, run each agent's handler, and append its
+reply to the thread's stream exactly once.
+
+Exactly once, and why it holds across duplicate deliveries, kill -9 and a streams server that forgot its
+idempotent-producer state (specs/durable-streams.md):
+
+1. Accept: the activation is committed to the agent's inbox (store.py), keyed by the triggering entry id, before
+   the gateway gets its 2xx. A second delivery of the same entry finds the row and changes nothing.
+2. Run (at most `max_concurrency_per_agent` per agent, `max_concurrency` in all): read the thread from the
+   stream. If a message with the reply's id is already there, the reply was appended by an earlier run that died
+   before recording it: record that, run nothing. Else run the handler.
+3. Prepare: store the reply (or the error entry) and the handler's state changes in one commit.
+4. Append the prepared message to the stream, then record the row done with the returned offset.
+5. A prepared row found again (after a crash, or after an append whose outcome is unknown) is finished by first
+   looking in the stream after the triggering entry's offset for the reply id, and appending only if it is absent.
+
+The reply id is derived from the agent and the triggering entry (models.reply_id), so whichever run appends, it
+is the same message with the same id. Appends of one reply are serialised: one worker process per tenant (it
+holds `worker.lock` in the agents dir) and at most one run per entry in it; every append but the first of a
+reply is preceded by a look at the stream. So the stream's own producer state is never relied on.
+
+A handler may run more than once for one entry (killed mid-handler, it runs again after the restart); its reply
+is still appended once, and its state changes are committed only with the reply that is appended. An entry whose
+handler has been started `MAX_RUNS` times without finishing (it takes the worker down) gets an error entry
+instead of another run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from appliance.agents.handlers import (
+    EXTERNAL,
+    HandlerContext,
+    HandlerError,
+    HandlerRegistry,
+    HandlerUnavailable,
+    Reply,
+    call_handler,
+    default_registry,
+)
+from appliance.agents.models import ActivationRequest, AgentSpec
+from appliance.agents.store import AgentState, AgentStore, dumps, store_path
+from appliance.audit.canonical import format_timestamp
+from appliance.config import TenantConfig
+from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
+
+log = logging.getLogger("appliance.agents")
+
+HISTORY_LIMIT: Final = 100
+MAX_RUNS: Final = 3
+# Unfinished activations one agent may have queued before the worker answers 429 (the gateway retries later).
+MAX_OPEN_PER_AGENT: Final = 1000
+MAX_REPLY_CHARS: Final = 100_000  # the gateway's limit for an entry's text
+MAX_REPLY_BYTES: Final = 1 << 20
+RETRY_BASE_S: Final = 0.5
+RETRY_MAX_S: Final = 30.0
+LOCK_FILE: Final = "worker.lock"
+
+
+class WorkerBusy(Exception):
+    """The agent's queue is full: refuse for now (429) instead of growing without bound."""
+
+
+class WorkerLocked(Exception):
+    """Another worker process of this tenant holds the agents dir."""
+
+
+class _RetryLater(Exception):
+    """The streams server is unavailable: the row stays as it is and is tried again after a backoff."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    outcome: str | None
+    duplicate: bool
+
+
+def take_lock(path: Path) -> int:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkerLocked(f"another agents worker is running on {path.parent}") from None
+    return fd
+
+
+def entry_message(activation: ActivationRequest, kind: str, text: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A thread entry authored by the agent, in the shape the gateway writes (ACTIVATION.md)."""
+    message: dict[str, Any] = {
+        "type": "entry",
+        "id": str(activation.reply_id()),
+        "thread_id": str(activation.event.thread_id),
+        "kind": kind,
+        "author": {"id": str(activation.agent.id), "kind": "agent"},
+        "text": text,
+        "mentions": [],
+        "created_at": format_timestamp(datetime.now(UTC)),
+        "reply_to": str(activation.event.entry_id),
+    }
+    if data is not None:
+        message["data"] = data
+    return message
+
+
+def error_message(activation: ActivationRequest, agent_name: str, code: str, reason: str) -> dict[str, Any]:
+    return entry_message(activation, "error", f"{agent_name} could not answer: {reason}",
+                         {"error": {"code": code, "message": reason}})
+
+
+def _has(messages: list[Any], message_id: str) -> bool:
+    return any(isinstance(m, dict) and m.get("id") == message_id for m in messages)
+
+
+class Worker:
+    def __init__(self, tenant: TenantConfig, handlers: HandlerRegistry | None = None) -> None:
+        self.tenant = tenant
+        self.settings = tenant.agents
+        self.agents_dir = tenant.agents_data
+        bind = tenant.common.bind_address
+        self.streams = StreamsClient(f"http://{bind}:{tenant.port('streams')}",
+                                     tenant.streams.long_poll_timeout_ms / 1000)
+        self.handlers = handlers or default_registry(self.agents_dir, self.settings)
+        self.slots = asyncio.Semaphore(self.settings.max_concurrency)
+        self.runners: dict[uuid.UUID, AgentRunner] = {}
+        self._lock_fd: int | None = None
+        self._runner_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = take_lock(self.agents_dir / LOCK_FILE)
+        # Activations accepted before a crash or restart are resumed.
+        for path in sorted(self.agents_dir.glob("agent-*.sqlite3")):
+            try:
+                agent_id = uuid.UUID(path.stem.removeprefix("agent-"))
+            except ValueError:
+                continue
+            store = await asyncio.to_thread(AgentStore, path)
+            await asyncio.to_thread(store.prune)
+            if await asyncio.to_thread(store.count_open):
+                self.runners[agent_id] = AgentRunner(self, agent_id, store)
+                log.info("agent %s: resuming unfinished activations", agent_id)
+            else:
+                store.close()
+
+    async def stop(self) -> None:
+        runners = list(self.runners.values())
+        for runner in runners:
+            await runner.stop()
+        self.runners.clear()
+        await self.handlers.close()
+        await self.streams.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def runner(self, agent_id: uuid.UUID) -> AgentRunner:
+        runner = self.runners.get(agent_id)
+        if runner is not None:
+            return runner
+        async with self._runner_lock:
+            if agent_id not in self.runners:
+                store = await asyncio.to_thread(AgentStore, store_path(self.agents_dir, agent_id))
+                self.runners[agent_id] = AgentRunner(self, agent_id, store)
+            return self.runners[agent_id]
+
+    async def accept(self, activation: ActivationRequest) -> Outcome:
+        """Take durable responsibility for an activation (or recognise a duplicate); the handler runs later."""
+        runner = await self.runner(activation.agent.id)
+        entry_id = str(activation.event.entry_id)
+        known = await asyncio.to_thread(runner.store.row, entry_id)
+        if known is None and await asyncio.to_thread(runner.store.count_open) >= MAX_OPEN_PER_AGENT:
+            raise WorkerBusy
+        accepted = await asyncio.to_thread(runner.store.accept, entry_id, str(activation.event.thread_id),
+                                           activation.model_dump(mode="json"))
+        runner.kick()
+        return Outcome(accepted.state, accepted.outcome, duplicate=not accepted.fresh)
+
+    def stats(self) -> dict[str, int]:
+        return {"agents": len(self.runners), "running": sum(len(r.running) for r in self.runners.values())}
+
+    # One activation ---------------------------------------------------------------------------------------------
+    async def process(self, store: AgentStore, entry_id: str) -> None:
+        row = await asyncio.to_thread(store.row, entry_id)
+        if row is None or row.state == "done":
+            return
+        activation = ActivationRequest.model_validate(row.activation)
+        thread_id = activation.event.thread_id
+        reply_id = str(activation.reply_id())
+        if row.state == "pending" and (await self._agent(store, activation))[0].handler == EXTERNAL:
+            # The agent answers through the gateway on its own (README.md, external agents).
+            await self._finish(store, entry_id, "external", None)
+            return
+        if row.state == "prepared" and row.reply is not None:
+            # The reply may be in the stream already (the last append's outcome is unknown): look before appending.
+            try:
+                after, tail = await self.streams.read_after(thread_id, activation.event.offset)
+            except StreamMissing:
+                await self._finish(store, entry_id, "thread_missing", None)
+                return
+            except StreamError as exc:
+                raise _RetryLater(f"reading the thread failed ({exc.status})") from None
+            if _has(after, reply_id):
+                await self._finish(store, entry_id, "found", tail)
+                return
+            await self._append(store, entry_id, activation, row.reply)
+            return
+        try:
+            messages, tail = await self.streams.read_after(thread_id, "-1")
+        except StreamMissing:
+            await self._finish(store, entry_id, "thread_missing", None)
+            return
+        except StreamError as exc:
+            raise _RetryLater(f"reading the thread failed ({exc.status})") from None
+        if _has(messages, reply_id):
+            await self._finish(store, entry_id, "found", tail)
+            return
+        runs = await asyncio.to_thread(store.start_run, entry_id)
+        state = AgentState(store)
+        if runs > MAX_RUNS:
+            message = error_message(activation, activation.agent.name, "worker_crashed",
+                                    f"the worker stopped {MAX_RUNS} times while handling this")
+        else:
+            try:
+                message = await self._handle(store, activation, messages, state)
+            except asyncio.CancelledError:
+                # Stopped by a shutdown, not by the handler: this run does not count against MAX_RUNS.
+                with contextlib.suppress(Exception):
+                    store.start_run(entry_id, -1)
+                raise
+        await asyncio.to_thread(store.prepare, entry_id, message, dict(state.changes))
+        # Nobody else appends this reply (one worker, one run per entry), and it was not in the stream just now.
+        await self._append(store, entry_id, activation, message)
+
+    async def _handle(self, store: AgentStore, activation: ActivationRequest, messages: list[Any],
+                      state: AgentState) -> dict[str, Any]:
+        """The handler's reply as the message to append, or the error entry that explains why there is none."""
+        agent, configs = await self._agent(store, activation)
+        name = agent.name
+        wanted = str(activation.event.entry_id)
+        position = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("id") == wanted), None)
+        if position is None:
+            return error_message(activation, name, "entry_missing", "the message that mentioned it is not in the "
+                                                                    "thread")
+        history = [m for m in messages[: position + 1] if isinstance(m, dict)][-HISTORY_LIMIT:]
+        ctx = HandlerContext(agent=agent, configs=configs, event=activation.event, entry=messages[position],
+                             history=history, state=state, reply_id=activation.reply_id(), settings=self.settings)
+        timeout = self.settings.handler_timeout_s
+        try:
+            handler = self.handlers.get(agent.handler)
+            async with asyncio.timeout(timeout):
+                result = await call_handler(handler, ctx)
+            reply = Reply(result) if isinstance(result, str) else result
+            if not isinstance(reply, Reply) or not isinstance(reply.text, str) or not (
+                    reply.data is None or isinstance(reply.data, dict)):
+                raise HandlerError("bad_reply", "its handler returned something that is not a reply")
+            if len(reply.text) > MAX_REPLY_CHARS:
+                raise HandlerError("reply_too_large", f"its reply is over {MAX_REPLY_CHARS} characters")
+            message = entry_message(activation, "message", reply.text, reply.data)
+            try:
+                size = len(dumps(message).encode())
+            except (TypeError, ValueError):
+                raise HandlerError("bad_reply", "its reply's data is not JSON") from None
+            if size > MAX_REPLY_BYTES:
+                raise HandlerError("reply_too_large", f"its reply is over {MAX_REPLY_BYTES} bytes")
+            if "\x00" in dumps(message):
+                raise HandlerError("bad_reply", "its reply holds NUL characters")
+            return message
+        except HandlerError as exc:
+            state.discard()
+            return error_message(activation, name, exc.code, exc.message)
+        except HandlerUnavailable as exc:
+            return error_message(activation, name, "handler_unavailable", str(exc))
+        except TimeoutError:
+            state.discard()
+            return error_message(activation, name, "handler_timeout", f"no answer within {timeout:g} s")
+        except Exception as exc:
+            # The type only: a third party's exception text may hold anything, secrets included.
+            log.warning("agent %s: handler %s raised %s", agent.id, agent.handler, type(exc).__name__)
+            state.discard()
+            return error_message(activation, name, "handler_failed", f"its handler failed ({type(exc).__name__})")
+
+    async def _agent(self, store: AgentStore, activation: ActivationRequest) -> tuple[AgentSpec, dict[str, Any]]:
+        """The agent as last activated: a queued activation runs with the freshest config the worker has seen."""
+        last = await asyncio.to_thread(store.last_activated)
+        if last is None:
+            return activation.agent, activation.configs
+        return AgentSpec.model_validate(last[0]), last[1]
+
+    async def _append(self, store: AgentStore, entry_id: str, activation: ActivationRequest,
+                      message: dict[str, Any]) -> None:
+        try:
+            next_offset = await self.streams.append(activation.event.thread_id, message)
+        except StreamMissing:
+            await self._finish(store, entry_id, "thread_missing", None)
+            return
+        except StreamError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise _RetryLater(f"appending the reply failed ({exc.status})") from None
+            log.warning("agent %s: the stream refused the reply to %s (%s)", activation.agent.id, entry_id,
+                        exc.status)
+            await self._finish(store, entry_id, "refused", None)
+            return
+        await self._finish(store, entry_id, "error" if message.get("kind") == "error" else "replied", next_offset)
+
+    async def _finish(self, store: AgentStore, entry_id: str, outcome: str, next_offset: str | None) -> None:
+        await asyncio.to_thread(store.finish, entry_id, outcome, next_offset)
+
+
+class AgentRunner:
+    """One agent's queue: runs its unfinished activations, at most `max_concurrency_per_agent` at once."""
+
+    def __init__(self, worker: Worker, agent_id: uuid.UUID, store: AgentStore) -> None:
+        self.worker = worker
+        self.agent_id = agent_id
+        self.store = store
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._task = asyncio.create_task(self._loop(), name=f"agent-{agent_id}")
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        tasks = [self._task, *self.running.values()]
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.store.close()
+
+    async def _loop(self) -> None:
+        limit = self.worker.settings.max_concurrency_per_agent
+        timer: asyncio.TimerHandle | None = None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                free = limit - len(self.running)
+                if free > 0:
+                    for row in await asyncio.to_thread(self.store.open_rows, set(self.running), free):
+                        task = asyncio.create_task(self._run(row.entry_id), name=f"activation-{row.entry_id}")
+                        self.running[row.entry_id] = task
+                retry_at = await asyncio.to_thread(self.store.next_retry_at)
+            except Exception as exc:  # an unreadable store must not end the loop: try again later
+                log.error("agent %s: inbox unavailable (%s)", self.agent_id, type(exc).__name__)
+                retry_at = time.time() + RETRY_MAX_S
+            if timer is not None:
+                timer.cancel()
+            # A postponed activation becomes due then, unless something wakes the loop first.
+            timer = None if retry_at is None else asyncio.get_running_loop().call_later(
+                max(0.0, retry_at - time.time()), self._wake.set)
+
+    async def _run(self, entry_id: str) -> None:
+        try:
+            # This agent's own slot is already taken (it is in `running`); then one of the worker's, so a slow
+            # agent's backlog waits in its own queue instead of holding the worker's slots.
+            async with self.worker.slots:
+                await self.worker.process(self.store, entry_id)
+            self._failures.pop(entry_id, None)
+        except _RetryLater as exc:
+            await self._later(entry_id, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("agent %s: activation for %s failed unexpectedly", self.agent_id, entry_id, exc_info=exc)
+            await self._later(entry_id, type(exc).__name__)
+        finally:
+            self.running.pop(entry_id, None)
+            self.kick()
+
+    async def _later(self, entry_id: str, reason: str) -> None:
+        failures = self._failures.get(entry_id, 0) + 1
+        self._failures[entry_id] = failures
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
+        log.warning("agent %s: activation for %s postponed %.1f s: %s", self.agent_id, entry_id, delay, reason)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.retry_later, entry_id, time.time() + delay)
