@@ -227,10 +227,24 @@ def _start_command(mgr: Any, spec: Any) -> list[str]:
     return ["systemctl", "start", spec.unit_name]
 
 
-def _specs(tenant: TenantConfig) -> list[Any]:
+def _specs(tenant: TenantConfig, mgr: Any = None) -> list[Any]:
+    """The tenant's services the service manager knows: a restore stops and starts what the deploy installed
+    (a service not installed on this host is not the restore's to start)."""
     from appliance.services import tenant_services
 
-    return tenant_services(tenant)
+    specs = tenant_services(tenant)
+    if mgr is None:
+        return specs
+    if mgr.name == "supervisor":
+        states = mgr.states(specs)
+        return [spec for spec in specs if states[spec.name].state != "ABSENT"]
+    installed = []
+    for spec in specs:
+        load = subprocess.run(["systemctl", "show", spec.unit_name, "-p", "LoadState", "--value"],
+                              capture_output=True, text=True).stdout.strip()
+        if load != "not-found":
+            installed.append(spec)
+    return installed
 
 
 def _flush_wal(tenant: TenantConfig, timeout_s: float = 120) -> str | None:
@@ -264,7 +278,7 @@ def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> N
 
     deadline = time.monotonic() + timeout_s
     mgr = _manager(host)
-    specs = _specs(tenant)
+    specs = _specs(tenant, mgr)
     while True:
         states = mgr.states(specs)
         unhealthy = {}
@@ -345,7 +359,9 @@ def restore_in_place(
     with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
         progress(f"bundle {descriptor.key} verified; stopping {tenant.id}")
         mgr = _manager(host)
-        specs = _specs(tenant)
+        specs = _specs(tenant, mgr)
+        if not any(spec.component == "postgres" for spec in specs):
+            raise BackupError(f"the service manager has no postgres service for {tenant.id}: deploy the tenant first")
         for spec in reversed(specs):
             if spec.component == "postgres":
                 flushed = _flush_wal(tenant)

@@ -33,7 +33,7 @@ import pytest
 
 from appliance.backup.archive import archive_command
 from appliance.backup.stanza import ensure_stanza
-from appliance.config import HostConfig, SyncRuntime, TenantConfig, host_config
+from appliance.config import HostConfig, TenantConfig, host_config
 from appliance.deploys.postgres import postgres_files
 from appliance.host.postgres import connect, ensure_roles, initdb, probe
 from appliance.secrets import ensure_tenant_secrets
@@ -100,7 +100,7 @@ class Rig:
         return connect(self.tenant(tenant_id), database=database)
 
     def services(self, tenant_id: str) -> list[ServiceSpec]:
-        return tenant_services(self.tenant(tenant_id))
+        return rig_services(self.tenant(tenant_id))
 
 
 def supervisor_available() -> bool:
@@ -163,11 +163,19 @@ def wait_postgres(tenant: TenantConfig, timeout: float = 60) -> None:
     raise RuntimeError(f"postgres of {tenant.id} not up: {detail}\n{log.read_text()[-2000:] if log.exists() else ''}")
 
 
+def rig_services(tenant: TenantConfig) -> list[ServiceSpec]:
+    """The services the rig runs: Postgres and streams, the two whose data the backup holds. The appliance's
+    Python services (sync, gateway, agents) are left out: they need the deploy's other steps (migrations,
+    publication, ...), and this venv's interpreter may live where the tenant's user cannot run it
+    (~root/.pyenv). A restore starts the services the service manager has, so it works the same."""
+    return [spec for spec in tenant_services(tenant) if spec.component in ("postgres", "streams")]
+
+
 def wait_healthy(host: HostConfig, tenant: TenantConfig, timeout: float = 60) -> None:
     """Every service of the tenant answers its health probe (what `appliance host wait` checks)."""
     from appliance.status import _component
 
-    specs = tenant_services(tenant)
+    specs = rig_services(tenant)
     mgr = Supervisor()
     deadline = time.monotonic() + timeout
     while True:
@@ -195,10 +203,7 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
     ensure_tenant_secrets(tenant, *owner)
     initdb(tenant)
     ensure_files(host, tenant)
-    # Rendered as for the embedded sync engine: the rig has no Docker engine for the Electric image to reach
-    # Postgres from (see rig_host), and the backup does not care which engine reads the WAL.
-    embedded = tenant.model_copy(update={"sync": tenant.sync.model_copy(update={"runtime": SyncRuntime.embedded})})
-    files = postgres_files(embedded)
+    files = postgres_files(tenant)
     if "archive_command" not in files["postgresql.conf"]:
         # What the deploy renders once it passes archive_command(tenant) to the template.
         files["postgresql.conf"] += (
@@ -210,20 +215,19 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
         path.write_text(content)
         os.chown(path, *owner)
         os.chmod(path, 0o600)
-    specs = tenant_services(tenant)
-    postgres = [spec for spec in specs if spec.component == "postgres"]
-    install_programs(postgres)
+    specs = rig_services(tenant)
+    install_programs(specs[:1])
     wait_postgres(tenant)
     ensure_roles(tenant)
     ensure_stanza(host, tenant)
-    install_programs([spec for spec in specs if spec.component != "postgres"])
+    install_programs(specs[1:])
     wait_healthy(host, tenant)
     with connect(tenant) as conn:
         conn.execute(SCHEMA)
 
 
 def tear_down_tenant(tenant: TenantConfig) -> None:
-    remove_programs(tenant_services(tenant))
+    remove_programs(rig_services(tenant))
     try:
         user = pwd.getpwnam(tenant.user)
     except KeyError:
@@ -247,11 +251,8 @@ def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConf
     data = {
         "common": common,
         "objectstore": store.host.objectstore.model_dump(mode="json"),
-        # No supervised sync engine in the rig: the embedded one would run this checkout's venv as the tenant's
-        # user, and the test venv's interpreter may live where other users cannot reach it (~root/.pyenv).
-        # The restore starts and health-checks whatever tenant_services() lists, so this changes nothing else.
-        "tenants": {tid: {"slot": slot, "sync": {"runtime": "electric"}, **tenants.get(tid, {})}
-                    for slot, tid in enumerate(t.id for t in store.tenants)},
+        "tenants": {tid: {"slot": slot, **tenants.get(tid, {})} for slot, tid in
+                    enumerate(t.id for t in store.tenants)},
     }
     return host_config("backup-test", data)
 

@@ -17,7 +17,6 @@ import pytest
 from appliance.backup import pgbackrest
 from appliance.backup.paths import backup_paths
 from appliance.config import TENANT_SECRETS
-from appliance.services import tenant_services
 from tests.backup.rig import Rig, add_house, add_thread, backup_rig, stream_body
 
 pytestmark = pytest.mark.slow
@@ -64,7 +63,7 @@ def test_restore_after_deleting_the_tenant_dir_brings_it_back_whole(rig: Rig) ->
                       for name in TENANT_SECRETS}
 
     # Disaster: the services stop (as they would, their files gone) and the whole directory is deleted.
-    for spec in reversed(tenant_services(tenant)):
+    for spec in reversed(rig.services(T)):
         subprocess.run(["supervisorctl", "stop", spec.name], capture_output=True, check=True)
     shutil.rmtree(tenant.root)
 
@@ -87,7 +86,7 @@ def test_restore_after_deleting_the_tenant_dir_brings_it_back_whole(rig: Rig) ->
     assert jwt.decode(token, key, algorithms=["EdDSA"])["sub"] == "member-1"  # old tokens still verify
     for path in (tenant.root, tenant.secrets_dir, tenant.pg_data, tenant.streams_data):
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
-    for spec in tenant_services(tenant):
+    for spec in rig.services(T):
         assert supervisor_pid(spec.name).isdigit()
     # The restored tenant archives again and can be backed up.
     assert rig.cli("backup", T).returncode == 0
@@ -130,7 +129,7 @@ def test_restore_without_secrets_and_without_recovery_keys_says_what_is_missing(
     keys = backup_paths(tenant).recovery_keys_file
     saved = keys.read_bytes()
     moved = tenant.secrets_dir.with_name("secrets.moved")
-    for spec in reversed(tenant_services(tenant)):
+    for spec in reversed(rig.services(T)):
         subprocess.run(["supervisorctl", "stop", spec.name], capture_output=True, check=True)
     tenant.secrets_dir.rename(moved)
     keys.unlink()
@@ -143,7 +142,7 @@ def test_restore_without_secrets_and_without_recovery_keys_says_what_is_missing(
         keys.chmod(0o600)
         shutil.rmtree(tenant.secrets_dir, ignore_errors=True)
         moved.rename(tenant.secrets_dir)
-        for spec in tenant_services(tenant):
+        for spec in rig.services(T):
             subprocess.run(["supervisorctl", "start", spec.name], capture_output=True)
     with psycopg.connect(**tenant.pg_conninfo("postgres", via_socket=True),
                          password=tenant.read_secret("db_superuser_password")):
