@@ -34,6 +34,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,9 @@ class Worker:
                                      tenant.streams.long_poll_timeout_ms / 1000)
         self.handlers = handlers or default_registry(self.agents_dir, self.settings)
         self.slots = asyncio.Semaphore(self.settings.max_concurrency)
+        # Plain-function handlers run here. A thread cannot be stopped: one that overran its timeout keeps its
+        # thread until it returns, so only other plain-function handlers can ever wait for these threads.
+        self.handler_threads = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="handler")
         self.runners: dict[uuid.UUID, AgentRunner] = {}
         self._lock_fd: int | None = None
         self._runner_lock = asyncio.Lock()
@@ -162,6 +166,7 @@ class Worker:
         self.runners.clear()
         await self.handlers.close()
         await self.streams.close()
+        self.handler_threads.shutdown(wait=False, cancel_futures=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -261,7 +266,7 @@ class Worker:
         try:
             handler = self.handlers.get(agent.handler)
             async with asyncio.timeout(timeout):
-                result = await call_handler(handler, ctx)
+                result = await call_handler(handler, ctx, self.handler_threads)
             reply = Reply(result) if isinstance(result, str) else result
             if not isinstance(reply, Reply) or not isinstance(reply.text, str) or not (
                     reply.data is None or isinstance(reply.data, dict)):

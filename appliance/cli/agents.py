@@ -29,6 +29,9 @@ def serve(tenant_id: str, log_level: str) -> None:
     tenant = load_host_config().tenant(tenant_id)
     os.environ[TENANT_ENV] = tenant.id
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL at INFO: a webhook URL may carry a credential in its query string.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     click.echo(f"agent workers of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('agents')} "
                f"(state in {tenant.agents_data})", err=True)
     uvicorn.run(

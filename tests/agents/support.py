@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -94,9 +93,16 @@ async def stateful_then_broken(ctx):
 
 async def not_a_reply(ctx):
     return 42
+
+
+async def suicidal(ctx):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
 '''
 
-PLUGIN_HANDLERS = ("shout", "sleepy", "blocking", "broken", "explains", "stateful_then_broken", "not_a_reply")
+PLUGIN_HANDLERS = ("shout", "sleepy", "blocking", "broken", "explains", "stateful_then_broken", "not_a_reply",
+                   "suicidal")
 
 
 def write_plugin(directory: Path) -> Path:
@@ -303,7 +309,3 @@ def activation_body(agent: dict[str, Any], thread: str, entry: dict[str, Any], m
                   "entry_id": entry["id"], "offset": entry["offset"], "mentioned_by": str(mentioned_by),
                   "agent_name": agent["name"]},
     }
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).strip() + "\n"

@@ -27,6 +27,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -75,13 +76,14 @@ HandlerResult = Reply | str
 Handler = Callable[[HandlerContext], HandlerResult | Awaitable[HandlerResult]]
 
 
-async def call_handler(handler: Handler, ctx: HandlerContext) -> HandlerResult:
-    """Run `handler` without blocking the event loop (plain functions go to a thread)."""
+async def call_handler(handler: Handler, ctx: HandlerContext, threads: Executor | None = None) -> HandlerResult:
+    """Run `handler` without blocking the event loop: plain functions go to `threads`, a pool of their own, so
+    handlers stuck in blocking calls never take the threads the worker's own storage work runs on."""
     call = getattr(handler, "__call__", handler)  # noqa: B004 - instances with an async __call__ count too
     if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call):
         result: Any = await handler(ctx)  # type: ignore[misc]
     else:
-        result = await asyncio.to_thread(handler, ctx)
+        result = await asyncio.get_running_loop().run_in_executor(threads, handler, ctx)
         if inspect.isawaitable(result):
             result = await result
     return result  # type: ignore[no-any-return]
