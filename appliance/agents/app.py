@@ -48,9 +48,10 @@ def _bearer_matches(header: str | None, tenant: TenantConfig) -> bool:
     except OSError:
         log.error("the internal token's secret file is unreadable: refusing activations")
         return False
-    if not expected or not header or not header.startswith("Bearer "):
+    scheme, _, credential = (header or "").partition(" ")
+    if not expected or scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
         return False
-    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), expected.encode())
+    return hmac.compare_digest(credential.strip().encode(), expected.encode())
 
 
 def _validation_message(exc: ValidationError) -> str:
