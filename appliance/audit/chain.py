@@ -146,6 +146,19 @@ async def append_events_async(conn: psycopg.AsyncConnection[Any], events: Sequen
     return [(row.seq, row.hash) for row in rows]
 
 
+# For callers that pipeline the head lock with their own statements (appliance/gateway/entries.py): execute
+# LOCK_HEAD_SQL, build the rows from its (seq, hash) with build_rows, then insert_rows_async.
+LOCK_HEAD_SQL: Final = _LOCK_HEAD
+
+
+async def insert_rows_async(conn: psycopg.AsyncConnection[Any], rows: Sequence[ChainRow]) -> None:
+    async with conn.cursor() as cur:
+        if len(rows) == 1:
+            await cur.execute(_INSERT_EVENT, _params(rows[0]))
+        else:
+            await cur.executemany(_INSERT_EVENT, [_params(row) for row in rows])
+
+
 async def append_event_async(conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> tuple[int, str]:
     return (await append_events_async(conn, [event]))[0]
 

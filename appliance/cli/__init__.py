@@ -54,6 +54,7 @@ def _register() -> None:
     main.add_command(__import__("appliance.cli.gateway", fromlist=["gateway"]).gateway)
     main.add_command(__import__("appliance.cli.sync", fromlist=["sync"]).sync)
     main.add_command(__import__("appliance.cli.agents", fromlist=["agents"]).agents)
+    main.add_command(__import__("appliance.cli.audit", fromlist=["audit"]).audit)
 
 
 _register()
