@@ -52,9 +52,9 @@ from appliance.agents.handlers import (
 )
 from appliance.agents.models import ActivationRequest, AgentSpec
 from appliance.agents.store import AgentState, AgentStore, dumps, store_path
+from appliance.agents.streams import StreamError, StreamMissing, StreamsClient
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
-from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
 
 log = logging.getLogger("appliance.agents")
 
@@ -131,8 +131,7 @@ class Worker:
         self.settings = tenant.agents
         self.agents_dir = tenant.agents_data
         bind = tenant.common.bind_address
-        self.streams = StreamsClient(f"http://{bind}:{tenant.port('streams')}",
-                                     tenant.streams.long_poll_timeout_ms / 1000)
+        self.streams = StreamsClient(f"http://{bind}:{tenant.port('streams')}")
         self.handlers = handlers or default_registry(self.agents_dir, self.settings)
         self.slots = asyncio.Semaphore(self.settings.max_concurrency)
         # Plain-function handlers run here. A thread cannot be stopped: one that overran its timeout keeps its
