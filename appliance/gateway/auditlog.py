@@ -27,6 +27,7 @@ from appliance.gateway.core.db import Database
 log = logging.getLogger("appliance.gateway")
 
 MAX_BATCH = 500
+BATCH_LINGER_S = 0.01
 
 
 class AuditLog:
@@ -62,6 +63,8 @@ class AuditLog:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            # Let a burst gather: one transaction (and one chain-head lock) for many reads.
+            await asyncio.sleep(BATCH_LINGER_S)
             batch = [first]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())

@@ -37,7 +37,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from appliance.audit.canonical import format_timestamp
-from appliance.audit.chain import AuditEvent, append_events_async
+from appliance.audit.chain import LOCK_HEAD_SQL, AuditEvent, build_rows, insert_rows_async
 from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
@@ -52,18 +52,29 @@ log = logging.getLogger("appliance.gateway")
 MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
+# The thread, the caller's membership of its house, and whether the entry id is already recorded.
 _THREAD_ACCESS = (
-    "SELECT t.house_id, m.role, m.principal_kind FROM public.threads t "
+    "SELECT t.house_id, m.role, m.principal_kind, e.thread_id AS existing_thread, e.request_hash AS existing_hash "
+    "FROM public.threads t "
     "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
     "LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %s AND m.deleted_at IS NULL "
+    "LEFT JOIN appliance.thread_entries e ON e.id = %s "
     "WHERE t.id = %s AND t.deleted_at IS NULL"
 )
+# Records the entry only if the thread is live and the author a member of its house (so it can be sent in the
+# same round trip as the access check, before its answer is known); the author's kind comes from the membership.
 _INSERT_ENTRY = (
     "INSERT INTO appliance.thread_entries (id, thread_id, house_id, author_id, message, request_hash, state, "
-    "floor_offset) VALUES (%s, %s, %s, %s, %s, %s, 'pending', coalesce(("
-    " SELECT e.next_offset FROM appliance.thread_entries e WHERE e.thread_id = %s AND e.state = 'appended'"
-    " ORDER BY e.next_offset COLLATE \"C\" DESC LIMIT 1), '-1')) "
-    "ON CONFLICT (id) DO NOTHING RETURNING id"
+    "floor_offset) "
+    "SELECT %(id)s, t.id, t.house_id, %(author)s, jsonb_set(%(message)s, '{author,kind}', to_jsonb(m.principal_kind)),"
+    " %(hash)s, 'pending', coalesce(("
+    "  SELECT e.next_offset FROM appliance.thread_entries e WHERE e.thread_id = t.id AND e.state = 'appended'"
+    "  ORDER BY e.next_offset COLLATE \"C\" DESC LIMIT 1), '-1') "
+    "FROM public.threads t "
+    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
+    "JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %(author)s AND m.deleted_at IS NULL "
+    "WHERE t.id = %(thread)s AND t.deleted_at IS NULL "
+    "ON CONFLICT (id) DO NOTHING RETURNING message"
 )
 
 
@@ -100,29 +111,75 @@ class EntryOutcome:
         return {"id": str(self.id), "thread_id": str(self.thread_id), "offset": self.next_offset}
 
 
+class _Retry(Exception):
+    """The entry id is already recorded for this very request: roll back the probe, complete it as a retry."""
+
+
 class Entries:
     def __init__(self, db: Database, streams: StreamsClient, audit: AuditLog, on_ready: Callable[[], None]) -> None:
         self.db = db
         self.streams = streams
         self.audit = audit
         self.on_ready = on_ready
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate) -> EntryOutcome:
+        """Store the entry (exactly once) and answer as soon as it is in the stream; recording that (step 4)
+        finishes in the background, since a crash before it only leaves work for the recovery sweep."""
+        answered: asyncio.Future[EntryOutcome] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._post(principal, thread_id, entry, answered))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Shielded: a client that goes away does not stop its entry half-way.
+        return await asyncio.shield(answered)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for entries whose answer is out but whose step 4 is still running (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate,
+                    answered: asyncio.Future[EntryOutcome]) -> None:
         digest = request_hash(entry)
         key = lock_key(entry.id)
-        async with self.db.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                fresh = await self._record(conn, principal, thread_id, entry, digest)
-                if fresh is not None:
-                    next_offset = await self._append(conn, entry.id, thread_id, fresh)
-                    return EntryOutcome(entry.id, thread_id, next_offset, duplicate=False)
-                return await self._complete(conn, entry.id, duplicate=True)
-            except Refused as refused:
-                await self.audit.now(refused.event(principal), conn)
-                raise refused.api_error() from None
-            finally:
-                await self._unlock(conn, key)
+        try:
+            async with self.db.connection() as conn:
+                locked = True
+                try:
+                    try:
+                        async with conn.pipeline():
+                            fresh = await self._record(conn, key, principal, thread_id, entry, digest)
+                    except _Retry:
+                        fresh = None
+                    if fresh is None:
+                        answered.set_result(await self._complete(conn, entry.id, duplicate=True))
+                        return
+                    try:
+                        next_offset = await self._append(conn, entry.id, thread_id, fresh)
+                    except ApiError as exc:
+                        if exc.status != 503:
+                            raise
+                        # The append may or may not have reached the stream (a connection that dropped): look,
+                        # then append if it is not there - once; a real outage answers 503 again.
+                        answered.set_result(await self._complete(conn, entry.id, duplicate=False))
+                        return
+                    answered.set_result(EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
+                    await self._mark_appended(conn, entry.id, next_offset, unlock=key)
+                    locked = False
+                except Refused as refused:
+                    await self.audit.now(refused.event(principal), conn)
+                    raise refused.api_error() from None
+                finally:
+                    if locked:
+                        await self._unlock(conn, key)
+        except BaseException as exc:
+            if not answered.done():
+                answered.set_exception(exc)
+            elif not isinstance(exc, asyncio.CancelledError):
+                # The client has its answer; the entry stays pending and the recovery sweep records it.
+                log.warning("entry %s appended but not yet recorded: %s", entry.id, type(exc).__name__)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
         if conn.broken or conn.closed:
@@ -131,33 +188,24 @@ class Entries:
             await conn.rollback()
         await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], principal: Principal, thread_id: uuid.UUID,
-                      entry: EntryCreate, digest: str) -> dict[str, Any] | None:
-        """Step 2. Returns the message to append, or None when the entry id is already recorded (a retry)."""
+    async def _record(self, conn: psycopg.AsyncConnection[Any], key: int, principal: Principal,
+                      thread_id: uuid.UUID, entry: EntryCreate, digest: str) -> dict[str, Any] | None:
+        """Steps 1 and 2. Returns the message to append, or None when the entry id is already recorded (a retry).
+
+        Runs in pipeline mode, in two round trips (three with mentions): the lock, the access check, the
+        conditional insert and the chain-head lock go out together; the audit event and the commit follow."""
         subject = f"thread:{thread_id}"
+        # Its own statement before the reads: they must see whatever the previous holder committed.
+        await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         async with conn.transaction():
-            access = await fetch_one(conn, _THREAD_ACCESS, (principal.id, thread_id))
-            if access is None:
-                raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
-            house_id = access["house_id"]
-            if access["role"] is None:
-                raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
-            if entry.kind == "system" and ROLE_RANK[access["role"]] < ROLE_RANK["admin"]:
-                raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": "system"})
-            existing = await fetch_one(
-                conn, "SELECT thread_id, request_hash FROM appliance.thread_entries WHERE id = %s", (entry.id,)
-            )
-            if existing is not None:
-                if existing["thread_id"] != thread_id or existing["request_hash"] != digest:
-                    raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
-                return None
+            access_cursor = await conn.execute(_THREAD_ACCESS, (principal.id, entry.id, thread_id))
             names = mentions_in(entry.text)
             message: dict[str, Any] = {
                 "type": "entry",
                 "id": str(entry.id),
                 "thread_id": str(thread_id),
                 "kind": entry.kind,
-                "author": {"id": str(principal.id), "kind": access["principal_kind"]},
+                "author": {"id": str(principal.id), "kind": None},
                 "text": entry.text,
                 "mentions": names,
                 "created_at": format_timestamp(datetime.now(UTC)),
@@ -166,20 +214,39 @@ class Entries:
                 message["data"] = entry.data
             if entry.reply_to is not None:
                 message["reply_to"] = str(entry.reply_to)
-            cur = await conn.execute(
-                _INSERT_ENTRY, (entry.id, thread_id, house_id, principal.id, Jsonb(message), digest, thread_id)
-            )
-            if await cur.fetchone() is None:
-                # Inserted concurrently under a colliding lock key: treat as a retry (the lock holder finished).
-                raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
-            unknown: list[str] = []
+            inserted = await conn.execute(_INSERT_ENTRY, {
+                "id": entry.id, "author": principal.id, "message": Jsonb(message), "hash": digest,
+                "thread": thread_id,
+            })
+            agents_cursor = None
             if names:
-                cur = await conn.execute(
-                    "SELECT lower(name), id FROM public.agents "
-                    "WHERE house_id = %s AND lower(name) = ANY(%s) AND deleted_at IS NULL",
-                    (house_id, [n.lower() for n in names]),
+                agents_cursor = await conn.execute(
+                    "SELECT lower(name), id FROM public.agents WHERE house_id = "
+                    "(SELECT house_id FROM public.threads WHERE id = %s) AND lower(name) = ANY(%s) "
+                    "AND deleted_at IS NULL",
+                    (thread_id, [n.lower() for n in names]),
                 )
-                agents = {row[0]: row[1] for row in await cur.fetchall()}
+            head_cursor = await conn.execute(LOCK_HEAD_SQL)
+            access = await access_cursor.fetchone()  # the round trip's sync point
+            if access is None:
+                raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
+            house_id, role, existing_thread, existing_hash = access[0], access[1], access[3], access[4]
+            if role is None:
+                raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
+            if entry.kind == "system" and ROLE_RANK[role] < ROLE_RANK["admin"]:
+                raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": "system"})
+            if existing_thread is not None:
+                if existing_thread != thread_id or existing_hash != digest:
+                    raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
+                raise _Retry
+            recorded = await inserted.fetchone()
+            if recorded is None:
+                # Inserted concurrently under a colliding lock key: the client should simply retry.
+                raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
+            message = recorded[0]
+            unknown: list[str] = []
+            if agents_cursor is not None:
+                agents = {row[0]: row[1] for row in await agents_cursor.fetchall()}
                 rows = []
                 for name in names:
                     agent_id = agents.get(name.lower())
@@ -194,15 +261,17 @@ class Entries:
                         "CASE WHEN %s THEN now() END)",
                         [(*row, row[6] == "gave_up") for row in rows],
                     )
-            await append_events_async(conn, [AuditEvent(
+            head = await head_cursor.fetchone()
+            assert head is not None
+            await insert_rows_async(conn, build_rows(int(head[0]), str(head[1]), [AuditEvent(
                 principal.actor, "thread.entry.append", house_id, subject,
                 {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names, "unknown_mentions": unknown},
-            )])
+            )]))
         return message
 
     async def _append(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, thread_id: uuid.UUID,
                       message: dict[str, Any]) -> str:
-        """Step 3 and 4 (the caller holds the entry's lock)."""
+        """Step 3 (the caller holds the entry's lock, and records the result)."""
         try:
             try:
                 next_offset = await self.streams.append(thread_id, message)
@@ -217,26 +286,29 @@ class Entries:
                                {"Retry-After": "1"}) from None
             await self._mark_failed(conn, entry_id, f"stream refused the append ({exc.status})")
             raise ApiError(502, "append_refused", "the thread's stream refused the entry") from None
-        await self._mark_appended(conn, entry_id, next_offset)
         return next_offset
 
-    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str) -> None:
-        async with conn.transaction():
-            # Losing this commit in a Postgres crash is harmless (the entry is found pending and completed from
-            # the stream), so it does not wait for the WAL flush.
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            await conn.execute(
-                "UPDATE appliance.thread_entries SET state = 'appended', next_offset = %s, appended_at = now() "
-                "WHERE id = %s AND state = 'pending'",
-                (next_offset, entry_id),
-            )
-            cur = await conn.execute(
-                "UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
-                "WHERE entry_id = %s AND state = 'held'",
-                (entry_id,),
-            )
-            released = cur.rowcount
-        if released:
+    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str,
+                             unlock: int | None = None) -> None:
+        """Step 4, in one round trip (with the entry lock's release when `unlock` is its key)."""
+        async with conn.pipeline():
+            async with conn.transaction():
+                # Losing this commit in a Postgres crash is harmless (the entry is found pending and completed
+                # from the stream), so it does not wait for the WAL flush.
+                await conn.execute("SET LOCAL synchronous_commit = off")
+                await conn.execute(
+                    "UPDATE appliance.thread_entries SET state = 'appended', next_offset = %s, appended_at = now() "
+                    "WHERE id = %s AND state = 'pending'",
+                    (next_offset, entry_id),
+                )
+                released = await conn.execute(
+                    "UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
+                    "WHERE entry_id = %s AND state = 'held'",
+                    (entry_id,),
+                )
+            if unlock is not None:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (unlock,))
+        if released.rowcount:
             self.on_ready()
 
     async def _mark_failed(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, reason: str) -> None:
@@ -276,6 +348,7 @@ class Entries:
             await self._mark_appended(conn, entry_id, tail)
             return EntryOutcome(entry_id, thread_id, tail, duplicate)
         next_offset = await self._append(conn, entry_id, thread_id, row["message"])
+        await self._mark_appended(conn, entry_id, next_offset)
         return EntryOutcome(entry_id, thread_id, next_offset, duplicate)
 
     async def recover_pending(self, older_than_s: float = 1.0, limit: int = 100) -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +30,12 @@ from appliance.gateway.core.db import Database
 from appliance.gateway.streams import stream_path
 
 log = logging.getLogger("appliance.gateway")
+
+# httpcore runs `import sniffio` on every request it sends; when sniffio is not installed each of those is a
+# failed import that searches sys.path (about 0.1 ms each). Record the absence once so they fail at once
+# (httpcore then assumes asyncio, which is what runs here).
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 PERMANENT_STATUSES = frozenset({400, 404, 410, 422})
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 
-import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from appliance.gateway.core.errors import ApiError
+from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("appliance.gateway")
 
@@ -33,8 +33,8 @@ def forwarded_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
     return headers
 
 
-def _response_headers(upstream: httpx.Response, vary_authorization: bool) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _DROPPED_RESPONSE_HEADERS]
+def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in upstream if k.lower() not in _DROPPED_RESPONSE_HEADERS]
     if vary_authorization:
         # Responses depend on who asks (the WHERE is the caller's houses): shared caches must key on the token.
         varies = [v for k, v in headers if k.lower() == "vary"]
@@ -45,35 +45,31 @@ def _response_headers(upstream: httpx.Response, vary_authorization: bool) -> lis
     return headers
 
 
-async def proxy_get(client: httpx.AsyncClient, url: str, params: list[tuple[str, str]], headers: dict[str, str],
+async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]], headers: dict[str, str],
                     read_timeout: float | None, upstream_name: str, vary_authorization: bool = True
                     ) -> StreamingResponse:
-    request = client.build_request(
-        "GET", url, params=params, headers=headers,
-        timeout=httpx.Timeout(10.0, read=read_timeout),
-    )
     try:
-        upstream = await client.send(request, stream=True)
-    except httpx.TimeoutException:
+        response = await upstream.request("GET", path, params=params, headers=headers, read_timeout=read_timeout)
+    except UpstreamTimeout:
         raise ApiError(504, "upstream_timeout", f"the {upstream_name} did not answer in time") from None
-    except httpx.HTTPError:
+    except UpstreamError:
         raise ApiError(503, "upstream_unavailable", f"the {upstream_name} is unavailable",
                        {"Retry-After": "1"}) from None
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in response.iter_bytes():
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             # Abort the client's response rather than end it cleanly: a truncated body must not look complete.
-            log.info("%s stream ended abnormally: %s", upstream_name, type(exc).__name__)
+            log.info("%s stream ended abnormally: %s", upstream_name, exc)
             raise
         finally:
-            # Also on client disconnect (the cancellation lands in this frame): free the upstream connection.
-            await upstream.aclose()
+            # Also on client disconnect (the cancellation lands in this frame): the connection is not reused.
+            await response.aclose()
 
-    return _RawHeadersResponse(body(), upstream.status_code, _response_headers(upstream, vary_authorization),
-                               BackgroundTask(upstream.aclose))
+    return _RawHeadersResponse(body(), response.status, _response_headers(response.headers, vary_authorization),
+                               BackgroundTask(response.aclose))
 
 
 class _RawHeadersResponse(StreamingResponse):

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
-
 from appliance.config import TenantConfig
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
@@ -17,6 +15,7 @@ from appliance.gateway.core.security import Keyring
 from appliance.gateway.entries import Entries
 from appliance.gateway.outbox import Dispatcher
 from appliance.gateway.streams import StreamsClient
+from appliance.gateway.upstream import Upstream
 
 log = logging.getLogger("appliance.gateway")
 
@@ -29,11 +28,9 @@ class Gateway:
                            settings.db_pool_size)
         self.keyring = Keyring.for_tenant(tenant)
         self.audit = AuditLog(self.db)
-        self.streams = StreamsClient(settings.streams_url, settings.streams_long_poll_s)
-        self.sync_http = httpx.AsyncClient(
-            base_url=settings.sync_url, trust_env=False,
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
-        )
+        bind = tenant.common.bind_address
+        self.streams = StreamsClient(bind, tenant.port("streams"), settings.streams_long_poll_s)
+        self.sync = Upstream(bind, tenant.port("sync"))
         self.dispatcher = Dispatcher(self.db, self.audit, settings,
                                      lambda: tenant.read_secret("agents_internal_token"))
         self.entries = Entries(self.db, self.streams, self.audit, self.dispatcher.wake)
@@ -57,6 +54,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
 
     async def stop(self) -> None:
+        await self.entries.drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -65,5 +63,5 @@ class Gateway:
         await self.dispatcher.close()
         await self.audit.stop()
         await self.streams.close()
-        await self.sync_http.aclose()
+        await self.sync.close()
         await self.db.close()

@@ -10,9 +10,10 @@ import json
 import uuid
 from typing import Any, Final
 
-import httpx
+from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 JSON: Final = "application/json"
+_JSON_HEADERS: Final = {"content-type": JSON}
 
 
 class StreamError(Exception):
@@ -33,45 +34,41 @@ def stream_path(thread_id: uuid.UUID) -> str:
 
 
 class StreamsClient:
-    def __init__(self, base_url: str, long_poll_s: float) -> None:
-        self.base_url = base_url
+    def __init__(self, host: str, port: int, long_poll_s: float) -> None:
+        self.upstream = Upstream(host, port)
         self.long_poll_s = long_poll_s
-        self.http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(10.0, read=long_poll_s + 15),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-            # The server must never be reached through an environment proxy.
-            trust_env=False,
-        )
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.upstream.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[UpstreamResponse, bytes]:
         try:
-            return await self.http.request(method, path, **kwargs)
-        except httpx.TimeoutException:
+            response = await self.upstream.request(method, path, **kwargs)
+            return response, await response.read()
+        except UpstreamTimeout:
             raise StreamError(0, "streams server timed out") from None
-        except httpx.HTTPError as exc:
-            raise StreamError(0, f"streams server unreachable ({type(exc).__name__})") from None
+        except UpstreamError as exc:
+            raise StreamError(0, f"streams server unreachable ({exc})") from None
 
     async def create(self, thread_id: uuid.UUID) -> None:
         """Create the thread's stream (idempotent: an existing JSON stream is fine)."""
-        response = await self._request("PUT", stream_path(thread_id), headers={"content-type": JSON})
-        if response.status_code not in (200, 201, 204):
-            raise StreamError(response.status_code, f"creating the stream failed ({response.status_code})")
+        response, _ = await self._request("PUT", stream_path(thread_id), headers=_JSON_HEADERS, body=b"")
+        if response.status not in (200, 201, 204):
+            raise StreamError(response.status, f"creating the stream failed ({response.status})")
 
     async def append(self, thread_id: uuid.UUID, message: dict[str, Any]) -> str:
-        """Append one message; returns Stream-Next-Offset (the position right after it)."""
+        """Append one message; returns Stream-Next-Offset (the position right after it).
+
+        Never retried here: whether a failed append reached the stream is for the caller to find out."""
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        response = await self._request("POST", stream_path(thread_id), content=body, headers={"content-type": JSON})
-        if response.status_code == 404:
+        response, _ = await self._request("POST", stream_path(thread_id), headers=_JSON_HEADERS, body=body)
+        if response.status == 404:
             raise StreamMissing(404, "the thread's stream does not exist")
-        if response.status_code not in (200, 204):
-            raise StreamError(response.status_code, f"append refused ({response.status_code})")
-        offset = response.headers.get("stream-next-offset")
+        if response.status not in (200, 204):
+            raise StreamError(response.status, f"append refused ({response.status})")
+        offset = response.header("stream-next-offset")
         if not offset:
-            raise StreamError(response.status_code, "append answered without Stream-Next-Offset")
+            raise StreamError(response.status, "append answered without Stream-Next-Offset")
         return offset
 
     async def read_after(self, thread_id: uuid.UUID, offset: str) -> tuple[list[Any], str]:
@@ -79,23 +76,23 @@ class StreamsClient:
         messages: list[Any] = []
         current = offset
         for _ in range(10_000):
-            response = await self._request("GET", stream_path(thread_id), params={"offset": current})
-            if response.status_code == 404:
+            response, body = await self._request("GET", stream_path(thread_id), params=[("offset", current)])
+            if response.status == 404:
                 raise StreamMissing(404, "the thread's stream does not exist")
-            if response.status_code != 200:
-                raise StreamError(response.status_code, f"read failed ({response.status_code})")
-            chunk = response.json() if response.content else []
+            if response.status != 200:
+                raise StreamError(response.status, f"read failed ({response.status})")
+            chunk = json.loads(body) if body else []
             if isinstance(chunk, list):
                 messages.extend(chunk)
-            next_offset = response.headers.get("stream-next-offset") or current
-            if response.headers.get("stream-up-to-date") == "true" or next_offset == current:
+            next_offset = response.header("stream-next-offset") or current
+            if response.header("stream-up-to-date") == "true" or next_offset == current:
                 return messages, next_offset
             current = next_offset
         raise StreamError(0, "stream read did not catch up")
 
     async def reachable(self) -> bool:
         try:
-            await self.http.request("HEAD", "/", timeout=2.0)
-        except httpx.HTTPError:
+            await self._request("HEAD", "/", read_timeout=2.0)
+        except StreamError:
             return False
         return True

@@ -120,6 +120,7 @@ class Keyring:
         self._private: Ed25519PrivateKey | None = None
         self._kid = ""
         self._verifiers: dict[str, tuple[Ed25519PublicKey, float | None]] = {}
+        self._verified: dict[str, tuple[Claims, float, tuple[int, int] | None]] = {}
 
     @classmethod
     def for_tenant(cls, tenant: TenantConfig) -> Keyring:
@@ -169,7 +170,26 @@ class Keyring:
         return jwt.encode(claims, self._private, algorithm=ALGORITHM, headers={"kid": self._kid, "typ": "JWT"})
 
     def verify(self, token: str) -> Claims:
+        """The token's claims, or TokenError. Verified tokens are remembered (by their exact text) until they
+        expire, their key retires, the key files change or a minute passes, whichever comes first: clients send
+        the same token many times, and re-verifying costs more than the rest of a proxied read."""
         self._refresh()
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, good_until, stamp = cached
+            if now < good_until and stamp == self._stamp:
+                return claims
+            self._verified.pop(token, None)
+        claims = self._verify(token)
+        valid_until = self._verifiers[claims.key_id][1]
+        good_until = min(claims.expires_at + CLOCK_LEEWAY_S, now + 60, valid_until or now + 60)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = (claims, good_until, self._stamp)
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         if len(token) > 4096:
             raise TokenError("malformed", "token too long")
         try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from appliance.gateway.api.deps import GatewayDep
+from appliance.gateway.upstream import UpstreamError
 
 router = APIRouter(tags=["health"])
 
@@ -29,8 +29,9 @@ async def _postgres(gateway: Any) -> bool:
 
 async def _sync(gateway: Any) -> bool:
     try:
-        await gateway.sync_http.get("/v1/health", timeout=3)
-    except httpx.HTTPError:
+        response = await gateway.sync.request("GET", "/v1/health", read_timeout=3)
+        await response.read()
+    except UpstreamError:
         return False
     return True  # any HTTP answer: the engine is up (it may still be catching up, which shapes handle)
 

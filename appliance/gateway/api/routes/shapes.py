@@ -88,5 +88,5 @@ async def get_shape(table: str, request: Request, principal: CurrentPrincipal, g
         read_timeout = gateway.settings.sync_long_poll_s + 15
     else:
         read_timeout = 60.0
-    return await proxy_get(gateway.sync_http, "/v1/shape", params, forwarded_headers(request.headers),
+    return await proxy_get(gateway.sync, "/v1/shape", params, forwarded_headers(request.headers),
                            read_timeout, "sync service")

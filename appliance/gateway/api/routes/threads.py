@@ -130,6 +130,6 @@ async def read_stream(
         params.append(("cursor", cursor))
     read_timeout = None if live == "sse" else gateway.settings.streams_long_poll_s + 15
     return await proxy_get(
-        gateway.streams.http, stream_path(thread_id), params, forwarded_headers(request.headers), read_timeout,
+        gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request.headers), read_timeout,
         "streams server",
     )

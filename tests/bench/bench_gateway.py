@@ -1,0 +1,253 @@
+"""Gateway overhead against direct access, in one run on one machine.
+
+Run: `.venv/bin/python -m tests.bench.bench_gateway [--n 400] [--writers 16] [--seconds 5]`
+
+Starts a throwaway Postgres, the streams server, the embedded sync engine (`appliance sync serve`) and the
+gateway (`appliance gateway serve`, its own process, as deployed), then measures:
+
+* thread append: POST an entry through the gateway (membership check, entry record + outbox + audit row,
+  idempotent append) vs POST of the same message straight to the streams server; 1 writer (latency) and
+  `--writers` concurrent writers, one thread each (throughput);
+* thread read: GET the stream from an offset through the gateway (membership check, audit grant, proxy) vs
+  straight from the streams server;
+* shape GET at the tip (immediate up-to-date) and live with no change (long-poll timing out), gateway vs the
+  engine with the same table/columns/where/params;
+* write -> txid visible: a PATCH through the gateway until a live shape request through the gateway delivers a
+  change carrying its txid.
+
+Targets (issue 4): added p50 < 2 ms; appends through the gateway >= 80% of direct throughput; write -> txid
+visible p50 < 15 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from appliance.gateway.api.routes.shapes import shape_where
+from appliance.gateway.schema import SYNCED_TABLES
+from tests.gateway.support import (
+    make_tenant,
+    provision,
+    remove_base,
+    start_gateway_process,
+    stop_process,
+    streams_server,
+    sync_server,
+    temp_base,
+)
+from tests.support.pg import pg_cluster
+
+SYNC_LONG_POLL_MS = 300
+
+
+# Clients send headers and body in separate writes; without TCP_NODELAY, Nagle holds the body back until the
+# headers are acknowledged, which measures the kernel's delayed ACK rather than the servers (browsers set it).
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+def client(**kwargs: Any) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(socket_options=NODELAY), timeout=30, **kwargs)
+
+
+def message(index: int) -> dict[str, Any]:
+    """A ~200-byte entry, as the gateway stores it."""
+    return {"type": "entry", "id": str(uuid.uuid4()), "thread_id": str(uuid.uuid4()), "kind": "message",
+            "author": {"id": str(uuid.uuid4()), "kind": "user"}, "text": f"message number {index:06d}",
+            "mentions": [], "created_at": "2026-01-01T00:00:00.000000Z"}
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
+
+
+def timed(n: int, call: Callable[[int], httpx.Response], expect: tuple[int, ...]) -> list[float]:
+    for i in range(min(20, n)):  # warm-up: connections, prepared statements, JIT of the node server
+        call(-1 - i)
+    samples = []
+    for i in range(n):
+        started = time.perf_counter()
+        response = call(i)
+        samples.append(time.perf_counter() - started)
+        if response.status_code not in expect:
+            raise RuntimeError(f"unexpected {response.status_code}: {response.text[:300]}")
+    return samples
+
+
+def report(name: str, direct: list[float], gateway: list[float]) -> dict[str, float]:
+    d50, d99 = percentiles(direct)
+    g50, g99 = percentiles(gateway)
+    print(f"{name:<34} direct p50 {d50:6.2f} ms p99 {d99:6.2f} | gateway p50 {g50:6.2f} ms p99 {g99:6.2f} | "
+          f"added p50 {g50 - d50:5.2f} ms")
+    return {"direct_p50_ms": d50, "gateway_p50_ms": g50, "added_p50_ms": g50 - d50}
+
+
+async def throughput(url_for: Callable[[int], str], body_for: Callable[[int, int], Any], headers: dict[str, str],
+                     writers: int, seconds: float) -> float:
+    count = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=writers, max_keepalive_connections=writers)
+    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=NODELAY)
+    async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as session:
+        async def writer(index: int) -> None:
+            nonlocal count
+            n = 0
+            while time.perf_counter() < stop_at:
+                response = await session.post(url_for(index), json=body_for(index, n))
+                if response.status_code not in (200, 201, 204):
+                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+                n += 1
+                count += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(i) for i in range(writers)))
+        elapsed = time.perf_counter() - started
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=400, help="sequential requests per latency measurement")
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {}
+    base = temp_base("appliance-gw-bench-")
+    try:
+        with pg_cluster() as pg:
+            env = make_tenant(base, pg=pg)
+            provision(env)
+            with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams, \
+                    sync_server(env, long_poll_ms=SYNC_LONG_POLL_MS):
+                gateway_process = start_gateway_process(env, "bench-gateway.log")
+                try:
+                    run(env, streams.url, args, results)
+                finally:
+                    stop_process(gateway_process)
+    finally:
+        remove_base(base)
+    print(json.dumps(results, indent=2))
+
+
+def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    gateway = env.gateway_url()
+    principal = uuid.uuid4()
+    auth = {"Authorization": f"Bearer {env.token(principal, ttl=3600)}"}
+    api = client(base_url=gateway, headers=auth)
+    direct = client(base_url=streams_url)
+    house = api.post("/api/houses", json={"name": "bench"}).json()["data"]["id"]
+    print(f"gateway {gateway} (1 worker), streams {streams_url}, {args.n} requests per latency figure\n")
+
+    # -- thread append, 1 writer ------------------------------------------------------------------------
+    direct_stream = f"/thread-{uuid.uuid4()}"
+    direct.put(direct_stream, headers={"content-type": "application/json"}).raise_for_status()
+    thread = api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
+    direct_append = timed(args.n, lambda i: direct.post(direct_stream, json=message(i)), (200, 204))
+    gateway_append = timed(
+        args.n, lambda i: api.post(f"/api/threads/{thread}/entries",
+                                   json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (201,))
+    results["append"] = report("thread append (1 writer)", direct_append, gateway_append)
+
+    # -- thread read --------------------------------------------------------------------------------------
+    tail = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).headers["stream-next-offset"]
+    offset = tail.split("_")[0] + "_" + str(max(0, int(tail.split("_")[1]) - 2000)).zfill(len(tail.split("_")[1]))
+    direct_read = timed(args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}), (200,))
+    gateway_read = timed(args.n, lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}),
+                         (200,))
+    results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read)
+    pair_direct = [a + r for a, r in zip(direct_append, direct_read, strict=False)]
+    pair_gateway = [a + r for a, r in zip(gateway_append, gateway_read, strict=False)]
+    results["append_plus_read"] = report("thread append + read", pair_direct, pair_gateway)
+
+    # -- append throughput, concurrent writers (one thread each) ------------------------------------------
+    direct_streams = [f"{streams_url}/thread-{uuid.uuid4()}" for _ in range(args.writers)]
+    for url in direct_streams:
+        httpx.put(url, headers={"content-type": "application/json"}).raise_for_status()
+    threads = [api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
+               for _ in range(args.writers)]
+    direct_rate = asyncio.run(throughput(lambda i: direct_streams[i], lambda i, n: message(n), {}, args.writers,
+                                         args.seconds))
+    gateway_rate = asyncio.run(throughput(
+        lambda i: f"{gateway}/api/threads/{threads[i]}/entries",
+        lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, args.writers, args.seconds))
+    ratio = gateway_rate / direct_rate
+    print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
+          f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f}")
+    results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio}
+
+    # -- shapes ---------------------------------------------------------------------------------------------
+    sync = client(base_url=f"http://127.0.0.1:{env.tenant.port('sync')}")
+    where, where_params = shape_where([uuid.UUID(house)])
+    engine_params = [("table", "threads"), ("columns", ",".join(SYNCED_TABLES["threads"])), ("where", where),
+                     *where_params, ("secret", env.tenant.read_secret("sync_secret"))]
+    first = api.get("/api/shapes/threads", params={"offset": "-1"})
+    handle, tip = first.headers["electric-handle"], first.headers["electric-offset"]
+    while "electric-up-to-date" not in first.headers:
+        first = api.get("/api/shapes/threads", params={"offset": tip, "handle": handle})
+        tip = first.headers["electric-offset"]
+    protocol = [("offset", tip), ("handle", handle)]
+    direct_tip = timed(args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]), (200,))
+    gateway_tip = timed(args.n, lambda i: api.get("/api/shapes/threads", params=protocol), (200,))
+    results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip)
+    live = [*protocol, ("live", "true")]
+    n_live = max(20, args.n // 10)
+    direct_live = timed(n_live, lambda i: sync.get("/v1/shape", params=[*engine_params, *live]), (200, 204))
+    gateway_live = timed(n_live, lambda i: api.get("/api/shapes/threads", params=live), (200, 204))
+    results["shape_live_no_change"] = report(f"shape GET live, no change ({SYNC_LONG_POLL_MS} ms)",
+                                             direct_live, gateway_live)
+
+    # -- write -> txid visible through the gateway ----------------------------------------------------------
+    results["write_to_txid_visible"] = txid_visibility(api, thread, handle, tip, max(30, args.n // 10))
+
+
+def txid_visibility(api: httpx.Client, thread: str, handle: str, offset: str, writes: int) -> dict[str, float]:
+    """A live shape follower (its own connection) and a writer: time from the write's request to the live
+    response that carries its txid."""
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    position = {"offset": offset, "handle": handle}
+
+    def follow() -> None:
+        with client(base_url=str(api.base_url), headers=dict(api.headers)) as follower:
+            while not stop.is_set():
+                response = follower.get("/api/shapes/threads", params={**position, "live": "true"})
+                now = time.perf_counter()
+                if response.status_code == 200:
+                    for item in response.json():
+                        for txid in item.get("headers", {}).get("txids", []):
+                            seen.setdefault(int(txid), now)
+                position["offset"] = response.headers.get("electric-offset", position["offset"])
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(0.5)
+    samples = []
+    for i in range(writes):
+        started = time.perf_counter()
+        txid = api.patch(f"/api/threads/{thread}", json={"title": f"title {i}"}).json()["txid"]
+        deadline = time.monotonic() + 10
+        while txid not in seen and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if txid not in seen:
+            raise RuntimeError(f"txid {txid} never arrived")
+        samples.append(seen[txid] - started)
+    stop.set()
+    p50, p99 = percentiles(samples)
+    print(f"{'write -> txid visible (gateway)':<34} p50 {p50:6.2f} ms p99 {p99:6.2f} ms ({writes} writes)")
+    return {"p50_ms": p50, "p99_ms": p99}
+
+
+if __name__ == "__main__":
+    main()
