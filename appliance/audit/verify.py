@@ -98,7 +98,10 @@ class VerifyReport:
     def sorted_problems(self) -> list[Problem]:
         # Problems at the same seq: the store's own first (they explain the comparison's), then Postgres's.
         order = {"s3": 0, "db": 1, "s3/db": 2}
-        return sorted(self.problems, key=lambda p: (p.seq is None, p.seq or 0, order.get(p.where, 3)))
+        # At one seq, the most telling kind first: a broken link is usually the consequence of the others.
+        kinds = {"reordered": 0, "altered": 1, "hidden": 1, "overwritten": 1, "missing": 2, "link": 4}
+        return sorted(self.problems, key=lambda p: (p.seq is None, p.seq or 0, order.get(p.where, 3),
+                                                    kinds.get(p.kind, 3)))
 
     @property
     def first_break(self) -> Problem | None:
@@ -287,38 +290,47 @@ def check_batch(tenant_id: str, key: str, info: KeyInfo, obj: StoredObject) -> B
             events.append(None)
             problem(first + number - 1, "format", f"batch {key} line {number}: {exc}")
     seqs = [e["seq"] if e else None for e in events]
-    expected_seq = info.first_seq
-    expected_prev = manifest["first_prev_hash"] if manifest else None
     lines_ok = not problems or all(p.kind == "unlocked" for p in problems)
+    hashes: dict[int, str] = {}
+    highest = info.first_seq - 1
     for index, event in enumerate(events):
         if event is None:
             lines_ok = False
-            expected_seq += 1
-            expected_prev = None
+            highest += 1
             continue
         seq = event["seq"]
-        if seq != expected_seq:
+        expected = highest + 1
+        if seq in hashes:
             lines_ok = False
-            if expected_seq in seqs[index + 1:]:
-                later = seqs.index(expected_seq, index + 1)
-                problem(expected_seq, "reordered", f"batch {key}: seq {seq} stands where seq {expected_seq} "
-                                                   f"belongs (line {index + 1}); seq {expected_seq} is on line "
-                                                   f"{later + 1}")
-            elif seq > expected_seq:
-                problem(expected_seq, "missing", f"batch {key}: events {expected_seq}-{seq - 1} are missing "
-                                                 f"(line {index + 1} holds seq {seq})")
-            else:
-                problem(seq, "duplicate", f"batch {key}: seq {seq} appears again on line {index + 1}")
-        elif expected_prev is not None and event["prev_hash"] != expected_prev:
+            problem(seq, "duplicate", f"batch {key}: seq {seq} appears again on line {index + 1}")
+            continue
+        if not info.first_seq <= seq <= info.last_seq:
             lines_ok = False
-            problem(seq, "link", f"batch {key}: seq {seq} prev_hash {event['prev_hash'][:16]}… is not the "
-                                 f"previous event's hash {expected_prev[:16]}…")
+            problem(seq, "format", f"batch {key} line {index + 1}: seq {seq} is outside the batch's range")
+        elif seq != expected:
+            lines_ok = False
+            if seq > expected and expected in seqs[index + 1:]:
+                later = seqs.index(expected, index + 1)
+                problem(expected, "reordered", f"batch {key}: seq {seq} stands where seq {expected} belongs "
+                                               f"(line {index + 1}); seq {expected} is on line {later + 1}")
+            elif seq > expected:
+                problem(expected, "missing", f"batch {key}: events {expected}-{seq - 1} are missing "
+                                             f"(line {index + 1} holds seq {seq})")
+            # seq < expected: a line that comes late; reported where it belonged, as "reordered".
         if line_hash(event) != event["hash"]:
             lines_ok = False
             why = explain_altered(event)
             problem(seq, why.split(":", 1)[0], f"batch {key}: seq {seq} {why}")
-        expected_seq = seq + 1
-        expected_prev = event["hash"]
+        hashes[seq] = event["hash"]
+        highest = max(highest, seq)
+    # Links by seq, not by line: each event's prev_hash is the hash of the event one seq before it.
+    by_seq = {e["seq"]: e for e in events if e is not None}
+    for seq in sorted(by_seq):
+        wanted = manifest["first_prev_hash"] if (seq == info.first_seq and manifest) else hashes.get(seq - 1)
+        if wanted is not None and by_seq[seq]["prev_hash"] != wanted:
+            lines_ok = False
+            problem(seq, "link", f"batch {key}: seq {seq} prev_hash {by_seq[seq]['prev_hash'][:16]}… is not the "
+                                 f"hash of the event before it {wanted[:16]}…")
     if len(events) != info.last_seq - info.first_seq + 1:
         lines_ok = False
         problem(first, "manifest", f"batch {key} holds {len(events)} lines for seq {info.first_seq}-"
@@ -421,6 +433,11 @@ class Verifier:
                 detail = _first_difference(gunzip(other.body), gunzip(original.body))
             except (ValueError, zlib.error):
                 detail = "its body is not gzip"
+            # What is wrong with the later version on its own (reordered lines, bad hashes, a forged manifest).
+            own = sorted(check_batch(self.tenant_id, ref.key, ref.info, other).problems,
+                         key=lambda p: (p.seq or 0))
+            if own:
+                detail += f"; in it: {own[0].message.removeprefix(f'batch {ref.key}: ')}"
             self.report.add(Problem(ref.info.first_seq, "s3", "overwritten", (
                 f"batch {ref.key} (seq {ref.info.first_seq}-{ref.info.last_seq}) has a later version "
                 f"{version.version_id} ({when}) that differs from the shipped version {ref.version_id} "
@@ -533,21 +550,24 @@ class Verifier:
         def check_row(row: ChainRow, trusted: bool) -> None:
             nonlocal expected_seq, expected_prev
             report.db_events += 1
-            if row.seq != expected_seq:
-                report.add(Problem(expected_seq, "db", "missing", f"events {expected_seq}-{row.seq - 1} are not in "
-                                                                  f"Postgres (the next row is seq {row.seq})"))
-            elif row.prev_hash != expected_prev:
-                report.add(Problem(row.seq, "db", "link", f"seq {row.seq} prev_hash {row.prev_hash[:16]}… is not "
-                                                          f"the previous event's hash {expected_prev[:16]}…"))
+            hash_ok = True
             if not trusted:
                 try:
                     check_row_hash(row)
                 except BatchError as exc:
+                    hash_ok = False
                     if exc.kind == "hash":
                         why = explain_altered(json.loads(event_line(row, check_hash=False)))
                         report.add(Problem(row.seq, "db", why.split(":", 1)[0], f"row {why}"))
                     else:
                         report.add(Problem(row.seq, "db", "format", f"row cannot be hashed: {exc}"))
+            if row.seq != expected_seq:
+                report.add(Problem(expected_seq, "db", "missing", f"events {expected_seq}-{row.seq - 1} are not in "
+                                                                  f"Postgres (the next row is seq {row.seq})"))
+            elif row.prev_hash != expected_prev and hash_ok:
+                # (A row that does not hash is reported as such; its broken link is the same fact.)
+                report.add(Problem(row.seq, "db", "link", f"seq {row.seq} prev_hash {row.prev_hash[:16]}… is not "
+                                                          f"the previous event's hash {expected_prev[:16]}…"))
             expected_seq, expected_prev = row.seq + 1, row.hash
 
         for check in batches:
