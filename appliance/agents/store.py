@@ -91,6 +91,10 @@ def _inbox_row(row: tuple[Any, ...]) -> InboxRow:
                     row[5], row[6], int(row[7]), int(row[8]))
 
 
+class QueueFull(Exception):
+    """The agent has as many unfinished activations as it may queue."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     fresh: bool  # False: this entry id was already accepted (a duplicate delivery)
@@ -126,15 +130,7 @@ class AgentStore:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
 
-    # The agent as last activated --------------------------------------------------------------------------
-    def last_activated(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(agent row, house configs) of the freshest activation seen, or None before the first."""
-        with self._lock:
-            rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('agent', 'configs')"))
-        if "agent" not in rows:
-            return None
-        return json.loads(rows["agent"]), json.loads(rows.get("configs", "{}"))
-
+    # The agent as last activated (read back by claim) ----------------------------------------------------
     def _remember(self, agent: dict[str, Any], configs: dict[str, Any]) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'agent'").fetchone()
         if row is not None and not _newer(str(agent.get("updated_at", "")),
@@ -144,14 +140,18 @@ class AgentStore:
                              [("agent", dumps(agent)), ("configs", dumps(configs))])
 
     # The inbox ------------------------------------------------------------------------------------------------
-    def accept(self, entry_id: str, thread_id: str, activation: dict[str, Any]) -> Accepted:
-        """Record an activation (durably) unless its entry id is known; either way remember the agent's config."""
+    def accept(self, entry_id: str, thread_id: str, activation: dict[str, Any], max_open: int) -> Accepted:
+        """Record an activation (durably) unless its entry id is known; either way remember the agent's config.
+        Raises QueueFull, recording nothing, when `max_open` activations are already unfinished."""
         with self._tx():
-            self._remember(activation["agent"], activation.get("configs") or {})
             row = self._db.execute("SELECT state, outcome FROM inbox WHERE entry_id = ?", (entry_id,)).fetchone()
             if row is not None:
+                self._remember(activation["agent"], activation.get("configs") or {})
                 self._db.execute("UPDATE inbox SET deliveries = deliveries + 1 WHERE entry_id = ?", (entry_id,))
                 return Accepted(False, row[0], row[1])
+            if self._db.execute("SELECT count(*) FROM inbox WHERE state != 'done'").fetchone()[0] >= max_open:
+                raise QueueFull
+            self._remember(activation["agent"], activation.get("configs") or {})
             self._db.execute(
                 "INSERT INTO inbox (entry_id, thread_id, activation, state, accepted_at) "
                 "VALUES (?, ?, ?, 'pending', ?)",
@@ -159,38 +159,43 @@ class AgentStore:
             )
         return Accepted(True, "pending", None)
 
-    def open_rows(self, exclude: set[str], limit: int, now: float | None = None) -> list[InboxRow]:
-        """Unfinished activations due now, oldest first, except those in `exclude` (already running)."""
-        due = time.time() if now is None else now
+    def due(self, exclude: set[str], limit: int) -> tuple[list[InboxRow], float | None]:
+        """Unfinished activations due now, oldest first, except those in `exclude` (already running); and when
+        the earliest postponed one becomes due (None: none is postponed)."""
+        now = time.time()
         with self._lock:
             rows = self._db.execute(
                 f"{_SELECT_ROW} WHERE state != 'done' AND retry_at <= ? ORDER BY seq LIMIT ?",
-                (due, limit + len(exclude)),
-            ).fetchall()
-        return [_inbox_row(row) for row in rows if row[0] not in exclude][:limit]
+                (now, limit + len(exclude)),
+            ).fetchall() if limit > 0 else []
+            later = self._db.execute("SELECT min(retry_at) FROM inbox WHERE state != 'done' AND retry_at > ?",
+                                     (now,)).fetchone()
+        due = [_inbox_row(row) for row in rows if row[0] not in exclude][:limit]
+        return due, (float(later[0]) if later and later[0] is not None else None)
 
     def count_open(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM inbox WHERE state != 'done'").fetchone()[0])
-
-    def next_retry_at(self) -> float | None:
-        """When the earliest postponed activation becomes due (None: none is postponed)."""
-        with self._lock:
-            row = self._db.execute("SELECT min(retry_at) FROM inbox WHERE state != 'done' AND retry_at > ?",
-                                   (time.time(),)).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
 
     def row(self, entry_id: str) -> InboxRow | None:
         with self._lock:
             row = self._db.execute(f"{_SELECT_ROW} WHERE entry_id = ?", (entry_id,)).fetchone()
         return None if row is None else _inbox_row(row)
 
-    def start_run(self, entry_id: str, delta: int = 1) -> int:
-        """Count a handler run before it starts (so an entry that kills the worker every time is noticed)."""
+    def claim(self, entry_id: str) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
+        """Count a handler run before it starts (so an entry that takes the worker down every time is noticed);
+        returns the runs so far, this one included, and the agent as last activated (row, house configs)."""
         with self._tx():
-            self._db.execute("UPDATE inbox SET runs = max(0, runs + ?) WHERE entry_id = ?", (delta, entry_id))
-            row = self._db.execute("SELECT runs FROM inbox WHERE entry_id = ?", (entry_id,)).fetchone()
-        return int(row[0]) if row else 0
+            self._db.execute("UPDATE inbox SET runs = runs + 1 WHERE entry_id = ?", (entry_id,))
+            runs = self._db.execute("SELECT runs FROM inbox WHERE entry_id = ?", (entry_id,)).fetchone()
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('agent', 'configs')"))
+        agent = json.loads(meta["agent"]) if "agent" in meta else None
+        return (int(runs[0]) if runs else 0), agent, json.loads(meta.get("configs", "{}"))
+
+    def uncount_run(self, entry_id: str) -> None:
+        """A run stopped by a shutdown, not by its handler: it does not count."""
+        with self._tx():
+            self._db.execute("UPDATE inbox SET runs = max(0, runs - 1) WHERE entry_id = ?", (entry_id,))
 
     def prepare(self, entry_id: str, reply: dict[str, Any], changes: Mapping[str, Any]) -> None:
         """Store the decided reply and the handler's state changes in one transaction (both or neither)."""

@@ -9,10 +9,13 @@ idempotent-producer state (specs/durable-streams.md):
 2. Run (at most `max_concurrency_per_agent` per agent, `max_concurrency` in all): read the thread from the
    stream. If a message with the reply's id is already there, the reply was appended by an earlier run that died
    before recording it: record that, run nothing. Else run the handler.
-3. Prepare: store the reply (or the error entry) and the handler's state changes in one commit.
-4. Append the prepared message to the stream, then record the row done with the returned offset.
+3. Prepare: if the handler changed its state, store the reply (or error entry) and the changes in one commit, so
+   the state is kept exactly when this reply is the one appended.
+4. Append the message to the stream, then record the row done with the returned offset. If the append fails
+   (the streams server is down, or its answer is lost), the reply is prepared now and the row retried later.
 5. A prepared row found again (after a crash, or after an append whose outcome is unknown) is finished by first
    looking in the stream after the triggering entry's offset for the reply id, and appending only if it is absent.
+   A pending row found again (a run died, before or after appending) is step 2 again: the stream is looked at.
 
 The reply id is derived from the agent and the triggering entry (models.reply_id), so whichever run appends, it
 is the same message with the same id. Appends of one reply are serialised: one worker process per tenant (it
@@ -51,7 +54,7 @@ from appliance.agents.handlers import (
     default_registry,
 )
 from appliance.agents.models import ActivationRequest, AgentSpec
-from appliance.agents.store import AgentState, AgentStore, dumps, store_path
+from appliance.agents.store import AgentState, AgentStore, InboxRow, QueueFull, dumps, store_path
 from appliance.agents.streams import StreamError, StreamMissing, StreamsClient
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
@@ -183,12 +186,12 @@ class Worker:
     async def accept(self, activation: ActivationRequest) -> Outcome:
         """Take durable responsibility for an activation (or recognise a duplicate); the handler runs later."""
         runner = await self.runner(activation.agent.id)
-        entry_id = str(activation.event.entry_id)
-        known = await asyncio.to_thread(runner.store.row, entry_id)
-        if known is None and await asyncio.to_thread(runner.store.count_open) >= MAX_OPEN_PER_AGENT:
-            raise WorkerBusy
-        accepted = await asyncio.to_thread(runner.store.accept, entry_id, str(activation.event.thread_id),
-                                           activation.model_dump(mode="json"))
+        try:
+            accepted = await asyncio.to_thread(runner.store.accept, str(activation.event.entry_id),
+                                               str(activation.event.thread_id), activation.model_dump(mode="json"),
+                                               MAX_OPEN_PER_AGENT)
+        except QueueFull:
+            raise WorkerBusy from None
         runner.kick()
         return Outcome(accepted.state, accepted.outcome, duplicate=not accepted.fresh)
 
@@ -196,62 +199,76 @@ class Worker:
         return {"agents": len(self.runners), "running": sum(len(r.running) for r in self.runners.values())}
 
     # One activation ---------------------------------------------------------------------------------------------
-    async def process(self, store: AgentStore, entry_id: str) -> None:
-        row = await asyncio.to_thread(store.row, entry_id)
-        if row is None or row.state == "done":
-            return
+    async def process(self, store: AgentStore, row: InboxRow) -> None:
+        """Bring one accepted activation to `done` (see the module's docstring for why each step is where it is).
+        Raises _RetryLater when the streams server is unavailable."""
+        entry_id = row.entry_id
         activation = ActivationRequest.model_validate(row.activation)
-        thread_id = activation.event.thread_id
         reply_id = str(activation.reply_id())
-        if row.state == "pending" and (await self._agent(store, activation))[0].handler == EXTERNAL:
-            # The agent answers through the gateway on its own (README.md, external agents).
-            await self._finish(store, entry_id, "external", None)
-            return
         if row.state == "prepared" and row.reply is not None:
             # The reply may be in the stream already (the last append's outcome is unknown): look before appending.
-            try:
-                after, tail = await self.streams.read_after(thread_id, activation.event.offset)
-            except StreamMissing:
-                await self._finish(store, entry_id, "thread_missing", None)
+            after, tail = await self._read(store, entry_id, activation, activation.event.offset)
+            if tail is None:
                 return
-            except StreamError as exc:
-                raise _RetryLater(f"reading the thread failed ({exc.status})") from None
             if _has(after, reply_id):
                 await self._finish(store, entry_id, "found", tail)
                 return
             await self._append(store, entry_id, activation, row.reply)
             return
-        try:
-            messages, tail = await self.streams.read_after(thread_id, "-1")
-        except StreamMissing:
-            await self._finish(store, entry_id, "thread_missing", None)
+        messages, tail = await self._read(store, entry_id, activation, "-1")
+        if tail is None:
             return
-        except StreamError as exc:
-            raise _RetryLater(f"reading the thread failed ({exc.status})") from None
         if _has(messages, reply_id):
+            # Appended by a run that died before recording it (or before its prepare commit was kept).
             await self._finish(store, entry_id, "found", tail)
             return
-        runs = await asyncio.to_thread(store.start_run, entry_id)
+        runs, last_agent, last_configs = await asyncio.to_thread(store.claim, entry_id)
+        # The agent as last activated: a queued activation runs with the freshest config the worker has seen.
+        agent = AgentSpec.model_validate(last_agent) if last_agent else activation.agent
+        configs = last_configs if last_agent else activation.configs
+        if agent.handler == EXTERNAL:
+            # The agent answers through the gateway on its own (README.md, external agents).
+            await self._finish(store, entry_id, "external", None)
+            return
         state = AgentState(store)
         if runs > MAX_RUNS:
-            message = error_message(activation, activation.agent.name, "worker_crashed",
+            message = error_message(activation, agent.name, "worker_crashed",
                                     f"the worker stopped {MAX_RUNS} times while handling this")
         else:
             try:
-                message = await self._handle(store, activation, messages, state)
+                message = await self._handle(agent, configs, activation, messages, state)
             except asyncio.CancelledError:
                 # Stopped by a shutdown, not by the handler: this run does not count against MAX_RUNS.
                 with contextlib.suppress(Exception):
-                    store.start_run(entry_id, -1)
+                    store.uncount_run(entry_id)
                 raise
-        await asyncio.to_thread(store.prepare, entry_id, message, dict(state.changes))
-        # Nobody else appends this reply (one worker, one run per entry), and it was not in the stream just now.
-        await self._append(store, entry_id, activation, message)
+        prepared = bool(state.changes)
+        if prepared:
+            # State changes are kept only with the reply that carries them: both committed before the append.
+            await asyncio.to_thread(store.prepare, entry_id, message, dict(state.changes))
+        try:
+            # Nobody else appends this reply (one worker, one run per entry), and it was not in the stream just now.
+            await self._append(store, entry_id, activation, message)
+        except _RetryLater:
+            if not prepared:
+                # Keep the decided reply, so the retry appends it instead of running the handler again.
+                await asyncio.to_thread(store.prepare, entry_id, message, {})
+            raise
 
-    async def _handle(self, store: AgentStore, activation: ActivationRequest, messages: list[Any],
-                      state: AgentState) -> dict[str, Any]:
+    async def _read(self, store: AgentStore, entry_id: str, activation: ActivationRequest, offset: str
+                    ) -> tuple[list[Any], str | None]:
+        """The thread's messages after `offset` and the tail; tail None when the stream is gone (then finished)."""
+        try:
+            return await self.streams.read_after(activation.event.thread_id, offset)
+        except StreamMissing:
+            await self._finish(store, entry_id, "thread_missing", None)
+            return [], None
+        except StreamError as exc:
+            raise _RetryLater(f"reading the thread failed ({exc.status})") from None
+
+    async def _handle(self, agent: AgentSpec, configs: dict[str, Any], activation: ActivationRequest,
+                      messages: list[Any], state: AgentState) -> dict[str, Any]:
         """The handler's reply as the message to append, or the error entry that explains why there is none."""
-        agent, configs = await self._agent(store, activation)
         name = agent.name
         wanted = str(activation.event.entry_id)
         position = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("id") == wanted), None)
@@ -295,13 +312,6 @@ class Worker:
             log.warning("agent %s: handler %s raised %s", agent.id, agent.handler, type(exc).__name__)
             state.discard()
             return error_message(activation, name, "handler_failed", f"its handler failed ({type(exc).__name__})")
-
-    async def _agent(self, store: AgentStore, activation: ActivationRequest) -> tuple[AgentSpec, dict[str, Any]]:
-        """The agent as last activated: a queued activation runs with the freshest config the worker has seen."""
-        last = await asyncio.to_thread(store.last_activated)
-        if last is None:
-            return activation.agent, activation.configs
-        return AgentSpec.model_validate(last[0]), last[1]
 
     async def _append(self, store: AgentStore, entry_id: str, activation: ActivationRequest,
                       message: dict[str, Any]) -> None:
@@ -354,12 +364,10 @@ class AgentRunner:
             await self._wake.wait()
             self._wake.clear()
             try:
-                free = limit - len(self.running)
-                if free > 0:
-                    for row in await asyncio.to_thread(self.store.open_rows, set(self.running), free):
-                        task = asyncio.create_task(self._run(row.entry_id), name=f"activation-{row.entry_id}")
-                        self.running[row.entry_id] = task
-                retry_at = await asyncio.to_thread(self.store.next_retry_at)
+                rows, retry_at = await asyncio.to_thread(self.store.due, set(self.running),
+                                                         limit - len(self.running))
+                for row in rows:
+                    self.running[row.entry_id] = asyncio.create_task(self._run(row), name=f"activation-{row.entry_id}")
             except Exception as exc:  # an unreadable store must not end the loop: try again later
                 log.error("agent %s: inbox unavailable (%s)", self.agent_id, type(exc).__name__)
                 retry_at = time.time() + RETRY_MAX_S
@@ -369,12 +377,13 @@ class AgentRunner:
             timer = None if retry_at is None else asyncio.get_running_loop().call_later(
                 max(0.0, retry_at - time.time()), self._wake.set)
 
-    async def _run(self, entry_id: str) -> None:
+    async def _run(self, row: InboxRow) -> None:
+        entry_id = row.entry_id
         try:
             # This agent's own slot is already taken (it is in `running`); then one of the worker's, so a slow
             # agent's backlog waits in its own queue instead of holding the worker's slots.
             async with self.worker.slots:
-                await self.worker.process(self.store, entry_id)
+                await self.worker.process(self.store, row)
             self._failures.pop(entry_id, None)
         except _RetryLater as exc:
             await self._later(entry_id, str(exc))
