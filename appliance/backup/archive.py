@@ -145,8 +145,8 @@ def recovery_point(tenant: TenantConfig) -> RecoveryPoint:
     measured_at: dt.datetime = status["now"]
     # The last archived file may be a segment, or `<segment>.<offset>.backup` (a backup's label, archived
     # right after its segment) or a timeline's `.history`: the segment part is what counts.
-    last = str(status["last_archived_wal"] or "")[:24]
-    if not _SEGMENT.match(last):
+    last: str | None = str(status["last_archived_wal"] or "")[:24]
+    if last is not None and not _SEGMENT.match(last):
         last = None
     newest_recoverable = newest_archived_commit(tenant, last)
     pg_wal = tenant.pg_data / "pg_wal"

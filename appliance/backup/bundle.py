@@ -303,7 +303,7 @@ def fetched(host: HostConfig, tenant: TenantConfig, creds: S3Credentials, descri
         try:
             with (
                 sealed.open("rb") as raw,
-                gzip.GzipFile(fileobj=SealedReader(raw, passphrase), mode="rb") as packed,  # type: ignore[arg-type]
+                gzip.GzipFile(fileobj=SealedReader(raw, passphrase), mode="rb") as packed,  # type: ignore[call-overload]
                 tarfile.open(fileobj=packed, mode="r|") as tar,
             ):
                 tar.extractall(unpacked, filter="data")

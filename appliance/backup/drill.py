@@ -242,6 +242,7 @@ def run_drill(host: HostConfig, tenant: TenantConfig, *, progress: Progress = _q
     descriptors = bundle.list_bundles(bundle.client_for(host, tenant_credentials(tenant)), tenant)
     descriptor = bundle.choose(descriptors, None)
     report.bundle = descriptor.as_dict()
+    report.backup = sets[-1].as_dict()  # what the restore to a fresh restore point will use
 
     progress("measuring RPO")
     try:
@@ -270,7 +271,7 @@ def run_drill(host: HostConfig, tenant: TenantConfig, *, progress: Progress = _q
             report.passed("restore", f"latest backup {restored.backup['label']} restored to the restore point "
                                      f"and promoted in {restored.seconds:.1f}s")
         except BackupError as exc:
-            report.fail("restore", str(exc))
+            report.fail("restore", f"{exc} (pgbackrest verify below names damaged files)")
         _check_verify(report, verifier)
         if scratch is not None:
             _compare(report, tenant, scratch, source, source_prints, drill_id)

@@ -283,6 +283,11 @@ def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> N
         states = mgr.states(specs)
         unhealthy = {}
         for spec in specs:
+            if spec.port is None:
+                # A service without a port (the backup scheduler) has nothing to probe: running is healthy.
+                if not states[spec.name].running:
+                    unhealthy[spec.component] = f"not running ({states[spec.name].state})"
+                continue
             status = _component(spec, states[spec.name], host)
             if not status.healthy:
                 unhealthy[spec.component] = status.detail

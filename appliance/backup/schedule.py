@@ -189,14 +189,16 @@ def _local_now() -> dt.datetime:
 def run_schedule(
     load_tenant: Callable[[], TenantConfig], run_backup: Runner, has_backup: Callable[[], bool],
     *, log: Callable[[str], None] = print, stop: threading.Event | None = None, clock: Clock = _local_now,
-    retry_s: float = 600,
+    wait: Callable[[float], bool] | None = None, retry_s: float = 600,
 ) -> None:
     """Run backups on schedule until `stop` is set (or SIGTERM/SIGINT arrive, in the main thread).
 
     The tenant config is re-read before each wait so that a redeploy's new schedule applies without a restart.
     A tenant without any backup gets a full one at once. A failed backup is logged and retried once after
-    `retry_s`, then the schedule goes on."""
+    `retry_s`, then the schedule goes on. `clock` and `wait` (seconds -> True once stopped) are the real ones
+    unless a test simulates time."""
     stop = stop or threading.Event()
+    wait = wait or stop.wait
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -208,8 +210,9 @@ def run_schedule(
             tenant = load_tenant()
             when, kind = next_run(tenant, clock())
             log(f"next: {kind} backup at {when.isoformat(timespec='minutes')}")
-            while not stop.is_set() and clock() < when:
-                stop.wait(min(30.0, max(0.05, (when - clock()).total_seconds())))
+            # Short waits, re-reading the clock: a suspended host or a clock step must not skip a backup.
+            while not stop.is_set() and (remaining := (when - clock()).total_seconds()) > 0:
+                wait(min(30.0, remaining))
             if stop.is_set():
                 break
             pending = kind
@@ -222,7 +225,7 @@ def run_schedule(
                 break
             except Exception as exc:  # a scheduler that dies on one bad night stops backing up for good
                 log(f"{kind} backup failed after {time.monotonic() - started:.0f}s: {exc}")
-                if attempt == 1 and not stop.wait(retry_s):
+                if attempt == 1 and not wait(retry_s):
                     log(f"retrying the {kind} backup")
                     continue
                 break

@@ -34,10 +34,15 @@ def stanza_status(tenant: TenantConfig) -> tuple[int, str]:
     return int(status.get("code", 99)), str(status.get("message", "unknown"))
 
 
+def ensure_files(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    """The pgBackRest config and wrapper, and the recovery keys: all that archive_command needs to work. Run it
+    before Postgres starts with archiving on (no server needed), so that no archive attempt finds no wrapper."""
+    return pgbackrest.ensure_files(host, tenant) + ensure_recovery_keys(tenant)
+
+
 def ensure_stanza(host: HostConfig, tenant: TenantConfig) -> list[str]:
     """Files, recovery keys, then the stanza itself (created once)."""
-    changes = pgbackrest.ensure_files(host, tenant)
-    changes += ensure_recovery_keys(tenant)
+    changes = ensure_files(host, tenant)
     code, message = stanza_status(tenant)
     if code in _MISSING_STANZA:
         pgbackrest.run(tenant, "stanza-create")
@@ -49,6 +54,26 @@ def ensure_stanza(host: HostConfig, tenant: TenantConfig) -> list[str]:
             f"({message}); restore that cluster, or move the old repository away before creating a new one"
         )
     return changes
+
+
+def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
+    """Nothing for `ensure_stanza` to do: files as rendered now, recovery keys current, stanza there (a fact for
+    the deploy, so that a redeploy with nothing changed runs nothing)."""
+    from appliance.backup.paths import backup_paths
+
+    paths = backup_paths(tenant)
+    try:
+        if paths.config.read_text() != pgbackrest.render_config(host, tenant):
+            return False
+        if paths.wrapper.read_text() != pgbackrest.render_wrapper(tenant):
+            return False
+        if os.geteuid() == 0:
+            keys = json.loads(paths.recovery_keys_file.read_text())
+            if any(keys.get(name) != value for name, value in recovery_keys(tenant).items()):
+                return False
+        return stanza_status(tenant)[0] in (0, 2)
+    except (OSError, ValueError, BackupError):
+        return False
 
 
 def recovery_keys(tenant: TenantConfig) -> dict[str, str]:

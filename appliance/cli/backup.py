@@ -134,13 +134,14 @@ def backup_schedule(tenant_id: str) -> None:
 
 @backup.command("setup", hidden=True)
 @click.argument("tenant_id")
+@click.option("--files-only", is_flag=True, help="Only the config, wrapper and recovery keys (before Postgres runs).")
 @_errors
-def backup_setup(tenant_id: str) -> None:
+def backup_setup(tenant_id: str, files_only: bool) -> None:
     """Host-side deploy step: the tenant's pgBackRest files, recovery keys and stanza (idempotent)."""
-    from appliance.backup.stanza import ensure_stanza
+    from appliance.backup.stanza import ensure_files, ensure_stanza
 
     host, tenant = _tenant(tenant_id)
-    changes = ensure_stanza(host, tenant)
+    changes = ensure_files(host, tenant) if files_only else ensure_stanza(host, tenant)
     click.echo(f"backup of {tenant_id}: " + (", ".join(changes) if changes else "no change"))
 
 

@@ -208,6 +208,35 @@ def test_secrets_are_never_in_process_lists_logs_files_or_outputs(rig: Rig) -> N
             assert value[:16] not in text, f"secret {name} appears in {where}"
 
 
+def test_the_scheduler_runs_its_backups_through_the_real_backup(rig: Rig) -> None:
+    import threading
+
+    from appliance.backup.schedule import run_schedule
+    from appliance.backup.take import take_backup
+
+    tenant = rig.tenant(T)
+    before = len(pgbackrest.info(tenant)["backup"])
+    fake_now = [dt.datetime.now().astimezone()]
+    stop = threading.Event()
+    made: list[str] = []
+
+    def wait(seconds: float) -> bool:  # simulated time: the schedule's nights pass at once
+        fake_now[0] += dt.timedelta(seconds=seconds)
+        return stop.is_set()
+
+    def run(kind: str) -> str:
+        result = take_backup(rig.host, tenant, kind)  # type: ignore[arg-type]
+        made.append(result.backup.type)
+        if len(made) == 2:
+            stop.set()
+        return result.summary()
+
+    run_schedule(lambda: tenant, run, lambda: True, log=lambda _: None, stop=stop,  # type: ignore[arg-type]
+                 clock=lambda: fake_now[0], wait=wait)
+    assert len(made) == 2 and set(made) <= {"full", "diff"}
+    assert len(pgbackrest.info(tenant)["backup"]) == before + 2
+
+
 def test_restore_time_in_the_gap_before_a_backup_uses_an_older_one(rig: Rig) -> None:
     """A time between two backups restores from the older one plus WAL (not the newer, not-yet-consistent one)."""
     info = pgbackrest.info(rig.tenant(T))

@@ -85,16 +85,16 @@ def test_scheduler_is_a_supervised_program_without_secrets_in_its_definition() -
 
 def test_scheduler_takes_a_first_full_backup_then_follows_the_schedule_and_survives_failures() -> None:
     acme = tenant(full_schedule="0 3 * * 0", diff_schedule="*/1 * * * *")
-    clock = [dt.datetime(2026, 11, 22, 2, 58, 30)]
-    ran: list[str] = []
+    clock = [dt.datetime(2026, 11, 22, 2, 57, 30)]  # a Sunday
+    ran: list[tuple[str, dt.datetime]] = []
     stop = threading.Event()
 
-    def now() -> dt.datetime:
-        clock[0] += dt.timedelta(seconds=20)  # each look at the clock moves time on
-        return clock[0]
+    def wait(seconds: float) -> bool:  # simulated time: waiting moves the clock
+        clock[0] += dt.timedelta(seconds=seconds)
+        return stop.is_set()
 
     def run(kind: str) -> str:
-        ran.append(kind)
+        ran.append((kind, clock[0]))
         if len(ran) == 2:
             raise RuntimeError("store unreachable")
         if len(ran) >= 5:
@@ -102,10 +102,13 @@ def test_scheduler_takes_a_first_full_backup_then_follows_the_schedule_and_survi
         return f"{kind} done"
 
     log: list[str] = []
-    run_schedule(lambda: acme, run, lambda: False, log=log.append, stop=stop, clock=now, retry_s=0)  # type: ignore[arg-type]
-    assert ran[0] == "full"  # no backup yet
-    assert ran[1] == ran[2] == "diff"  # the failed one was retried
-    assert "full" in ran[3:]  # 03:00 Sunday: the full wins over the every-minute diff
+    run_schedule(lambda: acme, run, lambda: False, log=log.append, stop=stop, clock=lambda: clock[0],  # type: ignore[arg-type]
+                 wait=wait, retry_s=5)
+    assert ran[0] == ("full", dt.datetime(2026, 11, 22, 2, 57, 30))  # no backup yet: at once
+    assert ran[1] == ("diff", dt.datetime(2026, 11, 22, 2, 58))  # failed ...
+    assert ran[2] == ("diff", dt.datetime(2026, 11, 22, 2, 58, 5))  # ... and retried after retry_s
+    assert ran[3] == ("diff", dt.datetime(2026, 11, 22, 2, 59))
+    assert ran[4] == ("full", dt.datetime(2026, 11, 22, 3, 0))  # the full wins the minute both are due
     assert any("failed" in line for line in log) and log[-1] == "scheduler stopped"
 
 

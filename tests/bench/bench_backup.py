@@ -26,7 +26,7 @@ from appliance.backup.take import take_backup
 from tests.backup.rig import Rig, add_house, backup_rig
 
 T = "bktbench"
-ROWS_PER_GB = 3_700_000  # ~270 bytes per notes row with its index, measured by pg_database_size
+ROWS_PER_GB = 4_200_000  # ~240 bytes per notes row with its index, measured by pg_database_size
 
 
 def load(rig: Rig, gigabytes: float, entries: int) -> dict[str, Any]:
