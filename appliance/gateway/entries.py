@@ -37,7 +37,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from appliance.audit.canonical import format_timestamp
-from appliance.audit.chain import LOCK_HEAD_SQL, AuditEvent, build_rows, insert_rows_async
+from appliance.audit.chain import AuditEvent, build_rows, insert_rows_async
 from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
@@ -52,29 +52,43 @@ log = logging.getLogger("appliance.gateway")
 MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
-# The thread, the caller's membership of its house, and whether the entry id is already recorded.
-_THREAD_ACCESS = (
-    "SELECT t.house_id, m.role, m.principal_kind, e.thread_id AS existing_thread, e.request_hash AS existing_hash "
-    "FROM public.threads t "
-    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
-    "LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %s AND m.deleted_at IS NULL "
-    "LEFT JOIN appliance.thread_entries e ON e.id = %s "
-    "WHERE t.id = %s AND t.deleted_at IS NULL"
+# Step 2's main statement (after the entry lock): the thread, the caller's membership of its house, whether
+# the entry id is already recorded; the entry recorded if the caller may post it (the author's kind taken from
+# the membership); and the chain head locked for the audit event. One row whenever the head exists; the
+# access columns are NULL when there is no such live thread.
+_RECORD = (
+    "WITH access AS ("
+    " SELECT t.house_id, m.role, m.principal_kind, e.thread_id AS existing_thread, e.request_hash AS existing_hash"
+    " FROM public.threads t"
+    " JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL"
+    " LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %(author)s"
+    "  AND m.deleted_at IS NULL"
+    " LEFT JOIN appliance.thread_entries e ON e.id = %(id)s"
+    " WHERE t.id = %(thread)s AND t.deleted_at IS NULL), "
+    "inserted AS ("
+    " INSERT INTO appliance.thread_entries (id, thread_id, house_id, author_id, message, request_hash, state,"
+    "  floor_offset)"
+    " SELECT %(id)s, %(thread)s, a.house_id, %(author)s,"
+    "  jsonb_set(%(message)s, '{author,kind}', to_jsonb(a.principal_kind)), %(hash)s, 'pending', coalesce(("
+    "   SELECT f.next_offset FROM appliance.thread_entries f WHERE f.thread_id = %(thread)s"
+    "   AND f.state = 'appended' ORDER BY f.next_offset COLLATE \"C\" DESC LIMIT 1), '-1')"
+    " FROM access a WHERE a.role IS NOT NULL AND a.existing_thread IS NULL"
+    " ON CONFLICT (id) DO NOTHING RETURNING message), "
+    "head AS (SELECT seq, hash FROM audit.lock_head()) "
+    "SELECT a.house_id, a.role, a.existing_thread, a.existing_hash, (SELECT message FROM inserted), h.seq, h.hash "
+    "FROM head h LEFT JOIN access a ON true"
 )
-# Records the entry only if the thread is live and the author a member of its house (so it can be sent in the
-# same round trip as the access check, before its answer is known); the author's kind comes from the membership.
-_INSERT_ENTRY = (
-    "INSERT INTO appliance.thread_entries (id, thread_id, house_id, author_id, message, request_hash, state, "
-    "floor_offset) "
-    "SELECT %(id)s, t.id, t.house_id, %(author)s, jsonb_set(%(message)s, '{author,kind}', to_jsonb(m.principal_kind)),"
-    " %(hash)s, 'pending', coalesce(("
-    "  SELECT e.next_offset FROM appliance.thread_entries e WHERE e.thread_id = t.id AND e.state = 'appended'"
-    "  ORDER BY e.next_offset COLLATE \"C\" DESC LIMIT 1), '-1') "
-    "FROM public.threads t "
-    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
-    "JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %(author)s AND m.deleted_at IS NULL "
-    "WHERE t.id = %(thread)s AND t.deleted_at IS NULL "
-    "ON CONFLICT (id) DO NOTHING RETURNING message"
+
+# Step 4 as one statement. Losing its commit in a Postgres crash is harmless (the entry is found pending and
+# completed from the stream), so it does not wait for the WAL flush (set_config(..., true): this transaction
+# only). Returns how many activations it released.
+_MARK_APPENDED = (
+    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), "
+    "entry AS (UPDATE appliance.thread_entries SET state = 'appended', next_offset = %(offset)s, "
+    " appended_at = now() WHERE id = %(id)s AND state = 'pending' RETURNING id), "
+    "released AS (UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
+    " WHERE entry_id = %(id)s AND state = 'held' RETURNING id) "
+    "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed)"
 )
 
 
@@ -192,13 +206,12 @@ class Entries:
                       thread_id: uuid.UUID, entry: EntryCreate, digest: str) -> dict[str, Any] | None:
         """Steps 1 and 2. Returns the message to append, or None when the entry id is already recorded (a retry).
 
-        Runs in pipeline mode, in two round trips (three with mentions): the lock, the access check, the
-        conditional insert and the chain-head lock go out together; the audit event and the commit follow."""
+        Runs in pipeline mode, in two round trips: the entry lock, BEGIN, _RECORD (and the mentioned agents'
+        lookup) go out together; the outbox rows, the audit event and the commit follow."""
         subject = f"thread:{thread_id}"
         # Its own statement before the reads: they must see whatever the previous holder committed.
         await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         async with conn.transaction():
-            access_cursor = await conn.execute(_THREAD_ACCESS, (principal.id, entry.id, thread_id))
             names = mentions_in(entry.text)
             message: dict[str, Any] = {
                 "type": "entry",
@@ -214,7 +227,7 @@ class Entries:
                 message["data"] = entry.data
             if entry.reply_to is not None:
                 message["reply_to"] = str(entry.reply_to)
-            inserted = await conn.execute(_INSERT_ENTRY, {
+            record_cursor = await conn.execute(_RECORD, {
                 "id": entry.id, "author": principal.id, "message": Jsonb(message), "hash": digest,
                 "thread": thread_id,
             })
@@ -226,11 +239,12 @@ class Entries:
                     "AND deleted_at IS NULL",
                     (thread_id, [n.lower() for n in names]),
                 )
-            head_cursor = await conn.execute(LOCK_HEAD_SQL)
-            access = await access_cursor.fetchone()  # the round trip's sync point
-            if access is None:
+            row = await record_cursor.fetchone()  # the round trip's sync point
+            if row is None:
+                raise RuntimeError("audit.chain_head has no row: the audit migration has not run")
+            house_id, role, existing_thread, existing_hash, recorded, head_seq, head_hash = row
+            if house_id is None:
                 raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
-            house_id, role, existing_thread, existing_hash = access[0], access[1], access[3], access[4]
             if role is None:
                 raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
             if entry.kind == "system" and ROLE_RANK[role] < ROLE_RANK["admin"]:
@@ -239,11 +253,10 @@ class Entries:
                 if existing_thread != thread_id or existing_hash != digest:
                     raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
                 raise _Retry
-            recorded = await inserted.fetchone()
             if recorded is None:
                 # Inserted concurrently under a colliding lock key: the client should simply retry.
                 raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
-            message = recorded[0]
+            message = recorded
             unknown: list[str] = []
             if agents_cursor is not None:
                 agents = {row[0]: row[1] for row in await agents_cursor.fetchall()}
@@ -261,9 +274,7 @@ class Entries:
                         "CASE WHEN %s THEN now() END)",
                         [(*row, row[6] == "gave_up") for row in rows],
                     )
-            head = await head_cursor.fetchone()
-            assert head is not None
-            await insert_rows_async(conn, build_rows(int(head[0]), str(head[1]), [AuditEvent(
+            await insert_rows_async(conn, build_rows(int(head_seq), str(head_hash), [AuditEvent(
                 principal.actor, "thread.entry.append", house_id, subject,
                 {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names, "unknown_mentions": unknown},
             )]))
@@ -290,25 +301,14 @@ class Entries:
 
     async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str,
                              unlock: int | None = None) -> None:
-        """Step 4, in one round trip (with the entry lock's release when `unlock` is its key)."""
+        """Step 4: one statement (its own transaction), then the entry lock's release when `unlock` is its key,
+        in one round trip."""
         async with conn.pipeline():
-            async with conn.transaction():
-                # Losing this commit in a Postgres crash is harmless (the entry is found pending and completed
-                # from the stream), so it does not wait for the WAL flush.
-                await conn.execute("SET LOCAL synchronous_commit = off")
-                await conn.execute(
-                    "UPDATE appliance.thread_entries SET state = 'appended', next_offset = %s, appended_at = now() "
-                    "WHERE id = %s AND state = 'pending'",
-                    (next_offset, entry_id),
-                )
-                released = await conn.execute(
-                    "UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
-                    "WHERE entry_id = %s AND state = 'held'",
-                    (entry_id,),
-                )
+            cursor = await conn.execute(_MARK_APPENDED, {"id": entry_id, "offset": next_offset})
             if unlock is not None:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (unlock,))
-        if released.rowcount:
+            row = await cursor.fetchone()
+        if row and row[0]:
             self.on_ready()
 
     async def _mark_failed(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, reason: str) -> None:

@@ -1,12 +1,12 @@
 """The mention dispatcher: delivers `ready` outbox rows to the tenant's agent workers (contract: ACTIVATION.md).
 
-A row is claimed by pushing its `next_attempt_at` past the delivery timeout (a lease: if this gateway dies
-mid-delivery the row becomes due again), then POSTed to `/activate/{agent_id}`. A 2xx answer marks it
-`delivered`; an unknown or deleted agent, or a permanent refusal by the worker (400, 404, 410, 422), marks it
-`gave_up` with the reason and an audit event; anything else (worker down, 5xx, 401/403 from a misconfigured
-credential, 429, a timeout) schedules a retry with exponential backoff. Claims use FOR UPDATE SKIP LOCKED, so
-several gateway workers share the outbox without delivering a row twice at once. Delivery is at least once:
-agent workers deduplicate by entry id.
+A row is claimed with a short lease (`leased_until`) that the dispatcher keeps extending while it delivers (if
+this gateway dies mid-delivery the row is due again within LEASE_S), then POSTed to `/activate/{agent_id}`.
+A 2xx answer marks it `delivered`; an unknown or deleted agent, or a permanent refusal by the worker (400,
+404, 410, 422), marks it `gave_up` with the reason and an audit event; anything else (worker down, 5xx,
+401/403 from a misconfigured credential, 429, a timeout) schedules a retry with exponential backoff. Claims
+use FOR UPDATE SKIP LOCKED, so several gateway workers share the outbox without delivering a row twice at
+once. Delivery is at least once: agent workers deduplicate by entry id.
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ if importlib.util.find_spec("sniffio") is None:
 
 PERMANENT_STATUSES = frozenset({400, 404, 410, 422})
 
+LEASE_S = 10.0
+
 _CLAIM = (
-    "UPDATE appliance.outbox o SET next_attempt_at = now() + make_interval(secs => %s), attempts = o.attempts + 1 "
+    "UPDATE appliance.outbox o SET leased_until = now() + make_interval(secs => %s), attempts = o.attempts + 1 "
     "FROM appliance.thread_entries e "
     "WHERE e.id = o.entry_id AND o.id IN ("
     " SELECT id FROM appliance.outbox WHERE state = 'ready' AND next_attempt_at <= now()"
+    " AND (leased_until IS NULL OR leased_until < now())"
     " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) "
     "RETURNING o.id, o.entry_id, o.thread_id, o.house_id, o.agent_id, o.agent_name, o.mentioned_by, o.attempts, "
     "e.next_offset"
@@ -64,6 +67,7 @@ class Dispatcher:
         self.http = httpx.AsyncClient(base_url=settings.agents_url, timeout=settings.agents_timeout_s,
                                       trust_env=False)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._leased: set[int] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -73,6 +77,21 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
         await self.http.aclose()
+
+    async def keep_leases(self) -> None:
+        """Extend the leases of the deliveries in flight, so they outlive LEASE_S only while this process does."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            if not self._leased:
+                continue
+            try:
+                await self.db.fetchall(
+                    "UPDATE appliance.outbox SET leased_until = now() + make_interval(secs => %s) "
+                    "WHERE id = ANY(%s) AND leased_until IS NOT NULL RETURNING id",
+                    (LEASE_S, list(self._leased)),
+                )
+            except (psycopg.Error, OSError) as exc:
+                log.warning("outbox lease renewal failed: %s", type(exc).__name__)
 
     async def run(self) -> None:
         while True:
@@ -99,8 +118,9 @@ class Dispatcher:
         capacity = self._capacity()
         if capacity == 0:
             return []
-        lease = self.settings.agents_timeout_s + 30
-        return await self.db.fetchall(_CLAIM, (lease, capacity))
+        claimed = await self.db.fetchall(_CLAIM, (LEASE_S, capacity))
+        self._leased.update(int(row["id"]) for row in claimed)
+        return claimed
 
     async def deliver(self, row: dict[str, Any]) -> None:
         try:
@@ -108,6 +128,8 @@ class Dispatcher:
         except (psycopg.Error, OSError) as exc:
             # The lease brings the row back; nothing is lost.
             log.warning("activation %s not settled: %s", row["id"], type(exc).__name__)
+        finally:
+            self._leased.discard(int(row["id"]))
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         agent = await self.db.fetchrow(
@@ -134,8 +156,8 @@ class Dispatcher:
             return
         if 200 <= response.status_code < 300:
             await self.db.fetchall(
-                "UPDATE appliance.outbox SET state = 'delivered', finished_at = now(), last_error = NULL "
-                "WHERE id = %s RETURNING id",
+                "UPDATE appliance.outbox SET state = 'delivered', finished_at = now(), last_error = NULL, "
+                "leased_until = NULL WHERE id = %s RETURNING id",
                 (row["id"],),
             )
         elif response.status_code in PERMANENT_STATUSES:
@@ -146,15 +168,16 @@ class Dispatcher:
     async def _retry(self, row: dict[str, Any], reason: str) -> None:
         delay = backoff_s(int(row["attempts"]), self.settings.dispatch_backoff_max_s)
         await self.db.fetchall(
-            "UPDATE appliance.outbox SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s "
-            "WHERE id = %s AND state = 'ready' RETURNING id",
+            "UPDATE appliance.outbox SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s, "
+            "leased_until = NULL WHERE id = %s AND state = 'ready' RETURNING id",
             (delay, reason, row["id"]),
         )
 
     async def _give_up(self, row: dict[str, Any], reason: str) -> None:
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now() WHERE id = %s",
+                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now(), "
+                "leased_until = NULL WHERE id = %s",
                 (reason, row["id"]),
             )
             await self.audit.in_transaction(conn, AuditEvent(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
@@ -46,8 +47,11 @@ def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool)
 
 
 async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]], headers: dict[str, str],
-                    read_timeout: float | None, upstream_name: str, vary_authorization: bool = True
-                    ) -> StreamingResponse:
+                    read_timeout: float | None, upstream_name: str, vary_authorization: bool = True,
+                    open_ended: bool = False) -> StreamingResponse:
+    """GET from the upstream and stream the answer back. `open_ended` (SSE): the answer has no end of its own,
+    so the client's disconnection is watched to stop it; other answers end by themselves (a long-poll within
+    its timeout) and skip that watcher, which costs two tasks per response."""
     try:
         response = await upstream.request("GET", path, params=params, headers=headers, read_timeout=read_timeout)
     except UpstreamTimeout:
@@ -68,8 +72,9 @@ async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]]
             # Also on client disconnect (the cancellation lands in this frame): the connection is not reused.
             await response.aclose()
 
-    return _RawHeadersResponse(body(), response.status, _response_headers(response.headers, vary_authorization),
-                               BackgroundTask(response.aclose))
+    response_class = _RawHeadersResponse if open_ended else _EndingResponse
+    return response_class(body(), response.status, _response_headers(response.headers, vary_authorization),
+                          BackgroundTask(response.aclose))
 
 
 class _RawHeadersResponse(StreamingResponse):
@@ -79,3 +84,15 @@ class _RawHeadersResponse(StreamingResponse):
                  background: BackgroundTask) -> None:
         super().__init__(content, status_code=status_code, background=background)
         self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw_headers]
+
+
+class _EndingResponse(_RawHeadersResponse):
+    """For answers that end by themselves: chunks are sent as they arrive, without a disconnect watcher."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()

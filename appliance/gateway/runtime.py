@@ -51,6 +51,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         self.audit.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox-dispatcher"))
+        self._tasks.append(asyncio.create_task(self.dispatcher.keep_leases(), name="outbox-leases"))
         self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
 
     async def stop(self) -> None:

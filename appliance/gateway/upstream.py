@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable
+from typing import Final, TypeVar
 from urllib.parse import urlencode
 
 MAX_IDLE_S: Final = 2.0
@@ -26,6 +26,7 @@ MAX_IDLE_CONNECTIONS: Final = 64
 MAX_HEADER_BYTES: Final = 64 * 1024
 READ_SIZE: Final = 64 * 1024
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+T = TypeVar("T")
 
 
 class UpstreamError(Exception):
@@ -53,11 +54,13 @@ class _Connection:
             self.writer.close()
 
 
-async def _within(timeout: float | None, awaitable: asyncio.Future[bytes] | object) -> bytes:
+async def _within(timeout: float | None, awaitable: Awaitable[T]) -> T:
+    if timeout is None:
+        return await awaitable
     try:
-        if timeout is None:
-            return await awaitable  # type: ignore[misc, no-any-return]
-        return await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
+        # asyncio.timeout, not wait_for: no extra task per read (this runs for every line and chunk).
+        async with asyncio.timeout(timeout):
+            return await awaitable
     except TimeoutError:
         raise UpstreamTimeout("upstream did not answer in time") from None
 
@@ -215,7 +218,7 @@ class Upstream:
         reader, writer = connection.reader, connection.writer
         try:
             writer.write(payload)
-            status_line = await _within(read_timeout, reader.readline())
+            status_line, headers = await _within(read_timeout, self._read_head(reader))
             if not status_line:
                 connection.close()
                 if reused:
@@ -225,17 +228,6 @@ class Upstream:
             if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
                 raise UpstreamError("malformed status line")
             status = int(parts[1])
-            headers: list[tuple[str, str]] = []
-            while True:
-                line = await _within(read_timeout, reader.readline())
-                if line in (b"\r\n", b"\n"):
-                    break
-                if not line:
-                    raise UpstreamError("upstream closed the connection in the headers")
-                name, sep, value = line.decode("latin-1").partition(":")
-                if not sep:
-                    raise UpstreamError("malformed header line")
-                headers.append((name.strip(), value.strip()))
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             connection.close()
             if reused and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
@@ -244,8 +236,29 @@ class Upstream:
         except UpstreamError:
             connection.close()
             raise
+        return self._response(connection, method, parts[0], status, headers, read_timeout)
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, list[tuple[str, str]]]:
+        status_line = await reader.readline()
+        headers: list[tuple[str, str]] = []
+        if not status_line:
+            return status_line, headers
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n"):
+                return status_line, headers
+            if not line:
+                raise UpstreamError("upstream closed the connection in the headers")
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise UpstreamError("malformed header line")
+            headers.append((name.strip(), value.strip()))
+
+    def _response(self, connection: _Connection, method: str, version: str, status: int,
+                  headers: list[tuple[str, str]], read_timeout: float | None) -> UpstreamResponse:
         lowered = {k.lower(): v for k, v in headers}
-        keep_alive = lowered.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
+        keep_alive = lowered.get("connection", "").lower() != "close" and version == "HTTP/1.1"
         if method == "HEAD" or status in _NO_BODY_STATUSES or 100 <= status < 200:
             framing, length = "none", 0
         elif "chunked" in lowered.get("transfer-encoding", "").lower():

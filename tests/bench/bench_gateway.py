@@ -72,17 +72,22 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
 
 
-def timed(n: int, call: Callable[[int], httpx.Response], expect: tuple[int, ...]) -> list[float]:
-    for i in range(min(20, n)):  # warm-up: connections, prepared statements, JIT of the node server
-        call(-1 - i)
-    samples = []
+def paired(n: int, direct: Callable[[int], httpx.Response], gateway: Callable[[int], httpx.Response],
+           expect_direct: tuple[int, ...], expect_gateway: tuple[int, ...]) -> tuple[list[float], list[float]]:
+    """Alternate direct and gateway requests, so both see the same machine (others may be busy on it)."""
+    for i in range(min(20, n)):
+        direct(-1 - i)
+        gateway(-1 - i)
+    direct_samples, gateway_samples = [], []
     for i in range(n):
-        started = time.perf_counter()
-        response = call(i)
-        samples.append(time.perf_counter() - started)
-        if response.status_code not in expect:
-            raise RuntimeError(f"unexpected {response.status_code}: {response.text[:300]}")
-    return samples
+        for call, samples, expect in ((direct, direct_samples, expect_direct),
+                                      (gateway, gateway_samples, expect_gateway)):
+            started = time.perf_counter()
+            response = call(i)
+            samples.append(time.perf_counter() - started)
+            if response.status_code not in expect:
+                raise RuntimeError(f"unexpected {response.status_code}: {response.text[:300]}")
+    return direct_samples, gateway_samples
 
 
 def report(name: str, direct: list[float], gateway: list[float]) -> dict[str, float]:
@@ -154,18 +159,18 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     direct_stream = f"/thread-{uuid.uuid4()}"
     direct.put(direct_stream, headers={"content-type": "application/json"}).raise_for_status()
     thread = api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
-    direct_append = timed(args.n, lambda i: direct.post(direct_stream, json=message(i)), (200, 204))
-    gateway_append = timed(
-        args.n, lambda i: api.post(f"/api/threads/{thread}/entries",
-                                   json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (201,))
+    direct_append, gateway_append = paired(
+        args.n, lambda i: direct.post(direct_stream, json=message(i)),
+        lambda i: api.post(f"/api/threads/{thread}/entries",
+                           json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (200, 204), (201,))
     results["append"] = report("thread append (1 writer)", direct_append, gateway_append)
 
     # -- thread read --------------------------------------------------------------------------------------
     tail = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).headers["stream-next-offset"]
     offset = tail.split("_")[0] + "_" + str(max(0, int(tail.split("_")[1]) - 2000)).zfill(len(tail.split("_")[1]))
-    direct_read = timed(args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}), (200,))
-    gateway_read = timed(args.n, lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}),
-                         (200,))
+    direct_read, gateway_read = paired(
+        args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}),
+        lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}), (200,), (200,))
     results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read)
     pair_direct = [a + r for a, r in zip(direct_append, direct_read, strict=False)]
     pair_gateway = [a + r for a, r in zip(gateway_append, gateway_read, strict=False)]
@@ -177,11 +182,15 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         httpx.put(url, headers={"content-type": "application/json"}).raise_for_status()
     threads = [api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
                for _ in range(args.writers)]
-    direct_rate = asyncio.run(throughput(lambda i: direct_streams[i], lambda i, n: message(n), {}, args.writers,
-                                         args.seconds))
-    gateway_rate = asyncio.run(throughput(
-        lambda i: f"{gateway}/api/threads/{threads[i]}/entries",
-        lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, args.writers, args.seconds))
+    direct_rates, gateway_rates = [], []
+    for _ in range(2):  # alternated, so both see the same machine
+        direct_rates.append(asyncio.run(throughput(lambda i: direct_streams[i], lambda i, n: message(n), {},
+                                                   args.writers, args.seconds / 2)))
+        gateway_rates.append(asyncio.run(throughput(
+            lambda i: f"{gateway}/api/threads/{threads[i]}/entries",
+            lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, args.writers,
+            args.seconds / 2)))
+    direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
     ratio = gateway_rate / direct_rate
     print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
           f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f}")
@@ -198,13 +207,15 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         first = api.get("/api/shapes/threads", params={"offset": tip, "handle": handle})
         tip = first.headers["electric-offset"]
     protocol = [("offset", tip), ("handle", handle)]
-    direct_tip = timed(args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]), (200,))
-    gateway_tip = timed(args.n, lambda i: api.get("/api/shapes/threads", params=protocol), (200,))
+    direct_tip, gateway_tip = paired(
+        args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]),
+        lambda i: api.get("/api/shapes/threads", params=protocol), (200,), (200,))
     results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip)
     live = [*protocol, ("live", "true")]
     n_live = max(20, args.n // 10)
-    direct_live = timed(n_live, lambda i: sync.get("/v1/shape", params=[*engine_params, *live]), (200, 204))
-    gateway_live = timed(n_live, lambda i: api.get("/api/shapes/threads", params=live), (200, 204))
+    direct_live, gateway_live = paired(
+        n_live, lambda i: sync.get("/v1/shape", params=[*engine_params, *live]),
+        lambda i: api.get("/api/shapes/threads", params=live), (200, 204), (200, 204))
     results["shape_live_no_change"] = report(f"shape GET live, no change ({SYNC_LONG_POLL_MS} ms)",
                                              direct_live, gateway_live)
 

@@ -87,7 +87,8 @@ def test_activation_survives_a_gateway_kill_9(crash_stack: CrashStack) -> None:
             entry_id = str(uuid.uuid4())
             posted = client.post(f"/api/threads/{thread}/entries", json={"id": entry_id, "text": "@echo wake up"})
             assert posted.status_code == 201
-        # The agent workers are down: the dispatcher tries and schedules a retry.
+        # The agent workers are down: the dispatcher tries (maybe mid-delivery when killed: its lease brings
+        # the activation back) or has already scheduled a retry.
         wait_for(lambda: crash_stack.sql("SELECT attempts FROM appliance.outbox WHERE entry_id = %s",
                                          [entry_id])[0][0] >= 1)
     finally:

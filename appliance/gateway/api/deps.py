@@ -18,7 +18,7 @@ from appliance.gateway.runtime import Gateway
 _bearer = HTTPBearer(auto_error=False, description="A JWT from `appliance token issue` or POST /api/auth/token")
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -82,11 +82,12 @@ async def get_shape(table: str, request: Request, principal: CurrentPrincipal, g
         ("secret", gateway.sync_secret()), *protocol,
     ]
     live = dict(protocol)
-    if live.get("live_sse") == "true" or live.get("experimental_live_sse") == "true":
+    sse = live.get("live_sse") == "true" or live.get("experimental_live_sse") == "true"
+    if sse:
         read_timeout = None
     elif live.get("live") == "true":
         read_timeout = gateway.settings.sync_long_poll_s + 15
     else:
         read_timeout = 60.0
     return await proxy_get(gateway.sync, "/v1/shape", params, forwarded_headers(request.headers),
-                           read_timeout, "sync service")
+                           read_timeout, "sync service", open_ended=sse)

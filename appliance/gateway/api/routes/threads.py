@@ -131,5 +131,5 @@ async def read_stream(
     read_timeout = None if live == "sse" else gateway.settings.streams_long_poll_s + 15
     return await proxy_get(
         gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request.headers), read_timeout,
-        "streams server",
+        "streams server", open_ended=live == "sse",
     )
