@@ -212,3 +212,14 @@ def test_nan_and_infinity_are_refused(stack: Stack) -> None:
         body = f'{{"house_id": "{house}", "key": "k", "value": {literal}}}'
         response = user.http.post("/api/configs", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 422, response.text
+
+
+def test_an_agent_cannot_take_over_a_users_principal_id(stack: Stack) -> None:
+    """An admin creating an agent whose client-chosen id is an existing user's would let the agent's keys act
+    as that user: refused."""
+    admin, victim = stack.user(), stack.user()
+    victim.house()
+    house = admin.house()
+    response = admin.post("/api/agents", {"id": str(victim.id), "house_id": house, "name": "evil", "handler": "echo"})
+    assert response.status_code == 409
+    assert stack.sql("SELECT count(*) FROM public.agents WHERE id = %s", [victim.id]) == [(0,)]

@@ -52,7 +52,9 @@ async def load_live(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid
 
 async def update_row(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid.UUID, changes: dict[str, Any]
                      ) -> dict[str, Any]:
-    assignments = [sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder()) for c in changes]
+    assignments: list[sql.Composable] = [
+        sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder()) for c in changes
+    ]
     assignments.append(sql.SQL("updated_at = now()"))
     query = sql.SQL("UPDATE {} SET {} WHERE id = %s RETURNING *").format(
         sql.Identifier("public", table), sql.SQL(", ").join(assignments)

@@ -229,7 +229,7 @@ class Keyring:
             subject = uuid.UUID(str(claims["sub"]))
         except ValueError:
             raise TokenError("invalid", "token subject is not a principal id") from None
-        return Claims(subject, str(claims.get("jti", "")), int(claims["exp"]), kid, claims)
+        return Claims(subject, str(claims.get("jti", "")), int(claims["exp"]), str(kid), claims)
 
 
 # -- rotation -------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from appliance.gateway.access import current_txid, require, write_transaction
 from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.core.errors import ApiError, error_responses, not_found
 from appliance.gateway.models import AgentCreate, AgentUpdate, WriteResult
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=error_responses(401, 403, 404, 422, 429))
@@ -25,6 +25,13 @@ async def create_agent(body: AgentCreate, principal: CurrentPrincipal, gateway: 
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "agent.create", f"house:{body.house_id}")
         await environment_in_house(tx.conn, body.environment_id, body.house_id)
+        # An agent is a principal: its (client-chosen) id must not be anyone's already.
+        cur = await tx.conn.execute(
+            "SELECT 1 FROM public.members WHERE principal_id = %s UNION ALL "
+            "SELECT 1 FROM public.api_keys WHERE principal_id = %s LIMIT 1", (agent_id, agent_id)
+        )
+        if await cur.fetchone():
+            raise ApiError(409, "already_exists", "this id is already a principal's")
         row = await insert_row(tx.conn, "agents", {
             "id": agent_id, "house_id": body.house_id, "name": body.name, "handler": body.handler,
             "environment_id": body.environment_id, "config": body.config, "created_by": principal.id,
