@@ -10,8 +10,14 @@
       kv     free key-value state for the agent's handler (JSON values)
 
 Only one worker process per tenant opens these files (it holds `worker.lock`), so the per-file lock here only
-orders that process's threads. Commits are synchronous (synchronous=FULL): a 2xx sent to the gateway is final,
-so an accepted activation must survive a crash of the machine, not only of the process.
+orders that process's threads. Two kinds of commits:
+- durable (synchronous=FULL, fsync before returning): accepting an activation (the 2xx sent to the gateway is
+  final, so it must survive a crash of the machine) and preparing a reply with state changes (it must be on disk
+  before the reply is appended, or a power loss could keep the reply and lose the state that goes with it);
+- quick (synchronous=NORMAL: in WAL mode it survives the process being killed, and may lose the last commits
+  if the machine loses power): counting a run, finishing a row, postponing one. Losing those is harmless: the
+  row is run again, and the reply is then found in the stream instead of being appended twice.
+Quick commits and reads are cheap enough to run on the event loop; durable ones go to a thread.
 """
 
 from __future__ import annotations
@@ -119,7 +125,8 @@ class AgentStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._sync = ""
+        self._set_sync("FULL")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
@@ -127,8 +134,14 @@ class AgentStore:
         with self._lock:
             self._db.close()
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    def _set_sync(self, mode: str) -> None:
+        # Called with the lock held (or before the store is shared), between transactions.
+        if mode != self._sync:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._sync = mode
+
+    def _tx(self, durable: bool = True) -> _Transaction:
+        return _Transaction(self, "FULL" if durable else "NORMAL")
 
     # The agent as last activated (read back by claim) ----------------------------------------------------
     def _remember(self, agent: dict[str, Any], configs: dict[str, Any]) -> None:
@@ -185,7 +198,7 @@ class AgentStore:
     def claim(self, entry_id: str) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
         """Count a handler run before it starts (so an entry that takes the worker down every time is noticed);
         returns the runs so far, this one included, and the agent as last activated (row, house configs)."""
-        with self._tx():
+        with self._tx(durable=False):
             self._db.execute("UPDATE inbox SET runs = runs + 1 WHERE entry_id = ?", (entry_id,))
             runs = self._db.execute("SELECT runs FROM inbox WHERE entry_id = ?", (entry_id,)).fetchone()
             meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('agent', 'configs')"))
@@ -194,7 +207,7 @@ class AgentStore:
 
     def uncount_run(self, entry_id: str) -> None:
         """A run stopped by a shutdown, not by its handler: it does not count."""
-        with self._tx():
+        with self._tx(durable=False):
             self._db.execute("UPDATE inbox SET runs = max(0, runs - 1) WHERE entry_id = ?", (entry_id,))
 
     def prepare(self, entry_id: str, reply: dict[str, Any], changes: Mapping[str, Any]) -> None:
@@ -213,7 +226,7 @@ class AgentStore:
             )
 
     def finish(self, entry_id: str, outcome: str, next_offset: str | None) -> None:
-        with self._tx():
+        with self._tx(durable=False):
             self._db.execute(
                 "UPDATE inbox SET state = 'done', outcome = ?, next_offset = ?, finished_at = ?, retry_at = 0 "
                 "WHERE entry_id = ?",
@@ -221,11 +234,11 @@ class AgentStore:
             )
 
     def retry_later(self, entry_id: str, at: float) -> None:
-        with self._tx():
+        with self._tx(durable=False):
             self._db.execute("UPDATE inbox SET retry_at = ? WHERE entry_id = ? AND state != 'done'", (at, entry_id))
 
     def prune(self, older_than_s: float = DEDUP_RETENTION_S) -> int:
-        with self._tx():
+        with self._tx(durable=False):
             cur = self._db.execute("DELETE FROM inbox WHERE state = 'done' AND finished_at < ?",
                                    (time.time() - older_than_s,))
         return cur.rowcount
@@ -244,13 +257,16 @@ class AgentStore:
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT under the store's lock; rolled back if the block raises."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.db = db
-        self.lock = lock
+    def __init__(self, store: AgentStore, sync: str) -> None:
+        self.store = store
+        self.db = store._db
+        self.lock = store._lock
+        self.sync = sync
 
     def __enter__(self) -> None:
         self.lock.acquire()
         try:
+            self.store._set_sync(self.sync)
             self.db.execute("BEGIN IMMEDIATE")
         except BaseException:
             self.lock.release()

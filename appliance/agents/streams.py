@@ -1,5 +1,6 @@
 """The worker's client for the tenant's streams server (specs/durable-streams.md): catch-up reads and appends of
-one JSON message, nothing more. Kept apart from the gateway's client, which is tuned for proxying; both name a
+one JSON message, nothing more. It speaks through the gateway's lean loopback HTTP client (gateway/upstream.py:
+httpx costs about as much CPU per request as everything else the worker does for an activation) and names a
 thread's stream with the gateway's `stream_path` (the contract)."""
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ import json
 import uuid
 from typing import Any, Final
 
-import httpx
-
 from appliance.gateway.streams import stream_path
+from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
 
-JSON: Final = "application/json"
 MAX_READS: Final = 10_000  # chunks of one catch-up read; a stream that never says up-to-date is an error
+TIMEOUT_S: Final = 30.0
+_JSON: Final = {"content-type": "application/json"}
 
 
 class StreamError(Exception):
@@ -29,43 +30,46 @@ class StreamMissing(StreamError):
 
 
 class StreamsClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            # The server must never be reached through an environment proxy.
-            trust_env=False,
-        )
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = Upstream(host, port)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.upstream.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
+                       body: bytes | None = None) -> tuple[int, str | None, str | None, bytes]:
+        """(status, Stream-Next-Offset, Stream-Up-To-Date, body)."""
         try:
-            return await self.http.request(method, path, **kwargs)
-        except httpx.TimeoutException:
+            response = await self.upstream.request(method, path, params=params, body=body,
+                                                   headers=_JSON if body is not None else None,
+                                                   read_timeout=TIMEOUT_S)
+            content = await response.read()
+        except UpstreamTimeout:
             raise StreamError(0, "the streams server timed out") from None
-        except httpx.HTTPError as exc:
-            raise StreamError(0, f"the streams server is unreachable ({type(exc).__name__})") from None
+        except UpstreamError as exc:
+            raise StreamError(0, f"the streams server is unreachable ({exc})") from None
+        return (response.status, response.header("stream-next-offset"), response.header("stream-up-to-date"),
+                content)
 
     async def read_after(self, thread_id: uuid.UUID, offset: str) -> tuple[list[Any], str]:
         """Every message after `offset` (`-1`: from the start) up to the tail, and the tail's offset."""
         messages: list[Any] = []
         current = offset
         for _ in range(MAX_READS):
-            response = await self._request("GET", stream_path(thread_id), params={"offset": current})
-            if response.status_code == 404:
+            status, next_offset, up_to_date, content = await self._request(
+                "GET", stream_path(thread_id), params=[("offset", current)])
+            if status == 404:
                 raise StreamMissing(404, "the thread's stream does not exist")
-            if response.status_code != 200:
-                raise StreamError(response.status_code, f"read failed ({response.status_code})")
+            if status != 200:
+                raise StreamError(status, f"read failed ({status})")
             try:
-                chunk = response.json() if response.content else []
+                chunk = json.loads(content) if content else []
             except ValueError:
-                raise StreamError(response.status_code, "the stream answered something that is not JSON") from None
+                raise StreamError(status, "the stream answered something that is not JSON") from None
             if isinstance(chunk, list):
                 messages.extend(chunk)
-            next_offset = response.headers.get("stream-next-offset") or current
-            if response.headers.get("stream-up-to-date") == "true" or next_offset == current:
+            next_offset = next_offset or current
+            if up_to_date == "true" or next_offset == current:
                 return messages, next_offset
             current = next_offset
         raise StreamError(0, "the stream read did not catch up")
@@ -74,19 +78,11 @@ class StreamsClient:
         """Append one message; returns Stream-Next-Offset. Never retried here: whether a failed append reached the
         stream is for the caller to find out (worker.py)."""
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        response = await self._request("POST", stream_path(thread_id), content=body, headers={"content-type": JSON})
-        if response.status_code == 404:
+        status, next_offset, _, _ = await self._request("POST", stream_path(thread_id), body=body)
+        if status == 404:
             raise StreamMissing(404, "the thread's stream does not exist")
-        if response.status_code not in (200, 204):
-            raise StreamError(response.status_code, f"append refused ({response.status_code})")
-        offset = response.headers.get("stream-next-offset")
-        if not offset:
-            raise StreamError(response.status_code, "append answered without Stream-Next-Offset")
-        return offset
-
-    async def reachable(self) -> bool:
-        try:
-            await self.http.request("HEAD", "/", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return True
+        if status not in (200, 204):
+            raise StreamError(status, f"append refused ({status})")
+        if not next_offset:
+            raise StreamError(status, "append answered without Stream-Next-Offset")
+        return next_offset

@@ -134,7 +134,7 @@ class Worker:
         self.settings = tenant.agents
         self.agents_dir = tenant.agents_data
         bind = tenant.common.bind_address
-        self.streams = StreamsClient(f"http://{bind}:{tenant.port('streams')}")
+        self.streams = StreamsClient(bind, tenant.port("streams"))
         self.handlers = handlers or default_registry(self.agents_dir, self.settings)
         self.slots = asyncio.Semaphore(self.settings.max_concurrency)
         # Plain-function handlers run here. A thread cannot be stopped: one that overran its timeout keeps its
@@ -222,7 +222,7 @@ class Worker:
             # Appended by a run that died before recording it (or before its prepare commit was kept).
             await self._finish(store, entry_id, "found", tail)
             return
-        runs, last_agent, last_configs = await asyncio.to_thread(store.claim, entry_id)
+        runs, last_agent, last_configs = store.claim(entry_id)  # a quick commit (store.py): on the loop
         # The agent as last activated: a queued activation runs with the freshest config the worker has seen.
         agent = AgentSpec.model_validate(last_agent) if last_agent else activation.agent
         configs = last_configs if last_agent else activation.configs
@@ -330,7 +330,7 @@ class Worker:
         await self._finish(store, entry_id, "error" if message.get("kind") == "error" else "replied", next_offset)
 
     async def _finish(self, store: AgentStore, entry_id: str, outcome: str, next_offset: str | None) -> None:
-        await asyncio.to_thread(store.finish, entry_id, outcome, next_offset)
+        store.finish(entry_id, outcome, next_offset)  # a quick commit (store.py): on the loop
 
 
 class AgentRunner:
@@ -364,8 +364,7 @@ class AgentRunner:
             await self._wake.wait()
             self._wake.clear()
             try:
-                rows, retry_at = await asyncio.to_thread(self.store.due, set(self.running),
-                                                         limit - len(self.running))
+                rows, retry_at = self.store.due(set(self.running), limit - len(self.running))
                 for row in rows:
                     self.running[row.entry_id] = asyncio.create_task(self._run(row), name=f"activation-{row.entry_id}")
             except Exception as exc:  # an unreadable store must not end the loop: try again later
@@ -402,4 +401,4 @@ class AgentRunner:
         delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
         log.warning("agent %s: activation for %s postponed %.1f s: %s", self.agent_id, entry_id, delay, reason)
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.store.retry_later, entry_id, time.time() + delay)
+            self.store.retry_later(entry_id, time.time() + delay)
