@@ -119,7 +119,11 @@ def append_events(conn: psycopg.Connection[Any], events: Sequence[AuditEvent]) -
         if head is None:
             raise RuntimeError("audit.chain_head has no row: the audit migration has not run")
         rows = build_rows(int(head[0]), str(head[1]), events)
-        cur.executemany(_INSERT_EVENT, [_params(row) for row in rows])
+        if len(rows) == 1:
+            # executemany pipelines even a single row (an extra sync with the server): one event, one statement.
+            cur.execute(_INSERT_EVENT, _params(rows[0]))
+        else:
+            cur.executemany(_INSERT_EVENT, [_params(row) for row in rows])
     return [(row.seq, row.hash) for row in rows]
 
 

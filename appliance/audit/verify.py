@@ -41,8 +41,9 @@ from appliance.audit.batch import (
     parse_key,
     parse_manifest,
     prefix,
+    raw_line,
 )
-from appliance.audit.canonical import MAX_SAFE_INTEGER, CanonicalError
+from appliance.audit.canonical import MAX_SAFE_INTEGER, canonical_json_unchecked
 from appliance.audit.chain import GENESIS_HASH, ChainRow
 from appliance.audit.db import BatchRecord, Watermark, all_batches, stream_rows, watermark
 from appliance.audit.store import KeyVersions, StoredObject, StoreError, get_object, list_versions
@@ -164,8 +165,9 @@ def _int(text: str) -> int:
     return value
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+# Floats, NaN and integers beyond ±(2**53 - 1) are refused while parsing: they have no canonical form.
+_DECODER: Final = json.JSONDecoder(parse_float=_refuse_float, parse_int=_int, parse_constant=_refuse_constant)
+_dumps = canonical_json_unchecked  # parse_line refuses what has no canonical form before anything is dumped
 
 
 def parse_line(line: bytes) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def parse_line(line: bytes) -> dict[str, Any]:
     if b"\\u0000" in line:
         raise _LineError("a string contains U+0000")
     try:
-        value = json.loads(line, parse_float=_refuse_float, parse_int=_int, parse_constant=_refuse_constant)
+        value = _DECODER.decode(line.decode("utf-8"))
     except _LineError:
         raise
     except ValueError as exc:
@@ -591,8 +593,7 @@ class Verifier:
                     pending = more
                     break
                 group.append(more)
-            self._compare(check, group)
-            same = check.lines_ok and check.jsonl is not None and self._group_jsonl_equal(check, group)
+            same = self._compare(check, group) and check.lines_ok
             for member in group:
                 check_row(member, trusted=same)
             if group[-1].seq < check.last_seq:
@@ -600,21 +601,14 @@ class Verifier:
         while (row := next_row()) is not None:
             check_row(row, trusted=False)
 
-    def _group_jsonl_equal(self, check: BatchCheck, group: list[ChainRow]) -> bool:
-        if group[0].seq != check.first_seq or len(group) != check.count:
-            return False
-        try:
-            jsonl = b"".join(event_line(r, check_hash=False) + b"\n" for r in group)
-        except (BatchError, CanonicalError, ValueError):
-            return False
-        return jsonl == check.jsonl
-
-    def _compare(self, check: BatchCheck, group: list[ChainRow]) -> None:
-        """Postgres rows against the lines S3 holds for the same seqs; names the fields that differ."""
+    def _compare(self, check: BatchCheck, group: list[ChainRow]) -> bool:
+        """Postgres rows against the lines S3 holds for the same seqs; names the fields that differ. True when
+        the rows give exactly the batch's JSONL (then a row is hashed only if the batch's line was not)."""
         if check.jsonl is None:
-            return
-        if self._group_jsonl_equal(check, group):
-            return
+            return False
+        if group[0].seq == check.first_seq and len(group) == check.count \
+                and b"".join(raw_line(r) + b"\n" for r in group) == check.jsonl:
+            return True
         stored: dict[int, bytes] = {}
         for raw in check.jsonl.split(b"\n"):
             if not raw:
@@ -626,8 +620,8 @@ class Verifier:
             stored.setdefault(seq, raw)
         for row in group:
             try:
-                mine = event_line(row, check_hash=False)
-            except (BatchError, CanonicalError, ValueError) as exc:
+                mine = raw_line(row)
+            except (TypeError, ValueError) as exc:
                 self.report.add(Problem(row.seq, "s3/db", "mismatch", f"the Postgres row cannot be encoded: {exc}"))
                 continue
             theirs = stored.get(row.seq)
@@ -649,6 +643,7 @@ class Verifier:
                        else "the S3 copy does not hash correctly")
             self.report.add(Problem(row.seq, "s3/db", "mismatch", f"Postgres and S3 ({check.key}) differ in "
                                                                   f"{', '.join(fields)}: {shown}; {verdict}"))
+        return False
 
     def _store_ahead(self, first: int, last: int, key: str) -> None:
         self.report.add(Problem(first, "s3/db", "missing", (
