@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from appliance.agents.handlers import (
     EXTERNAL,
+    HISTORY_LIMIT,
     HandlerContext,
     HandlerError,
     HandlerRegistry,
@@ -56,12 +57,12 @@ from appliance.agents.handlers import (
 from appliance.agents.models import ActivationRequest, AgentSpec
 from appliance.agents.store import AgentState, AgentStore, InboxRow, QueueFull, dumps, store_path
 from appliance.agents.streams import StreamError, StreamMissing, StreamsClient
+from appliance.agents.threads import Around, ThreadViews
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
 
 log = logging.getLogger("appliance.agents")
 
-HISTORY_LIMIT: Final = 100
 MAX_RUNS: Final = 3
 # Unfinished activations one agent may have queued before the worker answers 429 (the gateway retries later).
 MAX_OPEN_PER_AGENT: Final = 1000
@@ -135,6 +136,7 @@ class Worker:
         self.agents_dir = tenant.agents_data
         bind = tenant.common.bind_address
         self.streams = StreamsClient(bind, tenant.port("streams"))
+        self.threads = ThreadViews(self.streams)
         self.handlers = handlers or default_registry(self.agents_dir, self.settings)
         self.slots = asyncio.Semaphore(self.settings.max_concurrency)
         # Plain-function handlers run here. A thread cannot be stopped: one that overran its timeout keeps its
@@ -196,7 +198,8 @@ class Worker:
         return Outcome(accepted.state, accepted.outcome, duplicate=not accepted.fresh)
 
     def stats(self) -> dict[str, int]:
-        return {"agents": len(self.runners), "running": sum(len(r.running) for r in self.runners.values())}
+        return {"agents": len(self.runners), "running": sum(len(r.running) for r in self.runners.values()),
+                "threads_cached": len(self.threads)}
 
     # One activation ---------------------------------------------------------------------------------------------
     async def process(self, store: AgentStore, row: InboxRow) -> None:
@@ -215,12 +218,16 @@ class Worker:
                 return
             await self._append(store, entry_id, activation, row.reply)
             return
-        messages, tail = await self._read(store, entry_id, activation, "-1")
-        if tail is None:
+        try:
+            around = await self.threads.around(activation.event.thread_id, activation.event.entry_id)
+        except StreamMissing:
+            await self._finish(store, entry_id, "thread_missing", None)
             return
-        if _has(messages, reply_id):
+        except StreamError as exc:
+            raise _RetryLater(f"reading the thread failed ({exc.status})") from None
+        if _has(around.after, reply_id):
             # Appended by a run that died before recording it (or before its prepare commit was kept).
-            await self._finish(store, entry_id, "found", tail)
+            await self._finish(store, entry_id, "found", around.tail)
             return
         runs, last_agent, last_configs = store.claim(entry_id)  # a quick commit (store.py): on the loop
         # The agent as last activated: a queued activation runs with the freshest config the worker has seen.
@@ -236,7 +243,7 @@ class Worker:
                                     f"the worker stopped {MAX_RUNS} times while handling this")
         else:
             try:
-                message = await self._handle(agent, configs, activation, messages, state)
+                message = await self._handle(agent, configs, activation, around, state)
             except asyncio.CancelledError:
                 # Stopped by a shutdown, not by the handler: this run does not count against MAX_RUNS.
                 with contextlib.suppress(Exception):
@@ -267,16 +274,14 @@ class Worker:
             raise _RetryLater(f"reading the thread failed ({exc.status})") from None
 
     async def _handle(self, agent: AgentSpec, configs: dict[str, Any], activation: ActivationRequest,
-                      messages: list[Any], state: AgentState) -> dict[str, Any]:
+                      around: Around, state: AgentState) -> dict[str, Any]:
         """The handler's reply as the message to append, or the error entry that explains why there is none."""
         name = agent.name
-        wanted = str(activation.event.entry_id)
-        position = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("id") == wanted), None)
-        if position is None:
+        if around.entry is None:
             return error_message(activation, name, "entry_missing", "the message that mentioned it is not in the "
                                                                     "thread")
-        history = [m for m in messages[: position + 1] if isinstance(m, dict)][-HISTORY_LIMIT:]
-        ctx = HandlerContext(agent=agent, configs=configs, event=activation.event, entry=messages[position],
+        history = [m for m in around.history[-HISTORY_LIMIT:] if isinstance(m, dict)]
+        ctx = HandlerContext(agent=agent, configs=configs, event=activation.event, entry=around.entry,
                              history=history, state=state, reply_id=activation.reply_id(), settings=self.settings)
         timeout = self.settings.handler_timeout_s
         try:

@@ -41,6 +41,7 @@ log = logging.getLogger("appliance.agents")
 
 ENTRY_POINT_GROUP: Final = "appliance.agents"
 EXTERNAL: Final = "external"
+HISTORY_LIMIT: Final = 100  # messages of the thread a handler is given (the triggering entry and those before it)
 BUILTIN_NAMES: Final = ("echo", "webhook", EXTERNAL)
 
 

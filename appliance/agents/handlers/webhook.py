@@ -26,12 +26,12 @@ from typing import Any, Final
 
 import httpx
 
-from appliance.agents.handlers import HandlerContext, HandlerError, Reply
+from appliance.agents.handlers import HISTORY_LIMIT, HandlerContext, HandlerError, Reply
 from appliance.config import AgentsSettings
 
 WEBHOOKS_FILE: Final = "webhooks.json"
 DEFAULT_HISTORY: Final = 20
-MAX_HISTORY: Final = 200
+MAX_HISTORY: Final = HISTORY_LIMIT
 MAX_REPLY_CHARS: Final = 100_000  # as much as a thread entry may hold (the gateway's limit)
 
 
