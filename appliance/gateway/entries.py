@@ -196,11 +196,17 @@ class Entries:
                 raise
 
     async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
+        """Release the entry lock; a connection that cannot say it did is closed (which releases it), never
+        handed back to the pool still holding it."""
         if conn.broken or conn.closed:
             return
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.rollback()
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.rollback()
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except BaseException:
+            await conn.close()
+            raise
 
     async def _record(self, conn: psycopg.AsyncConnection[Any], key: int, principal: Principal,
                       thread_id: uuid.UUID, entry: EntryCreate, digest: str) -> dict[str, Any] | None:

@@ -44,12 +44,15 @@ class Database:
                 conn = None
             if conn is None:
                 conn = await self._connect()
-            healthy = False
             try:
                 yield conn
-                healthy = not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             finally:
-                if healthy and not self._closed:
+                # Reused after an error too (a refused write is common and a new connection costs a SCRAM
+                # handshake), but only when it is idle outside any transaction; users that hold session state
+                # (the entries' advisory locks) release it or close the connection themselves.
+                reusable = (not self._closed and not conn.closed and not conn.broken
+                            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+                if reusable:
                     self._idle.append(conn)
                 else:
                     await conn.close()
