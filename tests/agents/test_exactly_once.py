@@ -200,3 +200,43 @@ def test_an_entry_that_kills_the_worker_each_time_gets_an_error_entry(running: A
     [reply] = wait_reply(member, thread, posted["id"], timeout=30)
     assert reply["kind"] == "error" and reply["data"]["error"]["code"] == "worker_crashed"
     assert stack.worker.healthy()
+
+
+def test_a_streams_outage_mid_handler_ends_in_one_reply(running: AgentStack, member: Member, tmp_path: Path) -> None:
+    """The append fails while the streams server is down: the decided reply is kept (prepared) and appended once
+    the server is back - after looking whether an append whose answer was lost went through."""
+    stack = running
+    started = tmp_path / "started"
+    sleepy = member.agent("patient", "sleepy", {"sleep_s": 1.5, "started_file": str(started)})
+    thread = member.thread()
+    posted = member.post(thread, "@patient hold on")
+    wait_for(lambda: started.exists())
+    stack.streams.stop()
+    try:
+        wait_for(lambda: inbox(stack, sleepy, posted["id"])[0] == "prepared", timeout=10)
+    finally:
+        stack.streams.start()
+    [reply] = wait_reply(member, thread, posted["id"], timeout=40)
+    assert reply["text"] == "woke up"
+    wait_for(lambda: inbox(stack, sleepy, posted["id"])[0] == "done")
+    assert inbox(stack, sleepy, posted["id"])[:3] == ("done", "replied", 1)  # the handler ran once
+    assert started.read_text().count("\n") == 1
+    assert len(replies_to(member.read(thread), posted["id"])) == 1
+    assert stack.worker.healthy()
+
+
+def test_a_graceful_stop_mid_handler_resumes_without_counting_the_run(running: AgentStack, member: Member,
+                                                                       tmp_path: Path) -> None:
+    stack = running
+    started = tmp_path / "started"
+    sleepy = member.agent("drowsy", "sleepy", {"sleep_s": 2, "started_file": str(started)})
+    thread = member.thread()
+    posted = member.post(thread, "@drowsy hello")
+    wait_for(lambda: started.exists())
+    stack.worker.stop()  # SIGTERM: the running handler is cancelled, the activation stays in the inbox
+    assert inbox(stack, sleepy, posted["id"])[:3] == ("pending", None, 0)
+    stack.worker.start()
+    wait_reply(member, thread, posted["id"])
+    wait_for(lambda: inbox(stack, sleepy, posted["id"])[0] == "done")
+    assert inbox(stack, sleepy, posted["id"])[:3] == ("done", "replied", 1)
+    assert len(replies_to(member.read(thread), posted["id"])) == 1
