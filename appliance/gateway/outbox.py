@@ -3,7 +3,7 @@
 A row is claimed with a short lease (`leased_until`) that the dispatcher keeps extending while it delivers (if
 this gateway dies mid-delivery the row is due again within LEASE_S), then POSTed to `/activate/{agent_id}`.
 A 2xx answer marks it `delivered`; an unknown or deleted agent, or a permanent refusal by the worker (400,
-404, 410, 422), marks it `gave_up` with the reason and an audit event; anything else (worker down, 5xx,
+404, 410, 413, 422), marks it `gave_up` with the reason and an audit event; anything else (worker down, 5xx,
 401/403 from a misconfigured credential, 429, a timeout) schedules a retry with exponential backoff. Claims
 use FOR UPDATE SKIP LOCKED, so several gateway workers share the outbox without delivering a row twice at
 once. Delivery is at least once: agent workers deduplicate by entry id.
@@ -37,7 +37,8 @@ log = logging.getLogger("appliance.gateway")
 if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
-PERMANENT_STATUSES = frozenset({400, 404, 410, 422})
+# 413: the activation (agent row and house configs) is larger than the workers take; resending cannot help.
+PERMANENT_STATUSES = frozenset({400, 404, 410, 413, 422})
 
 LEASE_S = 10.0
 

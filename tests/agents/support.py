@@ -119,9 +119,9 @@ def write_plugin(directory: Path) -> Path:
 
 
 def agents_tenant(base: Path, pg: PgCluster | None = None, tenant_id: str = "acme", slot: int = 1,
-                  agents: dict[str, Any] | None = None) -> TenantEnv:
+                  agents: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None) -> TenantEnv:
     """make_tenant with the agents settings overridden (host.json rewritten, as the deploy would write it)."""
-    env = make_tenant(base, tenant_id=tenant_id, slot=slot, pg=pg)
+    env = make_tenant(base, tenant_id=tenant_id, slot=slot, pg=pg, gateway=gateway)
     settings = AgentsSettings.build({**TEST_AGENTS, **(agents or {})})
     tenant: TenantConfig = env.tenant.model_copy(update={"agents": settings})
     host = env.host.model_copy(update={"tenants": (tenant,)})
@@ -256,10 +256,11 @@ class AgentStack:
 
 
 @contextlib.contextmanager
-def agent_stack(pg: PgCluster, agents: dict[str, Any] | None = None) -> Iterator[AgentStack]:
+def agent_stack(pg: PgCluster, agents: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None
+                ) -> Iterator[AgentStack]:
     base = temp_base("appliance-agents-")
     try:
-        env = agents_tenant(base, pg, agents=agents)
+        env = agents_tenant(base, pg, agents=agents, gateway=gateway)
         provision(env)
         plugin_dir = write_plugin(base / "plugin")
         with streams_server(env.tenant.port("streams"), base / "streams") as streams, \

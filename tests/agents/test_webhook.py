@@ -62,7 +62,7 @@ def _answer(server: RecordingServer, record: Recorded, handler: BaseHTTPRequestH
 @pytest.fixture(scope="module")
 def model(stack: AgentStack) -> Iterator[RecordingServer]:
     with recording_server(_answer) as server:
-        endpoints = {name: {"url": f"{server.url}/{name}"} for name in
+        endpoints: dict[str, dict[str, Any]] = {name: {"url": f"{server.url}/{name}"} for name in
                      ("slow", "fail", "refuse", "redirect", "garbage", "wrong-shape", "huge", "endless")}
         endpoints["default"] = {"url": f"{server.url}/ok", "headers": {"Authorization": f"Bearer {OPERATOR_TOKEN}"}}
         endpoints["down"] = {"url": "http://127.0.0.1:9/unreachable"}
