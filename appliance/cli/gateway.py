@@ -23,6 +23,7 @@ def serve(tenant_id: str, log_level: str) -> None:
     import uvicorn
 
     from appliance.gateway.main import TENANT_ENV
+    from appliance.gateway.serving import NoDelayHTTPProtocol
 
     tenant = load_host_config().tenant(tenant_id)
     os.environ[TENANT_ENV] = tenant.id
@@ -31,7 +32,7 @@ def serve(tenant_id: str, log_level: str) -> None:
     uvicorn.run(
         "appliance.gateway.main:app_from_env", factory=True,
         host=tenant.common.bind_address, port=tenant.port("gateway"), workers=tenant.gateway.workers,
-        log_level=log_level, proxy_headers=False, server_header=False,
+        log_level=log_level, proxy_headers=False, server_header=False, http=NoDelayHTTPProtocol,
         # Long-polls and SSE streams end on their own; give in-flight writes time to finish on shutdown.
         timeout_graceful_shutdown=10,
     )

@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,6 +69,23 @@ def message(index: int) -> dict[str, Any]:
             "mentions": [], "created_at": "2026-01-01T00:00:00.000000Z"}
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its children (uvicorn workers), from /proc: the gateway's
+    own cost, whatever else runs on the machine."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
@@ -90,12 +109,34 @@ def paired(n: int, direct: Callable[[int], httpx.Response], gateway: Callable[[i
     return direct_samples, gateway_samples
 
 
-def report(name: str, direct: list[float], gateway: list[float]) -> dict[str, float]:
+def report(name: str, direct: list[float], gateway: list[float], cpu_ms: float | None = None) -> dict[str, float]:
     d50, d99 = percentiles(direct)
     g50, g99 = percentiles(gateway)
+    cpu = f" | gateway CPU {cpu_ms:4.2f} ms/req" if cpu_ms is not None else ""
     print(f"{name:<34} direct p50 {d50:6.2f} ms p99 {d99:6.2f} | gateway p50 {g50:6.2f} ms p99 {g99:6.2f} | "
-          f"added p50 {g50 - d50:5.2f} ms")
-    return {"direct_p50_ms": d50, "gateway_p50_ms": g50, "added_p50_ms": g50 - d50}
+          f"added p50 {g50 - d50:5.2f} ms{cpu}")
+    result = {"direct_p50_ms": d50, "gateway_p50_ms": g50, "added_p50_ms": g50 - d50}
+    if cpu_ms is not None:
+        result["gateway_cpu_ms_per_request"] = cpu_ms
+    return result
+
+
+class CpuMeter:
+    """Gateway CPU per request over a block (the warm-up requests of `paired` are counted in)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.started = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.started = cpu_seconds(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = cpu_seconds(self.pid) - self.started
+
+    def per_request(self, count: int) -> float:
+        return self.used * 1000 / count
 
 
 async def throughput(url_for: Callable[[int], str], body_for: Callable[[int, int], Any], headers: dict[str, str],
@@ -126,19 +167,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="sequential requests per latency measurement")
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
+    parser.add_argument("--gateway-workers", type=int, default=1, help="gateway.workers (uvicorn processes)")
     args = parser.parse_args()
 
     results: dict[str, Any] = {}
     base = temp_base("appliance-gw-bench-")
     try:
         with pg_cluster() as pg:
-            env = make_tenant(base, pg=pg)
+            env = make_tenant(base, pg=pg, gateway={"workers": args.gateway_workers})
             provision(env)
             with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams, \
                     sync_server(env, long_poll_ms=SYNC_LONG_POLL_MS):
                 gateway_process = start_gateway_process(env, "bench-gateway.log")
                 try:
-                    run(env, streams.url, args, results)
+                    run(env, streams.url, args, results, gateway_process.pid)
                 finally:
                     stop_process(gateway_process)
     finally:
@@ -146,32 +188,38 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pid: int) -> None:
     gateway = env.gateway_url()
     principal = uuid.uuid4()
     auth = {"Authorization": f"Bearer {env.token(principal, ttl=3600)}"}
     api = client(base_url=gateway, headers=auth)
     direct = client(base_url=streams_url)
     house = api.post("/api/houses", json={"name": "bench"}).json()["data"]["id"]
-    print(f"gateway {gateway} (1 worker), streams {streams_url}, {args.n} requests per latency figure\n")
+    print(f"gateway {gateway} ({args.gateway_workers} worker(s)), streams {streams_url}, {args.n} requests per "
+          f"latency figure, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
 
     # -- thread append, 1 writer ------------------------------------------------------------------------
     direct_stream = f"/thread-{uuid.uuid4()}"
     direct.put(direct_stream, headers={"content-type": "application/json"}).raise_for_status()
     thread = api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
-    direct_append, gateway_append = paired(
-        args.n, lambda i: direct.post(direct_stream, json=message(i)),
-        lambda i: api.post(f"/api/threads/{thread}/entries",
-                           json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (200, 204), (201,))
-    results["append"] = report("thread append (1 writer)", direct_append, gateway_append)
+    warm = min(20, args.n)
+    with CpuMeter(pid) as meter:
+        direct_append, gateway_append = paired(
+            args.n, lambda i: direct.post(direct_stream, json=message(i)),
+            lambda i: api.post(f"/api/threads/{thread}/entries",
+                               json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (200, 204), (201,))
+    results["append"] = report("thread append (1 writer)", direct_append, gateway_append,
+                               meter.per_request(args.n + warm))
 
     # -- thread read --------------------------------------------------------------------------------------
     tail = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).headers["stream-next-offset"]
     offset = tail.split("_")[0] + "_" + str(max(0, int(tail.split("_")[1]) - 2000)).zfill(len(tail.split("_")[1]))
-    direct_read, gateway_read = paired(
-        args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}),
-        lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}), (200,), (200,))
-    results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read)
+    with CpuMeter(pid) as meter:
+        direct_read, gateway_read = paired(
+            args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}),
+            lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}), (200,), (200,))
+    results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read,
+                             meter.per_request(args.n + warm))
     pair_direct = [a + r for a, r in zip(direct_append, direct_read, strict=False)]
     pair_gateway = [a + r for a, r in zip(gateway_append, gateway_read, strict=False)]
     results["append_plus_read"] = report("thread append + read", pair_direct, pair_gateway)
@@ -193,7 +241,7 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
     ratio = gateway_rate / direct_rate
     print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
-          f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f}")
+          f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f} (load average {os.getloadavg()[0]:.1f})")
     results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio}
 
     # -- shapes ---------------------------------------------------------------------------------------------
@@ -207,10 +255,12 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         first = api.get("/api/shapes/threads", params={"offset": tip, "handle": handle})
         tip = first.headers["electric-offset"]
     protocol = [("offset", tip), ("handle", handle)]
-    direct_tip, gateway_tip = paired(
-        args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]),
-        lambda i: api.get("/api/shapes/threads", params=protocol), (200,), (200,))
-    results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip)
+    with CpuMeter(pid) as meter:
+        direct_tip, gateway_tip = paired(
+            args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]),
+            lambda i: api.get("/api/shapes/threads", params=protocol), (200,), (200,))
+    results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip,
+                                  meter.per_request(args.n + warm))
     live = [*protocol, ("live", "true")]
     n_live = max(20, args.n // 10)
     direct_live, gateway_live = paired(
