@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from appliance.agents.store import store_path
+from appliance.gateway.upstream import Upstream, UpstreamError
 from tests.agents.support import WorkerProcess, agents_tenant
 from tests.gateway.support import provision, start_gateway_process, stop_process, streams_server, temp_base
 from tests.support.pg import pg_cluster
@@ -63,12 +64,41 @@ def describe(name: str, values: list[float]) -> str:
             f"max {max(values):7.1f} ms   (n={len(values)})")
 
 
+class Client:
+    """The bench's HTTP client for the measured requests: the gateway's lean loopback client (gateway/upstream.py),
+    so the client - on the same two cores as everything it measures - takes as little CPU as it can."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.upstream = Upstream(host, port)
+        self.auth = {"authorization": f"Bearer {token}"}
+
+    async def get(self, path: str, params: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
+        response = await self.upstream.request("GET", path, params=params, headers=self.auth, read_timeout=60)
+        body = await response.read()
+        return response.status, {k.lower(): v for k, v in response.headers}, body
+
+    async def post(self, path: str, body: Any) -> int:
+        response = await self.upstream.request("POST", path, body=json.dumps(body).encode(),
+                                               headers={**self.auth, "content-type": "application/json"})
+        await response.read()
+        return response.status
+
+    async def sse(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[str]:
+        response = await self.upstream.request("GET", path, params=params, headers=self.auth, read_timeout=None)
+        pending = b""
+        async for chunk in response.iter_bytes():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode().rstrip("\r")
+
+
 class LiveReader:
     """One live reader of a thread through the gateway, connected for the whole run (as a client tailing a
     thread is): it notes when each reply arrives."""
 
-    def __init__(self, http: httpx.AsyncClient, thread: str, offset: str, sse: bool) -> None:
-        self.http, self.thread, self.offset, self.sse = http, thread, offset, sse
+    def __init__(self, client: Client, thread: str, offset: str, sse: bool) -> None:
+        self.client, self.path, self.offset, self.sse = client, f"/api/threads/{thread}/stream", offset, sse
         self.waiting: dict[str, asyncio.Future[float]] = {}
         self.task = asyncio.create_task(self._sse() if sse else self._long_poll())
 
@@ -85,38 +115,34 @@ class LiveReader:
 
     async def _long_poll(self) -> None:
         while True:
-            response = await self.http.get(f"/api/threads/{self.thread}/stream",
-                                           params={"offset": self.offset, "live": "long-poll"})
-            self.offset = response.headers.get("stream-next-offset", self.offset)
-            if response.status_code == 200:
-                self._seen(response.json())
+            status, headers, body = await self.client.get(self.path, [("offset", self.offset), ("live", "long-poll")])
+            self.offset = headers.get("stream-next-offset", self.offset)
+            if status == 200:
+                self._seen(json.loads(body))
 
     async def _sse(self) -> None:
         while True:
-            async with self.http.stream("GET", f"/api/threads/{self.thread}/stream",
-                                        params={"offset": self.offset, "live": "sse"},
-                                        timeout=httpx.Timeout(30.0, read=None)) as response:
-                event = ""
-                async for line in response.aiter_lines():
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        payload = json.loads(line[5:])
-                        if event == "data":
-                            self._seen(payload)
-                        elif event == "control" and isinstance(payload, dict):
-                            self.offset = payload.get("streamNextOffset", self.offset)
+            event = ""
+            async for line in self.client.sse(self.path, [("offset", self.offset), ("live", "sse")]):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    payload = json.loads(line[5:])
+                    if event == "data":
+                        self._seen(payload)
+                    elif event == "control" and isinstance(payload, dict):
+                        self.offset = payload.get("streamNextOffset", self.offset)
 
     async def close(self) -> None:
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
             await self.task
 
 
-async def thread_loop(http: httpx.AsyncClient, thread: str, agent: str, rounds: int, warmup: int, sse: bool,
+async def thread_loop(client: Client, thread: str, agent: str, rounds: int, warmup: int, sse: bool,
                       interval_s: float, run: Run) -> None:
-    offset = (await http.get(f"/api/threads/{thread}/stream", params={"offset": "-1"})).headers["stream-next-offset"]
-    reader = LiveReader(http, thread, offset, sse)
+    _, headers, _ = await client.get(f"/api/threads/{thread}/stream", [("offset", "-1")])
+    reader = LiveReader(client, thread, headers["stream-next-offset"], sse)
     await asyncio.sleep(0.2)  # connected before the first write
     # Threads start spread over one interval, as independent conversations would.
     await asyncio.sleep(random.uniform(0, interval_s))
@@ -126,10 +152,10 @@ async def thread_loop(http: httpx.AsyncClient, thread: str, agent: str, rounds: 
             entry_id = str(uuid.uuid4())
             arrived = reader.expect(entry_id)
             wall, started = time.time(), time.perf_counter()
-            response = await http.post(f"/api/threads/{thread}/entries",
-                                       json={"id": entry_id, "text": f"@{agent} {n}"})
+            status = await client.post(f"/api/threads/{thread}/entries", {"id": entry_id, "text": f"@{agent} {n}"})
             post_ms = (time.perf_counter() - started) * 1000
-            response.raise_for_status()
+            if status != 201:
+                raise RuntimeError(f"posting an entry answered {status}")
             seen = await asyncio.wait_for(arrived, 30)
             if n >= warmup:
                 run.samples.append(Sample(entry_id, wall, (seen - started) * 1000, post_ms))
@@ -176,10 +202,13 @@ async def bench(gateway_url: str, token: str, args: argparse.Namespace, snapshot
         ids = [(await http.post("/api/threads", json={"house_id": house, "title": f"t{i}"})).json()["data"]["id"]
                for i in range(args.threads)]
         run = Run()
+        url = httpx.URL(gateway_url)
+        client = Client(url.host, url.port or 80, token)
         before = snapshot()
-        await asyncio.gather(*(thread_loop(http, t, names[i % len(names)], args.rounds, args.warmup, args.sse,
+        await asyncio.gather(*(thread_loop(client, t, names[i % len(names)], args.rounds, args.warmup, args.sse,
                                            args.interval_ms / 1000, run) for i, t in enumerate(ids)))
         after = snapshot()
+        await client.upstream.close()
         return run, agent_ids, {name: after[name] - before[name] for name in before}
 
 
