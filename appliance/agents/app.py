@@ -1,4 +1,5 @@
-"""The agent workers' HTTP face: `POST /activate/{agent_id}` for the tenant's gateway, `GET /healthz`.
+"""The agent workers' HTTP face: `POST /activate/{agent_id}` for the tenant's gateway; `GET /healthz`
+(liveness, what the service manager probes) and `GET /readyz` (the streams server and the agents dir).
 
 Only the tenant's gateway may activate: it sends `Authorization: Bearer <agents_internal_token>`, compared in
 constant time with the tenant's secret file, read at each request so a rotated token needs no restart. The check
@@ -6,8 +7,8 @@ comes before the body is read or parsed, so an unauthenticated caller learns not
 
 Answers (appliance/gateway/ACTIVATION.md): 202 once the activation is committed to the agent's inbox (the
 handler runs after); 200 for a duplicate delivery; 401 without the credential; 400/422 for a body that is not an
-activation or names another agent (the gateway gives those up); 413 for an oversized body; 429 when the agent's
-queue is full (the gateway retries later).
+activation or names another agent, and 413 for an oversized body (the gateway gives those up); 429 when the
+agent's queue is full (the gateway retries later).
 """
 
 from __future__ import annotations
@@ -81,7 +82,19 @@ def create_app(tenant: TenantConfig, worker: Worker | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
+        """Liveness (what the service manager probes): the process answers."""
         return {"status": "ok", **worker.stats()}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: the streams server answers and the agents dir is writable."""
+        checks = {"streams": await worker.streams.reachable(),
+                  "agents_dir": os.access(tenant.agents_data, os.W_OK | os.X_OK)}
+        if all(checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        down = ", ".join(name for name, ok in checks.items() if not ok)
+        return JSONResponse({"error": {"code": "not_ready", "message": f"unavailable: {down}"}, "checks": checks},
+                            status_code=503)
 
     @app.post("/activate/{agent_id}")
     async def activate(agent_id: str, request: Request) -> JSONResponse:

@@ -74,6 +74,13 @@ class StreamsClient:
             current = next_offset
         raise StreamError(0, "the stream read did not catch up")
 
+    async def reachable(self) -> bool:
+        try:
+            await self._request("HEAD", "/")
+        except StreamError:
+            return False
+        return True  # any HTTP answer: the server is up
+
     async def append(self, thread_id: uuid.UUID, message: dict[str, Any]) -> str:
         """Append one message; returns Stream-Next-Offset. Never retried here: whether a failed append reached the
         stream is for the caller to find out (worker.py)."""

@@ -152,6 +152,8 @@ def test_oversized_bodies_are_413(stack: AgentStack, echo_activation: tuple[dict
 def test_health_answers_without_credentials(stack: AgentStack) -> None:
     response = httpx.get(f"{stack.worker.url}/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    ready = httpx.get(f"{stack.worker.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"streams": True, "agents_dir": True}
     assert httpx.get(f"{stack.worker.url}/openapi.json").status_code == 404
 
 
