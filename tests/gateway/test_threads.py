@@ -305,3 +305,13 @@ def test_recovered_entries_release_their_activations(stack: Stack, member: tuple
         wait_for(lambda: activations(worker), timeout=20)
     assert json.loads(activations(worker)[0].body)["event"]["entry_id"] == message["id"]
     assert [m["id"] for m in read_all(user, thread)] == [message["id"]]
+
+
+def test_a_thread_whose_stream_is_gone_reads_as_empty(stack: Stack, member: tuple[User, str, str]) -> None:
+    user, _, thread = member
+    assert httpx.delete(f"{stack.streams.url}/thread-{thread}").status_code == 204
+    response = user.get(f"/api/threads/{thread}/stream", params={"offset": "-1"})
+    assert response.status_code == 200 and response.json() == []
+    body = entry("after the loss")
+    assert user.post(f"/api/threads/{thread}/entries", body).status_code == 201
+    assert [m["id"] for m in read_all(user, thread)] == [body["id"]]

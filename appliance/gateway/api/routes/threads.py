@@ -129,7 +129,20 @@ async def read_stream(
     if cursor:
         params.append(("cursor", cursor))
     read_timeout = None if live == "sse" else gateway.settings.streams_long_poll_s + 15
-    return await proxy_get(
-        gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request.headers), read_timeout,
-        "streams server", open_ended=live == "sse",
-    )
+    for attempt in range(2):
+        response = await proxy_get(
+            gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request.headers),
+            read_timeout, "streams server", open_ended=live == "sse",
+        )
+        if response.status_code != 404 or attempt:
+            return response
+        # A live thread without its stream (e.g. the streams data restored from an older backup): an empty
+        # thread, made on first read, rather than the stream server's own 404 page.
+        if response.background is not None:
+            await response.background()  # drop the 404's upstream connection
+        try:
+            await gateway.streams.create(thread_id)
+        except StreamError:
+            raise ApiError(503, "streams_unavailable", "the streams server is unavailable; retry",
+                           {"Retry-After": "1"}) from None
+    raise AssertionError("unreachable")
