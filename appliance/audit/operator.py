@@ -65,10 +65,11 @@ def ship_now(host: HostConfig, tenant: TenantConfig, through_seq: int | None = N
              timeout_s: float = 120.0) -> int:
     """Make sure events through `through_seq` (all committed ones when None) are in the store; returns the
     watermark. Ships them here when no shipper runs; otherwise waits for the running one (which holds the
-    single-shipper lock). Raises TimeoutError when they are not shipped in time (e.g. the store is down)."""
+    single-shipper lock). Raises TimeoutError when they are not shipped in time (e.g. the store is down), and
+    Halt when shipping cannot go on without an operator (appliance/audit/shipper.py)."""
     from appliance.audit.db import connect_audit, watermark
     from appliance.audit.shipper import Shipper, ShipperBusy
-    from appliance.audit.store import audit_client
+    from appliance.audit.store import StoreError, audit_client
 
     deadline = time.monotonic() + timeout_s
     with connect_audit(tenant) as conn:
@@ -76,16 +77,19 @@ def ship_now(host: HostConfig, tenant: TenantConfig, through_seq: int | None = N
     shipper = Shipper(tenant, audit_client(host, tenant), lambda: connect_audit(tenant))
     try:
         while True:
+            problem = ""
             try:
                 shipped = shipper.drain(timeout_s=max(1.0, deadline - time.monotonic()))
-            except ShipperBusy:
+            except (ShipperBusy, StoreError) as exc:
+                # Busy: the running shipper ships them. Store error: retry until the deadline, then say why.
+                problem = "" if isinstance(exc, ShipperBusy) else f" ({exc})"
                 with connect_audit(tenant) as conn:
                     shipped = watermark(conn).shipped_seq
             if shipped >= target:
                 return shipped
             if time.monotonic() > deadline:
                 raise TimeoutError(f"audit events of {tenant.id} shipped through seq {shipped}, not {target}, "
-                                   f"after {timeout_s:.0f}s")
-            time.sleep(0.2)
+                                   f"after {timeout_s:.0f}s{problem}")
+            time.sleep(0.2 if not problem else 1.0)
     finally:
         shipper.close()

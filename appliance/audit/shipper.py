@@ -58,7 +58,7 @@ log = logging.getLogger("appliance.audit")
 # Points where tests make the shipper stop dead (`--pause-at`) so they can kill -9 it exactly there.
 PAUSE_POINTS: Final = ("after_plan", "after_put", "after_record")
 MAX_BACKOFF_S: Final = 30.0
-HALT_RETRY_S: Final = 60.0
+HALT_RETRY_S: Final = 15.0  # a halt waits for an operator; one LIST per retry is cheap
 
 
 class Halt(RuntimeError):
@@ -138,7 +138,8 @@ class Shipper:
         mark = watermark(conn)
         pending = pending_batch(conn)
         if not self._checked_store:
-            self._check_store_beyond(conn, mark, pending)
+            if self._check_store_beyond(conn, mark, pending):
+                mark, pending = watermark(conn), pending_batch(conn)
             self._checked_store = True
         if pending is not None:
             batch = self._rebuild(conn, mark, pending)
@@ -230,22 +231,50 @@ class Shipper:
                 # Only one shipper holds the lock, so this means the rows moved under us; start the step over.
                 raise psycopg.errors.SerializationFailure("the watermark moved during the step")
 
-    def _check_store_beyond(self, conn: psycopg.Connection[Any], mark: Watermark, pending: BatchRecord | None) -> None:
-        """Once per session: the store must hold no batch beyond the watermark except the one in flight.
+    def _check_store_beyond(self, conn: psycopg.Connection[Any], mark: Watermark, pending: BatchRecord | None) -> bool:
+        """Once per session: what the store holds beyond the watermark must be the batch in flight, or batches
+        this database can prove it shipped (the same events, from the watermark on, without a gap) — those are
+        recorded as shipped (True is returned). A database restored to a point after those events were committed
+        but before their shipping was recorded lands here.
 
-        Anything else means this database does not know what was shipped (it was restored to an earlier point,
-        or someone else writes with this tenant's keys); shipping on would put a second, different range of the
-        same seqs in the store."""
+        Anything else halts: the store holds events this database lacks (restored to before them — `appliance
+        audit recover` brings them back) or other events under those seqs (someone else writes with the tenant's
+        keys). Shipping on would put a second, different range of the same seqs in the store."""
         last = last_shipped_batch(conn)
+        beyond: list[tuple[int, int, str]] = []
         for key in list_keys_after(self.s3, self.bucket, self.tenant.id, last.object_key if last else None):
             info = parse_key(key)
             if info is None or info.last_seq <= mark.shipped_seq:
                 continue  # not a batch (verify reports it), or an older one listed late (a clock set back)
             if pending is not None and key == pending.object_key:
                 continue
-            raise Halt("conflict", f"the store holds {key} (seq {info.first_seq}-{info.last_seq}) but this "
-                                   f"database records shipping only through seq {mark.shipped_seq}: was the "
-                                   "database restored to an earlier point? Run `appliance audit verify`")
+            beyond.append((info.first_seq, info.last_seq, key))
+        shipped_seq, shipped_hash = mark.shipped_seq, mark.shipped_hash
+        for first, last_seq, key in sorted(beyond):
+            where = f"the store holds {key} (seq {first}-{last_seq}) beyond what this database records as shipped " \
+                    f"(through seq {shipped_seq})"
+            if pending is not None or first != shipped_seq + 1:
+                raise Halt("conflict", f"{where}, not following it; run `appliance audit verify`")
+            rows = fetch_range(conn, first, last_seq)
+            if len(rows) != last_seq - first + 1:
+                raise Halt("conflict", f"{where}, and this database lacks some of those events: was it restored to "
+                                       f"an earlier point? `appliance audit recover {self.tenant.id}` brings them "
+                                       "back from the store")
+            try:
+                batch = build_batch(self.tenant.id, rows, prev_hash=shipped_hash)
+            except BatchError as exc:
+                raise Halt("chain", f"not shipping past seq {shipped_seq}: {exc}") from None
+            existing = get_object(self.s3, self.bucket, key)
+            problem = "its key differs" if batch.key != key else (
+                "it cannot be read" if existing is None else same_events(existing.body, existing.manifest_text, batch))
+            if problem or existing is None:
+                raise Halt("conflict", f"{where}, with other events than this database holds under those seqs "
+                                       f"({problem}); run `appliance audit verify`")
+            self._plan(conn, batch)
+            self._record(conn, batch, PutOutcome(False, existing.version_id, existing.retain_until), shipped_seq)
+            log.info("%s was shipped before this database recorded it (a restore?); recorded it now", key)
+            shipped_seq, shipped_hash = batch.last_seq, batch.last_hash
+        return bool(beyond)
 
     # -- errors, for `appliance status` -------------------------------------------------------------------
     def record_error(self, kind: str, message: str) -> None:

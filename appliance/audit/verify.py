@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import re
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
@@ -52,6 +55,8 @@ from appliance.objectstore.client import S3Client
 Source = Literal["s3", "db", "both"]
 MAX_PROBLEMS: Final = 200
 DOWNLOAD_THREADS: Final = 8
+# From this many batches on, batches are checked in worker processes (starting them costs about a second).
+PARALLEL_FROM_BATCHES: Final = 32
 # How far around a seq to look for the seq an altered event was really hashed with (a renumbering).
 RENUMBER_WINDOW: Final = 64
 _TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -460,6 +465,32 @@ class Verifier:
                 ref, future = window.pop(0)
                 yield ref, future.result()
 
+    def _checked(self, refs: list[_Ref]) -> Iterator[tuple[_Ref, BatchCheck | None]]:
+        """Each batch downloaded and checked, in order. Checking (decompress, parse, hash every line) is the
+        costly part: for many batches it runs in worker processes, beside this one comparing with Postgres."""
+        downloads = self._download(refs)
+        workers = max(1, (os.cpu_count() or 1) - (1 if self.source == "both" else 0))
+        if len(refs) < PARALLEL_FROM_BATCHES:
+            for ref, obj in downloads:
+                if obj is not None and len(ref.versions.versions) > 1:
+                    self._extra_versions(ref, obj)
+                yield ref, None if obj is None else check_batch(self.tenant_id, ref.key, ref.info, obj)
+            return
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads (boto3's pool)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            window: deque[tuple[_Ref, Future[BatchCheck] | None]] = deque()
+            for ref, obj in downloads:
+                if obj is not None and len(ref.versions.versions) > 1:
+                    self._extra_versions(ref, obj)
+                window.append((ref, None if obj is None else pool.submit(check_batch, self.tenant_id, ref.key,
+                                                                         ref.info, obj)))
+                if len(window) > workers * 2:
+                    done, future = window.popleft()
+                    yield done, None if future is None else future.result()
+            while window:
+                done, future = window.popleft()
+                yield done, None if future is None else future.result()
+
     def s3_batches(self, since_day: str | None = None) -> Iterator[BatchCheck]:
         """Checked batches in seq order, with the problems between them (gaps, overlaps, links) reported.
 
@@ -476,14 +507,11 @@ class Verifier:
                          0)
             refs = refs[start:]
             expected_seq, expected_prev = refs[0].info.first_seq, None
-        for ref, obj in self._download(refs):
-            if obj is None:
+        for ref, check in self._checked(refs):
+            if check is None:
                 report.add(Problem(ref.info.first_seq, "s3", "missing", f"batch {ref.key} version {ref.version_id} "
                                                                         "disappeared while being read"))
                 continue
-            if len(ref.versions.versions) > 1:
-                self._extra_versions(ref, obj)
-            check = check_batch(self.tenant_id, ref.key, ref.info, obj)
             for problem in check.problems:
                 report.add(problem)
             report.s3_batches += 1

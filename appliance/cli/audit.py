@@ -6,6 +6,7 @@
     appliance audit export acme --since 2026-01-01 [--until ISO] [--from s3|db] [-o FILE]
     appliance audit status acme                     lag (events, seconds) and the shipper's last error
     appliance audit record acme deploy [--detail JSON]   an operator action, appended to the chain
+    appliance audit recover acme                after a restore: re-import shipped events the database lacks
 
 Exit codes: 0 intact/done, 1 a break was found (verify, export) or the trail is unhealthy (status),
 2 bad input (unknown tenant, malformed time or detail).
@@ -67,9 +68,15 @@ def ship(tenant_id: str, once: bool, pause_at: str | None) -> None:
         pause = (point, Path(marker))
     s3 = audit_client(host, tenant)
     if once:
+        from appliance.audit.shipper import Halt, ShipperBusy
+        from appliance.audit.store import StoreError
+
         shipper = Shipper(tenant, s3, lambda: connect_audit(tenant), pause_at=pause)
         try:
             shipped = shipper.drain()
+        except (Halt, StoreError, ShipperBusy) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
         finally:
             shipper.close()
         click.echo(f"{tenant_id}: audit events shipped through seq {shipped} to {tenant.audit_bucket}")
@@ -140,6 +147,23 @@ def status_command(tenant_id: str, as_json: bool) -> None:
     else:
         click.echo(f"{tenant_id}: audit {'healthy' if status['healthy'] else 'UNHEALTHY'}: {status['detail']}")
     sys.exit(0 if status["healthy"] else 1)
+
+
+@audit.command("recover")
+@click.argument("tenant_id")
+def recover_command(tenant_id: str) -> None:
+    """After a restore, before anything writes: bring back from the store the shipped events TENANT's database
+    lacks (checked, with their original hashes), so the chain goes on without forking. Exit 1 on a conflict."""
+    from appliance.audit.recover import RecoverError, recover_from_store
+
+    host, tenant = _tenant(tenant_id)
+    try:
+        result = recover_from_store(host, tenant)
+    except RecoverError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{tenant_id}: {result.summary()}")
+    click.echo(f"next: `appliance audit verify {tenant_id}`")
 
 
 @audit.command("record")
