@@ -90,9 +90,10 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 def _application_services(tenant: TenantConfig) -> list[ServiceSpec]:
     """The appliance's own per-tenant services, each defined beside its code (imported here, on use, because
     those modules build on this one)."""
+    from appliance.agents.service import agents_service
     from appliance.gateway.service import gateway_service
 
-    return [gateway_service(tenant)]
+    return [gateway_service(tenant), agents_service(tenant)]
 
 
 def _with_sources(spec: ServiceSpec, source_digest: str) -> ServiceSpec:

@@ -48,7 +48,7 @@ def test_every_component_is_healthy(deployed: HostConfig) -> None:
     assert code == 0, report
     assert set(report["tenants"]) == {"acme", "globex"}
     for tenant in report["tenants"].values():
-        assert {"postgres", "sync", "streams", "gateway", "buckets"} <= set(tenant["components"])
+        assert {"postgres", "sync", "streams", "gateway", "agents", "buckets"} <= set(tenant["components"])
         for name, component in tenant["components"].items():
             assert component["healthy"], (name, component)
             if name != "buckets":  # a probe of the store, not a process of the tenant's
@@ -364,3 +364,40 @@ def test_destroy_of_an_unknown_tenant_is_a_clear_error(deployed: HostConfig) -> 
     )
     assert result.returncode == 2
     assert "no tenant 'nosuch'" in result.stderr
+
+
+# The product through the deployed stack ----------------------------------------------------------------------
+
+
+def test_a_mention_through_the_deployed_gateway_gets_the_echo_agents_reply(deployed: HostConfig) -> None:
+    import time
+    import uuid
+
+    import httpx
+
+    from tests.support.deployment import BIN
+
+    subject = str(uuid.uuid4())
+    token = subprocess.run(
+        [str(BIN / "appliance"), "token", "issue", "acme", "--subject", subject],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    gateway = f"http://127.0.0.1:{deployed.tenant('acme').port('gateway')}"
+    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+        house = api.post("/api/houses", json={"name": "deploy test"}).json()["data"]["id"]
+        assert api.post("/api/agents", json={"house_id": house, "name": "echo", "handler": "echo"}).status_code == 201
+        thread = api.post("/api/threads", json={"house_id": house, "title": "t"}).json()["data"]["id"]
+        entry = str(uuid.uuid4())
+        assert api.post(f"/api/threads/{thread}/entries", json={"id": entry, "text": "ping @echo"}).status_code == 201
+        deadline = time.monotonic() + 15
+        replies: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not replies:
+            messages = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).json()
+            replies = [m for m in messages if m.get("reply_to") == entry]
+            time.sleep(0.2)
+        assert len(replies) == 1 and replies[0]["author"]["kind"] == "agent"  # type: ignore[index]
+        # another tenant's gateway refuses acme's token
+        other = f"http://127.0.0.1:{deployed.tenant('globex').port('gateway')}"
+        assert httpx.get(f"{other}/api/threads/{thread}/stream", headers=api.headers, timeout=10).status_code == 401
