@@ -47,12 +47,15 @@ APPLIANCE = Path(sys.executable).parent / "appliance"
 # and to this venv, so that the tenant's services run this checkout's code.
 STREAMS_INSTALL = Path("/opt/appliance/streams")
 
+# The rig's own tables live in schema `rig` (first on the superuser's search_path in the tenant's database), so
+# that the product's migrations (public.houses, audit.events, ...) can be applied beside them.
 SCHEMA = """
-create table if not exists houses (id uuid primary key, name text not null, deleted_at timestamptz);
-create table if not exists threads (
-    id uuid primary key, house_id uuid not null references houses(id), title text not null,
+create schema if not exists rig;
+create table if not exists rig.houses (id uuid primary key, name text not null, deleted_at timestamptz);
+create table if not exists rig.threads (
+    id uuid primary key, house_id uuid not null references rig.houses(id), title text not null,
     created_at timestamptz not null default clock_timestamp(), deleted_at timestamptz);
-create table if not exists notes (
+create table if not exists rig.notes (
     id bigserial primary key, house_id uuid not null, body text not null,
     created_at timestamptz not null default clock_timestamp());
 """
@@ -189,7 +192,7 @@ def wait_healthy(host: HostConfig, tenant: TenantConfig, timeout: float = 60) ->
         time.sleep(0.2)
 
 
-def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
+def set_up_tenant(host: HostConfig, tenant: TenantConfig, *, product_schema: bool = False) -> None:
     """What the deploy does for a tenant, with the backup steps where the deploy will call them."""
     from appliance.backup.pgbackrest import ensure_files
 
@@ -224,6 +227,11 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig) -> None:
     wait_healthy(host, tenant)
     with connect(tenant) as conn:
         conn.execute(SCHEMA)
+        conn.execute(f"alter role postgres in database {tenant.postgres.database} set search_path = rig, public")
+        if product_schema:
+            from appliance.gateway.migrate import migrate
+
+            migrate(conn)
 
 
 def tear_down_tenant(tenant: TenantConfig) -> None:
@@ -258,8 +266,10 @@ def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConf
 
 
 @contextmanager
-def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] | None = None) -> Iterator[Rig]:
-    """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards."""
+def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] | None = None, *,
+               product_schema: bool = False) -> Iterator[Rig]:
+    """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards. With
+    `product_schema`, the gateway's migrations (product tables, audit chain) are applied as the deploy does."""
     if not supervisor_available():
         pytest.skip("needs root and a running supervisord (the tenant's services run under the service manager)")
     if not (STREAMS_INSTALL / "server.mjs").is_file():
@@ -275,7 +285,7 @@ def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] 
         rig = Rig(store, host)
         try:
             for tenant in host.tenants:
-                set_up_tenant(host, tenant)
+                set_up_tenant(host, tenant, product_schema=product_schema)
             yield rig
         finally:
             for tenant in host.tenants:
