@@ -7,7 +7,7 @@ a lost key no longer verify, encrypted columns no longer open), so each bundle h
 - `config/`: the resolved tenant config (`tenant.json`), the rendered pgbackrest.conf and wrapper, and the
   cluster's rendered postgresql.conf/pg_hba.conf (also in the database backup; kept here for inspection);
 - `streams/`: a consistent snapshot of the Durable Streams data dir (see `appliance.backup.streams`);
-- `agents/`: the agent workers' own persistent state (config, dedup), copied as it is;
+- `agents/`: the agent workers' own persistent state (SQLite through its online backup API, other files as is);
 - `MANIFEST.json`: sha256 and size of every file above, and each stream's offset.
 
 The sync engine's state is not in it: shape logs are a cache of Postgres (rebuilt from a snapshot of the
@@ -168,6 +168,54 @@ def _postgres_version(tenant: TenantConfig) -> str:
         return str(tenant.postgres.version)
 
 
+# Copies the agents' dir: SQLite databases (WAL mode, written while the workers run) through SQLite's online
+# backup API, which reads one consistent snapshot; their -wal/-shm/-journal files are not copied (the snapshot
+# already holds what they held); any other file as it is. Runs as the tenant's user, so that SQLite's shared
+# memory files stay the tenant's.
+_AGENTS_SNAPSHOT = r"""
+import shutil, sqlite3, sys
+from pathlib import Path
+source, dest = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(source.rglob("*")):
+    target = dest / path.relative_to(source)
+    if path.is_dir():
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        continue
+    if not path.is_file() or path.name.endswith(("-wal", "-shm", "-journal")):
+        continue
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with path.open("rb") as fh:
+        sqlite = fh.read(16) == b"SQLite format 3\0"
+    if sqlite:
+        src = sqlite3.connect(path, timeout=30)
+        dst = sqlite3.connect(target)
+        with dst:
+            src.backup(dst)
+        dst.close()
+        src.close()
+    else:
+        shutil.copyfile(path, target)
+"""
+# The system interpreter: the tenant's user can always run it (a venv's may live where it cannot).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _snapshot_agents(tenant: TenantConfig, dest: Path) -> None:
+    import subprocess
+
+    from appliance.backup.pgbackrest import as_tenant
+
+    dest.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(dest, *tenant_ids(tenant))
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-c", _AGENTS_SNAPSHOT, str(tenant.agents_data), str(dest)], capture_output=True, text=True,
+        cwd="/", env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}, timeout=600, **as_tenant(tenant),
+    )
+    if result.returncode != 0:
+        raise BackupError(f"snapshot of the agents' state of {tenant.id} failed: {result.stderr.strip()[-400:]}")
+
+
 def build(tenant: TenantConfig, passphrase: str, out: BinaryIO, *, backup_label: str | None = None,
           streams_source: Path | None = None) -> tuple[dict[str, Any], list[streams.StreamCopy]]:
     """Write a sealed bundle of the tenant to `out`; returns its manifest and the stream copies in it."""
@@ -199,9 +247,11 @@ def build(tenant: TenantConfig, passphrase: str, out: BinaryIO, *, backup_label:
             snapshot = staging / "streams"
             for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
                 _add_file(tar, path, f"streams/{path.relative_to(snapshot)}", manifest)
+            agents = staging / "agents"
             if tenant.agents_data.is_dir():
-                for path in sorted(p for p in tenant.agents_data.rglob("*") if p.is_file()):
-                    _add_file(tar, path, f"agents/{path.relative_to(tenant.agents_data)}", manifest)
+                _snapshot_agents(tenant, agents)
+                for path in sorted(p for p in agents.rglob("*") if p.is_file()):
+                    _add_file(tar, path, f"agents/{path.relative_to(agents)}", manifest)
             _add_bytes(tar, "MANIFEST.json", json.dumps(manifest, indent=1).encode(), None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import jwt
 import psycopg
@@ -51,7 +54,19 @@ def test_restore_after_deleting_the_tenant_dir_brings_it_back_whole(rig: Rig) ->
                      (house,))
     threads = [add_thread(rig, T, house, 150) for _ in range(3)]
     token = jwt.encode({"sub": "member-1", "tenant": T}, tenant.read_secret("jwt_signing_key"), algorithm="EdDSA")
-    assert rig.cli("backup", T, "--full").returncode == 0
+    # An agent's SQLite state in WAL mode, its latest rows only in the -wal file while its writer stays open.
+    agent_db = tenant.agents_data / "agent-1.sqlite3"
+    writer = sqlite3.connect(agent_db, isolation_level=None)
+    writer.execute("pragma journal_mode=wal")
+    writer.execute("pragma wal_autocheckpoint=0")
+    writer.execute("create table inbox (id integer primary key, body text)")
+    writer.executemany("insert into inbox (body) values (?)", [(f"activation {n}",) for n in range(300)])
+    for path in tenant.agents_data.iterdir():
+        os.chown(path, *pgbackrest.tenant_ids(tenant))
+    assert Path(f"{agent_db}-wal").stat().st_size > 0
+    backup = rig.cli("backup", T, "--full")
+    writer.close()
+    assert backup.returncode == 0, backup.stderr
     # Written after the backup: must come back through WAL replay.
     with rig.connect(T) as conn:
         conn.execute("insert into notes (house_id, body) select %s, 'late' || g from generate_series(1, 500) g",
@@ -76,6 +91,8 @@ def test_restore_after_deleting_the_tenant_dir_brings_it_back_whole(rig: Rig) ->
     assert "services healthy" in report["steps"]
 
     assert state(rig) == before
+    with sqlite3.connect(agent_db) as restored_agent:
+        assert restored_agent.execute("select count(*) from inbox").fetchone() == (300,)
     assert {t: stream_body(tenant, t) for t in threads} == streams_before
     assert {name: hashlib.sha256(tenant.secret_path(name).read_bytes()).hexdigest()
             for name in TENANT_SECRETS} == secrets_before
