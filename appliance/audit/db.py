@@ -55,6 +55,31 @@ def stream_rows(conn: psycopg.Connection[Any], after_seq: int = 0, chunk: int = 
         last = int(rows[-1][0])
 
 
+# An event as its JSONL line spells it (appliance/audit/batch.py), formatted by Postgres: the time in the
+# canonical form (what canonical.format_timestamp gives) and the UUID as text, so that verifying a million rows
+# costs no datetime or UUID objects in Python.
+_EVENT_COLUMNS: Final = ("seq, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), actor, "
+                         "action, house_id::text, subject, detail, prev_hash, hash")
+_EVENT_KEYS: Final = ("seq", "ts", "actor", "action", "house_id", "subject", "detail", "prev_hash", "hash")
+
+
+def stream_events(conn: psycopg.Connection[Any], after_seq: int = 0, chunk: int = 20_000,
+                  ) -> Iterator[dict[str, Any]]:
+    """Every event after `after_seq` in seq order as a dict with the JSONL line's fields (for verify/export)."""
+    last = after_seq
+    query = f"SELECT {_EVENT_COLUMNS} FROM audit.events WHERE seq > %s ORDER BY seq LIMIT %s"
+    while True:
+        rows = conn.execute(query, (last, chunk)).fetchall()  # type: ignore[arg-type]
+        if not rows:
+            return
+        for raw in rows:
+            event = dict(zip(_EVENT_KEYS, raw, strict=True))
+            if event["detail"] is None:
+                event["detail"] = {}
+            yield event
+        last = int(rows[-1][0])
+
+
 @dataclass(frozen=True)
 class Watermark:
     shipped_seq: int

@@ -18,8 +18,7 @@ from typing import IO, Any, Literal
 
 import psycopg
 
-from appliance.audit.batch import event_line
-from appliance.audit.canonical import format_timestamp
+from appliance.audit.canonical import canonical_json_unchecked, format_timestamp
 from appliance.audit.verify import Problem, Verifier, line_hash, parse_line
 
 ExportSource = Literal["s3", "db"]
@@ -79,15 +78,16 @@ def _s3_lines(host: Any, tenant: Any, since: str, result: ExportResult) -> Itera
 
 
 def _db_lines(tenant: Any, since: str, result: ExportResult) -> Iterator[bytes]:
-    from appliance.audit.db import connect_audit, stream_rows
+    from appliance.audit.db import connect_audit, stream_events
 
     with connect_audit(tenant) as conn:
         row = conn.execute("SELECT min(seq) FROM audit.events WHERE ts >= %s",
                            (dt.datetime.fromisoformat(since.replace("Z", "+00:00")),)).fetchone()
         if row is None or row[0] is None:
             return
-        for event in stream_rows(conn, int(row[0]) - 1):
-            yield event_line(event, check_hash=False)
+        for event in stream_events(conn, int(row[0]) - 1):
+            # Written as the line it must be; export_events then checks it like any shipped line.
+            yield canonical_json_unchecked(event)
 
 
 def export_events(host: Any, tenant: Any, out: IO[bytes], since: dt.datetime, until: dt.datetime | None = None,

@@ -36,19 +36,15 @@ from typing import Any, Final, Literal
 
 from appliance.audit.batch import (
     LINE_FIELDS,
-    BatchError,
     KeyInfo,
-    check_row_hash,
-    event_line,
     gunzip,
     parse_key,
     parse_manifest,
     prefix,
-    raw_line,
 )
-from appliance.audit.canonical import MAX_SAFE_INTEGER, canonical_json_unchecked
-from appliance.audit.chain import GENESIS_HASH, ChainRow
-from appliance.audit.db import BatchRecord, Watermark, all_batches, stream_rows, watermark
+from appliance.audit.canonical import MAX_SAFE_INTEGER, CanonicalError, canonical_json, canonical_json_unchecked
+from appliance.audit.chain import GENESIS_HASH
+from appliance.audit.db import BatchRecord, Watermark, all_batches, stream_events, watermark
 from appliance.audit.store import KeyVersions, StoredObject, StoreError, get_object, list_versions
 from appliance.objectstore.client import S3Client
 
@@ -566,76 +562,79 @@ class Verifier:
     def _db_chain(self, batches: Iterator[BatchCheck]) -> None:
         """Verify Postgres's chain from the genesis hash; where S3 holds the same seqs, compare line by line."""
         report = self.report
-        rows = stream_rows(self.conn)
-        pending: ChainRow | None = None
+        events = stream_events(self.conn)
+        pending: dict[str, Any] | None = None
         expected_seq, expected_prev = 1, GENESIS_HASH
 
-        def next_row() -> ChainRow | None:
+        def next_event() -> dict[str, Any] | None:
             nonlocal pending
             if pending is not None:
-                row, pending = pending, None
-                return row
-            return next(rows, None)
+                event, pending = pending, None
+                return event
+            return next(events, None)
 
-        def check_row(row: ChainRow, trusted: bool) -> None:
+        def check_event(event: dict[str, Any], trusted: bool) -> None:
             nonlocal expected_seq, expected_prev
             report.db_events += 1
+            seq = event["seq"]
             hash_ok = True
             if not trusted:
+                body = {k: v for k, v in event.items() if k not in ("hash", "prev_hash")}
                 try:
-                    check_row_hash(row)
-                except BatchError as exc:
+                    hashed = canonical_json(body)
+                except CanonicalError as exc:
                     hash_ok = False
-                    if exc.kind == "hash":
-                        why = explain_altered(json.loads(event_line(row, check_hash=False)))
-                        report.add(Problem(row.seq, "db", why.split(":", 1)[0], f"row {why}"))
-                    else:
-                        report.add(Problem(row.seq, "db", "format", f"row cannot be hashed: {exc}"))
-            if row.seq != expected_seq:
-                report.add(Problem(expected_seq, "db", "missing", f"events {expected_seq}-{row.seq - 1} are not in "
-                                                                  f"Postgres (the next row is seq {row.seq})"))
-            elif row.prev_hash != expected_prev and hash_ok:
+                    report.add(Problem(seq, "db", "format", f"row cannot be hashed: {exc}"))
+                else:
+                    if hashlib.sha256(hashed + bytes.fromhex(event["prev_hash"])).hexdigest() != event["hash"]:
+                        hash_ok = False
+                        why = explain_altered(event)
+                        report.add(Problem(seq, "db", why.split(":", 1)[0], f"row {why}"))
+            if seq != expected_seq:
+                report.add(Problem(expected_seq, "db", "missing", f"events {expected_seq}-{seq - 1} are not in "
+                                                                  f"Postgres (the next row is seq {seq})"))
+            elif event["prev_hash"] != expected_prev and hash_ok:
                 # (A row that does not hash is reported as such; its broken link is the same fact.)
-                report.add(Problem(row.seq, "db", "link", f"seq {row.seq} prev_hash {row.prev_hash[:16]}… is not "
-                                                          f"the previous event's hash {expected_prev[:16]}…"))
-            expected_seq, expected_prev = row.seq + 1, row.hash
+                report.add(Problem(seq, "db", "link", f"seq {seq} prev_hash {event['prev_hash'][:16]}… is not "
+                                                      f"the previous event's hash {expected_prev[:16]}…"))
+            expected_seq, expected_prev = seq + 1, event["hash"]
 
         for check in batches:
             # Rows before this batch: unshipped or in a gap of the store; checked on their own.
-            while (row := next_row()) is not None and row.seq < check.first_seq:
-                check_row(row, trusted=False)
-            if row is None:
+            while (event := next_event()) is not None and event["seq"] < check.first_seq:
+                check_event(event, trusted=False)
+            if event is None:
                 self._store_ahead(check.first_seq, check.last_seq, check.key)
                 continue
-            if row.seq > check.last_seq:  # Postgres has none of this batch's seqs
-                pending = row
+            if event["seq"] > check.last_seq:  # Postgres has none of this batch's seqs
+                pending = event
                 self._store_ahead(check.first_seq, check.last_seq, check.key)
                 continue
             # An overlapping batch's first rows were consumed already: it is compared from this row on.
-            group = [row]
-            while len(group) < check.last_seq - row.seq + 1:
-                more = next_row()
+            group = [event]
+            while len(group) < check.last_seq - event["seq"] + 1:
+                more = next_event()
                 if more is None:
                     break
-                if more.seq > check.last_seq:
+                if more["seq"] > check.last_seq:
                     pending = more
                     break
                 group.append(more)
             same = self._compare(check, group) and check.lines_ok
             for member in group:
-                check_row(member, trusted=same)
-            if group[-1].seq < check.last_seq:
-                self._store_ahead(group[-1].seq + 1, check.last_seq, check.key)
-        while (row := next_row()) is not None:
-            check_row(row, trusted=False)
+                check_event(member, trusted=same)
+            if group[-1]["seq"] < check.last_seq:
+                self._store_ahead(group[-1]["seq"] + 1, check.last_seq, check.key)
+        while (event := next_event()) is not None:
+            check_event(event, trusted=False)
 
-    def _compare(self, check: BatchCheck, group: list[ChainRow]) -> bool:
+    def _compare(self, check: BatchCheck, group: list[dict[str, Any]]) -> bool:
         """Postgres rows against the lines S3 holds for the same seqs; names the fields that differ. True when
         the rows give exactly the batch's JSONL (then a row is hashed only if the batch's line was not)."""
         if check.jsonl is None:
             return False
-        if group[0].seq == check.first_seq and len(group) == check.count \
-                and b"".join(raw_line(r) + b"\n" for r in group) == check.jsonl:
+        if group[0]["seq"] == check.first_seq and len(group) == check.count \
+                and b"".join(_dumps(e) + b"\n" for e in group) == check.jsonl:
             return True
         stored: dict[int, bytes] = {}
         for raw in check.jsonl.split(b"\n"):
@@ -646,16 +645,17 @@ class Verifier:
             except (ValueError, KeyError, TypeError):
                 continue
             stored.setdefault(seq, raw)
-        for row in group:
+        for event in group:
+            seq = event["seq"]
             try:
-                mine = raw_line(row)
+                mine = _dumps(event)
             except (TypeError, ValueError) as exc:
-                self.report.add(Problem(row.seq, "s3/db", "mismatch", f"the Postgres row cannot be encoded: {exc}"))
+                self.report.add(Problem(seq, "s3/db", "mismatch", f"the Postgres row cannot be encoded: {exc}"))
                 continue
-            theirs = stored.get(row.seq)
+            theirs = stored.get(seq)
             if theirs is None:
-                self.report.add(Problem(row.seq, "s3/db", "mismatch", f"batch {check.key} has no line for seq "
-                                                                      f"{row.seq}, which Postgres holds"))
+                self.report.add(Problem(seq, "s3/db", "mismatch", f"batch {check.key} has no line for seq "
+                                                                  f"{seq}, which Postgres holds"))
                 continue
             if mine == theirs:
                 continue
@@ -669,7 +669,7 @@ class Verifier:
                        if s3_ok and not db_ok else
                        "both hash consistently: the chain was rewritten in Postgres from here on" if s3_ok and db_ok
                        else "the S3 copy does not hash correctly")
-            self.report.add(Problem(row.seq, "s3/db", "mismatch", f"Postgres and S3 ({check.key}) differ in "
+            self.report.add(Problem(seq, "s3/db", "mismatch", f"Postgres and S3 ({check.key}) differ in "
                                                                   f"{', '.join(fields)}: {shown}; {verdict}"))
         return False
 

@@ -22,6 +22,7 @@ Runs throwaway Postgres 15 clusters (tests/support/pg.py, fsync on) and a real T
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import threading
 import time
@@ -61,11 +62,11 @@ def bench_writes(rig: AuditRig, writes: int) -> None:
             _write(conn, False, principal)
         rounds = 10
         for _ in range(rounds):
-            for audited in (False, True):
+            for with_audit in (False, True):
                 started = time.perf_counter()
                 for _ in range(writes // rounds):
-                    _write(conn, audited, principal)
-                timings[audited].append(time.perf_counter() - started)
+                    _write(conn, with_audit, principal)
+                timings[with_audit].append(time.perf_counter() - started)
     plain, audited = sum(timings[False]), sum(timings[True])
     print(f"one writer, {writes} writes each:       plain {writes / plain:8.0f}/s ({plain / writes * 1000:.3f} ms)  "
           f"audited {writes / audited:8.0f}/s ({audited / writes * 1000:.3f} ms)  ratio {audited / plain:5.2f}x "
@@ -284,7 +285,7 @@ def main() -> None:
             print(f"  batch objects: mean {statistics.mean(sizes) / 1e6:.2f} MB "
                   f"({statistics.mean(sizes) * len(sizes) / args.events:.0f} bytes/event gzip)")
             for source in ("s3", "db", "both"):
-                report, verify_s = timed(lambda source=source: rig.verify(source))
+                report, verify_s = timed(functools.partial(rig.verify, source))
                 assert report.ok, report.summary()
                 print(f"verify --from {source:<4} of {args.events} events: {verify_s:6.1f} s "
                       f"({args.events / verify_s:8.0f} events/s; target < 60 s)")
