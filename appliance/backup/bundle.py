@@ -299,32 +299,65 @@ def create(host: HostConfig, tenant: TenantConfig, *, backup_label: str | None =
     return descriptor
 
 
-def list_bundles(client: S3Client, tenant: TenantConfig) -> list[Descriptor]:
-    """Every bundle's descriptor, oldest first."""
-    descriptors = []
+@dataclass(frozen=True)
+class BundleRef:
+    """A bundle as its name gives it (the creation time is in the key): listing needs no object reads."""
+
+    key: str
+    created_at: dt.datetime
+
+    @property
+    def descriptor_key(self) -> str:
+        return self.key.removesuffix(".bundle") + ".json"
+
+
+def _created_at(key: str) -> dt.datetime | None:
+    stamp = key.removeprefix(BUNDLE_PREFIX).removesuffix(".bundle")
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def list_bundles(client: S3Client, tenant: TenantConfig) -> list[BundleRef]:
+    """Every bundle in the bucket, oldest first."""
+    refs = []
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=tenant.backup_bucket, Prefix=BUNDLE_PREFIX)
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"].endswith(".json")]
-        for key in keys:
-            body = client.get_object(Bucket=tenant.backup_bucket, Key=key)["Body"].read()
-            try:
-                descriptors.append(Descriptor.from_dict(json.loads(body)))
-            except (ValueError, KeyError, TypeError):
-                raise BackupError(f"bundle descriptor {key} in {tenant.backup_bucket} is unreadable") from None
+        for page in pages:
+            for obj in page.get("Contents", []):
+                created = _created_at(obj["Key"]) if obj["Key"].endswith(".bundle") else None
+                if created is not None:
+                    refs.append(BundleRef(obj["Key"], created))
     except (BotoCoreError, ClientError) as exc:
         raise BackupError(f"listing bundles in {tenant.backup_bucket} failed: {exc}") from None
-    return sorted(descriptors, key=lambda d: d.created_at)
+    return sorted(refs, key=lambda r: r.created_at)
 
 
-def choose(descriptors: list[Descriptor], at: dt.datetime | None) -> Descriptor:
+def describe(client: S3Client, tenant: TenantConfig, ref: BundleRef) -> Descriptor:
+    """A bundle's plain descriptor (sha256, size, versions)."""
+    try:
+        body = client.get_object(Bucket=tenant.backup_bucket, Key=ref.descriptor_key)["Body"].read()
+        return Descriptor.from_dict(json.loads(body))
+    except (BotoCoreError, ClientError) as exc:
+        raise BackupError(f"bundle descriptor {ref.descriptor_key} in {tenant.backup_bucket}: {exc}") from None
+    except (ValueError, KeyError, TypeError):
+        raise BackupError(f"bundle descriptor {ref.descriptor_key} in {tenant.backup_bucket} is unreadable") from None
+
+
+def choose(refs: list[BundleRef], at: dt.datetime | None) -> BundleRef:
     """The bundle to restore with: the newest one, or for a point in time the newest made at or before it
     (else the oldest one after it: secrets rarely change, and streams only grow)."""
-    if not descriptors:
+    if not refs:
         raise BackupError("there is no side bundle (secrets, streams) in the bucket: run `appliance backup` first")
     if at is None:
-        return descriptors[-1]
-    before = [d for d in descriptors if d.created_at <= at]
-    return before[-1] if before else descriptors[0]
+        return refs[-1]
+    before = [r for r in refs if r.created_at <= at]
+    return before[-1] if before else refs[0]
+
+
+def pick(client: S3Client, tenant: TenantConfig, at: dt.datetime | None) -> Descriptor:
+    return describe(client, tenant, choose(list_bundles(client, tenant), at))
 
 
 @contextmanager
@@ -393,15 +426,25 @@ def stream_copies(unpacked: Path) -> list[streams.StreamCopy]:
     return [streams.StreamCopy.from_dict(item) for item in manifest_of(unpacked).get("streams", [])]
 
 
-def expire(client: S3Client, tenant: TenantConfig, keep_after: dt.datetime) -> list[str]:
-    """Delete bundles made before `keep_after` (the oldest retained full backup's start), newest one always
-    kept. The bucket is versioned: this adds delete markers, as pgBackRest's own expiry does."""
-    descriptors = list_bundles(client, tenant)
-    doomed = [d for d in descriptors[:-1] if d.created_at < keep_after]
-    for descriptor in doomed:
-        for key in (descriptor.key, descriptor.descriptor_key):
+def expire(client: S3Client, tenant: TenantConfig, keep_after: dt.datetime, *,
+           now: dt.datetime | None = None, recent: dt.timedelta = dt.timedelta(hours=48)) -> list[str]:
+    """Delete bundles no restore would pick: every one made before `keep_after` (the oldest retained full
+    backup's start), and of older than `recent` only the newest of each day is kept. The newest bundle always
+    stays. The bucket is versioned: this adds delete markers, as pgBackRest's own expiry does."""
+    now = now or dt.datetime.now(dt.UTC)
+    refs = list_bundles(client, tenant)
+    newest_of_day: dict[dt.date, BundleRef] = {}
+    for ref in refs:
+        newest_of_day[ref.created_at.date()] = ref
+    doomed = [
+        ref for ref in refs[:-1]
+        if ref.created_at < keep_after
+        or (now - ref.created_at > recent and newest_of_day[ref.created_at.date()] is not ref)
+    ]
+    for ref in doomed:
+        for key in (ref.key, ref.descriptor_key):
             try:
                 client.delete_object(Bucket=tenant.backup_bucket, Key=key)
             except (BotoCoreError, ClientError) as exc:
                 raise BackupError(f"expiring bundle {key} failed: {exc}") from None
-    return [d.key for d in doomed]
+    return [ref.key for ref in doomed]

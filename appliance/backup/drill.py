@@ -239,8 +239,7 @@ def run_drill(host: HostConfig, tenant: TenantConfig, *, progress: Progress = _q
         raise BadRequest(f"tenant {tenant.id} has no backup yet: run `appliance backup {tenant.id} --full` first")
     from appliance.objectstore.credentials import tenant_credentials
 
-    descriptors = bundle.list_bundles(bundle.client_for(host, tenant_credentials(tenant)), tenant)
-    descriptor = bundle.choose(descriptors, None)
+    descriptor = bundle.pick(bundle.client_for(host, tenant_credentials(tenant)), tenant, None)
     report.bundle = descriptor.as_dict()
     report.backup = sets[-1].as_dict()  # what the restore to a fresh restore point will use
 

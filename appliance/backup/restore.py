@@ -176,7 +176,7 @@ def restore_to_scratch(
     info = pgbackrest.info(tenant)
     chosen = choose_set(info, at)
     client = bundle.client_for(host, keys.creds)
-    descriptor = descriptor or bundle.choose(bundle.list_bundles(client, tenant), at)
+    descriptor = descriptor or bundle.pick(client, tenant, at)
     recovery_target, note = effective_target(tenant, at, info)
     scratch = new_scratch(tenant, name)
     steps = [note] if note else []
@@ -343,12 +343,13 @@ def restore_in_place(
     owner = pgbackrest.tenant_ids(tenant)
     keys = keys_for(tenant, recovery_file)
     client = bundle.client_for(host, keys.creds)
-    descriptors = bundle.list_bundles(client, tenant)
+    refs = bundle.list_bundles(client, tenant)
     if keys.source != "tenant secrets":
         # The tenant's secrets are gone: the newest bundle brings them back before pgBackRest can run at all.
         progress(f"secrets of {tenant.id} missing; opening the newest bundle with the {keys.source}")
         ensure_tenant_dirs(tenant)
-        with bundle.fetched(host, tenant, keys.creds, bundle.choose(descriptors, None), keys.passphrase) as unpacked:
+        newest = bundle.describe(client, tenant, bundle.choose(refs, None))
+        with bundle.fetched(host, tenant, keys.creds, newest, keys.passphrase) as unpacked:
             restored = put_back_secrets(tenant, unpacked)
         steps.append(f"secrets restored from the bundle: {len(restored)}")
     ensure_tenant_dirs(tenant)
@@ -357,7 +358,7 @@ def restore_in_place(
         steps.append("pgbackrest files rendered")
     info = pgbackrest.info(tenant)
     chosen = choose_set(info, at)
-    descriptor = bundle.choose(descriptors, at)
+    descriptor = bundle.describe(client, tenant, bundle.choose(refs, at))
     recovery_target, note = effective_target(tenant, at, info)
     if note:
         steps.append(note)

@@ -135,14 +135,27 @@ class Cron:
         return [f"{days} {date} {clock}".strip()]
 
 
-BackupKind = Literal["full", "diff"]
+BackupKind = Literal["full", "diff", "bundle"]
 
 
-def next_run(tenant: TenantConfig, now: dt.datetime) -> tuple[dt.datetime, BackupKind]:
-    """The next scheduled backup; a full one wins when both fall on the same minute."""
-    full = Cron(tenant.backup.full_schedule).next_after(now)
-    diff = Cron(tenant.backup.diff_schedule).next_after(now)
-    return (full, "full") if full <= diff else (diff, "diff")
+def bundle_schedule(tenant: TenantConfig) -> str:
+    """Extra side bundles between backups (streams and agents' state move on between nightly backups, and a
+    tenant whose directory is lost gets them back only as of the newest bundle). Read from the proposed
+    `backup_bundle_schedule` setting (BackupSettings.bundle_schedule: str, "" = none) once it exists."""
+    return str(getattr(tenant.backup, "bundle_schedule", "") or "")
+
+
+def next_run(tenant: TenantConfig, now: dt.datetime, *, bundles: bool = True) -> tuple[dt.datetime, BackupKind]:
+    """The next scheduled run; on the same minute a full backup wins over a differential, and either over a
+    bundle (every backup makes a bundle too)."""
+    runs: list[tuple[dt.datetime, int, BackupKind]] = [
+        (Cron(tenant.backup.full_schedule).next_after(now), 0, "full"),
+        (Cron(tenant.backup.diff_schedule).next_after(now), 1, "diff"),
+    ]
+    if bundles and bundle_schedule(tenant):
+        runs.append((Cron(bundle_schedule(tenant)).next_after(now), 2, "bundle"))
+    when, _, kind = min(runs)
+    return when, kind
 
 
 def expected_interval(tenant: TenantConfig, now: dt.datetime) -> dt.timedelta:
@@ -151,7 +164,7 @@ def expected_interval(tenant: TenantConfig, now: dt.datetime) -> dt.timedelta:
     previous: dt.datetime | None = None
     horizon = now + dt.timedelta(days=14)
     while moment < horizon:
-        moment, _ = next_run(tenant, moment)
+        moment, _ = next_run(tenant, moment, bundles=False)
         if previous is not None:
             longest = max(longest, moment - previous)
         previous = moment
@@ -239,9 +252,12 @@ def backup_timer_units(tenant: TenantConfig) -> dict[str, str]:
 
     units = {}
     appliance = venv_bin(tenant, "appliance")
-    for kind, schedule in (("full", tenant.backup.full_schedule), ("diff", tenant.backup.diff_schedule)):
+    kinds = [("full", tenant.backup.full_schedule), ("diff", tenant.backup.diff_schedule)]
+    if bundle_schedule(tenant):
+        kinds.append(("bundle", bundle_schedule(tenant)))
+    for kind, schedule in kinds:
         name = f"appliance-{tenant.id}-backup-{kind}"
-        command = f"{appliance} backup {tenant.id}" + (" --full" if kind == "full" else " --diff")
+        command = f"{appliance} backup {tenant.id} --{'bundle-only' if kind == 'bundle' else kind}"
         units[f"{name}.service"] = render("backup", "backup.service.j2", tenant=tenant, kind=kind, command=command,
                                           config_dir=tenant.common.config_dir, log_file=tenant.log_file("backup"))
         units[f"{name}.timer"] = render("backup", "backup.timer.j2", tenant=tenant, kind=kind, schedule=schedule,

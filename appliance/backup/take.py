@@ -64,6 +64,13 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def take_bundle(host: HostConfig, tenant: TenantConfig) -> bundle.Descriptor:
+    """A side bundle alone, between backups: the database is covered by WAL archiving meanwhile, the streams and
+    the agents' state only by bundles. It names the newest backup set it goes with."""
+    sets = backup_sets(pgbackrest.info(tenant))
+    return bundle.create(host, tenant, backup_label=sets[-1].label if sets else None)
+
+
 def take_backup(host: HostConfig, tenant: TenantConfig, kind: BackupKind = "diff") -> BackupResult:
     code, message = stanza_status(tenant)
     if code in (1, 3):

@@ -73,13 +73,21 @@ def backup() -> None:
 @click.option("--full", "kind", flag_value="full", help="A full backup.")
 @click.option("--diff", "kind", flag_value="diff", default=True, help="A differential backup (the default).")
 @click.option("--incr", "kind", flag_value="incr", help="An incremental backup.")
+@click.option("--bundle-only", "kind", flag_value="bundle",
+              help="Only the side bundle (secrets, streams, agents' state): WAL archiving covers the database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_errors
 def backup_now(tenant_id: str, kind: str, as_json: bool) -> None:
     """Back up TENANT now (database through pgBackRest, then secrets/streams/config as a sealed bundle)."""
-    from appliance.backup.take import take_backup
+    from appliance.backup.take import take_backup, take_bundle
 
     host, tenant = _tenant(tenant_id)
+    if kind == "bundle":
+        descriptor = take_bundle(host, tenant)
+        click.echo(json.dumps(descriptor.as_dict(), indent=2) if as_json else
+                   f"side bundle {descriptor.key} of {tenant_id}: {descriptor.files} files, {descriptor.streams} "
+                   f"streams ({descriptor.stream_bytes} bytes), {descriptor.size} bytes sealed")
+        return
     _progress(f"{kind} backup of {tenant_id} to {tenant.backup_bucket}")
     result = take_backup(host, tenant, kind)  # type: ignore[arg-type]
     if as_json:
@@ -115,7 +123,7 @@ def backup_schedule(tenant_id: str) -> None:
 
     from appliance.backup.pgbackrest import info
     from appliance.backup.schedule import run_schedule
-    from appliance.backup.take import take_backup
+    from appliance.backup.take import take_backup, take_bundle
     from appliance.backup.target import backup_sets
 
     def load() -> TenantConfig:
@@ -123,6 +131,8 @@ def backup_schedule(tenant_id: str) -> None:
 
     def run(kind: str) -> str:
         host, tenant = _tenant(tenant_id)
+        if kind == "bundle":
+            return f"side bundle {take_bundle(host, tenant).key}"
         return take_backup(host, tenant, kind).summary()  # type: ignore[arg-type]
 
     def log(message: str) -> None:

@@ -237,6 +237,50 @@ def test_the_scheduler_runs_its_backups_through_the_real_backup(rig: Rig) -> Non
     assert len(pgbackrest.info(tenant)["backup"]) == before + 2
 
 
+def test_bundle_expiry_drops_what_no_restore_would_pick(rig: Rig) -> None:
+    from appliance.backup import bundle
+    from appliance.objectstore.client import put_object
+
+    tenant = rig.tenant(T)
+    s3 = rig.store.client(T)
+    now = dt.datetime.now(dt.UTC)
+    day = dt.timedelta(days=1)
+
+    def stamp(moment: dt.datetime) -> str:
+        return f"bundles/{moment.strftime('%Y%m%dT%H%M%S%fZ')}.bundle"
+
+    old_full_start = now - 4 * day
+    planted = {
+        "before the oldest full": stamp(now - 5 * day),
+        "older of its day": stamp((now - 3 * day).replace(hour=1)),
+        "newest of its day": stamp((now - 3 * day).replace(hour=2)),
+        "recent": stamp(now - dt.timedelta(hours=1)),
+        "recent too": stamp(now - dt.timedelta(minutes=30)),
+    }
+    for key in planted.values():
+        put_object(s3, tenant.backup_bucket, key, b"x")
+        put_object(s3, tenant.backup_bucket, key.replace(".bundle", ".json"), b"{}")
+    try:
+        expired = bundle.expire(s3, tenant, old_full_start, now=now)
+        assert set(expired) >= {planted["before the oldest full"], planted["older of its day"]}
+        left = {ref.key for ref in bundle.list_bundles(s3, tenant)}
+        assert {planted["newest of its day"], planted["recent"], planted["recent too"]} <= left
+        assert not {planted["before the oldest full"], planted["older of its day"]} & left
+    finally:
+        for key in planted.values():
+            for name in (key, key.replace(".bundle", ".json")):
+                s3.delete_object(Bucket=tenant.backup_bucket, Key=name)
+
+
+def test_a_bundle_alone_is_taken_between_backups(rig: Rig) -> None:
+    result = rig.cli("backup", T, "--bundle-only", "--json")
+    assert result.returncode == 0, result.stderr
+    descriptor = json.loads(result.stdout)
+    latest = json.loads(rig.cli("backup", "status", T, "--json").stdout)
+    assert descriptor["backup_label"] in {(latest.get(k) or {}).get("label") for k in ("last_full", "last_diff",
+                                                                                        "last_incr")}
+
+
 def test_restore_time_in_the_gap_before_a_backup_uses_an_older_one(rig: Rig) -> None:
     """A time between two backups restores from the older one plus WAL (not the newer, not-yet-consistent one)."""
     info = pgbackrest.info(rig.tenant(T))

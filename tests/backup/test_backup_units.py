@@ -65,6 +65,23 @@ def test_default_schedules_alternate_full_on_sunday_and_diff_otherwise() -> None
     assert next_run(acme, dt.datetime(2026, 11, 22, 12, 0)) == (dt.datetime(2026, 11, 23, 3, 0), "diff")
 
 
+def with_bundle_schedule(acme: TenantConfig, schedule: str) -> TenantConfig:
+    """The proposed `backup_bundle_schedule` setting, before BackupSettings has the field."""
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(**acme.backup.model_dump(), bundle_schedule=schedule)
+    return acme.model_copy(update={"backup": settings})
+
+
+def test_bundle_runs_fill_the_gaps_between_backups_and_never_displace_one() -> None:
+    acme = with_bundle_schedule(tenant(), "*/15 * * * *")
+    assert next_run(acme, dt.datetime(2026, 11, 23, 10, 1)) == (dt.datetime(2026, 11, 23, 10, 15), "bundle")
+    assert next_run(acme, dt.datetime(2026, 11, 23, 2, 50)) == (dt.datetime(2026, 11, 23, 3, 0), "diff")
+    assert "appliance-acme-backup-bundle.timer" in backup_timer_units(acme)
+    assert "backup acme --bundle-only" in backup_timer_units(acme)["appliance-acme-backup-bundle.service"]
+    assert next_run(tenant(), dt.datetime(2026, 11, 23, 10, 1))[1] == "diff"  # no setting: no bundle runs
+
+
 def test_timer_units_run_the_backup_as_the_tenant_on_the_schedule() -> None:
     units = backup_timer_units(tenant())
     assert sorted(units) == ["appliance-acme-backup-diff.service", "appliance-acme-backup-diff.timer",
