@@ -7,6 +7,7 @@ runs it, then one stack per tenant on its own substrate. `--data only_tenants=ac
 
 from pyinfra import host, inventory
 
+from appliance.deploys.backup import tenant_backup
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
@@ -39,5 +40,6 @@ if config.objectstore_host:
     vault_ca(name=f"Trust the CA of the vault host {config.objectstore_host}", config=config)
 for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
+    tenant_backup(config=config, tenant=tenant, manager=manager)
 if config.common.port_firewall:
     port_firewall(name="Loopback port ownership rules (nftables)", config=config)

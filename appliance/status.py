@@ -54,6 +54,12 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
 
         result = probe_store(host)
         return result.healthy, result.detail
+    if spec.component == "backup" and spec.tenant:
+        # The scheduler has no port: its health is what it produces (backups, archived WAL, drills).
+        from appliance.backup.status import backup_status, describe
+
+        backup = backup_status(host.tenant(spec.tenant))
+        return bool(backup["healthy"]), describe(backup)
     if spec.component == "sync" and spec.tenant:
         return _sync_probe(spec, host.tenant(spec.tenant))
     if spec.probe == "http":

@@ -75,6 +75,26 @@ def postgres_roles(tenant_id: str) -> None:
     _report(ensure_roles(tenant), f"postgres roles of {tenant_id}")
 
 
+@host.command("backup-files")
+@click.argument("tenant_id")
+def backup_files(tenant_id: str) -> None:
+    """pgBackRest config, wrapper and recovery keys: what archive_command needs before Postgres starts."""
+    from appliance.backup.stanza import ensure_files
+
+    host_config, tenant = _tenant(tenant_id)
+    _report(ensure_files(host_config, tenant), f"backup files of {tenant_id}")
+
+
+@host.command("backup-stanza")
+@click.argument("tenant_id")
+def backup_stanza(tenant_id: str) -> None:
+    """The tenant's pgBackRest stanza in its backup bucket (created once)."""
+    from appliance.backup.stanza import ensure_stanza
+
+    host_config, tenant = _tenant(tenant_id)
+    _report(ensure_stanza(host_config, tenant), f"backup stanza of {tenant_id}")
+
+
 @host.command("schema")
 @click.argument("tenant_id")
 def schema(tenant_id: str) -> None:

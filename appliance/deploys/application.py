@@ -10,7 +10,8 @@ from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
 
-APPLICATION_COMPONENTS = ("gateway", "agents", "audit", "backup")
+# The backup scheduler comes later (appliance.deploys.backup): it needs the tenant's bucket and stanza.
+APPLICATION_COMPONENTS = ("gateway", "agents", "audit")
 
 
 @deploy("Tenant application services")

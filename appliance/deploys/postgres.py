@@ -7,6 +7,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
 from appliance import roles
+from appliance.backup.archive import archive_command as backup_archive_command
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.deploys.facts import appliance_facts
 from appliance.deploys.managed import managed_file
@@ -37,6 +38,14 @@ def roles_and_database(config: HostConfig, tenant: TenantConfig):
 
 
 @operation()
+def backup_files(config: HostConfig, tenant: TenantConfig):
+    if appliance_facts(config, tenant.id).get("backup_files_ok"):
+        host.noop(f"pgBackRest files of {tenant.id} are current")
+        return
+    yield _host_command(config, "backup-files", tenant.id)
+
+
+@operation()
 def schema_and_publication(config: HostConfig, tenant: TenantConfig):
     if appliance_facts(config, tenant.id).get("schema_current"):
         host.noop(f"schema of {tenant.id} is current, publication covers the synced tables")
@@ -46,7 +55,9 @@ def schema_and_publication(config: HostConfig, tenant: TenantConfig):
 
 def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
     """The cluster's config files, rendered (no secrets in them)."""
-    archive_command = ""  # set by the backup role once the tenant's stanza exists
+    # WAL goes to the tenant's pgBackRest repository from the first segment on (the wrapper exists before
+    # Postgres starts: `backup_files` runs first).
+    archive_command = backup_archive_command(tenant)
     electric = postgres_extra_listen(docker_bridge_gateway) if tenant.sync.runtime is SyncRuntime.electric else None
     return {
         "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
@@ -68,6 +79,7 @@ def _docker_bridge_gateway() -> str:
 
 @deploy("Tenant postgres")
 def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    backup_files(name=f"pgBackRest config and wrapper of {tenant.id}", config=config, tenant=tenant)
     fresh = cluster_initialized(name=f"Postgres cluster of {tenant.id} (initdb)", config=config, tenant=tenant)
     conf_ops = [
         managed_file(

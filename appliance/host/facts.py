@@ -19,7 +19,26 @@ def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "schema_current": bool(initialized and not missing and postgres.schema_current(tenant)),
         "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
         **_sync_facts(tenant, missing),
+        **_backup_facts(host, tenant, missing),
     }
+
+
+def _backup_facts(host: HostConfig, tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
+    from appliance.backup import pgbackrest
+    from appliance.backup.paths import backup_paths
+    from appliance.backup.stanza import setup_ok
+
+    if missing:
+        return {"backup_files_ok": False, "backup_setup_ok": False}
+    paths = backup_paths(tenant)
+    try:
+        files_ok = paths.config.read_text() == pgbackrest.render_config(host, tenant) and (
+            paths.wrapper.read_text() == pgbackrest.render_wrapper(tenant)
+        )
+    except OSError:
+        files_ok = False
+    # setup_ok asks pgBackRest about the stanza: only worth it when the files are in place.
+    return {"backup_files_ok": files_ok, "backup_setup_ok": files_ok and setup_ok(host, tenant)}
 
 
 def _sync_facts(tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
