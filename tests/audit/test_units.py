@@ -173,3 +173,16 @@ def test_operator_event_names_who_and_refuses_bad_input() -> None:
         operator_event(host.tenant("acme"), "deploy", {"ratio": 0.5})
     with pytest.raises(ValueError):
         operator_event(host.tenant("acme"), "deploy", {"operator": "me"})
+
+
+def test_split_body_is_the_canonical_body_around_seq_and_time() -> None:
+    from appliance.audit.canonical import canonical_json, format_timestamp
+    from appliance.audit.chain import event_body, split_body
+
+    moment = dt.datetime(2026, 3, 1, 0, 0, 0, 7, tzinfo=dt.UTC)
+    for event in (AuditEvent("alice", "x.y", uuid.UUID(int=5), "s", {"seq": 1, "ts": "x", "é": ["\n"]}),
+                  AuditEvent("operator", "operator.deploy", None, None, {})):
+        before, middle, _, _ = split_body(event)
+        for seq in (1, 42, 9_007_199_254_740_991):
+            body = event_body(seq, moment, event.actor, event.action, event.house_id, event.subject, event.detail)
+            assert (before + str(seq) + middle + format_timestamp(moment) + '"}').encode() == canonical_json(body)

@@ -155,6 +155,11 @@ def bench_gateway_writes(writes: int) -> None:
                                 post(api)
                             timings[audited] += time.perf_counter() - started
                     set_audit(True)
+                with env.superuser() as conn:
+                    recorded = conn.execute("SELECT count(*) FROM audit.events WHERE action = 'environment.create'"
+                                            ).fetchone()
+                # The switch did switch: only the warm-up and the audited rounds left events.
+                assert recorded is not None and recorded[0] == 100 + writes // rounds * rounds, recorded
                 plain, audited_s = timings[False] / writes * 1000, timings[True] / writes * 1000
                 print(f"through the gateway, 1 client, {writes} POSTs each: without audit {plain:6.3f} ms  audited "
                       f"{audited_s:6.3f} ms  ratio {audited_s / plain:5.2f}x (target <= 1.3x)")
