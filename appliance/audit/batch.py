@@ -110,11 +110,6 @@ def _hashed_body(row: ChainRow, check_hash: bool) -> dict[str, Any]:
     return body
 
 
-def check_row_hash(row: ChainRow) -> None:
-    """Raise BatchError (kind "format" or "hash") unless the row hashes to its `hash`."""
-    _hashed_body(row, True)
-
-
 def event_line(row: ChainRow, *, check_hash: bool = True) -> bytes:
     """The JSONL line of one event (without the newline); with `check_hash`, refuses a row whose hash does not
     recompute (BatchError), so a batch never carries an event that does not match its own hash."""

@@ -42,19 +42,6 @@ def fetch_range(conn: psycopg.Connection[Any], first_seq: int, last_seq: int) ->
     return [to_row(r) for r in cur.fetchall()]
 
 
-def stream_rows(conn: psycopg.Connection[Any], after_seq: int = 0, chunk: int = 20_000) -> Iterator[ChainRow]:
-    """Every event after `after_seq` in seq order, in keyset-paged chunks (no long-held cursor, bounded memory)."""
-    last = after_seq
-    while True:
-        rows = conn.execute(f"SELECT {_ROW_COLUMNS} FROM audit.events WHERE seq > %s ORDER BY seq LIMIT %s",
-                            (last, chunk)).fetchall()
-        if not rows:
-            return
-        for raw in rows:
-            yield to_row(raw)
-        last = int(rows[-1][0])
-
-
 # An event as its JSONL line spells it (appliance/audit/batch.py), formatted by Postgres: the time in the
 # canonical form (what canonical.format_timestamp gives) and the UUID as text, so that verifying a million rows
 # costs no datetime or UUID objects in Python.
