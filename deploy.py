@@ -14,7 +14,7 @@ from appliance.deploys.firewall import port_firewall
 from appliance.deploys.objectstore import host_objectstore, tenant_objectstore, vault_ca, vault_served_tenants
 from appliance.deploys.plan import all_hosts_reach, resolve, selected_tenants
 from appliance.deploys.source import tarball
-from appliance.deploys.tenant import tenant_stack
+from appliance.deploys.tenant import record_deploy, tenant_stack
 from appliance.supervision import detect
 
 config = resolve(
@@ -41,5 +41,6 @@ if config.objectstore_host:
 for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
     tenant_backup(config=config, tenant=tenant, manager=manager)
+    record_deploy(config=config, tenant=tenant)
 if config.common.port_firewall:
     port_firewall(name="Loopback port ownership rules (nftables)", config=config)

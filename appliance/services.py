@@ -91,10 +91,11 @@ def _application_services(tenant: TenantConfig) -> list[ServiceSpec]:
     """The appliance's own per-tenant services, each defined beside its code (imported here, on use, because
     those modules build on this one)."""
     from appliance.agents.service import agents_service
+    from appliance.audit.service import audit_service
     from appliance.backup.schedule import backup_service
     from appliance.gateway.service import gateway_service
 
-    return [gateway_service(tenant), agents_service(tenant), backup_service(tenant)]
+    return [gateway_service(tenant), agents_service(tenant), audit_service(tenant), backup_service(tenant)]
 
 
 def _with_sources(spec: ServiceSpec, source_digest: str) -> ServiceSpec:

@@ -54,6 +54,12 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
 
         result = probe_store(host)
         return result.healthy, result.detail
+    if spec.component == "audit" and spec.tenant:
+        # The shipper has no port: its health is the trail's lag and its last store error.
+        from appliance.audit.status import audit_status
+
+        trail = audit_status(host.tenant(spec.tenant))
+        return bool(trail["healthy"]), str(trail["detail"])
     if spec.component == "backup" and spec.tenant:
         # The scheduler has no port: its health is what it produces (backups, archived WAL, drills).
         from appliance.backup.status import backup_status, describe

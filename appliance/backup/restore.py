@@ -333,6 +333,20 @@ def _fatal_line(log: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _audit_after_restore(host: HostConfig, tenant: TenantConfig, at: dt.datetime | None) -> list[str]:
+    """Before anything writes again: take back the audit events the store holds beyond the restore point (the
+    chain must continue from what was shipped, never fork it), then record the restore itself."""
+    from appliance.audit.operator import record_operator_action
+    from appliance.audit.recover import RecoverError, recover_from_store
+
+    try:
+        recovered = recover_from_store(host, tenant)
+    except RecoverError as exc:
+        raise BackupError(f"audit trail of {tenant.id} after the restore: {exc}") from None
+    seq = record_operator_action(tenant, "restore", {"target": "latest" if at is None else at.isoformat()})
+    return [f"audit: {recovered.summary()}", f"audit: restore recorded as event {seq}"]
+
+
 def restore_in_place(
     host: HostConfig, tenant: TenantConfig, at: dt.datetime | None = None, *, recovery_file: Path | None = None,
     progress: Progress = _quiet, timeout_s: float | None = None,
@@ -406,6 +420,7 @@ def restore_in_place(
                               f"log: {spec.log_file}")
         if spec.component == "postgres":
             _wait_postgres(host, tenant, timeout_s)
+            steps.extend(_audit_after_restore(host, tenant, at))
     _wait_healthy(host, tenant, timeout_s)
     steps.append("services healthy")
     pgbackrest.run(tenant, "check", timeout=300)

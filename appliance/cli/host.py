@@ -95,6 +95,18 @@ def backup_stanza(tenant_id: str) -> None:
     _report(ensure_stanza(host_config, tenant), f"backup stanza of {tenant_id}")
 
 
+@host.command("record-deploy")
+@click.argument("tenant_id")
+@click.argument("detail")
+def record_deploy(tenant_id: str, detail: str) -> None:
+    """Append the deploy as an operator action to the tenant's audit trail."""
+    from appliance.audit.operator import record_operator_action
+
+    _, tenant = _tenant(tenant_id)
+    seq = record_operator_action(tenant, "deploy", json.loads(detail))
+    click.echo(f"audit of {tenant_id}: deploy recorded as event {seq}")
+
+
 @host.command("schema")
 @click.argument("tenant_id")
 def schema(tenant_id: str) -> None:

@@ -45,6 +45,23 @@ def _remove_services(host: HostConfig, tenant_config: TenantConfig) -> None:
     subprocess.run(mgr.remove_command(specs), capture_output=True)
 
 
+def _ship_final_audit(host: HostConfig, tenant_config: TenantConfig) -> None:
+    """The destroy is the trail's last event, and the trail leaves the host before the data does."""
+    import psycopg
+
+    from appliance.audit.operator import record_operator_action, ship_now
+
+    try:
+        seq = record_operator_action(tenant_config, "tenant_destroy", {"host": host.name})
+        ship_now(host, tenant_config, seq, timeout_s=60)
+    except (psycopg.Error, OSError, TimeoutError, RuntimeError) as exc:
+        raise click.ClickException(
+            f"the audit trail of {tenant_config.id} could not be shipped before the destroy ({exc}); fix the store "
+            "or postgres and retry, or pass --skip-audit-ship to lose the unshipped events with the data"
+        ) from None
+    click.echo(f"audit: tenant_destroy recorded as event {seq} and shipped to {tenant_config.audit_bucket}")
+
+
 def _kill_leftovers(uid: int) -> None:
     """Anything still running as the tenant's user (a stray child) goes too, by PID."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -85,7 +102,9 @@ def s3_keys(tenant_id: str) -> None:
 @tenant.command()
 @click.argument("tenant_id")
 @click.option("--yes-destroy-data", is_flag=True, help="Required: confirms that the tenant's data is deleted.")
-def destroy(tenant_id: str, yes_destroy_data: bool) -> None:
+@click.option("--skip-audit-ship", is_flag=True,
+              help="Destroy even if the last audit events cannot be shipped (they are lost with the data).")
+def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> None:
     """Stop and remove a tenant's processes, OS user and data on this host.
 
     Its COMPLIANCE-locked audit objects cannot be deleted by anyone until their retention ends; they stay
@@ -98,6 +117,8 @@ def destroy(tenant_id: str, yes_destroy_data: bool) -> None:
             f"this deletes every byte of tenant {tenant_id} on this host ({tenant_config.root}); "
             "pass --yes-destroy-data to confirm"
         )
+    if not skip_audit_ship:
+        _ship_final_audit(host, tenant_config)
     _remove_services(host, tenant_config)
     try:
         user = pwd.getpwnam(tenant_config.user)

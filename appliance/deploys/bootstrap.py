@@ -7,6 +7,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, server
 
@@ -88,6 +89,11 @@ def supervisord_running():
     yield "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"
 
 
+# Per host: the operations whose change means this deploy changed what the host runs (new sources or new
+# resolved config); each tenant's trail records such a deploy as an operator action.
+DEPLOY_CHANGES: dict[str, list[OperationMeta]] = {}
+
+
 @deploy("Host bootstrap")
 def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
     apt.packages(
@@ -109,11 +115,12 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
         commands=[f"{HOST_PYTHON} -m venv {root}/venv && {root}/venv/bin/pip install --quiet -U pip setuptools"],
         _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
     )
-    appliance_sources(name="Install the appliance package into its venv", config=config)
-    managed_file(
+    sources = appliance_sources(name="Install the appliance package into its venv", config=config)
+    resolved = managed_file(
         "Resolved host config (no secrets)", str(config.common.config_dir / "host.json"),
         config.model_dump_json(indent=2) + "\n", mode="644",
     )
+    DEPLOY_CHANGES[host.name] = [sources, resolved]
 
     streams = root / "streams"
     managed_directory("Streams server dir", str(streams), mode="755")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
+from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
@@ -24,8 +28,6 @@ def tenant_secrets(config: HostConfig, tenant: TenantConfig):
     """Generate the tenant's secrets on the host the first time; they are reused on every redeploy."""
     missing = appliance_facts(config, tenant.id).get("secrets_missing", ["*"])
     if not missing:
-        from pyinfra import host
-
         host.noop(f"secrets of {tenant.id} exist")
         return
     yield host_command(config, "secrets", tenant.id)
@@ -60,3 +62,17 @@ def tenant_stack(config: HostConfig, tenant: TenantConfig, manager: ManagerName)
     tenant_sync(config=config, tenant=tenant, manager=manager)
     tenant_streams(config=config, tenant=tenant, manager=manager)
     tenant_application(config=config, tenant=tenant, manager=manager)
+
+
+@deploy("Tenant audit trail")
+def record_deploy(config: HostConfig, tenant: TenantConfig) -> None:
+    """A deploy that changed what the host runs (new sources, new resolved config) is an operator action in
+    every tenant's audit trail; a no-op redeploy records nothing."""
+    from appliance.deploys.bootstrap import DEPLOY_CHANGES
+
+    detail = json.dumps({"host": config.name, "source_digest": config.source_digest}, sort_keys=True)
+    server.shell(
+        name=f"Record the deploy in {tenant.id}'s audit trail",
+        commands=[host_command(config, "record-deploy", tenant.id, shlex.quote(detail))],
+        _if=lambda: any(op.did_change() for op in DEPLOY_CHANGES.get(host.name, [])),
+    )

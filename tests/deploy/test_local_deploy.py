@@ -48,11 +48,14 @@ def test_every_component_is_healthy(deployed: HostConfig) -> None:
     assert code == 0, report
     assert set(report["tenants"]) == {"acme", "globex"}
     for tenant in report["tenants"].values():
-        assert {"postgres", "sync", "streams", "gateway", "agents", "buckets"} <= set(tenant["components"])
+        expected = {"postgres", "sync", "streams", "gateway", "agents", "audit", "backup", "buckets"}
+        assert expected <= set(tenant["components"])
         for name, component in tenant["components"].items():
             assert component["healthy"], (name, component)
             if name != "buckets":  # a probe of the store, not a process of the tenant's
-                assert component["pid"] and component["port"] and component["uptime_s"] is not None, component
+                assert component["pid"] and component["uptime_s"] is not None, component
+            if name not in ("buckets", "audit", "backup"):  # the shipper and the scheduler listen on nothing
+                assert component["port"], component
     if deployed.runs_objectstore:
         assert report["host"]["components"]["objectstore"]["healthy"]
 
