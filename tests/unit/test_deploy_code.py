@@ -34,7 +34,8 @@ def test_templates_render_without_blank_lines_left_by_block_tags() -> None:
     tenant = host.tenant("acme")
     conf = postgres_files(tenant)["postgresql.conf"]
     assert "listen_addresses = '127.0.0.1'" in conf
-    assert "wal_level = logical" in conf and "archive_mode" not in conf
+    assert "wal_level = logical" in conf
+    assert f"archive_command = '{tenant.backup_dir}/pgbackrest.sh archive-push %p'" in conf
     assert "\n\n\n" not in conf
 
 
