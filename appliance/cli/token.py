@@ -65,7 +65,9 @@ def rotate_key(tenant_id: str) -> None:
         click.echo("error: the new key is not the one the keyring reads", err=True)
         sys.exit(1)
     try:
-        _audit(tenant.id, "operator.signing_key_rotated", None, {"old_kid": old_kid, "new_kid": new_kid})
+        from appliance.audit.operator import record_operator_action
+
+        record_operator_action(tenant, "key_rotation", {"old_kid": old_kid, "new_kid": new_kid})
     except Exception as exc:
         click.echo(f"warning: rotation done but not audited ({type(exc).__name__})", err=True)
     click.echo(f"rotated {tenant.id}'s signing key: {old_kid} -> {new_kid}; the old key verifies tokens for "
