@@ -7,11 +7,17 @@ runs it, then one stack per tenant on its own substrate. `--data only_tenants=ac
 
 from pyinfra import host, inventory
 
-from appliance.deploys.backup import tenant_backup
+from appliance.deploys.backup import tenant_audit, tenant_backup
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
-from appliance.deploys.objectstore import host_objectstore, tenant_objectstore, vault_ca, vault_served_tenants
+from appliance.deploys.objectstore import (
+    host_objectstore,
+    store_name_resolves,
+    tenant_objectstore,
+    vault_ca,
+    vault_served_tenants,
+)
 from appliance.deploys.plan import all_hosts_reach, resolve, selected_tenants
 from appliance.deploys.source import tarball
 from appliance.deploys.tenant import record_deploy, tenant_stack
@@ -25,6 +31,8 @@ manager = detect(config.common.service_manager) if config.common.service_manager
 )
 
 host_bootstrap(config=config, manager=manager)
+if config.objectstore.mode == "embedded" and not config.objectstore.loopback:
+    store_name_resolves(name=f"{config.objectstore.dns_name} resolves to the vault's store", config=config)
 if config.runs_objectstore:
     host_objectstore(config=config, manager=manager)
 selected = [config.tenant(t) for t in selected_tenants(config, host.data.get("only_tenants"))]
@@ -40,6 +48,7 @@ if config.objectstore_host:
     vault_ca(name=f"Trust the CA of the vault host {config.objectstore_host}", config=config)
 for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
+    tenant_audit(config=config, tenant=tenant, manager=manager)
     tenant_backup(config=config, tenant=tenant, manager=manager)
     record_deploy(config=config, tenant=tenant)
 if config.common.port_firewall:

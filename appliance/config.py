@@ -167,12 +167,22 @@ class ObjectStoreSettings(_Settings):
     region: str
     ca_file: str
     bind_address: str
+    dns_name: str = Field(pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)?$")
 
     @model_validator(mode="after")
     def _external_needs_endpoint(self) -> ObjectStoreSettings:
         if self.mode == "external" and not self.endpoint.startswith("https://"):
             raise ValueError("an external object store needs an https:// endpoint")
+        if self.mode == "embedded" and not self.loopback and not self.dns_name:
+            raise ValueError(
+                f"a store listening on {self.bind_address} needs dns_name: tenant hosts and pgBackRest reach it "
+                "by a name its certificate carries"
+            )
         return self
+
+    @property
+    def loopback(self) -> bool:
+        return self.bind_address.startswith("127.") or self.bind_address == "localhost"
 
     def ports(self) -> dict[str, int]:
         """Host ports the embedded store occupies (each also +10000 for its gRPC twin)."""
@@ -447,7 +457,8 @@ class HostConfig(BaseModel):
         if self.objectstore.mode == "external":
             return self.objectstore.endpoint
         # A tenant host using a vault carries the vault's store settings (inventory_configs copies them).
-        return f"https://{self.objectstore.bind_address}:{self.objectstore.s3_port}"
+        host = self.objectstore.dns_name or self.objectstore.bind_address
+        return f"https://{host}:{self.objectstore.s3_port}"
 
     def store_tenants(self) -> list[TenantConfig]:
         """Every tenant whose identity and buckets this host's embedded store keeps."""

@@ -17,7 +17,7 @@ vault = [
             **_ssh,
             "ssh_hostname": "10.10.0.10",
             # The store listens on the vault's LAN address so tenant hosts can reach it (TLS, per-tenant keys).
-            "objectstore": {"mode": "embedded", "bind_address": "10.10.0.10"},
+            "objectstore": {"mode": "embedded", "bind_address": "10.10.0.10", "dns_name": "vault.internal"},
         },
     ),
 ]

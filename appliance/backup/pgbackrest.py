@@ -140,7 +140,10 @@ def run(
     argv = [str(wrapper), command, *options]
     try:
         result = subprocess.run(
-            argv, capture_output=True, text=True, env=_SAFE_ENV, cwd="/", timeout=timeout, **as_tenant(tenant),
+            # errors="replace": a repository encrypted with another passphrase makes pgBackRest echo binary; the
+            # answer must still be an error message, never a UnicodeDecodeError.
+            argv, capture_output=True, text=True, errors="replace", env=_SAFE_ENV, cwd="/", timeout=timeout,
+            **as_tenant(tenant),
         )
     except subprocess.TimeoutExpired:
         raise BackupError(f"pgbackrest {command} for {tenant.id} did not finish within {timeout:.0f}s") from None

@@ -338,7 +338,12 @@ def _audit_after_restore(host: HostConfig, tenant: TenantConfig, at: dt.datetime
     chain must continue from what was shipped, never fork it), then record the restore itself."""
     from appliance.audit.operator import record_operator_action
     from appliance.audit.recover import RecoverError, recover_from_store
+    from appliance.host.postgres import connect
 
+    with connect(tenant, timeout=10) as conn:
+        row = conn.execute("SELECT to_regclass('audit.events') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return ["audit: the restored database has no audit trail (schema never migrated)"]
     try:
         recovered = recover_from_store(host, tenant)
     except RecoverError as exc:

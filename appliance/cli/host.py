@@ -107,6 +107,20 @@ def record_deploy(tenant_id: str, detail: str) -> None:
     click.echo(f"audit of {tenant_id}: deploy recorded as event {seq}")
 
 
+@host.command("audit-bucket-check")
+@click.argument("tenant_id")
+def audit_bucket_check(tenant_id: str) -> None:
+    """Refuse a tenant whose audit bucket holds an earlier tenant's locked trail (a reused id)."""
+    from appliance.host.audit import foreign_trail
+
+    host_config, tenant = _tenant(tenant_id)
+    problem = foreign_trail(host_config, tenant)
+    if problem:
+        click.echo(f"error: audit of {tenant_id}: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"audit bucket of {tenant_id}: no foreign trail")
+
+
 @host.command("schema")
 @click.argument("tenant_id")
 def schema(tenant_id: str) -> None:

@@ -99,6 +99,29 @@ def s3_keys(tenant_id: str) -> None:
     click.echo(f"S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
 
 
+def _tenant_or_leftovers(host: HostConfig, tenant_id: str) -> TenantConfig:
+    """The tenant as the host config has it; or, for a tenant the config no longer lists (removed from the
+    inventory and redeployed) whose user, directory or services are still on the host, enough of it to find
+    and remove them: names and paths derive from the id alone."""
+    from appliance.config import ConfigError, host_config, validate_tenant_id
+
+    try:
+        return host.tenant(tenant_id)
+    except ConfigError:
+        validate_tenant_id(tenant_id)
+        leftover = host_config(host.name, {"tenants": {tenant_id: {"slot": 0}}}).tenant(tenant_id)
+        leftover = leftover.model_copy(update={"common": host.common, "objectstore": host.objectstore})
+        try:
+            pwd.getpwnam(leftover.user)
+            exists = True
+        except KeyError:
+            exists = leftover.root.exists()
+        if not exists:
+            raise
+        click.echo(f"note: {tenant_id} is not in this host's config any more; removing what is left of it")
+        return leftover
+
+
 @tenant.command()
 @click.argument("tenant_id")
 @click.option("--yes-destroy-data", is_flag=True, help="Required: confirms that the tenant's data is deleted.")
@@ -111,7 +134,7 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     in the object store. Remove the tenant from the inventory too, or the next deploy creates it again.
     """
     host = load_host_config()
-    tenant_config = host.tenant(tenant_id)
+    tenant_config = _tenant_or_leftovers(host, tenant_id)
     if not yes_destroy_data:
         raise click.UsageError(
             f"this deletes every byte of tenant {tenant_id} on this host ({tenant_config.root}); "
@@ -132,6 +155,10 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     if user is not None:
         click.echo(f"removing OS user {tenant_config.user}")
         subprocess.run(["userdel", tenant_config.user], check=True, capture_output=True)
+    from appliance.backup.paths import backup_paths
+
+    # The root-only recovery keys would restore a tenant that was asked to be destroyed; they go too.
+    backup_paths(tenant_config).recovery_keys_file.unlink(missing_ok=True)
     if host.runs_objectstore:
         from appliance.host.objectstore import forget_tenant
 
@@ -143,6 +170,6 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
         f"tenant {tenant_id} destroyed on this host.\n"
         f"note: its audit batches in bucket {tenant_config.audit_bucket} are locked in COMPLIANCE mode for "
         f"{tenant_config.audit.retention_days} days from when each was shipped; nobody, the operator included, "
-        "can delete them before then.\n"
+        "can delete them before then, and the id cannot be given to a new tenant until they expire.\n"
         f"next: remove {tenant_id} from the inventory, or the next deploy recreates it empty."
     )

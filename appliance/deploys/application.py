@@ -10,8 +10,9 @@ from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
 
-# The backup scheduler comes later (appliance.deploys.backup): it needs the tenant's bucket and stanza.
-APPLICATION_COMPONENTS = ("gateway", "agents", "audit")
+# The audit shipper and the backup scheduler come later (appliance.deploys.backup): they need the tenant's
+# buckets.
+APPLICATION_COMPONENTS = ("gateway", "agents")
 
 
 @deploy("Tenant application services")

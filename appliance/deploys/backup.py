@@ -24,6 +24,22 @@ def backup_stanza(config: HostConfig, tenant: TenantConfig):
     yield f"{appliance} host backup-stanza {tenant.id}"
 
 
+@operation()
+def audit_bucket_ours(config: HostConfig, tenant: TenantConfig):
+    if appliance_facts(config, tenant.id).get("audit_bucket_ours"):
+        host.noop(f"{tenant.audit_bucket} holds no trail foreign to {tenant.id}'s database")
+        return
+    appliance = config.common.install_root / "venv" / "bin" / "appliance"
+    yield f"{appliance} host audit-bucket-check {tenant.id}"
+
+
+@deploy("Tenant audit shipper")
+def tenant_audit(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    audit_bucket_ours(name=f"Audit bucket of {tenant.id} holds only its own trail", config=config, tenant=tenant)
+    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "audit"]
+    install_services(config, manager, specs, tenant=tenant.id)
+
+
 @deploy("Tenant backups")
 def tenant_backup(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
     backup_stanza(name=f"pgBackRest stanza of {tenant.id}", config=config, tenant=tenant)

@@ -153,6 +153,21 @@ def served_tenant_store(config: HostConfig, served: ServedTenant):
     yield _host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
 
 
+@operation()
+def store_name_resolves(config: HostConfig):
+    """The store's DNS name resolves to the address it listens on (an /etc/hosts line when DNS does not)."""
+    name, address = config.objectstore.dns_name, config.objectstore.bind_address
+    resolved = host.get_fact(Command, f"getent ahostsv4 {shlex.quote(name)} | awk '{{print $1}}' | sort -u")
+    if (resolved or "").split() == [address]:
+        host.noop(f"{name} resolves to {address}")
+        return
+    # Rewritten in place (not renamed over): /etc/hosts is often a bind mount (containers, rehearsal hosts).
+    yield (
+        f"t=$(mktemp) && grep -v '[[:space:]]{name}$' /etc/hosts > $t; echo '{address} {name}' >> $t && "
+        "cat $t > /etc/hosts && rm -f $t"
+    )
+
+
 @deploy("Vault: tenants of other hosts")
 def vault_served_tenants(config: HostConfig) -> None:
     for served in config.served_tenants:

@@ -20,7 +20,17 @@ def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
         **_sync_facts(tenant, missing),
         **_backup_facts(host, tenant, missing),
+        "audit_bucket_ours": bool(not missing and _audit_bucket_ours(host, tenant)),
     }
+
+
+def _audit_bucket_ours(host: HostConfig, tenant: TenantConfig) -> bool:
+    from appliance.host.audit import foreign_trail
+
+    try:
+        return foreign_trail(host, tenant) is None
+    except Exception:  # no schema or store yet: the step runs and reports precisely
+        return False
 
 
 def _backup_facts(host: HostConfig, tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:

@@ -33,9 +33,9 @@ def _apply(host: HostConfig, change: seaweed.Change) -> list[str]:
 
 
 def _extra_names(host: HostConfig) -> list[str]:
-    """A vault host's certificate must also name the address tenant hosts reach it on."""
-    bind = host.objectstore.bind_address
-    return [] if bind.startswith("127.") or bind == "localhost" else [bind]
+    """A vault host's certificate must also name the address and the name tenant hosts reach it by."""
+    store = host.objectstore
+    return [name for name in (store.bind_address, store.dns_name) if name and not store.loopback]
 
 
 def setup(host: HostConfig) -> list[str]:
@@ -136,5 +136,27 @@ def forget_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
     """Revoke a destroyed tenant's identity (a restart: SIGHUP keeps removed identities alive).
 
     Its backup bucket is emptied only by retention; its audit bucket is locked COMPLIANCE and stays."""
+    lines = [f"object store: emptied {tenant.backup_bucket} ({empty_bucket(host, tenant.backup_bucket)} versions)"]
     changes = _apply(host, seaweed.remove_tenant_identity(host, tenant.id, owner=host.objectstore_user))
-    return [f"object store: {c}" for c in changes] or ["object store: no identity to revoke"]
+    return lines + ([f"object store: {c}" for c in changes] or ["object store: no identity to revoke"])
+
+
+def empty_bucket(host: HostConfig, bucket: str) -> int:
+    """Delete every version and delete marker of an unlocked bucket (the backup bucket of a destroyed tenant:
+    its repository is encrypted with a passphrase that is gone with the tenant, and a tenant created later
+    under the same id must find an empty repository). Returns how many were deleted."""
+    from appliance.objectstore.client import s3_client
+
+    admin = s3_client(host, admin_credentials(host))
+    deleted = 0
+    for page in admin.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        for start in range(0, len(doomed), 1000):
+            chunk = doomed[start:start + 1000]
+            result = admin.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            if result.get("Errors"):
+                first = result["Errors"][0]
+                raise RuntimeError(f"{bucket}: {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+            deleted += len(chunk)
+    return deleted

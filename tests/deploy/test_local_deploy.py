@@ -318,44 +318,55 @@ def test_the_store_serves_s3_over_tls_only(deployed: HostConfig) -> None:
 # Lifecycle ---------------------------------------------------------------------------------------------------
 
 
-def test_a_tenant_can_be_added_alone_and_destroyed(deployed: HostConfig, tmp_path: Path) -> None:
+def test_a_tenant_can_be_added_alone_destroyed_and_its_id_is_not_reused(deployed: HostConfig, tmp_path: Path) -> None:
     import pwd
 
     from tests.support.deployment import BIN
 
+    # A fresh id per run: a destroyed tenant's audit trail stays locked (1 day here) and blocks its id.
+    tenant_id = f"gamma{os.getpid()}"
     inventory = tmp_path / "inventory.py"
     inventory.write_text(
-        LOCAL_INVENTORY.read_text().replace('"globex": {"slot": 2},', '"globex": {"slot": 2}, "gamma": {"slot": 8},')
+        LOCAL_INVENTORY.read_text().replace(
+            '"globex": {"slot": 2},',
+            f'"globex": {{"slot": 2}}, "{tenant_id}": {{"slot": 8, "audit": {{"retention_days": 1}}}},',
+        )
     )
+    destroy = [str(BIN / "appliance"), "tenant", "destroy", tenant_id]
     _, before = status_json()
     try:
-        deploy_or_fail(inventory, "--data", "only_tenants=gamma")
+        deploy_or_fail(inventory, "--data", f"only_tenants={tenant_id}")
         code, report = status_json()
         assert code == 0
-        assert all(c["healthy"] for c in report["tenants"]["gamma"]["components"].values())
-        # adding gamma touched neither acme nor globex
-        assert {k: v for k, v in pids(report).items() if not k.startswith("gamma/")} == pids(before)
+        assert all(c["healthy"] for c in report["tenants"][tenant_id]["components"].values())
+        # adding the tenant touched neither acme nor globex
+        assert {k: v for k, v in pids(report).items() if not k.startswith(f"{tenant_id}/")} == pids(before)
 
-        gamma = load_host_config().tenant("gamma")
-        refused = subprocess.run([str(BIN / "appliance"), "tenant", "destroy", "gamma"], capture_output=True, text=True)
+        gamma = load_host_config().tenant(tenant_id)
+        refused = subprocess.run(destroy, capture_output=True, text=True)
         assert refused.returncode == 2 and "--yes-destroy-data" in refused.stderr
         assert gamma.root.exists()
 
-        destroyed = subprocess.run(
-            [str(BIN / "appliance"), "tenant", "destroy", "gamma", "--yes-destroy-data"], capture_output=True, text=True
-        )
+        destroyed = subprocess.run([*destroy, "--yes-destroy-data"], capture_output=True, text=True)
         assert destroyed.returncode == 0, destroyed.stderr
+        assert "tenant_destroy recorded" in destroyed.stdout and "shipped" in destroyed.stdout
         assert "COMPLIANCE" in destroyed.stdout
         assert "nobody, the operator included, can delete them" in destroyed.stdout
         assert not gamma.root.exists()
         with pytest.raises(KeyError):
             pwd.getpwnam(gamma.user)
         code, report = status_json()
-        assert code == 0 and "gamma" not in report["tenants"]
+        assert code == 0 and tenant_id not in report["tenants"]
+
+        # The locked trail keeps the id: a new tenant under it is refused, plainly.
+        from tests.support.deployment import pyinfra_deploy
+
+        again = pyinfra_deploy(inventory, "--data", f"only_tenants={tenant_id}")
+        output = again.stdout + again.stderr
+        assert again.returncode != 0
+        assert "belonged to an earlier tenant whose trail stays locked" in output
     finally:
-        subprocess.run(
-            [str(BIN / "appliance"), "tenant", "destroy", "gamma", "--yes-destroy-data"], capture_output=True
-        )
+        subprocess.run([*destroy, "--yes-destroy-data", "--skip-audit-ship"], capture_output=True)
         deploy_or_fail()
 
 

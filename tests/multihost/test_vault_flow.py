@@ -112,7 +112,10 @@ def _redacted(rehearsal: Rehearsal, text: str) -> str:
 def _inventory_hosts(vault: FakeHost, tenant: FakeHost) -> dict[str, dict[str, Any]]:
     """Host name -> host data, as an operator's on-prem inventory would give them (ssh_* and appliance data)."""
     return {
-        "vault": {**vault.inventory_data(), "objectstore": {"mode": "embedded", "bind_address": vault.address}},
+        "vault": {
+            **vault.inventory_data(),
+            "objectstore": {"mode": "embedded", "bind_address": vault.address, "dns_name": "vault.rehearsal"},
+        },
         "tenant": {**tenant.inventory_data(), "objectstore_host": "vault", "tenants": TENANTS},
     }
 

@@ -87,6 +87,8 @@ PRIVATE_PATHS = (
     "/tmp",
     "/etc/ssh",
 )
+# Files each fake host has its own copy of: the deploy maps the vault's DNS name in /etc/hosts.
+PRIVATE_FILES = ("/etc/hosts",)
 CLEAN_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -299,7 +301,7 @@ def _sshd_files(host: FakeHost, client_public_key: str) -> str:
 def _namespace_script(host: FakeHost, harness_root: Path) -> str:
     """What the host's PID 1 runs before becoming sshd: its private mounts, its hostname."""
     lines = ["set -e"]
-    for path in PRIVATE_PATHS:
+    for path in PRIVATE_PATHS + PRIVATE_FILES:
         lines.append(f"mount --bind {shlex.quote(str(host.fs / _private_dir(path)))} {shlex.quote(path)}")
     lines += [
         "mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm",
@@ -321,6 +323,8 @@ def _make_private_dirs(host: FakeHost) -> None:
             st = original.stat()
             os.chown(target, st.st_uid, st.st_gid)
             target.chmod(st.st_mode & 0o7777)
+    for path in PRIVATE_FILES:
+        shutil.copy2(path, host.fs / _private_dir(path))
     run = host.fs / _private_dir("/run")
     for name, mode, owner in (("sshd", 0o755, "root"), ("lock", 0o1777, "root"), ("postgresql", 0o2775, "postgres")):
         (run / name).mkdir()
