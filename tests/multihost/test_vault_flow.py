@@ -195,9 +195,11 @@ def test_tenant_host_is_all_healthy_with_buckets_on_the_vault_over_tls(rehearsal
     code, report = _status(rehearsal.tenant)
     assert code == 0, report
     assert set(report["tenants"]) == set(TENANTS)
-    endpoint = f"https://{rehearsal.vault.address}:{rehearsal.vault_config.objectstore.s3_port}"
+    # The vault's store by its DNS name (the deploy maps it in the tenant host's /etc/hosts).
+    endpoint = f"https://{rehearsal.vault_config.objectstore.dns_name}:{rehearsal.vault_config.objectstore.s3_port}"
     for tenant_id, tenant in report["tenants"].items():
-        assert {"postgres", "streams", "buckets"} <= set(tenant["components"]), tenant_id
+        expected = {"postgres", "sync", "streams", "gateway", "agents", "audit", "backup", "buckets"}
+        assert expected <= set(tenant["components"]), tenant_id
         for name, component in tenant["components"].items():
             assert component["healthy"], (tenant_id, name, component)
         assert f"reachable at {endpoint} with the tenant's keys" in tenant["components"]["buckets"]["detail"]
