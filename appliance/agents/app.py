@@ -29,7 +29,7 @@ from appliance.agents.models import ActivationRequest
 from appliance.agents.worker import Worker, WorkerBusy
 from appliance.config import TenantConfig, load_host_config
 from appliance.gateway.core.errors import error_response, install_error_handlers
-from appliance.gateway.core.middleware import BodySizeLimit
+from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
 
 log = logging.getLogger("appliance.agents")
 
@@ -75,7 +75,7 @@ def create_app(tenant: TenantConfig, worker: Worker | None = None) -> FastAPI:
             await worker.stop()
 
     app = FastAPI(title=f"Agent workers ({tenant.id})", version="1", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  telemetry=NO_TELEMETRY, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_activation_bytes(tenant))

@@ -31,7 +31,7 @@ from appliance.gateway.api.routes import (
     threads,
 )
 from appliance.gateway.core.errors import ErrorBody, install_error_handlers
-from appliance.gateway.core.middleware import BodySizeLimit
+from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
 from appliance.gateway.runtime import Gateway
 
 TENANT_ENV = "APPLIANCE_GATEWAY_TENANT"
@@ -53,6 +53,7 @@ def create_app(tenant: TenantConfig) -> FastAPI:
         version="1",
         description="The only door to this tenant's data: auth, shapes, writes, thread streams and entries.",
         lifespan=lifespan,
+        telemetry=NO_TELEMETRY,
         docs_url=None,
         redoc_url=None,
     )

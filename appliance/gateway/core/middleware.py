@@ -8,6 +8,10 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# FastAPI's native OpenTelemetry instrumentation, off: nothing collects it on an appliance host, and it would
+# otherwise look up the global providers on every request.
+NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
+
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
