@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
 import threading
 import time
@@ -271,7 +270,7 @@ def main() -> None:
             thread.join(timeout=30)
         finally:
             server.stop()
-            shutil.rmtree(server.data_dir, ignore_errors=True)
+            server.remove()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ healthy (real Postgres, real `appliance sync serve`)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Iterator
 
@@ -26,7 +25,7 @@ def server(pg_module: PgCluster) -> Iterator[SyncServer]:
         yield sync
     finally:
         sync.stop()
-        shutil.rmtree(sync.data_dir, ignore_errors=True)
+        sync.remove()
 
 
 def errors_of(response: httpx.Response) -> dict[str, list[str]]:

@@ -3,7 +3,6 @@ published; schema changes rotate shapes (also when they happened while the engin
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -35,7 +34,7 @@ def server(pg: PgCluster, sync_role_dsn: str) -> Iterator[SyncServer]:
         yield sync
     finally:
         sync.stop()
-        shutil.rmtree(sync.data_dir, ignore_errors=True)
+        sync.remove()
 
 
 def rows(response_json: list[dict[str, object]]) -> list[object]:

@@ -4,7 +4,6 @@ unpublished tables, and if the slot is invalidated anyway every shape rotates (4
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -52,7 +51,7 @@ def test_writes_to_unpublished_tables_advance_the_slot(pg: PgCluster) -> None:
         assert status["slot"]["confirmed_flush_lag_bytes"] is not None
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        server.remove()
 
 
 def test_invalidated_slot_rotates_every_shape_and_the_engine_stays_healthy() -> None:
@@ -116,4 +115,4 @@ def test_invalidated_slot_rotates_every_shape_and_the_engine_stays_healthy() -> 
             assert [m["value"]["id"] for m in live.json() if "key" in m] == ["2"]
         finally:
             server.stop()
-            shutil.rmtree(server.data_dir, ignore_errors=True)
+            server.remove()

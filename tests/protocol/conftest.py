@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +21,7 @@ def server(pg_module: PgCluster) -> Iterator[SyncServer]:
         yield sync
     finally:
         sync.stop()
-        shutil.rmtree(sync.data_dir, ignore_errors=True)
+        sync.remove()
 
 
 @pytest.fixture

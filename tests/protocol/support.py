@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,16 +36,33 @@ def require_node_modules() -> None:
 
 
 class SyncServer:
-    """`appliance sync serve` on a free loopback port; stopped (or killed) by its PID."""
+    """`appliance sync serve` on a free loopback port; stopped (or killed) by its PID.
 
-    def __init__(self, dsn: str, data_dir: Path | None = None, *, long_poll_ms: int = 20_000) -> None:
+    Everything it uses lives under one temporary root (state, log, and the secret and database URL, passed as
+    files as the deployed service does, so neither shows in the process listing); `remove()` deletes it."""
+
+    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000) -> None:
         self.dsn = dsn
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="appliance-sync-"))
+        self.root = Path(tempfile.mkdtemp(prefix="appliance-sync-"))
+        self.data_dir = self.root / "data"
         self.secret = secrets.token_hex(8)
         self.port = free_port()
         self.long_poll_ms = long_poll_ms
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.log_path = self.root / "sync.log"
+        self.secret_file = self._private_file("secret", self.secret)
+        self.dsn_file = self._private_file("database-url", dsn)
+
+    def _private_file(self, name: str, content: str) -> Path:
+        path = self.root / name
+        path.touch(mode=0o600)
+        path.write_text(content)
+        return path
+
+    def remove(self) -> None:
+        """Stop the server and delete its root (state, log, secret files)."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -61,12 +79,12 @@ class SyncServer:
                 str(APPLIANCE),
                 "sync",
                 "serve",
-                "--database-url",
-                self.dsn,
+                "--database-url-file",
+                str(self.dsn_file),
                 "--port",
                 str(self.port),
-                "--secret",
-                self.secret,
+                "--secret-file",
+                str(self.secret_file),
                 "--data-dir",
                 str(self.data_dir),
                 "--long-poll-timeout",

@@ -3,7 +3,6 @@ exactly the table's rows, every change exactly once, and never a 409."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from typing import Any
@@ -75,4 +74,4 @@ def test_kill_9_twice_while_writing_loses_and_repeats_nothing(pg: PgCluster) -> 
     finally:
         client.close()
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        server.remove()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from tests.protocol.support import SyncServer, execute, shape_client
@@ -44,4 +43,4 @@ def test_client_resumes_after_server_restart_without_refetch(pg: PgCluster) -> N
             resumed.close()
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        server.remove()
