@@ -126,6 +126,7 @@ class GatewaySettings(_Settings):
     key_rotation_grace_s: int = Field(ge=0)
     max_body_bytes: int = Field(ge=1024)
     rate_limit_per_minute: int = Field(ge=1)
+    outbox_retention_days: int = Field(ge=1)
 
 
 class AgentsSettings(_Settings):

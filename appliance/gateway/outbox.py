@@ -94,6 +94,30 @@ class Dispatcher:
             except (psycopg.Error, OSError) as exc:
                 log.warning("outbox lease renewal failed: %s", type(exc).__name__)
 
+    async def prune(self) -> int:
+        """Delete finished activations older than the retention, in bounded batches; returns how many."""
+        removed = 0
+        while True:
+            rows = await self.db.fetchall(
+                "DELETE FROM appliance.outbox WHERE id IN (SELECT id FROM appliance.outbox "
+                "WHERE state IN ('delivered', 'gave_up') AND finished_at < now() - make_interval(days => %s) "
+                "LIMIT %s) RETURNING id",
+                (self.settings.outbox_retention_days, self.settings.outbox_prune_batch),
+            )
+            removed += len(rows)
+            if len(rows) < self.settings.outbox_prune_batch:
+                return removed
+
+    async def keep_pruned(self) -> None:
+        while True:
+            try:
+                removed = await self.prune()
+                if removed:
+                    log.info("outbox: deleted %d finished activations past their retention", removed)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("outbox prune failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.outbox_prune_interval_s)
+
     async def run(self) -> None:
         while True:
             try:

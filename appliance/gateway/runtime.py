@@ -52,6 +52,7 @@ class Gateway:
         self.audit.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox-dispatcher"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_leases(), name="outbox-leases"))
+        self._tasks.append(asyncio.create_task(self.dispatcher.keep_pruned(), name="outbox-prune"))
         self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
 
     async def stop(self) -> None:

@@ -137,7 +137,9 @@ def test_each_role_has_least_privilege(env: TenantEnv) -> None:
         for role in ("sync", "agents"):
             assert _privileges(conn, role, "audit.events") == set()
             assert _privileges(conn, role, "appliance.outbox") == set()
-        assert _privileges(conn, "gateway", "appliance.outbox") == {"SELECT", "INSERT", "UPDATE"}
+        # DELETE only to prune finished activations (0007_outbox_prune); entries and product rows are never deleted.
+        assert _privileges(conn, "gateway", "appliance.outbox") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+        assert _privileges(conn, "gateway", "appliance.thread_entries") == {"SELECT", "INSERT", "UPDATE"}
 
 
 def test_no_role_can_delete_rows(env: TenantEnv) -> None:

@@ -3,6 +3,7 @@ and mention dispatch through the outbox to the agent workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -293,6 +294,29 @@ def test_a_deleted_agent_or_a_permanent_refusal_is_given_up_and_audited(
     audited = stack.sql("SELECT detail->>'agent_name' FROM audit.events WHERE action = 'agent.activation.gave_up' "
                         "AND house_id = %s ORDER BY seq", [house])
     assert {r[0] for r in audited} == {"gone", "picky"}
+
+
+def test_finished_activations_past_their_retention_are_pruned_and_nothing_else(
+        stack: Stack, member: tuple[User, str, str]) -> None:
+    user, house, thread = member
+    retention = stack.env.tenant.gateway.outbox_retention_days
+    rows = {}
+    for state, age_days in (("delivered", retention + 1), ("gave_up", retention + 1), ("delivered", retention - 1),
+                            ("held", retention + 5), ("ready", retention + 5)):
+        message = _pending_row(stack, user, house, thread, f"{state} {age_days} days ago")
+        finished = "now() - make_interval(days => %s)" if state in ("delivered", "gave_up") else "NULL::timestamptz"
+        (outbox_id,), = stack.sql(
+            "INSERT INTO appliance.outbox (entry_id, thread_id, house_id, agent_name, mentioned_by, state, "
+            "created_at, next_attempt_at, finished_at) VALUES (%s, %s, %s, 'old', %s, %s, "
+            "now() - make_interval(days => %s), now() + interval '1 day', " + finished + ") RETURNING id",
+            [message["id"], thread, house, user.id, state, age_days]
+            + ([age_days] if state in ("delivered", "gave_up") else []))
+        rows[outbox_id] = (state, age_days)
+    runtime = stack.gateway.app.state.gateway
+    removed = asyncio.run_coroutine_threadsafe(runtime.dispatcher.prune(), runtime.loop).result(10)
+    left = {r[0] for r in stack.sql("SELECT id FROM appliance.outbox WHERE id = ANY(%s)", [list(rows)])}
+    expected = {i for i, (state, age) in rows.items() if state in ("held", "ready") or age < retention}
+    assert left == expected and removed == len(rows) - len(expected) == 2
 
 
 def test_recovered_entries_release_their_activations(stack: Stack, member: tuple[User, str, str]) -> None:

@@ -45,6 +45,10 @@ class Settings:
     dispatch_poll_s: float = 1.0
     dispatch_backoff_max_s: float = 60.0
     dispatch_concurrency: int = 16
+    outbox_retention_days: int = 30
+    # How often finished activations past their retention are deleted, and how many per statement.
+    outbox_prune_interval_s: float = 3600.0
+    outbox_prune_batch: int = 5000
 
     @classmethod
     def from_tenant(cls, tenant: TenantConfig) -> Settings:
@@ -69,4 +73,5 @@ class Settings:
             # Each request holds a connection for one short transaction at a time; long-polls hold none.
             db_pool_size=max(4, min(20, tenant.postgres.max_connections // 5)),
             dispatch_concurrency=tenant.agents.max_concurrency,
+            outbox_retention_days=tenant.gateway.outbox_retention_days,
         )
