@@ -33,6 +33,15 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: ClassVar[str]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _missing_from_defaults(cls, data: Any) -> Any:
+        # A host.json written before a setting existed still loads: the setting takes its role default, which is
+        # what the deploy would have resolved (build() merges the defaults itself, so this only fills gaps).
+        if isinstance(data, dict):
+            return {**cls.defaults(), **data}
+        return data
+
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         prefix = cls.role + "_"
@@ -607,4 +616,9 @@ def load_host_config(config_dir: Path | None = None) -> HostConfig:
         raise ConfigError(
             f"{path} does not exist: this host has not been deployed yet "
             "(run `pyinfra -y inventory/local.py deploy.py`)"
+        ) from None
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{path} does not match this version of the appliance ({_explain(exc)}): it was written by another "
+            "version's deploy; redeploy this host with the version you are running"
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from appliance.config import (
     ConfigError,
     host_config,
     inventory_configs,
+    load_host_config,
 )
 from appliance.roles import role_defaults
 
@@ -138,3 +140,23 @@ def test_config_round_trips_through_host_json() -> None:
     assert again == host
     assert again.tenant("acme").ports == host.tenant("acme").ports
     assert set(host.tenant("acme").ports) == set(PORTED_COMPONENTS)
+
+
+def test_a_host_json_from_before_a_setting_existed_loads_with_its_default(tmp_path: Any) -> None:
+    host = host_config("@local", _local())
+    data = json.loads(host.model_dump_json())
+    for tenant in data["tenants"]:
+        del tenant["gateway"]["outbox_retention_days"]
+    (tmp_path / "host.json").write_text(json.dumps(data))
+    loaded = load_host_config(tmp_path)
+    assert loaded.tenant("acme").gateway.outbox_retention_days == role_defaults("gateway")[
+        "gateway_outbox_retention_days"]
+
+
+def test_a_host_json_this_version_cannot_read_is_a_clear_error(tmp_path: Any) -> None:
+    data = json.loads(host_config("@local", _local()).model_dump_json())
+    data["tenants"][0]["gateway"]["setting_of_a_newer_version"] = 1
+    (tmp_path / "host.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="another version's deploy; redeploy") as refused:
+        load_host_config(tmp_path)
+    assert "setting_of_a_newer_version" in str(refused.value)
