@@ -135,7 +135,8 @@ def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:
 
 
 def schema_current(tenant: TenantConfig) -> bool:
-    """Every packaged migration is applied and the sync publication covers exactly the synced tables."""
+    """Every packaged migration is applied, as packaged (same checksum: an edited one is found at the next deploy,
+    which then stops with `migrate`'s error naming it), and the sync publication covers exactly the synced tables."""
     from appliance.gateway.migrate import applied_migrations, migrations
     from appliance.gateway.schema import SYNCED_TABLES
 
@@ -151,7 +152,8 @@ def schema_current(tenant: TenantConfig) -> bool:
             }
     except (psycopg.Error, OSError):
         return False
-    return {m.version for m in migrations()} <= set(applied) and published == {("public", t) for t in SYNCED_TABLES}
+    packaged = all(applied.get(m.version) == (m.name, m.checksum) for m in migrations())
+    return packaged and published == {("public", t) for t in SYNCED_TABLES}
 
 
 def ensure_schema(tenant: TenantConfig) -> list[str]:

@@ -50,6 +50,18 @@ def test_an_edited_applied_migration_is_refused(env: TenantEnv, monkeypatch: pyt
         migrate(conn)
 
 
+def test_the_deploy_finds_an_edited_migration_without_waiting_for_a_new_one(
+        env: TenantEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.host.postgres import schema_current
+
+    assert schema_current(env.tenant)
+    edited = [migrate_module.Migration(m.version, m.name, m.sql + "\n-- edited\n") if m.version == 1 else m
+              for m in migrations()]
+    monkeypatch.setattr(migrate_module, "migrations", lambda: edited)
+    # Not current, so the deploy runs `migrate`, which stops with the error naming it (above).
+    assert not schema_current(env.tenant)
+
+
 def test_migrate_needs_the_roles(pg: PgCluster) -> None:
     with psycopg.connect(pg.dsn, autocommit=True) as conn, pytest.raises(MigrationError, match="do not exist"):
         migrate(conn)
