@@ -622,3 +622,9 @@ def load_host_config(config_dir: Path | None = None) -> HostConfig:
             f"{path} does not match this version of the appliance ({_explain(exc)}): it was written by another "
             "version's deploy; redeploy this host with the version you are running"
         ) from None
+
+
+def load_tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
+    """This host's config and one of its tenants (ConfigError naming the tenant when the host has no such one)."""
+    host = load_host_config()
+    return host, host.tenant(tenant_id)

@@ -43,6 +43,28 @@ def venv_bin(config: TenantConfig | HostConfig, program: str) -> str:
     return str(config.common.install_root / "venv" / "bin" / program)
 
 
+def appliance_service(tenant: TenantConfig, component: str, verb: str, *, port: int | None = None,
+                      probe: ProbeKind = "tcp", probe_path: str = "", stop_wait_s: int = 30) -> ServiceSpec:
+    """A per-tenant process of the appliance's own code: `appliance <component> <verb> --tenant <id>` as the
+    tenant's user, in its root, logging to its component log. host.json's directory goes into the environment
+    so a host deployed with another `config_dir` still finds it; the sources' digest is added by
+    `tenant_services`. Nothing secret: each command reads the secret files it needs."""
+    return ServiceSpec(
+        name=f"appliance-{tenant.id}-{component}",
+        component=component,
+        command=(venv_bin(tenant, "appliance"), component, verb, "--tenant", tenant.id),
+        user=tenant.user,
+        working_dir=tenant.root,
+        log_file=tenant.log_file(component),
+        port=port,
+        probe=probe,
+        probe_path=probe_path,
+        environment={"APPLIANCE_CONFIG_DIR": str(tenant.common.config_dir)},
+        stop_wait_s=stop_wait_s,
+        tenant=tenant.id,
+    )
+
+
 def streams_dir(config: TenantConfig | HostConfig) -> Path:
     return config.common.install_root / "streams"
 
@@ -145,7 +167,7 @@ def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec
 def objectstore_service(host: HostConfig) -> ServiceSpec:
     from appliance.objectstore.seaweed import weed_argv, weed_binary, weed_environment
 
-    weed = host.common.install_root / "venv" / "bin" / weed_binary().name
+    weed = Path(venv_bin(host, weed_binary().name))
     # Exactly this environment and nothing inherited: AWS_* in weed's environment would add an admin identity
     # and WEED_* would override security.toml.
     clean_env = ["env", "-i", *(f"{k}={v}" for k, v in weed_environment(host).items())]

@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from appliance.agents.streams import StreamMissing, StreamsClient
+from appliance.gateway.streams import StreamMissing, StreamsClient
 
 WINDOW: Final = 200  # messages kept per thread: twice the history a handler is given
 MAX_THREADS: Final = 512

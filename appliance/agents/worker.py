@@ -56,10 +56,10 @@ from appliance.agents.handlers import (
 )
 from appliance.agents.models import ActivationRequest, AgentSpec
 from appliance.agents.store import AgentState, AgentStore, InboxRow, QueueFull, dumps, store_path
-from appliance.agents.streams import StreamError, StreamMissing, StreamsClient
 from appliance.agents.threads import Around, ThreadViews
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
+from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
 
 log = logging.getLogger("appliance.agents")
 

@@ -26,7 +26,7 @@ from typing import Literal
 
 from appliance.backup.errors import BackupError
 from appliance.config import TenantConfig
-from appliance.services import ServiceSpec, venv_bin
+from appliance.services import ServiceSpec, appliance_service, venv_bin
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -173,22 +173,9 @@ def expected_interval(tenant: TenantConfig, now: dt.datetime) -> dt.timedelta:
 
 # -- the supervised scheduler ---------------------------------------------------------------------------------
 def backup_service(tenant: TenantConfig) -> ServiceSpec:
-    """The scheduler as a supervised service (supervisord hosts); it has no port: `backup_status` is its probe."""
-    return ServiceSpec(
-        name=f"appliance-{tenant.id}-backup",
-        component="backup",
-        command=(venv_bin(tenant, "appliance"), "backup", "schedule", "--tenant", tenant.id),
-        user=tenant.user,
-        working_dir=tenant.root,
-        log_file=tenant.log_file("backup"),
-        port=None,
-        probe="tcp",
-        # host.json is where every `appliance` command finds the tenant; a host with another config dir says so.
-        environment={"APPLIANCE_CONFIG_DIR": str(tenant.common.config_dir)},
-        # A backup in progress is aborted on stop and resumed by pgBackRest on the next run.
-        stop_wait_s=30,
-        tenant=tenant.id,
-    )
+    """The scheduler as a supervised service (supervisord hosts); it has no port: `backup_status` is its probe.
+    A backup in progress is aborted on stop and resumed by pgBackRest on the next run."""
+    return appliance_service(tenant, "backup", "schedule", stop_wait_s=30)
 
 
 Runner = Callable[[BackupKind], str]

@@ -23,12 +23,7 @@ from typing import Any
 
 import click
 
-from appliance.config import HostConfig, TenantConfig, load_host_config
-
-
-def _tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
-    host = load_host_config()
-    return host, host.tenant(tenant_id)
+from appliance.config import load_tenant
 
 
 def _parse_time(text: str, option: str) -> dt.datetime:
@@ -59,7 +54,7 @@ def ship(tenant_id: str, once: bool, pause_at: str | None) -> None:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     pause: tuple[str, Path] | None = None
     if pause_at:
         point, _, marker = pause_at.partition(":")
@@ -93,7 +88,7 @@ def verify_command(tenant_id: str, source: str, as_json: bool) -> None:
     """Prove TENANT's audit trail end to end; name the first break (seq, what differs) and exit 1 if any."""
     from appliance.audit.verify import verify
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     report = verify(host, tenant, source.lower())  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, default=str))
@@ -120,7 +115,7 @@ def export_command(tenant_id: str, since_text: str, until_text: str | None, sour
 
     since = _parse_time(since_text, "--since")
     until = _parse_time(until_text, "--until") if until_text else None
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     if output is not None:
         with output.open("wb") as out:
             result = export_events(host, tenant, out, since, until, source.lower())  # type: ignore[arg-type]
@@ -140,7 +135,7 @@ def status_command(tenant_id: str, as_json: bool) -> None:
     """How far TENANT's shipping lags (events, seconds) and why; exit 1 if unhealthy."""
     from appliance.audit.status import audit_status
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     status = audit_status(tenant)
     if as_json:
         click.echo(json.dumps(status, indent=2, default=str))
@@ -156,7 +151,7 @@ def recover_command(tenant_id: str) -> None:
     lacks (checked, with their original hashes), so the chain goes on without forking. Exit 1 on a conflict."""
     from appliance.audit.recover import RecoverError, recover_from_store
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     try:
         result = recover_from_store(host, tenant)
     except RecoverError as exc:
@@ -180,7 +175,7 @@ def record_command(tenant_id: str, action: str, detail_text: str) -> None:
         raise click.BadParameter("not JSON", param_hint="--detail") from None
     if not isinstance(detail, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--detail")
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     try:
         seq = record_operator_action(tenant, action, detail)
     except ValueError as exc:

@@ -20,14 +20,9 @@ from typing import Any, TypeVar
 
 import click
 
-from appliance.config import HostConfig, TenantConfig, load_host_config
+from appliance.config import TenantConfig, load_tenant
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
-    host = load_host_config()
-    return host, host.tenant(tenant_id)
 
 
 def _progress(message: str) -> None:
@@ -81,7 +76,7 @@ def backup_now(tenant_id: str, kind: str, as_json: bool) -> None:
     """Back up TENANT now (database through pgBackRest, then secrets/streams/config as a sealed bundle)."""
     from appliance.backup.take import take_backup, take_bundle
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     if kind == "bundle":
         descriptor = take_bundle(host, tenant)
         click.echo(json.dumps(descriptor.as_dict(), indent=2) if as_json else
@@ -105,7 +100,7 @@ def backup_status_command(tenant_id: str, as_json: bool) -> None:
     """Last full/differential backups, WAL archiving and the last drill of TENANT; exit 1 if unhealthy."""
     from appliance.backup.status import backup_status, describe
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     status = backup_status(tenant)
     if as_json:
         click.echo(json.dumps(status, indent=2, default=str))
@@ -127,10 +122,10 @@ def backup_schedule(tenant_id: str) -> None:
     from appliance.backup.target import backup_sets
 
     def load() -> TenantConfig:
-        return _tenant(tenant_id)[1]
+        return load_tenant(tenant_id)[1]
 
     def run(kind: str) -> str:
-        host, tenant = _tenant(tenant_id)
+        host, tenant = load_tenant(tenant_id)
         if kind == "bundle":
             return f"side bundle {take_bundle(host, tenant).key}"
         return take_backup(host, tenant, kind).summary()  # type: ignore[arg-type]
@@ -150,7 +145,7 @@ def backup_setup(tenant_id: str, files_only: bool) -> None:
     """Host-side deploy step: the tenant's pgBackRest files, recovery keys and stanza (idempotent)."""
     from appliance.backup.stanza import ensure_files, ensure_stanza
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     changes = ensure_files(host, tenant) if files_only else ensure_stanza(host, tenant)
     click.echo(f"backup of {tenant_id}: " + (", ".join(changes) if changes else "no change"))
 
@@ -173,7 +168,7 @@ def restore(tenant_id: str, time_text: str | None, to_scratch: bool, drop: str |
     from appliance.backup.scratch import Scratch
     from appliance.backup.target import parse_time
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     if drop:
         names = Scratch.existing(tenant) if drop == "all" else [drop]
         for name in names:
@@ -225,7 +220,7 @@ def drill(tenant_id: str, as_json: bool, report_path: Path | None, keep_scratch:
     source (tables, markers, verify, amcheck, streams, audit chain); measure RTO and RPO. Exit 1 on mismatch."""
     from appliance.backup.drill import run_drill
 
-    host, tenant = _tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     report = run_drill(host, tenant, progress=_progress, keep_scratch=keep_scratch)
     if report_path is not None:
         report.write(report_path)

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import click
 
-from appliance.config import HostConfig, TenantConfig, load_host_config
-
-
-def _tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
-    host = load_host_config()
-    return host, host.tenant(tenant_id)
+from appliance.config import load_host_config, load_tenant
 
 
 def _report(changes: list[str], what: str) -> None:
@@ -50,7 +45,7 @@ def secrets(tenant_id: str) -> None:
     """Generate the tenant's missing secrets (0600, owned by the tenant user); never print them."""
     from appliance.secrets import ensure_tenant_secrets
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     user = pwd.getpwnam(tenant.user)
     _report(ensure_tenant_secrets(tenant, user.pw_uid, user.pw_gid), f"secrets of {tenant_id}")
 
@@ -61,7 +56,7 @@ def postgres_init(tenant_id: str) -> None:
     """initdb the tenant's cluster as the tenant's OS user (once)."""
     from appliance.host.postgres import initdb
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     _report(["cluster created"] if initdb(tenant) else [], f"postgres cluster of {tenant_id}")
 
 
@@ -71,7 +66,7 @@ def postgres_roles(tenant_id: str) -> None:
     """Create the tenant's database roles and database; re-sync role passwords with the secrets."""
     from appliance.host.postgres import ensure_roles
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     _report(ensure_roles(tenant), f"postgres roles of {tenant_id}")
 
 
@@ -81,7 +76,7 @@ def backup_files(tenant_id: str) -> None:
     """pgBackRest config, wrapper and recovery keys: what archive_command needs before Postgres starts."""
     from appliance.backup.stanza import ensure_files
 
-    host_config, tenant = _tenant(tenant_id)
+    host_config, tenant = load_tenant(tenant_id)
     _report(ensure_files(host_config, tenant), f"backup files of {tenant_id}")
 
 
@@ -91,7 +86,7 @@ def backup_stanza(tenant_id: str) -> None:
     """The tenant's pgBackRest stanza in its backup bucket (created once)."""
     from appliance.backup.stanza import ensure_stanza
 
-    host_config, tenant = _tenant(tenant_id)
+    host_config, tenant = load_tenant(tenant_id)
     _report(ensure_stanza(host_config, tenant), f"backup stanza of {tenant_id}")
 
 
@@ -102,7 +97,7 @@ def record_deploy(tenant_id: str, detail: str) -> None:
     """Append the deploy as an operator action to the tenant's audit trail."""
     from appliance.audit.operator import record_operator_action
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     seq = record_operator_action(tenant, "deploy", json.loads(detail))
     click.echo(f"audit of {tenant_id}: deploy recorded as event {seq}")
 
@@ -113,7 +108,7 @@ def audit_bucket_check(tenant_id: str) -> None:
     """Refuse a tenant whose audit bucket holds an earlier tenant's locked trail (a reused id)."""
     from appliance.host.audit import foreign_trail
 
-    host_config, tenant = _tenant(tenant_id)
+    host_config, tenant = load_tenant(tenant_id)
     problem = foreign_trail(host_config, tenant)
     if problem:
         click.echo(f"error: audit of {tenant_id}: {problem}", err=True)
@@ -127,7 +122,7 @@ def schema(tenant_id: str) -> None:
     """Apply the tenant's pending schema migrations; make the sync publication cover the synced tables."""
     from appliance.host.postgres import ensure_schema
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     _report(ensure_schema(tenant), f"schema of {tenant_id}")
 
 
@@ -141,7 +136,7 @@ def postgres_reload(tenant_id: str) -> None:
     from appliance.services import tenant_services
     from appliance.supervision import detect, manager
 
-    host_config, tenant = _tenant(tenant_id)
+    host_config, tenant = load_tenant(tenant_id)
     if not reload(tenant):
         click.echo(f"postgres of {tenant_id}: reloaded")
         return
@@ -156,7 +151,7 @@ def sync_container(tenant_id: str) -> None:
     """Run (or replace) the tenant's official Electric container with its current spec."""
     from appliance.sync.container import run_tenant_container
 
-    _, tenant = _tenant(tenant_id)
+    _, tenant = load_tenant(tenant_id)
     _report(run_tenant_container(tenant), f"Electric container of {tenant_id}")
 
 
@@ -199,7 +194,7 @@ def objectstore_check(tenant_id: str) -> None:
     """On a host whose store is elsewhere: the tenant's buckets answer its keys (exit 1 naming what fails)."""
     from appliance.objectstore.probe import probe_tenant
 
-    host_config, tenant = _tenant(tenant_id)
+    host_config, tenant = load_tenant(tenant_id)
     result = probe_tenant(host_config, tenant)
     if not result.healthy:
         click.echo(f"error: object store of {tenant_id}: {result.detail}", err=True)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pwd
 import shutil
-import signal
 import subprocess
-import time
-from pathlib import Path
 
 import click
 
 from appliance.config import HostConfig, TenantConfig, load_host_config
+from appliance.host.processes import kill_user_processes
 from appliance.services import tenant_services
 from appliance.supervision import detect, manager
 
@@ -21,18 +17,6 @@ from appliance.supervision import detect, manager
 @click.group()
 def tenant() -> None:
     """Operate on one tenant of this host."""
-
-
-def _pids_of(uid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except FileNotFoundError:
-                continue
-    return pids
 
 
 def _remove_services(host: HostConfig, tenant_config: TenantConfig) -> None:
@@ -60,18 +44,6 @@ def _ship_final_audit(host: HostConfig, tenant_config: TenantConfig) -> None:
             "or postgres and retry, or pass --skip-audit-ship to lose the unshipped events with the data"
         ) from None
     click.echo(f"audit: tenant_destroy recorded as event {seq} and shipped to {tenant_config.audit_bucket}")
-
-
-def _kill_leftovers(uid: int) -> None:
-    """Anything still running as the tenant's user (a stray child) goes too, by PID."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _pids_of(uid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(1)
 
 
 @tenant.command("s3-keys")
@@ -148,7 +120,8 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     except KeyError:
         user = None
     if user is not None:
-        _kill_leftovers(user.pw_uid)
+        # Anything still running as the tenant's user (a stray child) goes too, by PID.
+        kill_user_processes(user.pw_uid)
     if tenant_config.root.exists():
         click.echo(f"removing {tenant_config.root}")
         shutil.rmtree(tenant_config.root)

@@ -29,7 +29,7 @@ class Gateway:
         self.keyring = Keyring.for_tenant(tenant)
         self.audit = AuditLog(self.db)
         bind = tenant.common.bind_address
-        self.streams = StreamsClient(bind, tenant.port("streams"), settings.streams_long_poll_s)
+        self.streams = StreamsClient(bind, tenant.port("streams"))
         self.sync = Upstream(bind, tenant.port("sync"))
         self.dispatcher = Dispatcher(self.db, self.audit, settings,
                                      lambda: tenant.read_secret("agents_internal_token"))

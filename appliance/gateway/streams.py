@@ -1,7 +1,8 @@
 """Client for the tenant's Durable Streams server (specs/durable-streams.md): one JSON-mode stream per thread.
 
-Only the gateway and the agent workers reach that server (it has no authentication of its own); callers of the
-gateway never learn its address.
+Only the gateway and the agent workers reach that server (it has no authentication of its own) and both use this
+client; callers of the gateway never learn its address. It speaks through the lean loopback HTTP client in
+upstream.py (httpx costs about as much CPU per request as everything else an append or an activation does).
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ def stream_path(thread_id: uuid.UUID) -> str:
 
 
 class StreamsClient:
-    def __init__(self, host: str, port: int, long_poll_s: float) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self.upstream = Upstream(host, port)
-        self.long_poll_s = long_poll_s
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -81,7 +81,10 @@ class StreamsClient:
                 raise StreamMissing(404, "the thread's stream does not exist")
             if response.status != 200:
                 raise StreamError(response.status, f"read failed ({response.status})")
-            chunk = json.loads(body) if body else []
+            try:
+                chunk = json.loads(body) if body else []
+            except ValueError:
+                raise StreamError(response.status, "the stream answered something that is not JSON") from None
             if isinstance(chunk, list):
                 messages.extend(chunk)
             next_offset = response.header("stream-next-offset") or current

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.agents.service import agents_service
 from appliance.agents.store import store_path
+from appliance.services import tenant_services
 from tests.agents.support import AgentStack, Member, activation_body, agents_tenant, wait_reply
 
 
@@ -192,4 +193,6 @@ def test_service_spec_runs_the_worker_as_the_tenant_on_its_port(stack: AgentStac
     assert spec.working_dir == stack.tenant.root and spec.log_file == stack.tenant.log_file("agents")
     assert not any("token" in value.lower() or "secret" in value.lower()
                    for value in (*spec.command, *spec.environment.values()))
-    assert agents_service(stack.tenant, "abc123").environment == {"APPLIANCE_SOURCE_DIGEST": "abc123"}
+    by_name = {spec.name: spec for spec in tenant_services(stack.tenant, "abc123")}
+    assert by_name[spec.name].environment == {"APPLIANCE_CONFIG_DIR": str(stack.tenant.common.config_dir),
+                                              "APPLIANCE_SOURCE_DIGEST": "abc123"}

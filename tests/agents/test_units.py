@@ -18,8 +18,8 @@ from appliance.agents.handlers import HandlerError, HandlerRegistry, HandlerUnav
 from appliance.agents.handlers.webhook import load_endpoints
 from appliance.agents.models import ActivationRequest, reply_id
 from appliance.agents.store import AgentState, AgentStore, QueueFull, store_path
-from appliance.agents.streams import StreamMissing
 from appliance.agents.threads import ThreadViews
+from appliance.gateway.streams import StreamMissing
 
 
 def activation(agent_id: uuid.UUID | None = None, entry_id: uuid.UUID | None = None,

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -30,6 +31,7 @@ from appliance.audit.shipper import same_events
 from appliance.audit.store import put_batch
 from appliance.audit.verify import explain_altered, parse_line
 from appliance.config import host_config
+from appliance.services import tenant_services
 
 
 def _rows(n: int, start: int = 0, prev: str = GENESIS_HASH) -> list[ChainRow]:
@@ -153,7 +155,8 @@ def test_put_sends_checksums_lock_manifest_and_never_replaces() -> None:
 
 def test_service_spec_runs_the_shipper_as_the_tenant_without_secrets() -> None:
     host = host_config("h", {"tenants": {"acme": {"slot": 0}}})
-    spec = audit_service(host.tenant("acme"), source_digest="d1")
+    spec = next(s for s in tenant_services(host.tenant("acme"), "d1") if s.component == "audit")
+    assert spec == replace(audit_service(host.tenant("acme")), environment=spec.environment)
     assert spec.name == "appliance-acme-audit" and spec.component == "audit" and spec.user == "tenant-acme"
     assert spec.command[0].endswith("/venv/bin/appliance") and spec.port is None
     assert spec.command[1:] == ("audit", "ship", "--tenant", "acme")

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from appliance.backup.stanza import ensure_stanza
 from appliance.config import HostConfig, TenantConfig, host_config
 from appliance.deploys.postgres import postgres_files
 from appliance.host.postgres import connect, ensure_roles, initdb, probe
+from appliance.host.processes import kill_user_processes
 from appliance.secrets import ensure_tenant_secrets
 from appliance.services import ServiceSpec, tenant_services
 from appliance.supervision import Supervisor
@@ -116,27 +116,6 @@ def _make_user(tenant: TenantConfig) -> pwd.struct_passwd:
     subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(tenant.root),
                     "--shell", "/usr/sbin/nologin", tenant.user], check=True, capture_output=True)
     return pwd.getpwnam(tenant.user)
-
-
-def _pids_of(uid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if entry.stat().st_uid == uid:
-                    found.append(int(entry.name))
-    return found
-
-
-def _kill_user_processes(uid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _pids_of(uid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(1)
 
 
 def install_programs(specs: list[ServiceSpec]) -> None:
@@ -240,7 +219,7 @@ def tear_down_tenant(tenant: TenantConfig) -> None:
         user = pwd.getpwnam(tenant.user)
     except KeyError:
         return
-    _kill_user_processes(user.pw_uid)
+    kill_user_processes(user.pw_uid)
     subprocess.run(["userdel", tenant.user], capture_output=True)
 
 
