@@ -14,7 +14,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from appliance.gateway.core.errors import ApiError
+from appliance.gateway.access import Membership, Principal, require
+from appliance.gateway.core.errors import ApiError, not_found
 
 JSON_COLUMNS = frozenset({"config", "value"})
 
@@ -48,6 +49,18 @@ async def load_live(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, (row_id,))
         return await cur.fetchone()
+
+
+async def load_for_role(conn: psycopg.AsyncConnection[Any], principal: Principal, table: str, row_id: uuid.UUID,
+                        role: str, attempted: str) -> tuple[dict[str, Any], str, Membership]:
+    """The live row of `table`, locked, once the caller holds at least `role` in its house: (row, its audit
+    subject `<kind>:<id>`, the caller's membership). 404 when there is no such row; Refused otherwise."""
+    kind = table.rstrip("s")
+    row = await load_live(conn, table, row_id)
+    if row is None:
+        raise not_found(kind)
+    subject = f"{kind}:{row_id}"
+    return row, subject, await require(conn, principal, row["house_id"], role, attempted, subject)
 
 
 async def update_row(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid.UUID, changes: dict[str, Any]

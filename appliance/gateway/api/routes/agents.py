@@ -11,9 +11,16 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import (
+    environment_in_house,
+    insert_row,
+    load_for_role,
+    row_json,
+    soft_delete,
+    update_row,
+)
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import ApiError, error_responses, not_found
+from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.models import AgentCreate, AgentUpdate, WriteResult
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=error_responses(401, 403, 404, 422, 429))
@@ -52,11 +59,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: Curren
     # An explicit null unsets the environment; null for the other fields means "unchanged".
     changes = {k: v for k, v in changes.items() if v is not None or k == "environment_id"}
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "agents", agent_id)
-        if row is None:
-            raise not_found("agent")
-        subject = f"agent:{agent_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "agent.update", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "agents", agent_id, "admin", "agent.update")
         if changes.get("environment_id") is not None:
             await environment_in_house(tx.conn, changes["environment_id"], row["house_id"])
         if changes:
@@ -69,11 +72,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: Curren
 @router.delete("/{agent_id}", response_model=WriteResult)
 async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "agents", agent_id)
-        if row is None:
-            raise not_found("agent")
-        subject = f"agent:{agent_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "agent.delete", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "agents", agent_id, "admin", "agent.delete")
         row = await soft_delete(tx.conn, "agents", agent_id)
         await tx.conn.execute(
             "UPDATE public.members SET deleted_at = now(), updated_at = now() "

@@ -8,9 +8,16 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import (
+    environment_in_house,
+    insert_row,
+    load_for_role,
+    row_json,
+    soft_delete,
+    update_row,
+)
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.core.errors import error_responses
 from appliance.gateway.models import ConfigCreate, ConfigUpdate, WriteResult
 
 router = APIRouter(prefix="/api/configs", tags=["configs"], responses=error_responses(401, 403, 404, 422, 429))
@@ -37,11 +44,7 @@ async def create_config(body: ConfigCreate, principal: CurrentPrincipal, gateway
 async def update_config(config_id: uuid.UUID, body: ConfigUpdate, principal: CurrentPrincipal,
                         gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "configs", config_id)
-        if row is None:
-            raise not_found("config")
-        subject = f"config:{config_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "config.update", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.update")
         row = await update_row(tx.conn, "configs", config_id, {"value": body.value})
         tx.record("config.update", row["house_id"], subject, key=row["key"])
         txid = await current_txid(tx.conn)
@@ -51,11 +54,7 @@ async def update_config(config_id: uuid.UUID, body: ConfigUpdate, principal: Cur
 @router.delete("/{config_id}", response_model=WriteResult)
 async def delete_config(config_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "configs", config_id)
-        if row is None:
-            raise not_found("config")
-        subject = f"config:{config_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "config.delete", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.delete")
         row = await soft_delete(tx.conn, "configs", config_id)
         tx.record("config.delete", row["house_id"], subject, key=row["key"])
         txid = await current_txid(tx.conn)

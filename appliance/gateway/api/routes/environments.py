@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.core.errors import error_responses
 from appliance.gateway.models import EnvironmentCreate, EnvironmentUpdate, WriteResult
 
 router = APIRouter(prefix="/api/environments", tags=["environments"],
@@ -37,11 +37,8 @@ async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate,
                              gateway: GatewayDep) -> dict[str, Any]:
     changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "environments", environment_id)
-        if row is None:
-            raise not_found("environment")
-        subject = f"environment:{environment_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "environment.update", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "environments", environment_id, "admin",
+                                              "environment.update")
         if changes:
             row = await update_row(tx.conn, "environments", environment_id, changes)
         tx.record("environment.update", row["house_id"], subject, fields=sorted(changes))
@@ -53,11 +50,8 @@ async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate,
 async def delete_environment(environment_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep
                              ) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "environments", environment_id)
-        if row is None:
-            raise not_found("environment")
-        subject = f"environment:{environment_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "environment.delete", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "environments", environment_id, "admin",
+                                              "environment.delete")
         row = await soft_delete(tx.conn, "environments", environment_id)
         tx.record("environment.delete", row["house_id"], subject)
         txid = await current_txid(tx.conn)

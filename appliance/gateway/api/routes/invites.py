@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete
+from appliance.gateway.api.crud import insert_row, load_for_role, load_live, principal_kind, row_json, soft_delete
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import ApiError, error_responses, not_found
+from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.core.security import hash_matches, new_invite_code, parse_invite_code, secret_hash
 from appliance.gateway.models import InviteAccept, InviteCreate, WriteResult
 
@@ -73,11 +73,7 @@ async def accept_invite(body: InviteAccept, principal: CurrentPrincipal, gateway
 @router.delete("/{invite_id}", response_model=WriteResult)
 async def revoke_invite(invite_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "invites", invite_id)
-        if row is None:
-            raise not_found("invite")
-        subject = f"invite:{invite_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "invite.delete", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "invites", invite_id, "admin", "invite.delete")
         row = await soft_delete(tx.conn, "invites", invite_id)
         tx.record("invite.delete", row["house_id"], subject)
         txid = await current_txid(tx.conn)

@@ -8,9 +8,16 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import environment_in_house, insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import (
+    environment_in_house,
+    insert_row,
+    load_for_role,
+    row_json,
+    soft_delete,
+    update_row,
+)
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
-from appliance.gateway.core.errors import error_responses, not_found
+from appliance.gateway.core.errors import error_responses
 from appliance.gateway.core.security import encrypt_secret
 from appliance.gateway.models import SecretCreate, SecretUpdate, WriteResult
 
@@ -37,11 +44,7 @@ async def create_secret(body: SecretCreate, principal: CurrentPrincipal, gateway
 async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: CurrentPrincipal,
                         gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "secrets", secret_id)
-        if row is None:
-            raise not_found("secret")
-        subject = f"secret:{secret_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "secret.update", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "secrets", secret_id, "admin", "secret.update")
         sealed = encrypt_secret(gateway.encryption_key(), secret_id, row["house_id"], body.value)
         row = await update_row(tx.conn, "secrets", secret_id, {"value": sealed})
         tx.record("secret.update", row["house_id"], subject, name=row["name"])
@@ -52,11 +55,7 @@ async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: Cur
 @router.delete("/{secret_id}", response_model=WriteResult)
 async def delete_secret(secret_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "secrets", secret_id)
-        if row is None:
-            raise not_found("secret")
-        subject = f"secret:{secret_id}"
-        await require(tx.conn, principal, row["house_id"], "admin", "secret.delete", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "secrets", secret_id, "admin", "secret.delete")
         row = await soft_delete(tx.conn, "secrets", secret_id)
         tx.record("secret.delete", row["house_id"], subject, name=row["name"])
         txid = await current_txid(tx.conn)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from appliance.audit.chain import AuditEvent
 from appliance.gateway.access import Refused, current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses, not_found
 from appliance.gateway.models import EntryCreate, EntryResult, ThreadCreate, ThreadUpdate, WriteResult
@@ -61,11 +61,7 @@ async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: Cur
                         gateway: GatewayDep) -> dict[str, Any]:
     changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "threads", thread_id)
-        if row is None:
-            raise not_found("thread")
-        subject = f"thread:{thread_id}"
-        await require(tx.conn, principal, row["house_id"], "member", "thread.update", subject)
+        row, subject, _ = await load_for_role(tx.conn, principal, "threads", thread_id, "member", "thread.update")
         if changes:
             row = await update_row(tx.conn, "threads", thread_id, changes)
         tx.record("thread.update", row["house_id"], subject, fields=sorted(changes))
@@ -76,11 +72,7 @@ async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: Cur
 @router.delete("/{thread_id}", response_model=WriteResult)
 async def delete_thread(thread_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway.db, gateway.audit, principal) as tx:
-        row = await load_live(tx.conn, "threads", thread_id)
-        if row is None:
-            raise not_found("thread")
-        subject = f"thread:{thread_id}"
-        mine = await require(tx.conn, principal, row["house_id"], "member", "thread.delete", subject)
+        row, subject, mine = await load_for_role(tx.conn, principal, "threads", thread_id, "member", "thread.delete")
         if row["created_by"] != principal.id and not mine.at_least("admin"):
             raise Refused(row["house_id"], "thread.delete", "needs_admin_or_creator", 403, subject)
         row = await soft_delete(tx.conn, "threads", thread_id)
