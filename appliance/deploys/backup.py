@@ -3,46 +3,30 @@
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.facts import appliance_facts
+from appliance.deploys.facts import host_step
 from appliance.deploys.managed import managed_file
 from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
 
 
-@operation()
-def backup_stanza(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("backup_setup_ok"):
-        host.noop(f"stanza of {tenant.id} exists, files current")
-        return
-    appliance = config.common.install_root / "venv" / "bin" / "appliance"
-    yield f"{appliance} host backup-stanza {tenant.id}"
-
-
-@operation()
-def audit_bucket_ours(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("audit_bucket_ours"):
-        host.noop(f"{tenant.audit_bucket} holds no trail foreign to {tenant.id}'s database")
-        return
-    appliance = config.common.install_root / "venv" / "bin" / "appliance"
-    yield f"{appliance} host audit-bucket-check {tenant.id}"
-
-
 @deploy("Tenant audit shipper")
 def tenant_audit(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    audit_bucket_ours(name=f"Audit bucket of {tenant.id} holds only its own trail", config=config, tenant=tenant)
+    host_step(name=f"Audit bucket of {tenant.id} holds only its own trail", config=config, tenant=tenant,
+              step="audit-bucket-check", fact="audit_bucket_ours",
+              current=f"{tenant.audit_bucket} holds no trail foreign to {tenant.id}'s database")
     specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "audit"]
     install_services(config, manager, specs, tenant=tenant.id)
 
 
 @deploy("Tenant backups")
 def tenant_backup(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    backup_stanza(name=f"pgBackRest stanza of {tenant.id}", config=config, tenant=tenant)
+    host_step(name=f"pgBackRest stanza of {tenant.id}", config=config, tenant=tenant, step="backup-stanza",
+              fact="backup_setup_ok", current=f"stanza of {tenant.id} exists, files current")
     if manager == "systemd":
         from appliance.backup.schedule import backup_timer_units
 

@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, operation
 
-from appliance.config import HostConfig
+from appliance.config import HostConfig, TenantConfig
+from appliance.services import venv_bin
 
 
 class ApplianceFacts(FactBase[dict[str, Any]]):
@@ -68,7 +69,21 @@ _memo: dict[str, dict[str, Any]] = {}
 
 def appliance_facts(config: HostConfig, tenant: str = "") -> dict[str, Any]:
     if host.name not in _memo:
-        appliance = str(config.common.install_root / "venv" / "bin" / "appliance")
-        _memo[host.name] = host.get_fact(ApplianceFacts, appliance=appliance)
+        _memo[host.name] = host.get_fact(ApplianceFacts, appliance=venv_bin(config, "appliance"))
     facts = _memo[host.name]
     return facts.get("tenants", {}).get(tenant, {}) if tenant else facts.get("host", {})
+
+
+def host_command(config: HostConfig, *args: str) -> str:
+    """`appliance host <args>` from the host's venv: the deploy's host-side steps."""
+    return " ".join([venv_bin(config, "appliance"), "host", *args])
+
+
+@operation()
+def host_step(config: HostConfig, step: str, fact: str, current: str, tenant: TenantConfig | None = None):
+    """`appliance host <step> [<tenant>]`, unless this run's host facts say `fact` already holds (then a no-op
+    that says `current`)."""
+    if appliance_facts(config, tenant.id if tenant else "").get(fact):
+        host.noop(current)
+        return
+    yield host_command(config, step, *([tenant.id] if tenant else []))

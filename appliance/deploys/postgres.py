@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from appliance import roles
 from appliance.backup.archive import archive_command as backup_archive_command
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
-from appliance.deploys.facts import appliance_facts
+from appliance.deploys.facts import host_command, host_step
 from appliance.deploys.managed import managed_file
 from appliance.deploys.services import install_services
 from appliance.services import tenant_services
 from appliance.supervision import ManagerName
 from appliance.sync.container import postgres_extra_listen
-
-
-def _host_command(config: HostConfig, *args: str) -> str:
-    return " ".join([str(config.common.install_root / "venv" / "bin" / "appliance"), "host", *args])
-
-
-@operation()
-def cluster_initialized(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("pg_initialized"):
-        host.noop(f"cluster of {tenant.id} exists")
-        return
-    yield _host_command(config, "postgres-init", tenant.id)
-
-
-@operation()
-def roles_and_database(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("pg_roles_ok"):
-        host.noop(f"roles of {tenant.id} log in with their secrets")
-        return
-    yield _host_command(config, "postgres-roles", tenant.id)
-
-
-@operation()
-def backup_files(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("backup_files_ok"):
-        host.noop(f"pgBackRest files of {tenant.id} are current")
-        return
-    yield _host_command(config, "backup-files", tenant.id)
-
-
-@operation()
-def schema_and_publication(config: HostConfig, tenant: TenantConfig):
-    if appliance_facts(config, tenant.id).get("schema_current"):
-        host.noop(f"schema of {tenant.id} is current, publication covers the synced tables")
-        return
-    yield _host_command(config, "schema", tenant.id)
 
 
 def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
@@ -79,8 +43,10 @@ def _docker_bridge_gateway() -> str:
 
 @deploy("Tenant postgres")
 def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    backup_files(name=f"pgBackRest config and wrapper of {tenant.id}", config=config, tenant=tenant)
-    fresh = cluster_initialized(name=f"Postgres cluster of {tenant.id} (initdb)", config=config, tenant=tenant)
+    host_step(name=f"pgBackRest config and wrapper of {tenant.id}", config=config, tenant=tenant,
+              step="backup-files", fact="backup_files_ok", current=f"pgBackRest files of {tenant.id} are current")
+    fresh = host_step(name=f"Postgres cluster of {tenant.id} (initdb)", config=config, tenant=tenant,
+                      step="postgres-init", fact="pg_initialized", current=f"cluster of {tenant.id} exists")
     conf_ops = [
         managed_file(
             f"Postgres {name} of {tenant.id}", str(tenant.pg_data / name), content,
@@ -94,9 +60,11 @@ def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerNa
     apply, *_ = install_services(config, manager, [spec], tenant=tenant.id)
     server.shell(
         name=f"Reload postgres of {tenant.id} (restart only if a changed setting needs it)",
-        commands=[_host_command(config, "postgres-reload", tenant.id)],
+        commands=[host_command(config, "postgres-reload", tenant.id)],
         _if=lambda: not fresh.did_change() and not apply.did_change() and any(op.did_change() for op in conf_ops),
     )
-    roles_and_database(name=f"Postgres roles and database of {tenant.id}", config=config, tenant=tenant)
-    schema_and_publication(name=f"Schema migrations and sync publication of {tenant.id}", config=config,
-                           tenant=tenant)
+    host_step(name=f"Postgres roles and database of {tenant.id}", config=config, tenant=tenant,
+              step="postgres-roles", fact="pg_roles_ok", current=f"roles of {tenant.id} log in with their secrets")
+    host_step(name=f"Schema migrations and sync publication of {tenant.id}", config=config, tenant=tenant,
+              step="schema", fact="schema_current",
+              current=f"schema of {tenant.id} is current, publication covers the synced tables")

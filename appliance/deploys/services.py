@@ -6,6 +6,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
 from appliance.config import HostConfig
+from appliance.deploys.facts import host_command
 from appliance.deploys.managed import managed_file
 from appliance.services import ServiceSpec
 from appliance.supervision import ManagerName, manager
@@ -45,11 +46,10 @@ def install_services(
                     and any(op.did_change() for op in restart_if),
                 )
             )
-    appliance = config.common.install_root / "venv" / "bin" / "appliance"
-    scope = f"--tenant {tenant} " if tenant else ""
+    scope = ["--tenant", tenant] if tenant else []
     server.shell(
         name=f"Wait until {', '.join(s.component for s in specs)} answer" + (f" ({tenant})" if tenant else ""),
-        commands=[f"{appliance} host wait {scope}{' '.join(s.component for s in specs)}"],
+        commands=[host_command(config, "wait", *scope, *(s.component for s in specs))],
         _if=lambda: apply.did_change() or any(op.did_change() for op in restart_ops),
     )
     return [apply, *file_ops, *restart_ops]

@@ -11,16 +11,12 @@ from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
-from appliance.deploys.facts import appliance_facts
+from appliance.deploys.facts import appliance_facts, host_command
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
 from appliance.deploys.sync import tenant_sync
 from appliance.supervision import ManagerName
-
-
-def host_command(config: HostConfig, *args: str) -> str:
-    return " ".join([str(config.common.install_root / "venv" / "bin" / "appliance"), "host", *args])
 
 
 @operation()
