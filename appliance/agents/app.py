@@ -43,12 +43,17 @@ def max_activation_bytes(tenant: TenantConfig) -> int:
     return 16 * tenant.gateway.max_body_bytes
 
 
-def _bearer_matches(header: str | None, tenant: TenantConfig) -> bool:
+def _internal_token(tenant: TenantConfig) -> str:
+    """The credential the gateway presents, read once at start (generated at the first deploy, never changed);
+    '' when unreadable, which refuses every activation."""
     try:
-        expected = tenant.read_secret(TOKEN_SECRET)
+        return tenant.read_secret(TOKEN_SECRET)
     except OSError:
         log.error("the internal token's secret file is unreadable: refusing activations")
-        return False
+        return ""
+
+
+def _bearer_matches(header: str | None, expected: str) -> bool:
     scheme, _, credential = (header or "").partition(" ")
     if not expected or scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
         return False
@@ -65,6 +70,7 @@ def _validation_message(exc: ValidationError) -> str:
 
 def create_app(tenant: TenantConfig, worker: Worker | None = None) -> FastAPI:
     worker = worker or Worker(tenant)
+    internal_token = _internal_token(tenant)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -98,7 +104,7 @@ def create_app(tenant: TenantConfig, worker: Worker | None = None) -> FastAPI:
 
     @app.post("/activate/{agent_id}")
     async def activate(agent_id: str, request: Request) -> JSONResponse:
-        if not _bearer_matches(request.headers.get("authorization"), tenant):
+        if not _bearer_matches(request.headers.get("authorization"), internal_token):
             return error_response(401, "unauthorized", "the tenant's internal credential is required",
                                   {"WWW-Authenticate": "Bearer"})
         try:

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from appliance.gateway.models import AgentName, Handler
+from appliance.gateway.streams import stream_name
+
 # Stream offsets as the streams server writes them ("<digits>_<digits>"), or -1 for "the beginning".
 Offset = Annotated[str, StringConstraints(pattern=r"^(-1|[0-9]{1,20}_[0-9]{1,20})$")]
-Handler = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
-AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
 
 
 class _Part(BaseModel):
@@ -55,7 +56,7 @@ class ActivationRequest(_Part):
     def _one_house_one_stream(self) -> ActivationRequest:
         if self.event.house_id != self.agent.house_id:
             raise ValueError("the event's house is not the agent's house")
-        if self.event.stream != f"thread-{self.event.thread_id}":
+        if self.event.stream != stream_name(self.event.thread_id):
             raise ValueError("the event's stream is not its thread's stream")
         return self
 

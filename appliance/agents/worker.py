@@ -59,6 +59,7 @@ from appliance.agents.store import AgentState, AgentStore, InboxRow, QueueFull, 
 from appliance.agents.threads import Around, ThreadViews
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
+from appliance.gateway.models import MAX_ENTRY_TEXT, clean_json, clean_text
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
 
 log = logging.getLogger("appliance.agents")
@@ -66,7 +67,6 @@ log = logging.getLogger("appliance.agents")
 MAX_RUNS: Final = 3
 # Unfinished activations one agent may have queued before the worker answers 429 (the gateway retries later).
 MAX_OPEN_PER_AGENT: Final = 1000
-MAX_REPLY_CHARS: Final = 100_000  # the gateway's limit for an entry's text
 MAX_REPLY_BYTES: Final = 1 << 20
 RETRY_BASE_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
@@ -292,8 +292,14 @@ class Worker:
             if not isinstance(reply, Reply) or not isinstance(reply.text, str) or not (
                     reply.data is None or isinstance(reply.data, dict)):
                 raise HandlerError("bad_reply", "its handler returned something that is not a reply")
-            if len(reply.text) > MAX_REPLY_CHARS:
-                raise HandlerError("reply_too_large", f"its reply is over {MAX_REPLY_CHARS} characters")
+            if len(reply.text) > MAX_ENTRY_TEXT:
+                raise HandlerError("reply_too_large", f"its reply is over {MAX_ENTRY_TEXT} characters")
+            try:
+                # The rules a member's entry follows at the gateway: no NUL, valid Unicode, finite JSON numbers.
+                clean_text(reply.text)
+                clean_json(reply.data)
+            except ValueError as exc:
+                raise HandlerError("bad_reply", f"its reply is not a valid entry: {exc}") from None
             message = entry_message(activation, "message", reply.text, reply.data)
             try:
                 size = len(dumps(message).encode())
@@ -301,8 +307,6 @@ class Worker:
                 raise HandlerError("bad_reply", "its reply's data is not JSON") from None
             if size > MAX_REPLY_BYTES:
                 raise HandlerError("reply_too_large", f"its reply is over {MAX_REPLY_BYTES} bytes")
-            if "\x00" in dumps(message):
-                raise HandlerError("bad_reply", "its reply holds NUL characters")
             return message
         except HandlerError as exc:
             state.discard()

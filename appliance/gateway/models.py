@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_JSON_DEPTH = 32
+
+
+# The most characters an entry's text may hold, whoever writes it (members through the gateway, agents' replies).
+MAX_ENTRY_TEXT: Final = 100_000
 
 
 def clean_text(value: str) -> str:
@@ -173,7 +177,7 @@ class TokenRequest(Body):
 class EntryCreate(Body):
     id: uuid.UUID
     kind: Literal["message", "system"] = "message"
-    text: Text(100_000)  # type: ignore[valid-type]
+    text: Text(MAX_ENTRY_TEXT)  # type: ignore[valid-type]
     data: JsonObject | None = None
     reply_to: uuid.UUID | None = None
 

@@ -16,18 +16,17 @@ import contextlib
 import importlib.util
 import logging
 import sys
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import psycopg
 
 from appliance.audit.chain import AuditEvent
+from appliance.gateway.api.crud import to_json
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
-from appliance.gateway.streams import stream_path
+from appliance.gateway.streams import stream_name
 
 log = logging.getLogger("appliance.gateway")
 
@@ -59,7 +58,7 @@ def backoff_s(attempts: int, cap: float) -> float:
 
 
 class Dispatcher:
-    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: Callable[[], str]) -> None:
+    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: str) -> None:
         self.db = db
         self.audit = audit
         self.settings = settings
@@ -174,7 +173,7 @@ class Dispatcher:
         try:
             response = await self.http.post(
                 f"/activate/{agent['id']}", json=payload,
-                headers={"Authorization": f"Bearer {self.internal_token()}"},
+                headers={"Authorization": f"Bearer {self.internal_token}"},
             )
         except httpx.HTTPError as exc:
             await self._retry(row, f"agent workers unreachable ({type(exc).__name__})")
@@ -212,14 +211,6 @@ class Dispatcher:
             ))
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
 def activation_payload(row: dict[str, Any], agent: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any]:
     """The body of POST /activate/{agent_id} (ACTIVATION.md): the agent's current config and the event."""
     merged: dict[str, Any] = {}
@@ -231,9 +222,9 @@ def activation_payload(row: dict[str, Any], agent: dict[str, Any], configs: list
             "house_id": str(agent["house_id"]),
             "name": agent["name"],
             "handler": agent["handler"],
-            "environment_id": _json(agent["environment_id"]),
+            "environment_id": to_json(agent["environment_id"]),
             "config": agent["config"],
-            "updated_at": _json(agent["updated_at"]),
+            "updated_at": to_json(agent["updated_at"]),
         },
         "configs": merged,
         "event": {
@@ -242,7 +233,7 @@ def activation_payload(row: dict[str, Any], agent: dict[str, Any], configs: list
             "attempt": int(row["attempts"]),
             "house_id": str(row["house_id"]),
             "thread_id": str(row["thread_id"]),
-            "stream": stream_path(row["thread_id"]).lstrip("/"),
+            "stream": stream_name(row["thread_id"]),
             "entry_id": str(row["entry_id"]),
             "offset": row["next_offset"],
             "mentioned_by": str(row["mentioned_by"]),

@@ -31,8 +31,11 @@ class Gateway:
         bind = tenant.common.bind_address
         self.streams = StreamsClient(bind, tenant.port("streams"))
         self.sync = Upstream(bind, tenant.port("sync"))
-        self.dispatcher = Dispatcher(self.db, self.audit, settings,
-                                     lambda: tenant.read_secret("agents_internal_token"))
+        # Read once: these secrets are generated at the first deploy and never change (only the JWT signing key
+        # rotates, and the keyring watches its file).
+        self._sync_secret = tenant.read_secret("sync_secret")
+        self._encryption_key = tenant.read_secret("secrets_encryption_key")
+        self.dispatcher = Dispatcher(self.db, self.audit, settings, tenant.read_secret("agents_internal_token"))
         self.entries = Entries(self.db, self.streams, self.audit, self.dispatcher.wake)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         # Before authentication the caller is only an address: failed tokens and API key exchanges share it.
@@ -41,10 +44,10 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def sync_secret(self) -> str:
-        return self.tenant.read_secret("sync_secret")
+        return self._sync_secret
 
     def encryption_key(self) -> str:
-        return self.tenant.read_secret("secrets_encryption_key")
+        return self._encryption_key
 
     async def start(self) -> None:
         # Kept for callers outside the event loop (tests, diagnostics) that need to run something on it.

@@ -29,9 +29,13 @@ class StreamMissing(StreamError):
     pass
 
 
-def stream_path(thread_id: uuid.UUID) -> str:
+def stream_name(thread_id: uuid.UUID) -> str:
     """The stream of a thread: `thread-<uuid>` (a UUID in canonical form, so never a path of anything else)."""
-    return f"/thread-{uuid.UUID(str(thread_id))}"
+    return f"thread-{uuid.UUID(str(thread_id))}"
+
+
+def stream_path(thread_id: uuid.UUID) -> str:
+    return "/" + stream_name(thread_id)
 
 
 class StreamsClient:

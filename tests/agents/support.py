@@ -21,6 +21,7 @@ import httpx
 
 from appliance.agents.models import reply_id
 from appliance.config import AgentsSettings, TenantConfig
+from appliance.gateway.outbox import activation_payload
 from tests.gateway.support import (
     REPO,
     InProcessGateway,
@@ -299,14 +300,9 @@ def expected_reply_id(agent: dict[str, Any], entry_id: str) -> str:
 
 def activation_body(agent: dict[str, Any], thread: str, entry: dict[str, Any], mentioned_by: uuid.UUID,
                     activation_id: int = 1, attempt: int = 1) -> dict[str, Any]:
-    """An activation as the gateway's dispatcher sends it (appliance/gateway/outbox.py activation_payload)."""
-    return {
-        "agent": {"id": agent["id"], "house_id": agent["house_id"], "name": agent["name"],
-                  "handler": agent["handler"], "environment_id": agent.get("environment_id"),
-                  "config": agent.get("config") or {}, "updated_at": agent["updated_at"]},
-        "configs": {},
-        "event": {"type": "mention", "activation_id": activation_id, "attempt": attempt,
-                  "house_id": agent["house_id"], "thread_id": thread, "stream": f"thread-{thread}",
-                  "entry_id": entry["id"], "offset": entry["offset"], "mentioned_by": str(mentioned_by),
-                  "agent_name": agent["name"]},
-    }
+    """An activation as the gateway's dispatcher sends it: its own builder, fed an outbox row."""
+    row = {"id": activation_id, "attempts": attempt, "house_id": agent["house_id"], "thread_id": uuid.UUID(thread),
+           "entry_id": entry["id"], "next_offset": entry["offset"], "mentioned_by": mentioned_by,
+           "agent_name": agent["name"]}
+    return activation_payload(row, {**agent, "environment_id": agent.get("environment_id"),
+                                    "config": agent.get("config") or {}}, [])

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.agents.app import max_activation_bytes
 from appliance.agents.service import agents_service
 from appliance.agents.store import store_path
 from appliance.services import tenant_services
@@ -132,7 +133,7 @@ def test_wrong_content_type_path_or_agent_are_4xx(stack: AgentStack,
 
 def test_oversized_bodies_are_413(stack: AgentStack, echo_activation: tuple[dict[str, Any], dict[str, Any]]) -> None:
     agent, body = echo_activation
-    limit = 16 * stack.tenant.gateway.max_body_bytes
+    limit = max_activation_bytes(stack.tenant)
     huge = {**body, "configs": {"blob": "x" * (limit + 1)}}
     assert stack.activate(agent["id"], huge).status_code == 413
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from appliance.agents import threads
 from appliance.agents.handlers import HandlerError, HandlerRegistry, HandlerUnavailable
 from appliance.agents.handlers.webhook import load_endpoints
-from appliance.agents.models import ActivationRequest, reply_id
+from appliance.agents.models import ActivationRequest
 from appliance.agents.store import AgentState, AgentStore, QueueFull, store_path
 from appliance.agents.threads import ThreadViews
 from appliance.gateway.streams import StreamMissing
@@ -157,7 +157,6 @@ def test_accepted_activations_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_the_reply_id_is_derived_from_agent_and_entry() -> None:
     body = ActivationRequest.model_validate(activation())
-    assert body.reply_id() == reply_id(body.agent.id, body.event.entry_id)
     assert body.reply_id() == uuid.uuid5(body.agent.id, str(body.event.entry_id))
     assert ActivationRequest.model_validate(activation()).reply_id() != body.reply_id()
 
@@ -249,10 +248,23 @@ def test_views_are_bounded_and_dropped_with_their_stream(monkeypatch: pytest.Mon
 # -- handlers ----------------------------------------------------------------------------------------------------
 
 
-def test_built_in_names_cannot_be_taken_over() -> None:
+def test_built_in_names_cannot_be_taken_over(monkeypatch: pytest.MonkeyPatch) -> None:
     def mine(ctx: Any) -> str:
         return "mine"
 
+    def impostor(ctx: Any) -> str:
+        return "impostor"
+
+    # A third-party package registering handlers under the built-in names.
+    from importlib.metadata import EntryPoint
+
+    import appliance.agents.handlers as handlers_module
+
+    offered = [EntryPoint(name, "tests.agents.test_units:impostor", handlers_module.ENTRY_POINT_GROUP)
+               for name in ("echo", "external")]
+    monkeypatch.setattr(handlers_module, "entry_points",
+                        lambda group, name=None: [ep for ep in offered if ep.group == group
+                                                  and (name is None or ep.name == name)])
     registry = HandlerRegistry({"echo": mine})
     assert registry.get("echo") is mine
     with pytest.raises(HandlerUnavailable):

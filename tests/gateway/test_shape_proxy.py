@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -197,4 +196,3 @@ def test_shape_grants_are_audited(stack: Stack, upstream: RecordingServer) -> No
     stack.flush_audit()
     rows = stack.sql("SELECT detail FROM audit.events WHERE actor = %s AND action = 'auth.granted'", [str(alice.id)])
     assert rows == [({"access": "shape.read", "houses": [house]},)]
-    assert uuid.UUID(house)

@@ -28,11 +28,11 @@ import httpx
 
 from appliance.agents.handlers import HISTORY_LIMIT, HandlerContext, HandlerError, Reply
 from appliance.config import AgentsSettings
+from appliance.gateway.models import MAX_ENTRY_TEXT
 
 WEBHOOKS_FILE: Final = "webhooks.json"
 DEFAULT_HISTORY: Final = 20
 MAX_HISTORY: Final = HISTORY_LIMIT
-MAX_REPLY_CHARS: Final = 100_000  # as much as a thread entry may hold (the gateway's limit)
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _parse(name: str, content: bytes) -> Reply:
     if not isinstance(text, str) or not (data is None or isinstance(data, dict)):
         raise HandlerError("webhook_bad_reply", f"the webhook {name!r} did not answer with "
                                                 '{"text": "...", "data": {...}}')
-    if len(text) > MAX_REPLY_CHARS:
+    if len(text) > MAX_ENTRY_TEXT:
         raise HandlerError("webhook_reply_too_large", f"the webhook {name!r} answered more than "
-                                                      f"{MAX_REPLY_CHARS} characters of text")
+                                                      f"{MAX_ENTRY_TEXT} characters of text")
     return Reply(text, data)

@@ -22,25 +22,14 @@ def previous_keys_file(tenant: TenantConfig) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    tenant_id: str
-    issuer: str
-    audience: str
-    bind_address: str
-    port: int
-    streams_url: str
-    sync_url: str
     agents_url: str
     token_ttl_s: int
-    key_rotation_grace_s: int
-    max_body_bytes: int
     rate_limit_per_minute: int
     streams_long_poll_s: float
     sync_long_poll_s: float
     agents_timeout_s: float
     db_conninfo: dict[str, Any]
     db_pool_size: int
-    # Entries still pending this long are completed by the recovery sweep (their request is surely gone).
-    entry_recovery_after_s: float = 30.0
     # How often the dispatcher looks for due activations besides being woken by new entries.
     dispatch_poll_s: float = 1.0
     dispatch_backoff_max_s: float = 60.0
@@ -54,17 +43,8 @@ class Settings:
     def from_tenant(cls, tenant: TenantConfig) -> Settings:
         bind = tenant.common.bind_address
         return cls(
-            tenant_id=tenant.id,
-            issuer=gateway_url(tenant),
-            audience=tenant.id,
-            bind_address=bind,
-            port=tenant.port("gateway"),
-            streams_url=f"http://{bind}:{tenant.port('streams')}",
-            sync_url=f"http://{bind}:{tenant.port('sync')}",
             agents_url=f"http://{bind}:{tenant.port('agents')}",
             token_ttl_s=tenant.gateway.token_ttl_s,
-            key_rotation_grace_s=tenant.gateway.key_rotation_grace_s,
-            max_body_bytes=tenant.gateway.max_body_bytes,
             rate_limit_per_minute=tenant.gateway.rate_limit_per_minute,
             streams_long_poll_s=tenant.streams.long_poll_timeout_ms / 1000,
             sync_long_poll_s=tenant.sync.long_poll_timeout_ms / 1000,
