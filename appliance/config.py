@@ -63,6 +63,11 @@ class _Settings(BaseModel):
             raise ConfigError(f"{where or cls.role} settings: {_explain(exc)}") from None
 
 
+def pg_bin_dir(version: int) -> Path:
+    """Where a Postgres version's programs are (Debian's layout: the postgresql-<version> packages)."""
+    return Path(f"/usr/lib/postgresql/{version}/bin")
+
+
 def _explain(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
@@ -161,6 +166,7 @@ class BackupSettings(_Settings):
     archive_timeout_s: int = Field(ge=1)
     full_schedule: str
     diff_schedule: str
+    bundle_schedule: str
     retention_full: int = Field(ge=1)
 
 
@@ -362,6 +368,9 @@ class TenantConfig(BaseModel):
 
     def read_secret(self, name: str) -> str:
         return self.secret_path(name).read_text().strip()
+
+    def pg_bin(self, program: str) -> Path:
+        return pg_bin_dir(self.postgres.version) / program
 
     def log_file(self, component: str) -> Path:
         return self.logs_dir / f"{component}.log"

@@ -74,14 +74,13 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 
     `source_digest` (HostConfig.source_digest) goes into the environment of the services that run the
     appliance's own code, so new sources change their unit/program file and restart them — and only them."""
-    pg_bin = Path(f"/usr/lib/postgresql/{tenant.postgres.version}/bin")
     bind = tenant.common.bind_address
     common = {"user": tenant.user, "working_dir": tenant.root, "tenant": tenant.id}
     return [
         ServiceSpec(
             name=f"appliance-{tenant.id}-postgres",
             component="postgres",
-            command=(str(pg_bin / "postgres"), "-D", str(tenant.pg_data)),
+            command=(str(tenant.pg_bin("postgres")), "-D", str(tenant.pg_data)),
             log_file=tenant.log_file("postgres"),
             port=tenant.port("postgres"),
             probe="postgres",

@@ -12,7 +12,7 @@ bundle of what the database does not hold, and drills that restore and compare i
 - `take`: a backup now (pgBackRest, then the bundle, then bundle expiry).
 - `scratch`, `restore`: scratch instances on other ports/dirs, and restores into one or in place.
 - `verify`, `drill`, `report`: `pgbackrest verify` read properly, the drill, and its JSON/summary report.
-- `schedule`: cron schedules, the supervised scheduler (`backup_service`) and systemd timers.
+- `schedule`: cron schedules and the supervised scheduler (`backup_service`).
 - `status`: `backup_status(tenant)` and `backup_probe` for `appliance status`.
 
 Wiring into the deploy, per tenant, in this order:
@@ -22,8 +22,6 @@ Wiring into the deploy, per tenant, in this order:
    restart the first time: the existing postgres-reload step does it);
 3. after the tenant's bucket and identity exist: `appliance backup setup <id>` (`stanza.ensure_stanza`,
    stanza-create once; `stanza.setup_ok` is the fact that makes a redeploy with nothing changed a no-op);
-4. supervisord hosts: `schedule.backup_service(tenant)` installed like the other services (its first run takes a
-   full backup when there is none); systemd hosts: `schedule.backup_timer_units(tenant)` written to
-   /etc/systemd/system and the two timers enabled, plus one `appliance backup <id> --full` when there is no
-   backup yet.
+4. `schedule.backup_service(tenant)` installed like the other services, under supervisord or systemd (its first
+   run takes a full backup when there is none).
 """

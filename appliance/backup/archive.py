@@ -59,7 +59,7 @@ def archiver_status(tenant: TenantConfig) -> dict[str, Any]:
 
 def _waldump(args: list[str], tenant: TenantConfig) -> list[dt.datetime]:
     """Commit timestamps pg_waldump finds (it stops, with an error, at the end of valid WAL: that is normal)."""
-    binary = f"/usr/lib/postgresql/{tenant.postgres.version}/bin/pg_waldump"
+    binary = str(tenant.pg_bin("pg_waldump"))
     result = subprocess.run(
         [binary, "--rmgr=Transaction", *args], capture_output=True, text=True,
         env={"TZ": "UTC", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},

@@ -181,7 +181,7 @@ class _Background(threading.Thread):
 
 
 def _amcheck(scratch: Scratch) -> tuple[bool, str]:
-    binary = f"/usr/lib/postgresql/{scratch.tenant.postgres.version}/bin/pg_amcheck"
+    binary = str(scratch.tenant.pg_bin("pg_amcheck"))
     env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": scratch.tenant.read_secret("db_superuser_password"),
            "LC_ALL": "C.UTF-8"}
     result = subprocess.run(

@@ -1,14 +1,13 @@
 """Backup schedules: full and differential backups at the times the settings give in cron syntax.
 
-Two ways to run them, from the same settings:
-- supervisord hosts (containers, CI): one long-running process per tenant, `appliance backup schedule --tenant
-  <id>`, supervised like every other service (`backup_service(tenant)`);
-- systemd hosts: a oneshot service and a timer per kind (`backup_timer_units(tenant)`), so that a missed run
-  (host down at 03:00) is caught up at boot (`Persistent=true`).
+They run in one long-running process per tenant, `appliance backup schedule --tenant <id>`, supervised like
+every other service under supervisord or systemd (`backup_service(tenant)`), so `appliance status` probes it the
+same way everywhere. A run missed while the host was down is not caught up; the next one follows the schedule,
+and WAL archiving keeps the recovery point within `archive_timeout` meanwhile.
 
 Cron fields: minute hour day-of-month month day-of-week, each `*`, a number, a range `a-b`, a list `a,b` or a
 step `*/n`/`a-b/n`; day-of-week 0-7 (0 and 7 are Sunday) or sun..sat. When both day fields are restricted, a
-day matches either (cron's rule). Times are the host's local time, as cron and systemd both read them.
+day matches either (cron's rule). Times are the host's local time, as cron reads them.
 
     >>> Cron("0 3 * * 1-6").next_after(dt.datetime(2026, 11, 22, 4, 0))     # a Sunday
     datetime.datetime(2026, 11, 23, 3, 0)
@@ -26,11 +25,10 @@ from typing import Literal
 
 from appliance.backup.errors import BackupError
 from appliance.config import TenantConfig
-from appliance.services import ServiceSpec, appliance_service, venv_bin
+from appliance.services import ServiceSpec, appliance_service
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_SYSTEMD_DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 # (low, high, names) of each field.
 _FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
     (0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTH_NAMES), (0, 7, _DAY_NAMES),
@@ -120,29 +118,8 @@ class Cron:
             day += dt.timedelta(days=1)
         raise CronError(f"schedule {self.expression!r} never fires")
 
-    def on_calendar(self) -> list[str]:
-        """The same schedule as systemd OnCalendar= values (several when cron's day rule is an OR)."""
-        minutes, hours, dom, month, dow = self.fields()
-
-        def join(values: frozenset[int] | None) -> str:
-            return "*" if values is None else ",".join(f"{v:02d}" for v in sorted(values))
-
-        clock = f"{join(hours)}:{join(minutes)}:00"
-        date = f"*-{join(month)}-{join(dom if dom is not None else None)}"
-        days = ",".join(_SYSTEMD_DAYS[d] for d in sorted(dow)) if dow is not None else ""
-        if dom is not None and dow is not None:
-            return [f"*-{join(month)}-{join(dom)} {clock}", f"{days} *-{join(month)}-* {clock}"]
-        return [f"{days} {date} {clock}".strip()]
-
 
 BackupKind = Literal["full", "diff", "bundle"]
-
-
-def bundle_schedule(tenant: TenantConfig) -> str:
-    """Extra side bundles between backups (streams and agents' state move on between nightly backups, and a
-    tenant whose directory is lost gets them back only as of the newest bundle). Read from the proposed
-    `backup_bundle_schedule` setting (BackupSettings.bundle_schedule: str, "" = none) once it exists."""
-    return str(getattr(tenant.backup, "bundle_schedule", "") or "")
 
 
 def next_run(tenant: TenantConfig, now: dt.datetime, *, bundles: bool = True) -> tuple[dt.datetime, BackupKind]:
@@ -152,8 +129,9 @@ def next_run(tenant: TenantConfig, now: dt.datetime, *, bundles: bool = True) ->
         (Cron(tenant.backup.full_schedule).next_after(now), 0, "full"),
         (Cron(tenant.backup.diff_schedule).next_after(now), 1, "diff"),
     ]
-    if bundles and bundle_schedule(tenant):
-        runs.append((Cron(bundle_schedule(tenant)).next_after(now), 2, "bundle"))
+    # Extra side bundles between backups (streams and agents' state move on between nightly backups).
+    if bundles and tenant.backup.bundle_schedule:
+        runs.append((Cron(tenant.backup.bundle_schedule).next_after(now), 2, "bundle"))
     when, _, kind = min(runs)
     return when, kind
 
@@ -230,23 +208,3 @@ def run_schedule(
                     continue
                 break
     log("scheduler stopped")
-
-
-def backup_timer_units(tenant: TenantConfig) -> dict[str, str]:
-    """systemd units (file name -> content) for hosts where systemd is PID 1: a oneshot service and a timer
-    per kind. Enable the timers (`systemctl enable --now appliance-<id>-backup-full.timer ...`)."""
-    from appliance.roles import render
-
-    units = {}
-    appliance = venv_bin(tenant, "appliance")
-    kinds = [("full", tenant.backup.full_schedule), ("diff", tenant.backup.diff_schedule)]
-    if bundle_schedule(tenant):
-        kinds.append(("bundle", bundle_schedule(tenant)))
-    for kind, schedule in kinds:
-        name = f"appliance-{tenant.id}-backup-{kind}"
-        command = f"{appliance} backup {tenant.id} --{'bundle-only' if kind == 'bundle' else kind}"
-        units[f"{name}.service"] = render("backup", "backup.service.j2", tenant=tenant, kind=kind, command=command,
-                                          config_dir=tenant.common.config_dir, log_file=tenant.log_file("backup"))
-        units[f"{name}.timer"] = render("backup", "backup.timer.j2", tenant=tenant, kind=kind, schedule=schedule,
-                                        on_calendar=Cron(schedule).on_calendar())
-    return units

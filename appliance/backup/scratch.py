@@ -125,7 +125,7 @@ class Scratch:
         return proc
 
     def start_postgres(self) -> None:
-        binary = f"/usr/lib/postgresql/{self.tenant.postgres.version}/bin/postgres"
+        binary = str(self.tenant.pg_bin("postgres"))
         # Command-line settings win over the restored postgresql.conf (which names the live port and socket).
         self._spawn("postgres", [
             binary, "-D", str(self.pg_data), "-c", f"port={self.pg_port}",

@@ -24,14 +24,20 @@ from appliance.objectstore.files import ensure_dir, write_if_changed
 # What opens a tenant's backups: its S3 keys and its cipher passphrase (the bundle's key derives from it).
 RECOVERY_SECRETS = ("s3_access_key", "s3_secret_key", "backup_cipher_passphrase")
 
-# `pgbackrest info` status codes that mean "no repository for this stanza yet".
-_MISSING_STANZA = {1, 3}
+# `pgbackrest info` status codes: a usable stanza (2: no backup in it yet), none yet, another cluster's.
+STANZA_OK = frozenset({0, 2})
+MISSING_STANZA = frozenset({1, 3})
 _DATABASE_MISMATCH = 5
 
 
-def stanza_status(tenant: TenantConfig) -> tuple[int, str]:
-    status = pgbackrest.info(tenant).get("status") or {}
+def status_of(info: dict[str, Any]) -> tuple[int, str]:
+    """(code, message) of a `pgbackrest info` answer."""
+    status = info.get("status") or {}
     return int(status.get("code", 99)), str(status.get("message", "unknown"))
+
+
+def stanza_status(tenant: TenantConfig) -> tuple[int, str]:
+    return status_of(pgbackrest.info(tenant))
 
 
 def ensure_files(host: HostConfig, tenant: TenantConfig) -> list[str]:
@@ -44,7 +50,7 @@ def ensure_stanza(host: HostConfig, tenant: TenantConfig) -> list[str]:
     """Files, recovery keys, then the stanza itself (created once)."""
     changes = ensure_files(host, tenant)
     code, message = stanza_status(tenant)
-    if code in _MISSING_STANZA:
+    if code in MISSING_STANZA:
         pgbackrest.run(tenant, "stanza-create")
         changes.append(f"stanza {pgbackrest.stanza(tenant)} created in {tenant.backup_bucket}")
     elif code == _DATABASE_MISMATCH:
@@ -71,7 +77,7 @@ def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
             keys = json.loads(paths.recovery_keys_file.read_text())
             if any(keys.get(name) != value for name, value in recovery_keys(tenant).items()):
                 return False
-        return stanza_status(tenant)[0] in (0, 2)
+        return stanza_status(tenant)[0] in STANZA_OK
     except (OSError, ValueError, BackupError):
         return False
 

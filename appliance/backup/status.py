@@ -22,6 +22,7 @@ from appliance.backup.archive import archiver_status
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
 from appliance.backup.schedule import expected_interval
+from appliance.backup.stanza import STANZA_OK, status_of
 from appliance.backup.target import backup_sets
 from appliance.config import HostConfig, TenantConfig
 
@@ -59,10 +60,10 @@ def backup_status(tenant: TenantConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"stanza": pgbackrest.stanza(tenant), "bucket": tenant.backup_bucket}
     try:
         info = pgbackrest.info(tenant)
-        status = info.get("status") or {}
-        result["stanza_status"] = status.get("message")
-        if status.get("code") not in (0, 2):
-            problems.append(f"stanza: {status.get('message')}")
+        code, message = status_of(info)
+        result["stanza_status"] = message
+        if code not in STANZA_OK:
+            problems.append(f"stanza: {message}")
         sets = backup_sets(info)
         for kind in ("full", "diff", "incr"):
             of_kind = [b for b in sets if b.type == kind]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from appliance.backup import bundle, pgbackrest
 from appliance.backup.errors import BackupError
-from appliance.backup.stanza import stanza_status
+from appliance.backup.stanza import MISSING_STANZA, status_of
 from appliance.backup.target import BackupSet, backup_sets
 from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore.credentials import tenant_credentials
@@ -72,10 +72,11 @@ def take_bundle(host: HostConfig, tenant: TenantConfig) -> bundle.Descriptor:
 
 
 def take_backup(host: HostConfig, tenant: TenantConfig, kind: BackupKind = "diff") -> BackupResult:
-    code, message = stanza_status(tenant)
-    if code in (1, 3):
+    info = pgbackrest.info(tenant)
+    code, message = status_of(info)
+    if code in MISSING_STANZA:
         raise BackupError(f"tenant {tenant.id} has no stanza yet ({message}): deploy, or `appliance backup setup`")
-    before = {b.label for b in backup_sets(pgbackrest.info(tenant))}
+    before = {b.label for b in backup_sets(info)}
     started = time.monotonic()
     pgbackrest.run(tenant, "backup", f"--type={kind}")
     backup_seconds = time.monotonic() - started

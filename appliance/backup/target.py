@@ -15,14 +15,15 @@ from appliance.backup.errors import BadRequest
 STOP_SLACK = dt.timedelta(seconds=1)
 
 
-def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 time; one without a zone is UTC (what the appliance's logs and reports use)."""
+def parse_time(text: str, option: str = "--time") -> dt.datetime:
+    """An ISO 8601 time; one without a zone is UTC (what the appliance's logs, reports and audit trail use).
+    The one parser of operators' times (`restore --time`, `audit export --since`)."""
     raw = text.strip()
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
     except ValueError:
         raise BadRequest(
-            f"--time {text!r} is not an ISO 8601 time (e.g. 2026-11-22T03:00:00Z or 2026-11-22 03:00:00+01:00)"
+            f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-11-22T03:00:00Z or 2026-11-22 03:00:00+01:00)"
         ) from None
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 

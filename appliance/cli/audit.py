@@ -27,13 +27,13 @@ from appliance.config import load_tenant
 
 
 def _parse_time(text: str, option: str) -> dt.datetime:
+    from appliance.backup.errors import BadRequest
+    from appliance.backup.target import parse_time
+
     try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31 or 2026-01-31T12:00:00Z)",
-                                 param_hint=option) from None
-    # No zone given: UTC, the zone every audit timestamp is in.
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        return parse_time(text, option)
+    except BadRequest as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @click.group()

@@ -25,10 +25,6 @@ from appliance.config import DB_ROLES, DB_SUPERUSER, TenantConfig
 SCRAM_ITERATIONS = 4096
 
 
-def pg_bin(tenant: TenantConfig, program: str) -> str:
-    return f"/usr/lib/postgresql/{tenant.postgres.version}/bin/{program}"
-
-
 def is_initialized(tenant: TenantConfig) -> bool:
     return (tenant.pg_data / "PG_VERSION").is_file()
 
@@ -42,7 +38,7 @@ def initdb(tenant: TenantConfig) -> bool:
     os.chown(tenant.pg_data, user.pw_uid, user.pw_gid)
     subprocess.run(
         [
-            pg_bin(tenant, "initdb"), "-D", str(tenant.pg_data), "-U", DB_SUPERUSER,
+            str(tenant.pg_bin("initdb")), "-D", str(tenant.pg_data), "-U", DB_SUPERUSER,
             "--auth=scram-sha-256", f"--pwfile={tenant.secret_path('db_superuser_password')}",
             "--encoding=UTF8", "--locale=C.UTF-8",
             # Page checksums let pg_amcheck and backup verification catch corrupted pages.

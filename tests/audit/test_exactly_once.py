@@ -65,14 +65,12 @@ def test_kill9_at_random_moments_under_load(rig_small_batches: AuditRig) -> None
 
     thread = threading.Thread(target=writer)
     thread.start()
-    kills = 0
     try:
         rng = random.Random(6)
         for round_ in range(12):
             process = rig.start_shipper(log_name=f"chaos-{round_}.log")
             time.sleep(rng.uniform(0.3, 1.5))
             kill9(process)
-            kills += 1
     finally:
         stop_writing.set()
         thread.join()
@@ -83,7 +81,6 @@ def test_kill9_at_random_moments_under_load(rig_small_batches: AuditRig) -> None
         rig.wait_shipped(head, 120)
     finally:
         stop(process)
-    assert kills == 12
     batches = rig.assert_exactly_once()
     assert batches > 12
     report = rig.verify("both")

@@ -12,7 +12,7 @@ import pytest
 from appliance.backup import pgbackrest
 from appliance.backup.archive import _next_segment, _previous_segment, archive_command
 from appliance.backup.errors import BadRequest
-from appliance.backup.schedule import Cron, CronError, backup_service, backup_timer_units, next_run, run_schedule
+from appliance.backup.schedule import Cron, CronError, backup_service, next_run, run_schedule
 from appliance.backup.sealed import CHUNK, SealedReader, Sealer, SealError, open_sealed
 from appliance.backup.target import choose_set, parse_time, pg_time
 from appliance.backup.verify import object_key, parse
@@ -52,12 +52,6 @@ def test_malformed_cron_is_refused_with_the_expression_named(expression: str) ->
         Cron(expression)
 
 
-def test_cron_becomes_systemd_on_calendar_including_the_day_or_rule() -> None:
-    assert Cron("0 3 * * 0").on_calendar() == ["Sun *-*-* 03:00:00"]
-    assert Cron("0 3 * * 1-6").on_calendar() == ["Mon,Tue,Wed,Thu,Fri,Sat *-*-* 03:00:00"]
-    assert Cron("0 3 1 * mon").on_calendar() == ["*-*-01 03:00:00", "Mon *-*-* 03:00:00"]
-
-
 def test_default_schedules_alternate_full_on_sunday_and_diff_otherwise() -> None:
     acme = tenant()
     saturday_night = dt.datetime(2026, 11, 21, 12, 0)
@@ -65,31 +59,11 @@ def test_default_schedules_alternate_full_on_sunday_and_diff_otherwise() -> None
     assert next_run(acme, dt.datetime(2026, 11, 22, 12, 0)) == (dt.datetime(2026, 11, 23, 3, 0), "diff")
 
 
-def with_bundle_schedule(acme: TenantConfig, schedule: str) -> TenantConfig:
-    """The proposed `backup_bundle_schedule` setting, before BackupSettings has the field."""
-    from types import SimpleNamespace
-
-    settings = SimpleNamespace(**acme.backup.model_dump(), bundle_schedule=schedule)
-    return acme.model_copy(update={"backup": settings})
-
-
 def test_bundle_runs_fill_the_gaps_between_backups_and_never_displace_one() -> None:
-    acme = with_bundle_schedule(tenant(), "*/15 * * * *")
+    acme = tenant(bundle_schedule="*/15 * * * *")
     assert next_run(acme, dt.datetime(2026, 11, 23, 10, 1)) == (dt.datetime(2026, 11, 23, 10, 15), "bundle")
     assert next_run(acme, dt.datetime(2026, 11, 23, 2, 50)) == (dt.datetime(2026, 11, 23, 3, 0), "diff")
-    assert "appliance-acme-backup-bundle.timer" in backup_timer_units(acme)
-    assert "backup acme --bundle-only" in backup_timer_units(acme)["appliance-acme-backup-bundle.service"]
     assert next_run(tenant(), dt.datetime(2026, 11, 23, 10, 1))[1] == "diff"  # no setting: no bundle runs
-
-
-def test_timer_units_run_the_backup_as_the_tenant_on_the_schedule() -> None:
-    units = backup_timer_units(tenant())
-    assert sorted(units) == ["appliance-acme-backup-diff.service", "appliance-acme-backup-diff.timer",
-                             "appliance-acme-backup-full.service", "appliance-acme-backup-full.timer"]
-    assert "OnCalendar=Sun *-*-* 03:00:00" in units["appliance-acme-backup-full.timer"]
-    assert "Persistent=true" in units["appliance-acme-backup-full.timer"]
-    service = units["appliance-acme-backup-full.service"]
-    assert "User=tenant-acme" in service and "backup acme --full" in service
 
 
 def test_scheduler_is_a_supervised_program_without_secrets_in_its_definition() -> None:

@@ -284,9 +284,9 @@ def main() -> None:
             finally:
                 shipper.close()
             assert shipped == args.events, shipped
-            print(f"shipped {args.events} events in {ship_s:6.1f} s: {args.events / ship_s:8.0f} events/s to locked "
-                  f"objects ({(args.events + 9_999) // 10_000} batches of 10,000; target >= 5,000/s)")
             sizes = [r[0] for r in rig.sql("SELECT body_bytes FROM audit.batches")]
+            print(f"shipped {args.events} events in {ship_s:6.1f} s: {args.events / ship_s:8.0f} events/s to locked "
+                  f"objects ({len(sizes)} batches of at most 10,000; target >= 5,000/s)")
             print(f"  batch objects: mean {statistics.mean(sizes) / 1e6:.2f} MB "
                   f"({statistics.mean(sizes) * len(sizes) / args.events:.0f} bytes/event gzip)")
             for source in ("s3", "db", "both"):

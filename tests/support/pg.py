@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.config import PostgresSettings, pg_bin_dir
 from tests.support.ports import free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The Postgres the tenants run (roles/postgres/defaults), so the tests use the same server binaries.
+PG_BIN = pg_bin_dir(PostgresSettings.defaults()["version"])
 TEST_USER = "appliance-test"
 
 
