@@ -170,6 +170,10 @@ class BackupSettings(_Settings):
     retention_full: int = Field(ge=1)
 
 
+# SeaweedFS puts each service's gRPC port this far above its HTTP port (weed's own rule, not a setting).
+SEAWEED_GRPC_PORT_OFFSET = 10000
+
+
 class ObjectStoreSettings(_Settings):
     role: ClassVar[str] = "objectstore"
     mode: Literal["embedded", "external"]
@@ -201,12 +205,12 @@ class ObjectStoreSettings(_Settings):
         return self.bind_address.startswith("127.") or self.bind_address == "localhost"
 
     def ports(self) -> dict[str, int]:
-        """Host ports the embedded store occupies (each also +10000 for its gRPC twin)."""
+        """Host ports the embedded store occupies, each with its gRPC twin (SeaweedFS: port + 10000)."""
         if self.mode != "embedded":
             return {}
         base = {"s3": self.s3_port, "master": self.master_port, "volume": self.volume_port,
                 "filer": self.filer_port, "admin": self.admin_port}
-        return base | {f"{name}-grpc": port + 10000 for name, port in base.items()}
+        return base | {f"{name}-grpc": port + SEAWEED_GRPC_PORT_OFFSET for name, port in base.items()}
 
 
 # The roles a tenant may override, in the order they come up on a host.

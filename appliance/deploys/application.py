@@ -6,8 +6,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.services import install_services
-from appliance.services import tenant_services
+from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 
 # The audit shipper and the backup scheduler come later (appliance.deploys.backup): they need the tenant's
@@ -17,5 +16,4 @@ APPLICATION_COMPONENTS = ("gateway", "agents")
 
 @deploy("Tenant application services")
 def tenant_application(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component in APPLICATION_COMPONENTS]
-    install_services(config, manager, specs, tenant=tenant.id)
+    install_components(config, manager, tenant, *APPLICATION_COMPONENTS)

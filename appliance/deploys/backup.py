@@ -7,8 +7,7 @@ from pyinfra.api import deploy
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import host_step
-from appliance.deploys.services import install_services
-from appliance.services import tenant_services
+from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 
 
@@ -17,13 +16,11 @@ def tenant_audit(config: HostConfig, tenant: TenantConfig, manager: ManagerName)
     host_step(name=f"Audit bucket of {tenant.id} holds only its own trail", config=config, tenant=tenant,
               step="audit-bucket-check", fact="audit_bucket_ours",
               current=f"{tenant.audit_bucket} holds no trail foreign to {tenant.id}'s database")
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "audit"]
-    install_services(config, manager, specs, tenant=tenant.id)
+    install_components(config, manager, tenant, "audit")
 
 
 @deploy("Tenant backups")
 def tenant_backup(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
     host_step(name=f"pgBackRest stanza of {tenant.id}", config=config, tenant=tenant, step="backup-stanza",
               fact="backup_setup_ok", current=f"stanza of {tenant.id} exists, files current")
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "backup"]
-    install_services(config, manager, specs, tenant=tenant.id)
+    install_components(config, manager, tenant, "backup")

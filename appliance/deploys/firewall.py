@@ -29,13 +29,12 @@ def ruleset(config: HostConfig, existing_users: set[str]) -> str:
         {"user": t.user, "ports": [t.port(c) for c in PRIVATE_COMPONENTS]}
         for t in config.tenants if t.user in existing_users
     ]
-    internal = []
-    if config.runs_objectstore and config.objectstore_user in existing_users:
-        internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]
+    store_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]
+    internal = store_internal if config.runs_objectstore and config.objectstore_user in existing_users else []
     # A vault host's store listens on its LAN address; from the network only S3 (TLS, per-tenant keys) may
     # be reached, never the store's internal ports.
-    exposed = config.runs_objectstore and not config.objectstore.bind_address.startswith("127.")
-    lan_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"] if exposed else []
+    exposed = config.runs_objectstore and not config.objectstore.loopback
+    lan_internal = store_internal if exposed else []
     return roles.render(
         "common", "nftables.conf.j2", tenants=tenants, objectstore_ports=internal,
         objectstore_user=config.objectstore_user, objectstore_lan_ports=lan_internal,

@@ -11,8 +11,7 @@ from appliance.backup.archive import archive_command as backup_archive_command
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.deploys.facts import host_command, host_step
 from appliance.deploys.managed import managed_file
-from appliance.deploys.services import install_services
-from appliance.services import tenant_services
+from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 from appliance.sync.container import postgres_extra_listen
 
@@ -56,8 +55,7 @@ def tenant_postgres(config: HostConfig, tenant: TenantConfig, manager: ManagerNa
             tenant, _docker_bridge_gateway() if tenant.sync.runtime is SyncRuntime.electric else ""
         ).items()
     ]
-    spec = next(s for s in tenant_services(tenant, config.source_digest) if s.component == "postgres")
-    apply, *_ = install_services(config, manager, [spec], tenant=tenant.id)
+    apply, *_ = install_components(config, manager, tenant, "postgres")
     server.shell(
         name=f"Reload postgres of {tenant.id} (restart only if a changed setting needs it)",
         commands=[host_command(config, "postgres-reload", tenant.id)],

@@ -5,11 +5,18 @@ from __future__ import annotations
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
-from appliance.config import HostConfig
+from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import host_command
 from appliance.deploys.managed import managed_file
-from appliance.services import ServiceSpec
+from appliance.services import ServiceSpec, tenant_services
 from appliance.supervision import ManagerName, manager
+
+
+def install_components(config: HostConfig, manager_name: ManagerName, tenant: TenantConfig, *components: str,
+                       restart_if: list[OperationMeta] | None = None) -> list[OperationMeta]:
+    """`install_services` for some of a tenant's services, named by component, as `tenant_services` defines them."""
+    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component in components]
+    return install_services(config, manager_name, specs, tenant=tenant.id, restart_if=restart_if)
 
 
 def install_services(

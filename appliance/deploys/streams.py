@@ -5,12 +5,10 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.services import install_services
-from appliance.services import tenant_services
+from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 
 
 @deploy("Tenant streams")
 def tenant_streams(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "streams"]
-    install_services(config, manager, specs, tenant=tenant.id)
+    install_components(config, manager, tenant, "streams")

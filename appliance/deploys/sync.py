@@ -7,8 +7,7 @@ from pyinfra.api import deploy
 
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.deploys.facts import host_step
-from appliance.deploys.services import install_services
-from appliance.services import tenant_services
+from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 
 
@@ -18,5 +17,4 @@ def tenant_sync(config: HostConfig, tenant: TenantConfig, manager: ManagerName) 
         host_step(name=f"Electric container of {tenant.id}", config=config, tenant=tenant, step="sync-container",
                   fact="sync_container_ok", current=f"Electric container of {tenant.id} runs its current spec")
         return
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component == "sync"]
-    install_services(config, manager, specs, tenant=tenant.id)
+    install_components(config, manager, tenant, "sync")

@@ -62,9 +62,7 @@ def _sync_facts(tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
 
 
 def host_facts(host: HostConfig) -> dict[str, Any]:
-    from appliance.supervision import Supervisor
-
-    facts: dict[str, Any] = {"supervisor_running": Supervisor().is_running()}
+    facts: dict[str, Any] = {}
     if host.runs_objectstore:
         facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
         facts["served_tenants"] = objectstore.served_tenant_facts(host)

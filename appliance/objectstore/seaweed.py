@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import SEAWEED_GRPC_PORT_OFFSET, HostConfig, TenantConfig
 from appliance.objectstore import tls
 from appliance.objectstore.credentials import S3Credentials, admin_credentials, ensure_admin_credentials
 from appliance.objectstore.files import ensure_dir, owner_ids, write_if_changed
@@ -89,7 +89,6 @@ AUDIT_ACTIONS = (
 )
 # pgBackRest: get/put/delete/list and multipart uploads, all covered by Read, Write and List.
 BACKUP_ACTIONS = ("Read", "Write", "List")
-GRPC_PORT_OFFSET = 10000
 JWT_KEY_NAMES = ("volume_write", "volume_read", "filer_write", "filer_read")
 # Time weed gets to stop on SIGTERM before it is killed.
 STOP_TIMEOUT_S = 30.0
@@ -158,7 +157,7 @@ def weed_argv(host: HostConfig, weed: Path | None = None, *, admin_port: int | N
         "-webdav=false",
         "-admin.ui=false",
         f"-admin.port={admin_port}",
-        f"-admin.port.grpc={admin_port + GRPC_PORT_OFFSET}",
+        f"-admin.port.grpc={admin_port + SEAWEED_GRPC_PORT_OFFSET}",
     ]
 
 
@@ -174,8 +173,10 @@ def weed_environment(host: HostConfig) -> dict[str, str]:
 
 def store_ports(host: HostConfig, *, admin_port: int | None = None) -> dict[str, int]:
     """Every TCP port the running store listens on."""
-    admin_port = admin_port or host.objectstore.admin_port
-    return host.objectstore.ports() | {"admin": admin_port, "admin-grpc": admin_port + GRPC_PORT_OFFSET}
+    ports = host.objectstore.ports()
+    if admin_port:  # a store started with another admin port than the configured one (tests)
+        ports |= {"admin": admin_port, "admin-grpc": admin_port + SEAWEED_GRPC_PORT_OFFSET}
+    return ports
 
 
 # --- identities (s3.json) -----------------------------------------------------------------------------------
