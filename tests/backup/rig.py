@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import pwd
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from appliance.secrets import ensure_tenant_secrets
 from appliance.services import ServiceSpec, tenant_services
 from appliance.supervision import Supervisor
 from tests.support.objectstore import ObjectStore, object_store
+from tests.support.ports import bindable
 
 REPO = Path(__file__).resolve().parents[2]
 APPLIANCE = Path(sys.executable).parent / "appliance"
@@ -61,20 +61,11 @@ create table if not exists rig.notes (
 """
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(size: int) -> int:
     """A base port with `size` free ports above it (tenant ports are base + slot * 10 + offset)."""
     for _ in range(200):
         base = 30000 + (uuid.uuid4().int % 2500) * 10
-        if all(_bindable(base + i) for i in range(size)):
+        if all(bindable(base + i) for i in range(size)):
             return base
     raise RuntimeError("no free port block")
 

@@ -29,24 +29,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from appliance.config import HostConfig, ObjectStoreSettings, TenantConfig, host_config
+from appliance.config import SEAWEED_GRPC_PORT_OFFSET, HostConfig, ObjectStoreSettings, TenantConfig, host_config
 from appliance.objectstore import seaweed
 from appliance.objectstore.buckets import ensure_tenant_buckets
 from appliance.objectstore.client import S3Client, s3_client
 from appliance.objectstore.credentials import S3Credentials, admin_credentials, tenant_credentials
 from appliance.objectstore.probe import probe_store
-from tests.support.ports import free_port
+from tests.support.ports import bindable, free_port
 
 READY_TIMEOUT_S = 30.0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _accepts(port: int) -> bool:
@@ -61,8 +52,8 @@ def free_port_with_grpc_twin(taken: set[int]) -> int:
     """A free loopback port whose +10000 gRPC twin is free (and valid) too."""
     for _ in range(200):
         port = free_port()
-        twin = port + seaweed.GRPC_PORT_OFFSET
-        if twin <= 65535 and not {port, twin} & taken and _bindable(twin):
+        twin = port + SEAWEED_GRPC_PORT_OFFSET
+        if twin <= 65535 and not {port, twin} & taken and bindable(twin):
             taken.update((port, twin))
             return port
     raise RuntimeError("no free port pair for the object store")
