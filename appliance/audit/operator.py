@@ -32,8 +32,10 @@ OPERATOR_ACTIONS: Final = ("deploy", "restore", "key_rotation", "tenant_destroy"
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 
 
-def operator_event(tenant: TenantConfig, action: str, detail: Mapping[str, Any] | None = None) -> AuditEvent:
-    """The event recorded for `action`; ValueError for a bad name or a detail without a canonical form."""
+def operator_event(tenant: TenantConfig, action: str, detail: Mapping[str, Any] | None = None, *,
+                   subject: str | None = None) -> AuditEvent:
+    """The event recorded for `action` (about the tenant, or `subject`, e.g. the principal a token is for);
+    ValueError for a bad name or a detail without a canonical form."""
     if not _ACTION.match(action) or len(action) > 100:
         raise ValueError(f"operator action {action!r} must be lowercase words joined by '.' or '_'")
     detail = dict(detail or {})
@@ -45,14 +47,15 @@ def operator_event(tenant: TenantConfig, action: str, detail: Mapping[str, Any] 
         who = str(os.geteuid())
     detail["operator"] = {"host": socket.gethostname(), "os_user": who, "sudo_user": os.environ.get("SUDO_USER")}
     canonical_json(detail)  # refuse floats, NULs, ... here, with a clear message, not in the transaction
-    return AuditEvent(actor="operator", action=f"operator.{action}", subject=f"tenant:{tenant.id}", detail=detail)
+    return AuditEvent(actor="operator", action=f"operator.{action}", subject=subject or f"tenant:{tenant.id}",
+                      detail=detail)
 
 
 def record_operator_action(tenant: TenantConfig, action: str, detail: Mapping[str, Any] | None = None,
-                           *, conn: psycopg.Connection[Any] | None = None) -> int:
+                           *, subject: str | None = None, conn: psycopg.Connection[Any] | None = None) -> int:
     """Append an operator action to the tenant's chain; returns its seq. Uses `conn` if given (to make the event
     part of the caller's transaction), else connects as the tenant's superuser."""
-    event = operator_event(tenant, action, detail)
+    event = operator_event(tenant, action, detail, subject=subject)
     if conn is not None:
         return append_event(conn, event)[0]
     from appliance.host.postgres import connect

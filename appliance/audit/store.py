@@ -21,10 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance.audit.batch import CONTENT_TYPE, MANIFEST_METADATA_KEY, Batch, prefix
 from appliance.config import HostConfig, TenantConfig
-from appliance.objectstore.client import S3Client, put_object, s3_client
+from appliance.objectstore.client import LOCK_MODE, S3Client, error_code, http_status, put_object, s3_client
 from appliance.objectstore.credentials import tenant_credentials
-
-LOCK_MODE = "COMPLIANCE"
 
 
 class StoreError(RuntimeError):
@@ -34,14 +32,6 @@ class StoreError(RuntimeError):
 def audit_client(host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 10.0, retries: int = 2) -> S3Client:
     """A client with the tenant's own keys (never the admin's: the shipper must not be able to bypass locks)."""
     return s3_client(host, tenant_credentials(tenant), timeout_s=timeout_s, retries=retries)
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def http_status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 def describe(exc: BaseException) -> str:

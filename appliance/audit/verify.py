@@ -46,7 +46,7 @@ from appliance.audit.canonical import MAX_SAFE_INTEGER, CanonicalError, canonica
 from appliance.audit.chain import GENESIS_HASH
 from appliance.audit.db import BatchRecord, Watermark, all_batches, stream_events, watermark
 from appliance.audit.store import KeyVersions, StoredObject, StoreError, get_object, list_versions
-from appliance.objectstore.client import S3Client
+from appliance.objectstore.client import LOCK_MODE, S3Client
 
 Source = Literal["s3", "db", "both"]
 MAX_PROBLEMS: Final = 200
@@ -253,7 +253,7 @@ def check_batch(tenant_id: str, key: str, info: KeyInfo, obj: StoredObject) -> B
     def problem(seq: int | None, kind: str, message: str) -> None:
         problems.append(Problem(seq, "s3", kind, message))
 
-    if obj.lock_mode != "COMPLIANCE" or obj.retain_until is None:
+    if obj.lock_mode != LOCK_MODE or obj.retain_until is None:
         problem(first, "unlocked", f"batch {key} (version {obj.version_id}) is not locked in COMPLIANCE mode "
                                    f"(mode {obj.lock_mode}, retain until {obj.retain_until})")
     try:

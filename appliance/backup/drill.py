@@ -350,7 +350,7 @@ def _compare(report: DrillReport, tenant: TenantConfig, scratch: Scratch, source
     # Streams.
     copies = [streams_mod.StreamCopy.from_dict(c) for c in scratch.detail.get("stream_copies", [])]
     problems = streams_mod.compare_files(copies, scratch.streams_data, tenant.streams_data)
-    problems += streams_mod.check_served(scratch.streams_port, copies)
+    problems += streams_mod.check_served(scratch.streams_url, copies)
     behind = streams_mod.unsaved_streams(copies, tenant.streams_data)
     total = sum(c.length for c in copies if not c.missing)
     report.streams = {"count": len(copies), "bytes": total,

@@ -27,13 +27,15 @@ import psycopg
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
 from appliance.backup.pgbackrest import as_tenant, tenant_ids
+from appliance.backup.streams import NODE
 from appliance.config import DB_SUPERUSER, TenantConfig
 from appliance.services import streams_dir
 
 
-def free_port() -> int:
+def free_port(address: str) -> int:
+    """A port free on `address`, where the scratch servers will listen (the tenant's bind address)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -124,6 +126,10 @@ class Scratch:
         self.save()
         return proc
 
+    @property
+    def streams_url(self) -> str:
+        return f"http://{self.tenant.common.bind_address}:{self.streams_port}"
+
     def start_postgres(self) -> None:
         binary = str(self.tenant.pg_bin("postgres"))
         # Command-line settings win over the restored postgresql.conf (which names the live port and socket).
@@ -137,7 +143,7 @@ class Scratch:
     def start_streams(self) -> None:
         server = streams_dir(self.tenant) / "server.mjs"
         self._spawn("streams", [
-            "/usr/bin/node", str(server), "--host", self.tenant.common.bind_address,
+            NODE, str(server), "--host", self.tenant.common.bind_address,
             "--port", str(self.streams_port), "--data-dir", str(self.streams_data),
         ])
 
@@ -192,7 +198,7 @@ class Scratch:
             if not self.alive("streams"):
                 raise BackupError(f"the restored streams server stopped: {self.log_tail('streams', 500)}")
             try:
-                httpx.head(f"http://127.0.0.1:{self.streams_port}/__appliance_health", timeout=2)
+                httpx.head(f"{self.streams_url}/__appliance_health", timeout=2)
                 return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -225,7 +231,8 @@ def _recovery_failure(log: str) -> str:
 
 def new_scratch(tenant: TenantConfig, name: str | None = None) -> Scratch:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    scratch = Scratch(tenant, name or f"restore-{stamp}", free_port(), free_port())
+    bind = tenant.common.bind_address
+    scratch = Scratch(tenant, name or f"restore-{stamp}", free_port(bind), free_port(bind))
     if scratch.root.exists():
         raise BackupError(f"scratch instance {scratch.name} of {tenant.id} already exists at {scratch.root}")
     scratch.create_dirs()

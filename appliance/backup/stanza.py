@@ -62,24 +62,31 @@ def ensure_stanza(host: HostConfig, tenant: TenantConfig) -> list[str]:
     return changes
 
 
-def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
-    """Nothing for `ensure_stanza` to do: files as rendered now, recovery keys current, stanza there (a fact for
-    the deploy, so that a redeploy with nothing changed runs nothing)."""
-    from appliance.backup.paths import backup_paths
-
+def files_ok(host: HostConfig, tenant: TenantConfig) -> bool:
+    """The pgBackRest config and wrapper are as they would be rendered now."""
     paths = backup_paths(tenant)
     try:
-        if paths.config.read_text() != pgbackrest.render_config(host, tenant):
-            return False
-        if paths.wrapper.read_text() != pgbackrest.render_wrapper(tenant):
-            return False
+        return (paths.config.read_text() == pgbackrest.render_config(host, tenant)
+                and paths.wrapper.read_text() == pgbackrest.render_wrapper(tenant))
+    except OSError:
+        return False
+
+
+def stanza_ok(tenant: TenantConfig) -> bool:
+    """Recovery keys current (checked as root only: only root can read them) and the stanza there."""
+    try:
         if os.geteuid() == 0:
-            keys = json.loads(paths.recovery_keys_file.read_text())
+            keys = json.loads(backup_paths(tenant).recovery_keys_file.read_text())
             if any(keys.get(name) != value for name, value in recovery_keys(tenant).items()):
                 return False
         return stanza_status(tenant)[0] in STANZA_OK
     except (OSError, ValueError, BackupError):
         return False
+
+
+def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
+    """Nothing for `ensure_stanza` to do (the deploy's fact, so that a redeploy with nothing changed runs nothing)."""
+    return files_ok(host, tenant) and stanza_ok(tenant)
 
 
 def recovery_keys(tenant: TenantConfig) -> dict[str, str]:

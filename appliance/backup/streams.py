@@ -171,10 +171,10 @@ def unsaved_streams(copies: Iterable[StreamCopy], source_dir: Path) -> dict[str,
     return behind
 
 
-def check_served(port: int, copies: Iterable[StreamCopy], *, timeout_s: float = 10.0) -> list[StreamMismatch]:
-    """A server on the restored data serves every stream, to exactly the recorded offset."""
+def check_served(url: str, copies: Iterable[StreamCopy], *, timeout_s: float = 10.0) -> list[StreamMismatch]:
+    """A server on the restored data (at `url`) serves every stream, to exactly the recorded offset."""
     problems = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as client:
+    with httpx.Client(base_url=url, timeout=timeout_s) as client:
         for copy in copies:
             if copy.missing:
                 continue

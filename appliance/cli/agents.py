@@ -6,7 +6,7 @@ import os
 
 import click
 
-from appliance.config import load_host_config
+from appliance.config import load_tenant
 
 
 @click.group()
@@ -26,7 +26,7 @@ def serve(tenant_id: str, log_level: str) -> None:
 
     from appliance.agents.app import TENANT_ENV
 
-    tenant = load_host_config().tenant(tenant_id)
+    tenant = load_tenant(tenant_id)[1]
     os.environ[TENANT_ENV] = tenant.id
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request's URL at INFO: a webhook URL may carry a credential in its query string.
@@ -50,7 +50,7 @@ def handlers(tenant_id: str) -> None:
     from appliance.agents.handlers import BUILTIN_NAMES, HandlerError, HandlerRegistry
     from appliance.agents.handlers.webhook import WEBHOOKS_FILE, load_endpoints
 
-    tenant = load_host_config().tenant(tenant_id)
+    tenant = load_tenant(tenant_id)[1]
     registry = HandlerRegistry(dict.fromkeys(BUILTIN_NAMES, lambda ctx: ""))
     click.echo("handlers: " + ", ".join(registry.names()))
     where = tenant.agents_data / WEBHOOKS_FILE

@@ -185,7 +185,7 @@ def restore(tenant_id: str, time_text: str | None, to_scratch: bool, drop: str |
             f"tenant {tenant_id} restored ({result.target}, backup {result.backup['label']}) into scratch "
             f"instance {scratch.name} in {result.seconds:.1f}s\n"
             f"  postgres: port {scratch.pg_port}, socket dir {scratch.run_dir} (the tenant's own roles and "
-            f"passwords)\n  streams:  http://127.0.0.1:{scratch.streams_port}/\n  files:    {scratch.root}\n"
+            f"passwords)\n  streams:  {scratch.streams_url}/\n  files:    {scratch.root}\n"
             f"next: inspect it, then `appliance restore {tenant_id} --drop-scratch {scratch.name}`"
         )
         return

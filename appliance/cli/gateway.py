@@ -6,7 +6,7 @@ import os
 
 import click
 
-from appliance.config import load_host_config
+from appliance.config import load_tenant
 
 
 @click.group()
@@ -25,7 +25,7 @@ def serve(tenant_id: str, log_level: str) -> None:
     from appliance.gateway.main import TENANT_ENV
     from appliance.gateway.serving import NoDelayHTTPProtocol
 
-    tenant = load_host_config().tenant(tenant_id)
+    tenant = load_tenant(tenant_id)[1]
     os.environ[TENANT_ENV] = tenant.id
     click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')} "
                f"({tenant.gateway.workers} worker(s))", err=True)

@@ -7,17 +7,7 @@ import uuid
 
 import click
 
-from appliance.config import load_host_config
-
-
-def _audit(tenant_id: str, action: str, subject: str | None, detail: dict[str, object]) -> None:
-    """Record an operator action in the tenant's audit chain (as the tenant's superuser, over its socket)."""
-    from appliance.audit.chain import AuditEvent, append_event
-    from appliance.host.postgres import connect
-
-    tenant = load_host_config().tenant(tenant_id)
-    with connect(tenant, "postgres") as conn:
-        append_event(conn, AuditEvent("operator", action, None, subject, detail))
+from appliance.config import load_tenant
 
 
 @click.group()
@@ -32,19 +22,20 @@ def token() -> None:
               help="Lifetime in seconds (default: the tenant's gateway.token_ttl_s).")
 def issue(tenant_id: str, subject: str, ttl: int | None) -> None:
     """Print a token for SUBJECT on stdout (and nothing else); the issuance is audited."""
+    from appliance.audit.operator import record_operator_action
     from appliance.gateway.core.security import Keyring
 
     try:
         principal = uuid.UUID(subject)
     except ValueError:
         raise click.BadParameter("must be a UUID", param_hint="--subject") from None
-    tenant = load_host_config().tenant(tenant_id)
+    tenant = load_tenant(tenant_id)[1]
     lifetime = ttl or tenant.gateway.token_ttl_s
     keyring = Keyring.for_tenant(tenant)
     jwt = keyring.issue(principal, lifetime)
     try:
-        _audit(tenant.id, "operator.token_issued", f"principal:{principal}",
-               {"ttl_s": lifetime, "kid": keyring.current_kid})
+        record_operator_action(tenant, "token_issued", {"ttl_s": lifetime, "kid": keyring.current_kid},
+                               subject=f"principal:{principal}")
     except Exception as exc:
         # A token nobody can account for is not handed out.
         click.echo(f"error: cannot record the issuance in {tenant.id}'s audit trail ({type(exc).__name__}); "
@@ -57,16 +48,15 @@ def issue(tenant_id: str, subject: str, ttl: int | None) -> None:
 @click.argument("tenant_id")
 def rotate_key(tenant_id: str) -> None:
     """Replace the tenant's signing key; tokens signed by the old one stay valid for gateway.key_rotation_grace_s."""
+    from appliance.audit.operator import record_operator_action
     from appliance.gateway.core.security import Keyring, rotate_signing_key
 
-    tenant = load_host_config().tenant(tenant_id)
+    tenant = load_tenant(tenant_id)[1]
     old_kid, new_kid = rotate_signing_key(tenant)
     if Keyring.for_tenant(tenant).current_kid != new_kid:
         click.echo("error: the new key is not the one the keyring reads", err=True)
         sys.exit(1)
     try:
-        from appliance.audit.operator import record_operator_action
-
         record_operator_action(tenant, "key_rotation", {"old_kid": old_kid, "new_kid": new_kid})
     except Exception as exc:
         click.echo(f"warning: rotation done but not audited ({type(exc).__name__})", err=True)

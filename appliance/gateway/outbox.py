@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import json
 import logging
-import sys
 from typing import Any
 
-import httpx
 import psycopg
 
 from appliance.audit.chain import AuditEvent
@@ -27,14 +25,9 @@ from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
 from appliance.gateway.streams import stream_name
+from appliance.gateway.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("appliance.gateway")
-
-# httpcore runs `import sniffio` on every request it sends; when sniffio is not installed each of those is a
-# failed import that searches sys.path (about 0.1 ms each). Record the absence once so they fail at once
-# (httpcore then assumes asyncio, which is what runs here).
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 # 413: the activation (agent row and house configs) is larger than the workers take; resending cannot help.
 PERMANENT_STATUSES = frozenset({400, 404, 410, 413, 422})
@@ -58,14 +51,14 @@ def backoff_s(attempts: int, cap: float) -> float:
 
 
 class Dispatcher:
-    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: str) -> None:
+    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: str,
+                 agents: Upstream) -> None:
         self.db = db
         self.audit = audit
         self.settings = settings
         self.internal_token = internal_token
         self._wake = asyncio.Event()
-        self.http = httpx.AsyncClient(base_url=settings.agents_url, timeout=settings.agents_timeout_s,
-                                      trust_env=False)
+        self.agents = agents  # the tenant's agent workers, over the gateway's lean loopback client
         self._inflight: set[asyncio.Task[None]] = set()
         self._leased: set[int] = set()
 
@@ -76,7 +69,7 @@ class Dispatcher:
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self.http.aclose()
+        await self.agents.close()
 
     async def keep_leases(self) -> None:
         """Extend the leases of the deliveries in flight, so they outlive LEASE_S only while this process does."""
@@ -171,23 +164,26 @@ class Dispatcher:
         )
         payload = activation_payload(row, agent, configs)
         try:
-            response = await self.http.post(
-                f"/activate/{agent['id']}", json=payload,
-                headers={"Authorization": f"Bearer {self.internal_token}"},
+            response = await self.agents.request(
+                "POST", f"/activate/{agent['id']}", body=json.dumps(payload).encode(),
+                headers={"content-type": "application/json", "authorization": f"Bearer {self.internal_token}"},
+                read_timeout=self.settings.agents_timeout_s,
             )
-        except httpx.HTTPError as exc:
+            await response.read()
+        except UpstreamError as exc:  # timeouts included
             await self._retry(row, f"agent workers unreachable ({type(exc).__name__})")
             return
-        if 200 <= response.status_code < 300:
+        status = response.status
+        if 200 <= status < 300:
             await self.db.fetchall(
                 "UPDATE appliance.outbox SET state = 'delivered', finished_at = now(), last_error = NULL, "
                 "leased_until = NULL WHERE id = %s RETURNING id",
                 (row["id"],),
             )
-        elif response.status_code in PERMANENT_STATUSES:
-            await self._give_up(row, f"refused by the agent workers ({response.status_code})")
+        elif status in PERMANENT_STATUSES:
+            await self._give_up(row, f"refused by the agent workers ({status})")
         else:
-            await self._retry(row, f"agent workers answered {response.status_code}")
+            await self._retry(row, f"agent workers answered {status}")
 
     async def _retry(self, row: dict[str, Any], reason: str) -> None:
         delay = backoff_s(int(row["attempts"]), self.settings.dispatch_backoff_max_s)

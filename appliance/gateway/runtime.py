@@ -35,7 +35,8 @@ class Gateway:
         # rotates, and the keyring watches its file).
         self._sync_secret = tenant.read_secret("sync_secret")
         self._encryption_key = tenant.read_secret("secrets_encryption_key")
-        self.dispatcher = Dispatcher(self.db, self.audit, settings, tenant.read_secret("agents_internal_token"))
+        self.dispatcher = Dispatcher(self.db, self.audit, settings, tenant.read_secret("agents_internal_token"),
+                                     Upstream(bind, tenant.port("agents")))
         self.entries = Entries(self.db, self.streams, self.audit, self.dispatcher.wake)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         # Before authentication the caller is only an address: failed tokens and API key exchanges share it.

@@ -34,21 +34,13 @@ def _audit_bucket_ours(host: HostConfig, tenant: TenantConfig) -> bool:
 
 
 def _backup_facts(host: HostConfig, tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
-    from appliance.backup import pgbackrest
-    from appliance.backup.paths import backup_paths
-    from appliance.backup.stanza import setup_ok
+    from appliance.backup.stanza import files_ok, stanza_ok
 
     if missing:
         return {"backup_files_ok": False, "backup_setup_ok": False}
-    paths = backup_paths(tenant)
-    try:
-        files_ok = paths.config.read_text() == pgbackrest.render_config(host, tenant) and (
-            paths.wrapper.read_text() == pgbackrest.render_wrapper(tenant)
-        )
-    except OSError:
-        files_ok = False
-    # setup_ok asks pgBackRest about the stanza: only worth it when the files are in place.
-    return {"backup_files_ok": files_ok, "backup_setup_ok": files_ok and setup_ok(host, tenant)}
+    current = files_ok(host, tenant)
+    # The stanza check asks pgBackRest (S3): only worth it when the files are in place.
+    return {"backup_files_ok": current, "backup_setup_ok": current and stanza_ok(tenant)}
 
 
 def _sync_facts(tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:

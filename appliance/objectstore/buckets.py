@@ -20,28 +20,18 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from appliance.config import TenantConfig
-from appliance.objectstore.client import S3Client
-
-LOCK_MODE = "COMPLIANCE"
+from appliance.objectstore.client import LOCK_MODE, S3Client, error_code, http_status
 
 
 class BucketConfigError(RuntimeError):
     """A bucket exists in a shape the appliance cannot use and must not silently replace."""
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
 def bucket_exists(client: S3Client, bucket: str) -> bool:
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+        if http_status(exc) == 404 or error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
             return False
         raise
     return True
@@ -56,7 +46,7 @@ def _create(client: S3Client, bucket: str, region: str, **extra: Any) -> bool:
     try:
         client.create_bucket(**kwargs)
     except ClientError as exc:
-        if _code(exc) in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        if error_code(exc) in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             return False
         raise
     return True
@@ -68,7 +58,7 @@ def lock_configuration(client: S3Client, bucket: str) -> dict[str, Any] | None:
         response = client.get_object_lock_configuration(Bucket=bucket)
     except ClientError as exc:
         # A missing bucket is a 404 too, but NoSuchBucket: that one is an error, not "no lock".
-        if _code(exc) in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
+        if error_code(exc) in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
             return None
         raise
     config: dict[str, Any] = response.get("ObjectLockConfiguration") or {}

@@ -12,12 +12,27 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from appliance.config import HostConfig
 from appliance.objectstore.credentials import S3Credentials
 
 # boto3 builds its clients at run time and ships no types; the alias names what the functions expect.
 S3Client = Any
+
+
+# The Object Lock mode of every locked object and bucket default: no one, the root account included, can shorten
+# or remove it before it expires (specs/object-lock-store.md).
+LOCK_MODE = "COMPLIANCE"
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of a refused request ('' when the answer had none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 def ca_bundle(host: HostConfig) -> str | bool:

@@ -28,7 +28,7 @@ from botocore.exceptions import (
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore.buckets import default_retention, lock_configuration
-from appliance.objectstore.client import ca_bundle, s3_client
+from appliance.objectstore.client import LOCK_MODE, ca_bundle, s3_client
 from appliance.objectstore.credentials import S3Credentials, tenant_credentials
 
 # The embedded store enforces locks in a process on the host it protects, so it cannot stand up to root
@@ -86,7 +86,7 @@ def probe_tenant(
         config = lock_configuration(client, tenant.audit_bucket)
     except (BotoCoreError, ClientError, OSError) as exc:
         return ProbeResult(False, f"{tenant.audit_bucket}: lock configuration unreadable: {_describe(exc)}")
-    wanted = ("COMPLIANCE", tenant.audit.retention_days)
+    wanted = (LOCK_MODE, tenant.audit.retention_days)
     found = default_retention(config)
     if config is None or config.get("ObjectLockEnabled") != "Enabled":
         return ProbeResult(False, f"{tenant.audit_bucket}: Object Lock is not enabled")

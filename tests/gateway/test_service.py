@@ -24,5 +24,4 @@ def test_settings_derive_from_the_tenant(tmp_path: Path) -> None:
     env = make_tenant(tmp_path, tenant_id="acme", slot=1)
     settings = Settings.from_tenant(env.tenant)
     assert gateway_url(env.tenant) == f"http://127.0.0.1:{env.tenant.port('gateway')}"
-    assert settings.agents_url.endswith(str(env.tenant.port("agents")))
     assert "password" not in settings.db_conninfo and settings.db_conninfo["user"] == "gateway"

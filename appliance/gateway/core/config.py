@@ -22,7 +22,6 @@ def previous_keys_file(tenant: TenantConfig) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    agents_url: str
     token_ttl_s: int
     rate_limit_per_minute: int
     streams_long_poll_s: float
@@ -41,9 +40,7 @@ class Settings:
 
     @classmethod
     def from_tenant(cls, tenant: TenantConfig) -> Settings:
-        bind = tenant.common.bind_address
         return cls(
-            agents_url=f"http://{bind}:{tenant.port('agents')}",
             token_ttl_s=tenant.gateway.token_ttl_s,
             rate_limit_per_minute=tenant.gateway.rate_limit_per_minute,
             streams_long_poll_s=tenant.streams.long_poll_timeout_ms / 1000,
