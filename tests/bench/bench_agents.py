@@ -37,6 +37,7 @@ import httpx
 from appliance.agents.store import store_path
 from appliance.gateway.upstream import Upstream, UpstreamError
 from tests.agents.support import WorkerProcess, agents_tenant
+from tests.bench.measure import cpu_seconds, percentile
 from tests.gateway.support import provision, start_gateway_process, stop_process, streams_server, temp_base
 from tests.support.pg import pg_cluster
 
@@ -54,13 +55,8 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
-
-
 def describe(name: str, values: list[float]) -> str:
-    return (f"{name:<34} p50 {pct(values, 50):7.1f} ms   p99 {pct(values, 99):7.1f} ms   "
+    return (f"{name:<34} p50 {percentile(values, 50):7.1f} ms   p99 {percentile(values, 99):7.1f} ms   "
             f"max {max(values):7.1f} ms   (n={len(values)})")
 
 
@@ -164,22 +160,6 @@ async def thread_loop(client: Client, thread: str, agent: str, rounds: int, warm
         await reader.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children that are still running (Postgres backends)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if entry.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def inbox_times(path: Path) -> dict[str, tuple[float, float]]:
     with sqlite3.connect(path) as db:
         return {row[0]: (row[1], row[2]) for row in
@@ -277,7 +257,7 @@ def main() -> None:
     print(describe("  accepted → reply seen", [s.total_ms - (t[0] - s.posted_at) * 1000 for s, t in staged]))
     print("CPU per mention: " + ", ".join(f"{name} {seconds / mentions * 1000:.1f} ms" for name, seconds in
                                           cpu.items()) + f" (all {sum(cpu.values()) / mentions * 1000:.1f} ms)")
-    p50, p99 = pct([s.total_ms for s in samples], 50), pct([s.total_ms for s in samples], 99)
+    p50, p99 = percentile([s.total_ms for s in samples], 50), percentile([s.total_ms for s in samples], 99)
     print(f"targets: p50 < 50 ms ({'met' if p50 < 50 else 'MISSED'}), p99 < 200 ms "
           f"({'met' if p99 < 200 else 'MISSED'})")
 

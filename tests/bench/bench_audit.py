@@ -34,6 +34,7 @@ import psycopg
 
 from appliance.audit.chain import AuditEvent, append_event, append_events
 from tests.audit.support import AuditRig, audit_rig, stop
+from tests.bench.measure import percentile
 from tests.support.objectstore import object_store
 
 
@@ -255,7 +256,7 @@ def bench_lag(rig: AuditRig, seconds: float, rate: int = 1000) -> None:
         batches = conn.execute("SELECT count(*) FROM audit.batches").fetchone()
     span = (last_ts - first_ts).total_seconds()
     lags.sort()
-    p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99)]
+    p50, p99 = percentile(lags, 50), percentile(lags, 99)
     print(f"lag at {written[0] / span:6.0f} events/s for {span:.0f}s:  p50 {p50:5.2f} s  p99 {p99:5.2f} s  "
           f"max {lags[-1]:5.2f} s  ({len(lags)} events in {batches[0] if batches else '?'} batches; "
           "target p99 < 10 s)")

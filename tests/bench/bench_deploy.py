@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from appliance.config import load_host_config
+from tests.bench.measure import status_kb, tree_memory
 from tests.support.deployment import BIN, LOCAL_INVENTORY, REPO, changed_operations, deploy_or_fail
 
 # A fresh id per run: a destroyed tenant's audit trail stays locked (1 day for this one) and blocks its id.
@@ -43,13 +44,6 @@ def pyinfra_baseline(tmp: Path) -> float:
     return statistics.median(_timed(lambda: subprocess.run(run, check=True, capture_output=True)) for _ in range(3))
 
 
-def _kb(path: Path, field: str) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return 0
-
-
 def memory_by_user() -> dict[str, int]:
     """Resident memory (bytes) summed over every process of each user."""
     totals: dict[str, int] = {}
@@ -58,34 +52,10 @@ def memory_by_user() -> dict[str, int]:
             continue
         try:
             name = pwd.getpwuid(proc.stat().st_uid).pw_name
-            totals[name] = totals.get(name, 0) + _kb(proc / "status", "VmRSS:") * 1024
+            totals[name] = totals.get(name, 0) + status_kb(proc, "VmRSS:") * 1024
         except (FileNotFoundError, ProcessLookupError):
             continue
     return totals
-
-
-def tree_memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes of a process and all its descendants. RSS counts pages shared between them (Postgres'
-    shared buffers) once per process; PSS splits each shared page between its sharers, so PSS sums honestly."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    rss = pss = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        todo.extend(children.get(current, []))
-        proc = Path("/proc") / str(current)
-        try:
-            rss += _kb(proc / "status", "VmRSS:") * 1024
-            pss += _kb(proc / "smaps_rollup", "Pss:") * 1024
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return rss, pss
 
 
 # What the tenant runs before the appliance's own services (gateway, agents, audit shipper, backup scheduler)

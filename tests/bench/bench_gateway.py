@@ -31,13 +31,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from appliance.gateway.api.routes.shapes import shape_where
 from appliance.gateway.schema import SYNCED_TABLES
+from tests.bench.measure import cpu_seconds, percentile
 from tests.gateway.support import (
     make_tenant,
     provision,
@@ -69,26 +69,9 @@ def message(index: int) -> dict[str, Any]:
             "mentions": [], "created_at": "2026-01-01T00:00:00.000000Z"}
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its children (uvicorn workers), from /proc: the gateway's
-    own cost, whatever else runs on the machine."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
-    return total
-
-
 def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
+    """p50 and p99 in milliseconds of samples in seconds."""
+    return percentile(samples, 50) * 1000, percentile(samples, 99) * 1000
 
 
 def paired(n: int, direct: Callable[[int], httpx.Response], gateway: Callable[[int], httpx.Response],

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import statistics
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +28,7 @@ import psycopg
 
 from appliance.sync import pgoutput
 from appliance.sync.replication import ReplicationStream, ensure_publication_and_slot
+from tests.bench.measure import percentile
 from tests.support.pg import pg_cluster
 
 TABLE_DDL = "CREATE TABLE {name} (id bigint PRIMARY KEY, name text NOT NULL, qty int, at timestamptz DEFAULT now())"
@@ -138,10 +138,8 @@ async def latency(dsn: str, commits: int) -> tuple[list[float], list[float]]:
 
 
 def percentiles(values: list[float]) -> str:
-    ordered = sorted(values)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   max {ordered[-1]:6.2f} ms"
+    return (f"p50 {percentile(values, 50):6.2f} ms   p99 {percentile(values, 99):6.2f} ms   "
+            f"max {max(values):6.2f} ms")
 
 
 async def main() -> None:

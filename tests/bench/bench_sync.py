@@ -29,27 +29,20 @@ from contextlib import contextmanager
 import httpx
 import psycopg
 
+from tests.bench.measure import percentile, rss_bytes
 from tests.protocol.support import SyncServer
 from tests.support.pg import pg_cluster
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 @contextmanager
 def peak_rss(pid: int) -> Iterator[list[float]]:
     """Samples the process's RSS every 20 ms while the block runs; the list ends up [peak]."""
-    peak = [rss_mb(pid)]
+    peak = [rss_bytes(pid) / 2**20]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], rss_mb(pid))
+            peak[0] = max(peak[0], rss_bytes(pid) / 2**20)
             stop.wait(0.02)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -59,11 +52,6 @@ def peak_rss(pid: int) -> Iterator[list[float]]:
     finally:
         stop.set()
         thread.join()
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 class LiveClients:
@@ -232,7 +220,7 @@ def main() -> None:
             assert server.process is not None
             pid = server.process.pid
             time.sleep(1)
-            idle = rss_mb(pid)
+            idle = rss_bytes(pid) / 2**20
             print(f"idle RSS after start:                  {idle:7.1f} MB   (target < 80 MB)")
 
             with peak_rss(pid) as peak_small:
@@ -248,7 +236,7 @@ def main() -> None:
 
             clients, thread, stop, loop = start_clients(server, args.shapes)
             time.sleep(1)
-            print(f"idle RSS with {args.shapes} live shapes polling:  {rss_mb(pid):7.1f} MB")
+            print(f"idle RSS with {args.shapes} live shapes polling:  {rss_bytes(pid) / 2**20:7.1f} MB")
             deliveries, commits = latency(pg.dsn, clients, args.shapes, args.samples, first_id=1)
             print(
                 f"commit→client latency, {args.shapes} live shapes:  p50 {percentile(deliveries, 50):6.2f} ms"
@@ -264,7 +252,7 @@ def main() -> None:
                 f"sustained, {args.shapes} live shapes:            {rate:7.0f} changes/s delivered"
                 f"   (writer alone {writer_rate:.0f}/s; target >= 2000)"
             )
-            print(f"RSS after the load:                     {rss_mb(pid):7.1f} MB")
+            print(f"RSS after the load:                     {rss_bytes(pid) / 2**20:7.1f} MB")
             loop.call_soon_threadsafe(stop.set)
             server.stop()  # answers the waiting long polls (200 up-to-date) before it exits
             thread.join(timeout=30)

@@ -1,0 +1,74 @@
+"""What the benchmarks measure with, defined once so their figures mean the same thing.
+
+- `percentile`: nearest rank (the value at rank ceil(p/100 × n)), the definition every p50/p99 printed uses;
+- `cpu_seconds`: user + system CPU of a process and its direct children still running, from /proc;
+- `rss_bytes` / `tree_memory`: resident memory of a process, and RSS and PSS of a whole process tree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no samples")
+    return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
+
+
+def _stat_fields(proc: Path) -> list[str]:
+    # After the last ')' (the command name may hold spaces and parentheses): state, ppid, ..., utime, stime.
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU so far of `pid` and its children (uvicorn workers, Postgres backends)."""
+    total = 0.0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = _stat_fields(proc)
+        except OSError:
+            continue
+        if proc.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def status_kb(proc: Path, field: str, name: str = "status") -> int:
+    """A `<field>: <n> kB` line of /proc/<pid>/status (or smaps_rollup); 0 when absent."""
+    for line in (proc / name).read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return status_kb(Path("/proc") / str(pid), "VmRSS:") * 1024
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of a process and all its descendants. RSS counts pages shared between them (Postgres'
+    shared buffers) once per process; PSS splits each shared page between its sharers, so PSS sums honestly."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            children.setdefault(int(_stat_fields(proc)[1]), []).append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    rss = pss = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        proc = Path("/proc") / str(current)
+        try:
+            rss += status_kb(proc, "VmRSS:") * 1024
+            pss += status_kb(proc, "Pss:", "smaps_rollup") * 1024
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return rss, pss
