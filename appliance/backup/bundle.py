@@ -115,6 +115,19 @@ class _Hashing:
         pass
 
 
+@dataclass
+class _HashingReader:
+    """Wraps a readable file: hashes what is read from it."""
+
+    source: Any
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+
 def _stamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -134,8 +147,11 @@ def _add_file(tar: tarfile.TarFile, source: Path, name: str, manifest: dict[str,
     info.uname = info.gname = ""
     info.mode = 0o600 if info.isfile() else 0o700
     with source.open("rb") as fh:
-        tar.addfile(info, fh)
-    manifest["files"][name] = {"sha256": _file_sha256(source), "size": info.size}
+        # Hashed as tar reads it: one pass, and the hash is of exactly the bytes archived (a stream segment may
+        # grow meanwhile; tar takes the size it saw, and so does the hash).
+        reader = _HashingReader(fh)
+        tar.addfile(info, reader)
+    manifest["files"][name] = {"sha256": reader.digest.hexdigest(), "size": info.size}
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, manifest: dict[str, Any] | None) -> None:

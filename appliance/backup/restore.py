@@ -363,25 +363,25 @@ def restore_in_place(
     keys = keys_for(tenant, recovery_file)
     client = bundle.client_for(host, keys.creds)
     refs = bundle.list_bundles(client, tenant)
-    if keys.source != "tenant secrets":
-        # The tenant's secrets are gone: the newest bundle brings them back before pgBackRest can run at all.
-        progress(f"secrets of {tenant.id} missing; opening the newest bundle with the {keys.source}")
-        ensure_tenant_dirs(tenant)
-        newest = bundle.describe(client, tenant, bundle.choose(refs, None))
-        with bundle.fetched(host, tenant, keys.creds, newest, keys.passphrase) as unpacked:
-            restored = put_back_secrets(tenant, unpacked)
-        steps.append(f"secrets restored from the bundle: {len(restored)}")
-    ensure_tenant_dirs(tenant)
-    changed = pgbackrest.ensure_files(host, tenant)
-    if changed:
-        steps.append("pgbackrest files rendered")
-    info = pgbackrest.info(tenant)
-    chosen = choose_set(info, at)
     descriptor = bundle.describe(client, tenant, bundle.choose(refs, at))
-    recovery_target, note = effective_target(tenant, at, info)
-    if note:
-        steps.append(note)
+    # One download of the bundle: it brings the secrets back first when they are gone (pgBackRest cannot run
+    # without them), and the streams and agents' state later.
     with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
+        if keys.source != "tenant secrets":
+            progress(f"secrets of {tenant.id} missing; taking them from bundle {descriptor.key} (opened with the "
+                     f"{keys.source})")
+            ensure_tenant_dirs(tenant)
+            restored = put_back_secrets(tenant, unpacked)
+            steps.append(f"secrets restored from the bundle: {len(restored)}")
+        ensure_tenant_dirs(tenant)
+        changed = pgbackrest.ensure_files(host, tenant)
+        if changed:
+            steps.append("pgbackrest files rendered")
+        info = pgbackrest.info(tenant)
+        chosen = choose_set(info, at)
+        recovery_target, note = effective_target(tenant, at, info)
+        if note:
+            steps.append(note)
         progress(f"bundle {descriptor.key} verified; stopping {tenant.id}")
         mgr = _manager(host)
         specs = _specs(tenant, mgr)
