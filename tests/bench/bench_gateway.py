@@ -7,7 +7,9 @@ gateway (`appliance gateway serve`, its own process, as deployed), then measures
 
 * thread append: POST an entry through the gateway (membership check, entry record + outbox + audit row,
   idempotent append) vs POST of the same message straight to the streams server; 1 writer (latency) and
-  `--writers` concurrent writers, one thread each (throughput);
+  `--writers` concurrent writers, one thread each (throughput). Throughput is driven by tests/bench/loadgen.py,
+  not httpx: on these 2 shared cores httpx's own ~1.4 ms of CPU per request capped the direct figure at about
+  a quarter of what the streams server does. The CPU each process spends per append is printed with it;
 * thread read: GET the stream from an offset through the gateway (membership check, audit grant, proxy) vs
   straight from the streams server;
 * shape GET at the tip (immediate up-to-date) and live with no change (long-poll timing out), gateway vs the
@@ -22,7 +24,6 @@ visible p50 < 15 ms.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -37,6 +38,7 @@ import httpx
 
 from appliance.gateway.api.routes.shapes import shape_where
 from appliance.gateway.schema import SYNCED_TABLES
+from tests.bench.loadgen import post_throughput
 from tests.bench.measure import cpu_seconds, percentile
 from tests.gateway.support import (
     make_tenant,
@@ -122,27 +124,24 @@ class CpuMeter:
         return self.used * 1000 / count
 
 
-async def throughput(url_for: Callable[[int], str], body_for: Callable[[int, int], Any], headers: dict[str, str],
-                     writers: int, seconds: float) -> float:
-    count = 0
-    stop_at = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=writers, max_keepalive_connections=writers)
-    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=NODELAY)
-    async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as session:
-        async def writer(index: int) -> None:
-            nonlocal count
-            n = 0
-            while time.perf_counter() < stop_at:
-                response = await session.post(url_for(index), json=body_for(index, n))
-                if response.status_code not in (200, 201, 204):
-                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
-                n += 1
-                count += 1
+class CpuBreakdown:
+    """CPU per request of each process taking part in a throughput run (this process is the load generator)."""
 
-        started = time.perf_counter()
-        await asyncio.gather(*(writer(i) for i in range(writers)))
-        elapsed = time.perf_counter() - started
-    return count / elapsed
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = dict.fromkeys([*pids, "load generator"], 0.0)
+
+    def measure(self, run: Callable[[], tuple[float, int]]) -> float:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        own = time.process_time()
+        rate, count = run()
+        self.used["load generator"] += (time.process_time() - own) * 1000 / count
+        for name, pid in self.pids.items():
+            self.used[name] += (cpu_seconds(pid) - before[name]) * 1000 / count
+        return rate
+
+    def summary(self, runs: int) -> dict[str, float]:
+        return {name: used / runs for name, used in self.used.items()}
 
 
 def main() -> None:
@@ -162,8 +161,10 @@ def main() -> None:
             with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams, \
                     sync_server(env, long_poll_ms=SYNC_LONG_POLL_MS):
                 gateway_process = start_gateway_process(env, "bench-gateway.log")
+                assert streams.process is not None
                 try:
-                    run(env, streams.url, args, results, gateway_process.pid)
+                    run(env, streams.url, args, results, {"gateway": gateway_process.pid, "postgres": pg.process.pid,
+                                                          "streams": streams.process.pid})
                 finally:
                     stop_process(gateway_process)
     finally:
@@ -171,7 +172,8 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pid: int) -> None:
+def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pids: dict[str, int]) -> None:
+    pid = pids["gateway"]
     gateway = env.gateway_url()
     principal = uuid.uuid4()
     auth = {"Authorization": f"Bearer {env.token(principal, ttl=3600)}"}
@@ -208,24 +210,31 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     results["append_plus_read"] = report("thread append + read", pair_direct, pair_gateway)
 
     # -- append throughput, concurrent writers (one thread each) ------------------------------------------
-    direct_streams = [f"{streams_url}/thread-{uuid.uuid4()}" for _ in range(args.writers)]
-    for url in direct_streams:
-        httpx.put(url, headers={"content-type": "application/json"}).raise_for_status()
+    direct_streams = [f"/thread-{uuid.uuid4()}" for _ in range(args.writers)]
+    for path in direct_streams:
+        direct.put(path, headers={"content-type": "application/json"}).raise_for_status()
     threads = [api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
                for _ in range(args.writers)]
     direct_rates, gateway_rates = [], []
+    direct_cpu = CpuBreakdown({"streams": pids["streams"]})
+    gateway_cpu = CpuBreakdown(pids)
     for _ in range(2):  # alternated, so both see the same machine
-        direct_rates.append(asyncio.run(throughput(lambda i: direct_streams[i], lambda i, n: message(n), {},
-                                                   args.writers, args.seconds / 2)))
-        gateway_rates.append(asyncio.run(throughput(
-            lambda i: f"{gateway}/api/threads/{threads[i]}/entries",
+        direct_rates.append(direct_cpu.measure(lambda: post_throughput(
+            streams_url, lambda i: direct_streams[i], lambda i, n: message(n), {}, args.writers, args.seconds / 2)))
+        gateway_rates.append(gateway_cpu.measure(lambda: post_throughput(
+            gateway, lambda i: f"/api/threads/{threads[i]}/entries",
             lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, args.writers,
             args.seconds / 2)))
     direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
     ratio = gateway_rate / direct_rate
     print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
           f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f} (load average {os.getloadavg()[0]:.1f})")
-    results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio}
+    spent = {"direct": direct_cpu.summary(2), "gateway": gateway_cpu.summary(2)}
+    for path, used in spent.items():
+        print(f"{'  CPU ms per append, ' + path:<34} " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()) +
+              f" (total {sum(used.values()):.2f})")
+    results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio,
+                                    "cpu_ms_per_append": spent}
 
     # -- shapes ---------------------------------------------------------------------------------------------
     sync = client(base_url=f"http://127.0.0.1:{env.tenant.port('sync')}")
