@@ -223,17 +223,10 @@ async def _append_async(conn: psycopg.AsyncConnection[Any], events: Sequence[Aud
     return [(row.seq, row.hash) for row in rows]
 
 
-# For callers that pipeline the head lock with their own statements (appliance/gateway/entries.py): execute
-# LOCK_HEAD_SQL, build the rows from its (seq, hash) with build_rows, then insert_rows_async.
-LOCK_HEAD_SQL: Final = _LOCK_HEAD
-
-
-async def insert_rows_async(conn: psycopg.AsyncConnection[Any], rows: Sequence[ChainRow]) -> None:
-    async with conn.cursor() as cur:
-        if len(rows) == 1:
-            await cur.execute(_INSERT_EVENT, _params(rows[0]))
-        else:
-            await cur.executemany(_INSERT_EVENT, [_params(row) for row in rows])
+def append_one_statement(event: AuditEvent) -> tuple[str, tuple[Any, ...]]:
+    """The one statement appending `event` (needs migration 0006), for callers that pipeline it with their own
+    statements just before their commit (appliance/gateway/entries.py)."""
+    return _APPEND_ONE, _append_one_params(event)
 
 
 async def append_event_async(conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> tuple[int, str]:

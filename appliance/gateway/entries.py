@@ -15,6 +15,10 @@ The protocol, and why it never stores an entry twice nor loses one:
    a crash) takes the same lock - so the first attempt is finished or dead - and reads the stream after
    `floor_offset`: if a message with the entry's id is there it only records that, else it appends.
 
+Steps 1 and 2 are one statement, `appliance.record_entry` (migrations/0008_record_entry.sql): one round trip,
+and the audit chain's head (which every audited write in the tenant waits for) is locked only by its last
+statement, until the commit.
+
 So appends of one entry are serialised by the lock, and every append but the first is preceded by a look at
 the stream. The stream's own idempotent-producer state is not relied on (it can be lost in a crash, see
 specs/durable-streams.md).
@@ -37,7 +41,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from appliance.audit.canonical import format_timestamp
-from appliance.audit.chain import AuditEvent, build_rows, insert_rows_async
+from appliance.audit.chain import AuditEvent, split_body
 from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
@@ -52,32 +56,29 @@ log = logging.getLogger("appliance.gateway")
 MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
-# Step 2's main statement (after the entry lock): the thread, the caller's membership of its house, whether
-# the entry id is already recorded; the entry recorded if the caller may post it (the author's kind taken from
-# the membership); and the chain head locked for the audit event. One row whenever the head exists; the
-# access columns are NULL when there is no such live thread.
+# Steps 1 and 2 as one statement (migrations/0008_record_entry.sql): the entry lock, the checks, the entry, its
+# activations and its audit event, committed together.
 _RECORD = (
-    "WITH access AS ("
-    " SELECT t.house_id, m.role, m.principal_kind, e.thread_id AS existing_thread, e.request_hash AS existing_hash"
-    " FROM public.threads t"
-    " JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL"
-    " LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %(author)s"
-    "  AND m.deleted_at IS NULL"
-    " LEFT JOIN appliance.thread_entries e ON e.id = %(id)s"
-    " WHERE t.id = %(thread)s AND t.deleted_at IS NULL), "
-    "inserted AS ("
-    " INSERT INTO appliance.thread_entries (id, thread_id, house_id, author_id, message, request_hash, state,"
-    "  floor_offset)"
-    " SELECT %(id)s, %(thread)s, a.house_id, %(author)s,"
-    "  jsonb_set(%(message)s, '{author,kind}', to_jsonb(a.principal_kind)), %(hash)s, 'pending', coalesce(("
-    "   SELECT f.next_offset FROM appliance.thread_entries f WHERE f.thread_id = %(thread)s"
-    "   AND f.state = 'appended' ORDER BY f.next_offset COLLATE \"C\" DESC LIMIT 1), '-1')"
-    " FROM access a WHERE a.role IS NOT NULL AND a.existing_thread IS NULL"
-    " ON CONFLICT (id) DO NOTHING RETURNING message), "
-    "head AS (SELECT seq, hash FROM audit.lock_head()) "
-    "SELECT a.house_id, a.role, a.existing_thread, a.existing_hash, (SELECT message FROM inserted), h.seq, h.hash "
-    "FROM head h LEFT JOIN access a ON true"
+    "SELECT o_status, o_house_id, o_message FROM appliance.record_entry(%(key)s, %(id)s, %(thread)s, %(author)s,"
+    " %(message)s, %(hash)s, %(roles)s, %(mentions)s, %(actor)s, %(subject)s, %(detail)s, %(audit)s, %(middle)s)"
 )
+# Who may post an entry of each kind.
+_POSTERS = {"system": [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK["admin"]]}
+_ANY_ROLE = list(ROLE_RANK)
+# Stand-ins for the audit values the database fills in (see 0008): neither can occur in the rest of the event.
+_UNKNOWN_MARK = '"@@unknown@@"'
+_HOUSE_MARK = uuid.UUID(int=0)
+
+
+def audit_pieces(actor: str, subject: str, detail: dict[str, Any]) -> tuple[list[str], str]:
+    """The entry's audit event as record_entry completes it: its canonical JSON up to the seq, in the three
+    pieces around the unknown mentions and the house id, and the text after the seq (`split_body`)."""
+    before, middle, _, _ = split_body(AuditEvent(
+        actor, "thread.entry.append", _HOUSE_MARK, subject, {**detail, "unknown_mentions": _UNKNOWN_MARK[1:-1]}))
+    first, rest = before.split(_UNKNOWN_MARK)
+    second, third = rest.split(str(_HOUSE_MARK))
+    return [first, second, third], middle
+
 
 # Step 4 as one statement. Losing its commit in a Postgres crash is harmless (the entry is found pending and
 # completed from the stream), so it does not wait for the WAL flush (set_config(..., true): this transaction
@@ -125,8 +126,9 @@ class EntryOutcome:
         return {"id": str(self.id), "thread_id": str(self.thread_id), "offset": self.next_offset}
 
 
-class _Retry(Exception):
-    """The entry id is already recorded for this very request: roll back the probe, complete it as a retry."""
+def _answer(answered: asyncio.Future[EntryOutcome], outcome: EntryOutcome) -> None:
+    if not answered.done():  # else the client went away (its handler was cancelled)
+        answered.set_result(outcome)
 
 
 class Entries:
@@ -144,8 +146,8 @@ class Entries:
         task = asyncio.create_task(self._post(principal, thread_id, entry, answered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        # Shielded: a client that goes away does not stop its entry half-way.
-        return await asyncio.shield(answered)
+        # A client that goes away cancels `answered`, not the task: its entry is never stopped half-way.
+        return await answered
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for entries whose answer is out but whose step 4 is still running (at shutdown)."""
@@ -156,17 +158,14 @@ class Entries:
                     answered: asyncio.Future[EntryOutcome]) -> None:
         digest = request_hash(entry)
         key = lock_key(entry.id)
+        appended = False
         try:
             async with self.db.connection() as conn:
                 locked = True
                 try:
-                    try:
-                        async with conn.pipeline():
-                            fresh = await self._record(conn, key, principal, thread_id, entry, digest)
-                    except _Retry:
-                        fresh = None
+                    fresh = await self._record(conn, key, principal, thread_id, entry, digest)
                     if fresh is None:
-                        answered.set_result(await self._complete(conn, entry.id, duplicate=True))
+                        _answer(answered, await self._complete(conn, entry.id, duplicate=True))
                         return
                     try:
                         next_offset = await self._append(conn, entry.id, thread_id, fresh)
@@ -175,9 +174,13 @@ class Entries:
                             raise
                         # The append may or may not have reached the stream (a connection that dropped): look,
                         # then append if it is not there - once; a real outage answers 503 again.
-                        answered.set_result(await self._complete(conn, entry.id, duplicate=False))
+                        _answer(answered, await self._complete(conn, entry.id, duplicate=False))
                         return
-                    answered.set_result(EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
+                    appended = True
+                    _answer(answered, EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
+                    # Let the handler send its answer before step 4 takes the loop (step 4 is not on the
+                    # client's path; the handler runs on the next turn of the loop).
+                    await asyncio.sleep(0)
                     await self._mark_appended(conn, entry.id, next_offset, unlock=key)
                     locked = False
                 except Refused as refused:
@@ -189,8 +192,8 @@ class Entries:
         except BaseException as exc:
             if not answered.done():
                 answered.set_exception(exc)
-            elif not isinstance(exc, asyncio.CancelledError):
-                # The client has its answer; the entry stays pending and the recovery sweep records it.
+            if appended and not isinstance(exc, asyncio.CancelledError):
+                # In the stream but still pending: the recovery sweep (or a retry) records it.
                 log.warning("entry %s appended but not yet recorded: %s", entry.id, type(exc).__name__)
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -210,81 +213,48 @@ class Entries:
 
     async def _record(self, conn: psycopg.AsyncConnection[Any], key: int, principal: Principal,
                       thread_id: uuid.UUID, entry: EntryCreate, digest: str) -> dict[str, Any] | None:
-        """Steps 1 and 2. Returns the message to append, or None when the entry id is already recorded (a retry).
-
-        Runs in pipeline mode, in two round trips: the entry lock, BEGIN, _RECORD (and the mentioned agents'
-        lookup) go out together; the outbox rows, the audit event and the commit follow."""
+        """Steps 1 and 2, in one round trip. Returns the message to append, or None when the entry id is already
+        recorded (a retry)."""
         subject = f"thread:{thread_id}"
-        # Its own statement before the reads: they must see whatever the previous holder committed.
-        await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-        async with conn.transaction():
-            names = mentions_in(entry.text)
-            message: dict[str, Any] = {
-                "type": "entry",
-                "id": str(entry.id),
-                "thread_id": str(thread_id),
-                "kind": entry.kind,
-                "author": {"id": str(principal.id), "kind": None},
-                "text": entry.text,
-                "mentions": names,
-                "created_at": format_timestamp(datetime.now(UTC)),
-            }
-            if entry.data is not None:
-                message["data"] = entry.data
-            if entry.reply_to is not None:
-                message["reply_to"] = str(entry.reply_to)
-            record_cursor = await conn.execute(_RECORD, {
-                "id": entry.id, "author": principal.id, "message": Jsonb(message), "hash": digest,
-                "thread": thread_id,
-            })
-            agents_cursor = None
-            if names:
-                agents_cursor = await conn.execute(
-                    "SELECT lower(name), id FROM public.agents WHERE house_id = "
-                    "(SELECT house_id FROM public.threads WHERE id = %s) AND lower(name) = ANY(%s) "
-                    "AND deleted_at IS NULL",
-                    (thread_id, [n.lower() for n in names]),
-                )
-            row = await record_cursor.fetchone()  # the round trip's sync point
-            if row is None:
-                raise RuntimeError("audit.chain_head has no row: the audit migration has not run")
-            house_id, role, existing_thread, existing_hash, recorded, head_seq, head_hash = row
-            if house_id is None:
-                raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
-            if role is None:
-                raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
-            if entry.kind == "system" and ROLE_RANK[role] < ROLE_RANK["admin"]:
-                raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": "system"})
-            if existing_thread is not None:
-                if existing_thread != thread_id or existing_hash != digest:
-                    raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
-                raise _Retry
-            if recorded is None:
-                # Inserted concurrently under a colliding lock key: the client should simply retry.
-                raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
-            message = recorded
-            unknown: list[str] = []
-            if agents_cursor is not None:
-                agents = {row[0]: row[1] for row in await agents_cursor.fetchall()}
-                rows = []
-                for name in names:
-                    agent_id = agents.get(name.lower())
-                    if agent_id is None:
-                        unknown.append(name)
-                    rows.append((entry.id, thread_id, house_id, name, agent_id, principal.id,
-                                 "held" if agent_id else "gave_up", None if agent_id else "unknown agent"))
-                async with conn.cursor() as c:
-                    await c.executemany(
-                        "INSERT INTO appliance.outbox (entry_id, thread_id, house_id, agent_name, agent_id, "
-                        "mentioned_by, state, last_error, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-                        "CASE WHEN %s THEN now() END)",
-                        [(*row, row[6] == "gave_up") for row in rows],
-                    )
-            await insert_rows_async(conn, build_rows(int(head_seq), str(head_hash), [AuditEvent(
-                principal.actor, "thread.entry.append", house_id, subject,
-                {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names, "unknown_mentions": unknown},
-            )]))
-        return message
+        names = mentions_in(entry.text)
+        message: dict[str, Any] = {
+            "type": "entry",
+            "id": str(entry.id),
+            "thread_id": str(thread_id),
+            "kind": entry.kind,
+            "author": {"id": str(principal.id), "kind": None},
+            "text": entry.text,
+            "mentions": names,
+            "created_at": format_timestamp(datetime.now(UTC)),
+        }
+        if entry.data is not None:
+            message["data"] = entry.data
+        if entry.reply_to is not None:
+            message["reply_to"] = str(entry.reply_to)
+        detail = {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names}
+        audit, middle = audit_pieces(principal.actor, subject, detail)
+        cursor = await conn.execute(_RECORD, {
+            "key": key, "id": entry.id, "thread": thread_id, "author": principal.id, "message": Jsonb(message),
+            "hash": digest, "roles": _POSTERS.get(entry.kind, _ANY_ROLE), "mentions": names,
+            "actor": principal.actor, "subject": subject, "detail": Jsonb(detail), "audit": audit, "middle": middle,
+        })
+        row = await cursor.fetchone()
+        assert row is not None
+        status, house_id, recorded = row
+        if status == "recorded":
+            return dict(recorded)
+        if status == "retry":
+            return None
+        if status == "no_such_thread":
+            raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
+        if status == "not_a_member":
+            raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
+        if status == "role":
+            raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": entry.kind})
+        if status == "conflict":
+            raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
+        # "busy": inserted concurrently under a colliding lock key; the client should simply retry.
+        raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
 
     async def _append(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, thread_id: uuid.UUID,
                       message: dict[str, Any]) -> str:

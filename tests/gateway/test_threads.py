@@ -16,6 +16,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
+from appliance.audit.chain import GENESIS_HASH, fetch_rows, verify_rows
 from tests.gateway.conftest import Stack, User
 from tests.gateway.support import Recorded, RecordingServer, recording_server, send_json
 
@@ -67,6 +68,40 @@ def test_entries_are_appended_in_order_with_author_and_mentions(member: tuple[Us
     assert [m["id"] for m in messages] == [b["id"] for b in sent]
     assert messages[0]["author"] == {"id": str(user.id), "kind": "user"}
     assert messages[0]["mentions"] == ["Echo"] and messages[0]["type"] == "entry"
+
+
+def test_entries_are_audited_with_their_mentions_and_the_chain_verifies(
+        stack: Stack, member: tuple[User, str, str]) -> None:
+    """The database completes each entry's audit event (house, unknown mentions) around the gateway's canonical
+    text: the stored detail is what was hashed, so the whole chain verifies."""
+    user, house, thread = member
+    known = user.post("/api/agents", {"house_id": house, "name": "Known", "handler": "echo"})
+    assert known.status_code == 201
+    plain, mixed, system = entry("no mentions"), entry("@known, @nobody and @Ghost-2"), entry("n", kind="system")
+    for body in (plain, mixed, system):
+        assert user.post(f"/api/threads/{thread}/entries", body).status_code == 201
+    rows = stack.sql("SELECT detail, house_id, actor FROM audit.events WHERE action = 'thread.entry.append' "
+                     "AND subject = %s ORDER BY seq", [f"thread:{thread}"])
+    assert [r[0] for r in rows] == [
+        {"entry_id": plain["id"], "kind": "message", "mentions": [], "unknown_mentions": []},
+        {"entry_id": mixed["id"], "kind": "message", "mentions": ["known", "nobody", "Ghost-2"],
+         "unknown_mentions": ["nobody", "Ghost-2"]},
+        {"entry_id": system["id"], "kind": "system", "mentions": [], "unknown_mentions": []},
+    ]
+    assert {(str(r[1]), r[2]) for r in rows} == {(house, str(user.id))}
+    outbox = stack.sql("SELECT agent_name, state, last_error FROM appliance.outbox WHERE entry_id = %s ORDER BY id",
+                       [mixed["id"]])
+    # (the known agent's activation is being delivered meanwhile, to no worker: its error varies)
+    assert [(r[0], r[1] == "gave_up", r[2] if r[1] == "gave_up" else None) for r in outbox] == [
+        ("known", False, None), ("nobody", True, "unknown agent"), ("Ghost-2", True, "unknown agent")]
+    # Its activation must not reach a later test's worker.
+    user.delete(f"/api/agents/{known.json()['data']['id']}")
+    wait_for(lambda: stack.sql("SELECT count(*) FROM appliance.outbox WHERE entry_id = %s AND state = 'gave_up'",
+                               [mixed["id"]]) == [(3,)], timeout=30)
+    with stack.env.superuser() as conn:
+        chain = fetch_rows(conn, 0, 1_000_000)
+    result = verify_rows(chain, prev_hash=GENESIS_HASH, first_seq=1)
+    assert result.ok, result.first_break
 
 
 def test_a_retried_entry_is_stored_once(stack: Stack, member: tuple[User, str, str]) -> None:
