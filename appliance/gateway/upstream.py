@@ -233,7 +233,9 @@ class Upstream:
             if reused and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
                 raise _StaleConnection("connection reset") from None
             raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
-        except UpstreamError:
+        except BaseException:
+            # UpstreamError, or cancelled mid-exchange (a client gone, a read given up): the connection is in
+            # an unknown state, never reused.
             connection.close()
             raise
         return self._response(connection, method, parts[0], status, headers, read_timeout)

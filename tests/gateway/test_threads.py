@@ -195,6 +195,30 @@ def test_streams_outage_is_a_503_and_the_retry_completes_once(stack: Stack, memb
     assert [m["id"] for m in read_all(user, thread)] == [body["id"]]
 
 
+def test_a_refused_read_is_refused_before_anything_of_the_stream(stack: Stack,
+                                                                  member: tuple[User, str, str]) -> None:
+    """A refusal wins over whatever the stream holds or does (data, a long-poll that would wait, the streams
+    server down), and is answered at once."""
+    user, _, thread = member
+    user.post(f"/api/threads/{thread}/entries", entry("members only"))
+    outsider = stack.user()
+    reads = [{"offset": "-1"}, {"offset": "-1", "live": "long-poll"}, {"offset": "now", "live": "long-poll"}]
+    for params in reads:
+        started = time.monotonic()
+        response = outsider.get(f"/api/threads/{thread}/stream", params=params)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+        assert "members only" not in response.text
+        assert time.monotonic() - started < 1.0  # not after the streams server's 2 s long-poll
+    stack.streams.stop()
+    try:
+        for params in reads:
+            assert outsider.get(f"/api/threads/{thread}/stream", params=params).status_code == 404
+        assert user.get(f"/api/threads/{thread}/stream").status_code == 503
+    finally:
+        stack.streams.start()
+    assert [m["text"] for m in read_all(user, thread)] == ["members only"]
+
+
 def test_live_long_poll_tail_through_the_gateway(member: tuple[User, str, str]) -> None:
     user, _, thread = member
     first = user.post(f"/api/threads/{thread}/entries", entry("before")).json()["data"]["offset"]
