@@ -223,12 +223,6 @@ async def _append_async(conn: psycopg.AsyncConnection[Any], events: Sequence[Aud
     return [(row.seq, row.hash) for row in rows]
 
 
-def append_one_statement(event: AuditEvent) -> tuple[str, tuple[Any, ...]]:
-    """The one statement appending `event` (needs migration 0006), for callers that pipeline it with their own
-    statements just before their commit (appliance/gateway/entries.py)."""
-    return _APPEND_ONE, _append_one_params(event)
-
-
 async def append_event_async(conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> tuple[int, str]:
     return (await append_events_async(conn, [event]))[0]
 

@@ -151,7 +151,7 @@ def expected_interval(tenant: TenantConfig, now: dt.datetime) -> dt.timedelta:
 
 # -- the supervised scheduler ---------------------------------------------------------------------------------
 def backup_service(tenant: TenantConfig) -> ServiceSpec:
-    """The scheduler as a supervised service (supervisord hosts); it has no port: `backup_status` is its probe.
+    """The scheduler as a service of either manager; it has no port: `backup_status` is its probe.
     A backup in progress is aborted on stop and resumed by pgBackRest on the next run."""
     return appliance_service(tenant, "backup", "schedule", stop_wait_s=30)
 

@@ -107,41 +107,23 @@ def report(name: str, direct: list[float], gateway: list[float], cpu_ms: float |
 
 
 class CpuMeter:
-    """Gateway CPU per request over a block (the warm-up requests of `paired` are counted in)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.started = 0.0
-
-    def __enter__(self) -> CpuMeter:
-        self.started = cpu_seconds(self.pid)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.used = cpu_seconds(self.pid) - self.started
-
-    def per_request(self, count: int) -> float:
-        return self.used * 1000 / count
-
-
-class CpuBreakdown:
-    """CPU per request of each process taking part in a throughput run (this process is the load generator)."""
+    """CPU used over a block by each named process, and by this one (the load generator), per request."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
-        self.used: dict[str, float] = dict.fromkeys([*pids, "load generator"], 0.0)
 
-    def measure(self, run: Callable[[], tuple[float, int]]) -> float:
-        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        own = time.process_time()
-        rate, count = run()
-        self.used["load generator"] += (time.process_time() - own) * 1000 / count
-        for name, pid in self.pids.items():
-            self.used[name] += (cpu_seconds(pid) - before[name]) * 1000 / count
-        return rate
+    def __enter__(self) -> CpuMeter:
+        self.started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.own = time.process_time()
+        return self
 
-    def summary(self, runs: int) -> dict[str, float]:
-        return {name: used / runs for name, used in self.used.items()}
+    def __exit__(self, *exc: object) -> None:
+        self.used = {name: cpu_seconds(pid) - self.started[name] for name, pid in self.pids.items()}
+        self.used["load generator"] = time.process_time() - self.own
+
+    def per_request(self, count: int) -> dict[str, float]:
+        """Milliseconds of CPU per request, by process."""
+        return {name: seconds * 1000 / count for name, seconds in self.used.items()}
 
 
 def main() -> None:
@@ -173,7 +155,7 @@ def main() -> None:
 
 
 def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pids: dict[str, int]) -> None:
-    pid = pids["gateway"]
+    gateway_only = {"gateway": pids["gateway"]}
     gateway = env.gateway_url()
     principal = uuid.uuid4()
     auth = {"Authorization": f"Bearer {env.token(principal, ttl=3600)}"}
@@ -188,23 +170,23 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     direct.put(direct_stream, headers={"content-type": "application/json"}).raise_for_status()
     thread = api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
     warm = min(20, args.n)
-    with CpuMeter(pid) as meter:
+    with CpuMeter(gateway_only) as meter:
         direct_append, gateway_append = paired(
             args.n, lambda i: direct.post(direct_stream, json=message(i)),
             lambda i: api.post(f"/api/threads/{thread}/entries",
                                json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (200, 204), (201,))
     results["append"] = report("thread append (1 writer)", direct_append, gateway_append,
-                               meter.per_request(args.n + warm))
+                               meter.per_request(args.n + warm)["gateway"])
 
     # -- thread read --------------------------------------------------------------------------------------
     tail = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).headers["stream-next-offset"]
     offset = tail.split("_")[0] + "_" + str(max(0, int(tail.split("_")[1]) - 2000)).zfill(len(tail.split("_")[1]))
-    with CpuMeter(pid) as meter:
+    with CpuMeter(gateway_only) as meter:
         direct_read, gateway_read = paired(
             args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}),
             lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}), (200,), (200,))
     results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read,
-                             meter.per_request(args.n + warm))
+                             meter.per_request(args.n + warm)["gateway"])
     pair_direct = [a + r for a, r in zip(direct_append, direct_read, strict=False)]
     pair_gateway = [a + r for a, r in zip(gateway_append, gateway_read, strict=False)]
     results["append_plus_read"] = report("thread append + read", pair_direct, pair_gateway)
@@ -215,26 +197,31 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         direct.put(path, headers={"content-type": "application/json"}).raise_for_status()
     threads = [api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
                for _ in range(args.writers)]
-    direct_rates, gateway_rates = [], []
-    direct_cpu = CpuBreakdown({"streams": pids["streams"]})
-    gateway_cpu = CpuBreakdown(pids)
+    rates: dict[str, list[float]] = {"direct": [], "gateway": []}
+    spent: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+    runs = {
+        "direct": (streams_url, lambda i: direct_streams[i], lambda i, n: message(n), {}, {"streams": pids["streams"]}),
+        "gateway": (gateway, lambda i: f"/api/threads/{threads[i]}/entries",
+                    lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, pids),
+    }
     for _ in range(2):  # alternated, so both see the same machine
-        direct_rates.append(direct_cpu.measure(lambda: post_throughput(
-            streams_url, lambda i: direct_streams[i], lambda i, n: message(n), {}, args.writers, args.seconds / 2)))
-        gateway_rates.append(gateway_cpu.measure(lambda: post_throughput(
-            gateway, lambda i: f"/api/threads/{threads[i]}/entries",
-            lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, args.writers,
-            args.seconds / 2)))
+        for path, (base_url, path_for, body_for, headers, measured) in runs.items():
+            with CpuMeter(measured) as meter:
+                rate, count = post_throughput(base_url, path_for, body_for, headers, args.writers, args.seconds / 2)
+            rates[path].append(rate)
+            spent[path].append(meter.per_request(count))
+    direct_rates, gateway_rates = rates["direct"], rates["gateway"]
     direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
     ratio = gateway_rate / direct_rate
     print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
           f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f} (load average {os.getloadavg()[0]:.1f})")
-    spent = {"direct": direct_cpu.summary(2), "gateway": gateway_cpu.summary(2)}
-    for path, used in spent.items():
+    cpu = {path: {name: statistics.mean(run[name] for run in measured) for name in measured[0]}
+           for path, measured in spent.items()}
+    for path, used in cpu.items():
         print(f"{'  CPU ms per append, ' + path:<34} " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()) +
               f" (total {sum(used.values()):.2f})")
     results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio,
-                                    "cpu_ms_per_append": spent}
+                                    "cpu_ms_per_append": cpu}
 
     # -- shapes ---------------------------------------------------------------------------------------------
     sync = client(base_url=f"http://127.0.0.1:{env.tenant.port('sync')}")
@@ -247,12 +234,12 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         first = api.get("/api/shapes/threads", params={"offset": tip, "handle": handle})
         tip = first.headers["electric-offset"]
     protocol = [("offset", tip), ("handle", handle)]
-    with CpuMeter(pid) as meter:
+    with CpuMeter(gateway_only) as meter:
         direct_tip, gateway_tip = paired(
             args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]),
             lambda i: api.get("/api/shapes/threads", params=protocol), (200,), (200,))
     results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip,
-                                  meter.per_request(args.n + warm))
+                                  meter.per_request(args.n + warm)["gateway"])
     live = [*protocol, ("live", "true")]
     n_live = max(20, args.n // 10)
     direct_live, gateway_live = paired(

@@ -29,11 +29,11 @@ class Settings:
     agents_timeout_s: float
     db_conninfo: dict[str, Any]
     db_pool_size: int
+    outbox_retention_days: int
+    dispatch_concurrency: int
     # How often the dispatcher looks for due activations besides being woken by new entries.
     dispatch_poll_s: float = 1.0
     dispatch_backoff_max_s: float = 60.0
-    dispatch_concurrency: int = 16
-    outbox_retention_days: int = 30
     # How often finished activations past their retention are deleted, and how many per statement.
     outbox_prune_interval_s: float = 3600.0
     outbox_prune_batch: int = 5000
