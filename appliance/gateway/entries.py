@@ -15,9 +15,9 @@ The protocol, and why it never stores an entry twice nor loses one:
    a crash) takes the same lock - so the first attempt is finished or dead - and reads the stream after
    `floor_offset`: if a message with the entry's id is there it only records that, else it appends.
 
-Steps 1 and 2 are one statement, `appliance.record_entry` (migrations/0008_record_entry.sql): one round trip,
-and the audit chain's head (which every audited write in the tenant waits for) is locked only by its last
-statement, until the commit.
+Steps 1 and 2 are one statement, `appliance.record_entry` (migrations/0008_record_entry.sql), and entries that
+arrive together share steps 1, 2 and 4 (one transaction, one chain-head lock, one WAL flush: see
+entry_groups.py). The client is answered as soon as its entry is in the stream, before step 4.
 
 So appends of one entry are serialised by the lock, and every append but the first is preceded by a look at
 the stream. The stream's own idempotent-producer state is not relied on (it can be lost in a crash, see
@@ -27,12 +27,14 @@ specs/durable-streams.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +48,7 @@ from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.errors import ApiError
+from appliance.gateway.entry_groups import GroupRecorder, Recorded
 from appliance.gateway.models import EntryCreate
 from appliance.gateway.schema import ROLE_RANK
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
@@ -56,12 +59,6 @@ log = logging.getLogger("appliance.gateway")
 MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
-# Steps 1 and 2 as one statement (migrations/0008_record_entry.sql): the entry lock, the checks, the entry, its
-# activations and its audit event, committed together.
-_RECORD = (
-    "SELECT o_status, o_house_id, o_message FROM appliance.record_entry(%(key)s, %(id)s, %(thread)s, %(author)s,"
-    " %(message)s, %(hash)s, %(roles)s, %(mentions)s, %(actor)s, %(subject)s, %(detail)s, %(audit)s, %(middle)s)"
-)
 # Who may post an entry of each kind.
 _POSTERS = {"system": [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK["admin"]]}
 _ANY_ROLE = list(ROLE_RANK)
@@ -92,7 +89,6 @@ _MARK_APPENDED = (
     "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed)"
 )
 
-
 def mentions_in(text: str) -> list[str]:
     """Agent names mentioned in `text`, first occurrence order, case-insensitively distinct, at most 20."""
     seen: dict[str, str] = {}
@@ -113,6 +109,56 @@ def request_hash(entry: EntryCreate) -> str:
     # Not the audit's canonical form: entry data may hold floats, which are fine for telling requests apart.
     text = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record_params(principal: Principal, thread_id: uuid.UUID, entry: EntryCreate) -> dict[str, Any]:
+    """record_entry's parameters for an entry: the message to append and its audit event (0008)."""
+    subject = f"thread:{thread_id}"
+    names = mentions_in(entry.text)
+    message: dict[str, Any] = {
+        "type": "entry",
+        "id": str(entry.id),
+        "thread_id": str(thread_id),
+        "kind": entry.kind,
+        "author": {"id": str(principal.id), "kind": None},
+        "text": entry.text,
+        "mentions": names,
+        "created_at": format_timestamp(datetime.now(UTC)),
+    }
+    if entry.data is not None:
+        message["data"] = entry.data
+    if entry.reply_to is not None:
+        message["reply_to"] = str(entry.reply_to)
+    detail = {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names}
+    audit, middle = audit_pieces(principal.actor, subject, detail)
+    return {
+        "key": lock_key(entry.id), "id": entry.id, "thread": thread_id, "author": principal.id,
+        "message": Jsonb(message), "hash": request_hash(entry), "roles": _POSTERS.get(entry.kind, _ANY_ROLE),
+        "mentions": names, "actor": principal.actor, "subject": subject, "detail": Jsonb(detail), "audit": audit,
+        "middle": middle,
+    }
+
+
+def _recorded_message(recorded: Recorded, thread_id: uuid.UUID, entry: EntryCreate) -> dict[str, Any] | None:
+    """The message to append for a newly recorded entry, None for a retry of a recorded one; raises the
+    refusals."""
+    subject = f"thread:{thread_id}"
+    status, house_id = recorded.status, recorded.house_id
+    if status == "recorded":
+        assert recorded.message is not None
+        return dict(recorded.message)
+    if status == "retry":
+        return None
+    if status == "no_such_thread":
+        raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
+    if status == "not_a_member":
+        raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
+    if status == "role":
+        raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": entry.kind})
+    if status == "conflict":
+        raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
+    # "busy": inserted concurrently under a colliding lock key; the client should simply retry.
+    raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
 
 
 @dataclass(frozen=True)
@@ -137,6 +183,7 @@ class Entries:
         self.streams = streams
         self.audit = audit
         self.on_ready = on_ready
+        self.groups = GroupRecorder(db, on_ready)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate) -> EntryOutcome:
@@ -153,112 +200,62 @@ class Entries:
         """Wait for entries whose answer is out but whose step 4 is still running (at shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.groups.drain(timeout)
 
     async def _post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate,
                     answered: asyncio.Future[EntryOutcome]) -> None:
-        digest = request_hash(entry)
-        key = lock_key(entry.id)
-        appended = False
         try:
-            async with self.db.connection() as conn:
-                locked = True
-                try:
-                    fresh = await self._record(conn, key, principal, thread_id, entry, digest)
-                    if fresh is None:
-                        _answer(answered, await self._complete(conn, entry.id, duplicate=True))
-                        return
-                    try:
-                        next_offset = await self._append(conn, entry.id, thread_id, fresh)
-                    except ApiError as exc:
-                        if exc.status != 503:
-                            raise
-                        # The append may or may not have reached the stream (a connection that dropped): look,
-                        # then append if it is not there - once; a real outage answers 503 again.
-                        _answer(answered, await self._complete(conn, entry.id, duplicate=False))
-                        return
-                    appended = True
-                    _answer(answered, EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
-                    # Let the handler send its answer before step 4 takes the loop (step 4 is not on the
-                    # client's path; the handler runs on the next turn of the loop).
-                    await asyncio.sleep(0)
-                    await self._mark_appended(conn, entry.id, next_offset, unlock=key)
-                    locked = False
-                except Refused as refused:
-                    await self.audit.now(refused.event(principal), conn)
-                    raise refused.api_error() from None
-                finally:
-                    if locked:
-                        await self._unlock(conn, key)
+            params = record_params(principal, thread_id, entry)
+            recorded = await self.groups.record(params["key"], params)
         except BaseException as exc:
             if not answered.done():
                 answered.set_exception(exc)
-            if appended and not isinstance(exc, asyncio.CancelledError):
-                # In the stream but still pending: the recovery sweep (or a retry) records it.
-                log.warning("entry %s appended but not yet recorded: %s", entry.id, type(exc).__name__)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-
-    async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
-        """Release the entry lock; a connection that cannot say it did is closed (which releases it), never
-        handed back to the pool still holding it."""
-        if conn.broken or conn.closed:
             return
+        group = recorded.group
+        appended: tuple[uuid.UUID, str] | None = None
         try:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await conn.rollback()
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        except BaseException:
-            await conn.close()
-            raise
+            message = _recorded_message(recorded, thread_id, entry)
+            if message is None:  # a retry of an entry already recorded
+                async with group.connection() as conn:
+                    _answer(answered, await self._complete(conn, entry.id, duplicate=True))
+                return
+            try:
+                next_offset = await self._append(group.connection, entry.id, thread_id, message)
+            except ApiError as exc:
+                if exc.status != 503:
+                    raise
+                # The append may or may not have reached the stream (a connection that dropped): look, then
+                # append if it is not there - once; a real outage answers 503 again.
+                async with group.connection() as conn:
+                    _answer(answered, await self._complete(conn, entry.id, duplicate=False))
+                return
+            appended = (entry.id, next_offset)
+            _answer(answered, EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
+        except Refused as refused:
+            error: BaseException = refused.api_error()
+            try:
+                async with group.connection() as conn:
+                    await self.audit.now(refused.event(principal), conn)
+            except BaseException as exc:  # the refusal is not answered before it is audited
+                error = exc
+            if not answered.done():
+                answered.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise error from None
+        except BaseException as exc:
+            if not answered.done():
+                answered.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            group.leave(appended)
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], key: int, principal: Principal,
-                      thread_id: uuid.UUID, entry: EntryCreate, digest: str) -> dict[str, Any] | None:
-        """Steps 1 and 2, in one round trip. Returns the message to append, or None when the entry id is already
-        recorded (a retry)."""
-        subject = f"thread:{thread_id}"
-        names = mentions_in(entry.text)
-        message: dict[str, Any] = {
-            "type": "entry",
-            "id": str(entry.id),
-            "thread_id": str(thread_id),
-            "kind": entry.kind,
-            "author": {"id": str(principal.id), "kind": None},
-            "text": entry.text,
-            "mentions": names,
-            "created_at": format_timestamp(datetime.now(UTC)),
-        }
-        if entry.data is not None:
-            message["data"] = entry.data
-        if entry.reply_to is not None:
-            message["reply_to"] = str(entry.reply_to)
-        detail = {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names}
-        audit, middle = audit_pieces(principal.actor, subject, detail)
-        cursor = await conn.execute(_RECORD, {
-            "key": key, "id": entry.id, "thread": thread_id, "author": principal.id, "message": Jsonb(message),
-            "hash": digest, "roles": _POSTERS.get(entry.kind, _ANY_ROLE), "mentions": names,
-            "actor": principal.actor, "subject": subject, "detail": Jsonb(detail), "audit": audit, "middle": middle,
-        })
-        row = await cursor.fetchone()
-        assert row is not None
-        status, house_id, recorded = row
-        if status == "recorded":
-            return dict(recorded)
-        if status == "retry":
-            return None
-        if status == "no_such_thread":
-            raise Refused(None, "thread.entry.append", "no_such_thread", 404, subject)
-        if status == "not_a_member":
-            raise Refused(house_id, "thread.entry.append", "not_a_member", 404, subject)
-        if status == "role":
-            raise Refused(house_id, "thread.entry.append", "needs_admin", 403, subject, {"kind": entry.kind})
-        if status == "conflict":
-            raise ApiError(409, "entry_conflict", "this entry id is already used by a different entry")
-        # "busy": inserted concurrently under a colliding lock key; the client should simply retry.
-        raise ApiError(409, "entry_conflict", "this entry id was just used; retry")
-
-    async def _append(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, thread_id: uuid.UUID,
-                      message: dict[str, Any]) -> str:
-        """Step 3 (the caller holds the entry's lock, and records the result)."""
+    async def _append(self, connection: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]],
+                      entry_id: uuid.UUID, thread_id: uuid.UUID, message: dict[str, Any]) -> str:
+        """Step 3 (the caller holds the entry's lock, and records the result; `connection` lends the connection
+        holding the lock, to record a refused append)."""
         try:
             try:
                 next_offset = await self.streams.append(thread_id, message)
@@ -271,19 +268,16 @@ class Entries:
                 raise ApiError(503, "streams_unavailable",
                                "the entry is recorded but not yet in the thread; retry with the same entry id",
                                {"Retry-After": "1"}) from None
-            await self._mark_failed(conn, entry_id, f"stream refused the append ({exc.status})")
+            async with connection() as conn:
+                await self._mark_failed(conn, entry_id, f"stream refused the append ({exc.status})")
             raise ApiError(502, "append_refused", "the thread's stream refused the entry") from None
         return next_offset
 
-    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str,
-                             unlock: int | None = None) -> None:
-        """Step 4: one statement (its own transaction), then the entry lock's release when `unlock` is its key,
-        in one round trip."""
-        async with conn.pipeline():
-            cursor = await conn.execute(_MARK_APPENDED, {"id": entry_id, "offset": next_offset})
-            if unlock is not None:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (unlock,))
-            row = await cursor.fetchone()
+    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str
+                             ) -> None:
+        """Step 4 for one entry completed by step 5 (groups do theirs together, see entry_groups.py)."""
+        cursor = await conn.execute(_MARK_APPENDED, {"id": entry_id, "offset": next_offset})
+        row = await cursor.fetchone()
         if row and row[0]:
             self.on_ready()
 
@@ -323,9 +317,22 @@ class Entries:
             # Appended by an attempt that died before recording it. The tail is at or after the entry.
             await self._mark_appended(conn, entry_id, tail)
             return EntryOutcome(entry_id, thread_id, tail, duplicate)
-        next_offset = await self._append(conn, entry_id, thread_id, row["message"])
+        next_offset = await self._append(lambda: contextlib.nullcontext(conn), entry_id, thread_id, row["message"])
         await self._mark_appended(conn, entry_id, next_offset)
         return EntryOutcome(entry_id, thread_id, next_offset, duplicate)
+
+    async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
+        """Release the entry lock; a connection that cannot say it did is closed (which releases it), never
+        handed back to the pool still holding it."""
+        if conn.broken or conn.closed:
+            return
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.rollback()
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except BaseException:
+            await conn.close()
+            raise
 
     async def recover_pending(self, older_than_s: float = 1.0, limit: int = 100) -> int:
         """Complete entries left pending by attempts that died (the recovery sweep); returns how many."""

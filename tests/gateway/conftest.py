@@ -98,3 +98,11 @@ def build_stack(pg: PgCluster, gateway: dict[str, Any] | None = None) -> Iterato
 @pytest.fixture(scope="module")
 def stack(pg_module: PgCluster) -> Iterator[Stack]:
     yield from build_stack(pg_module)
+
+
+@pytest.fixture
+def member(stack: Stack) -> Iterator[tuple[User, str, str]]:
+    """A user who owns a house with one thread: (user, house id, thread id)."""
+    user = stack.user()
+    house = user.house()
+    yield user, house, user.thread(house)

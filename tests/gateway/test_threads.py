@@ -8,7 +8,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -39,13 +38,6 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> A
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def member(stack: Stack) -> Iterator[tuple[User, str, str]]:
-    user = stack.user()
-    house = user.house()
-    yield user, house, user.thread(house)
 
 
 def test_creating_a_thread_creates_its_stream(stack: Stack, member: tuple[User, str, str]) -> None:

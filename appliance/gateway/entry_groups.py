@@ -1,0 +1,280 @@
+"""Group commit for thread entries: steps 1, 2 and 4 of appliance/gateway/entries.py for many entries at once.
+
+Every entry's record ends with its audit event, which holds the tenant's audit chain head from its append until
+the commit. Recorded one by one, concurrent entries queue on that lock, each commits its own WAL flush under it,
+and the queueing itself costs Postgres CPU. So entries that arrive while a group is being recorded form the next
+group: one transaction, one chain-head lock and one WAL flush for all of them. (Postgres CPU per entry with 16
+concurrent writers, measured while designing this: 0.85-0.96 ms one by one, 0.25 ms in groups of 8.) A lone
+entry is a group of one, recorded by one statement as before, so a single writer waits no longer.
+
+A group's entry locks are session locks of its connection, so the group keeps that connection until each of its
+entries has been appended and has left; each entry goes on alone as soon as the group commits (appends, is
+answered). Then one statement marks the appended ones (step 4) and releases every lock the connection holds.
+An entry that needs the connection meanwhile (a retry to complete, a refusal to audit, a failed append to
+record) takes it in turn.
+
+An entry never waits for a lock inside a group (the group would hold the chain head while it waits):
+* the same entry id already waiting or in a group of this gateway (a retry racing its first attempt) is
+  recorded in a group of its own, which waits for the lock the way record_entry always has;
+* a lock held by another session makes try_record_entry (migrations/0010) answer 'locked' without recording
+  anything, and that entry too is recorded in a group of its own.
+If a group's transaction fails, nothing of it was recorded and each of its entries is recorded alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+
+from appliance.gateway.core.db import Database
+
+log = logging.getLogger("appliance.gateway")
+
+MAX_GROUP: Final = 64
+
+_COLUMNS = "SELECT o_status, o_house_id, o_message FROM appliance.{}(%(key)s, %(id)s, %(thread)s, %(author)s," \
+    " %(message)s, %(hash)s, %(roles)s, %(mentions)s, %(actor)s, %(subject)s, %(detail)s, %(audit)s, %(middle)s)"
+# In a group: never waits for an entry lock (answers 'locked'). Alone: waits for it.
+_TRY_RECORD = _COLUMNS.format("try_record_entry")
+_RECORD = _COLUMNS.format("record_entry")
+
+# Step 4 for a whole group, and the release of every entry lock of its connection. Losing its commit in a
+# Postgres crash is harmless (the entries are found pending and completed from the stream), so it does not wait
+# for the WAL flush (set_config(..., true): this transaction only). The locks go a moment before the commit: an
+# attempt that takes one in between finds its entry still pending and completes it from the stream, where it
+# is, as after a crash (its own update then waits for this one and finds nothing left to do).
+_FINISH = (
+    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), "
+    "done AS (SELECT * FROM unnest(%(ids)s::uuid[], %(offsets)s::text[]) AS d (id, next_offset)), "
+    "entry AS (UPDATE appliance.thread_entries e SET state = 'appended', next_offset = d.next_offset, "
+    " appended_at = now() FROM done d WHERE e.id = d.id AND e.state = 'pending' RETURNING e.id), "
+    "released AS (UPDATE appliance.outbox o SET state = 'ready', next_attempt_at = now() FROM done d "
+    " WHERE o.entry_id = d.id AND o.state = 'held' RETURNING o.id) "
+    "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed), "
+    "pg_advisory_unlock_all()"
+)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """record_entry's answer for one entry, and the group that holds its lock until the entry leaves it."""
+
+    status: str
+    house_id: uuid.UUID | None
+    message: dict[str, Any] | None
+    group: Group
+
+
+class Group:
+    """The connection holding a group's entry locks, lent to one member at a time."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], members: int) -> None:
+        self._conn = conn
+        self._turn = asyncio.Lock()
+        self._members = members
+        self._everyone_left = asyncio.Event()
+        self.appended: list[tuple[uuid.UUID, str]] = []
+        if members == 0:
+            self._everyone_left.set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The group's connection (holding this entry's lock), for a block; autocommit, idle when handed back."""
+        async with self._turn:
+            yield self._conn
+
+    def leave(self, appended: tuple[uuid.UUID, str] | None = None) -> None:
+        """A member is done with the group; `appended` (entry id, next offset) is its step 4 to record."""
+        if appended is not None:
+            self.appended.append(appended)
+        self._members -= 1
+        if self._members == 0:
+            self._everyone_left.set()
+
+    async def everyone_left(self) -> None:
+        await self._everyone_left.wait()
+
+
+@dataclass(eq=False)
+class _Waiting:
+    key: int
+    params: dict[str, Any]
+    outcome: asyncio.Future[Recorded]
+
+
+class GroupRecorder:
+    def __init__(self, db: Database, on_ready: Callable[[], None], max_group: int = MAX_GROUP) -> None:
+        self.db = db
+        self.on_ready = on_ready
+        self.max_group = max_group
+        self._waiting: list[_Waiting] = []
+        # Entry locks waiting or held by this gateway's groups, by key: a second entry with one of them is kept
+        # out of any group (it would take the lock again within the same session instead of waiting for it).
+        self._keys: Counter[int] = Counter()
+        self._former: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
+        self.largest_group = 0  # for tests and benchmarks: whether entries really are grouped
+
+    @property
+    def queued(self) -> int:
+        """Entries waiting for the next group."""
+        return len(self._waiting)
+
+    @property
+    def recording(self) -> bool:
+        """Whether a group is being recorded (entries arriving now wait for the next one)."""
+        return self._former is not None
+
+    async def record(self, key: int, params: dict[str, Any]) -> Recorded:
+        """Steps 1 and 2 for one entry (record_entry's parameters), in the next group or alone. The caller must
+        `leave()` the returned group exactly once, whatever happens."""
+        outcome: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(key, params, outcome)
+        alone = self._keys[key] > 0
+        self._keys[key] += 1
+        if alone:
+            self._start(self._run([waiting], None, wait_for_lock=True))
+        else:
+            self._waiting.append(waiting)
+            if self._former is None:
+                self._former = asyncio.create_task(self._form(), name="entry-groups")
+        try:
+            return await outcome
+        except asyncio.CancelledError:
+            if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+                outcome.result().group.leave()  # delivered just before the cancellation: its caller never saw it
+            raise
+
+    def _start(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._groups.add(task)
+        task.add_done_callback(self._groups.discard)
+
+    async def _form(self) -> None:
+        """One group is being recorded at a time; whoever arrives meanwhile is in the next one."""
+        try:
+            while self._waiting:
+                members, self._waiting = self._waiting[:self.max_group], self._waiting[self.max_group:]
+                committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._start(self._run(members, committed, wait_for_lock=False))
+                await committed
+        finally:
+            self._former = None
+            for waiting in self._waiting:  # only when cancelled (shutdown)
+                waiting.outcome.cancel()
+                self._forget([waiting])
+            self._waiting = []
+
+    async def _run(self, members: list[_Waiting], committed: asyncio.Future[None] | None,
+                   wait_for_lock: bool) -> None:
+        alone: list[_Waiting] = []  # to record again, each in a group of its own
+        try:
+            async with self.db.connection() as conn:
+                try:
+                    rows = await self._record(conn, members, wait_for_lock)
+                except psycopg.Error as exc:
+                    # Nothing was recorded, but locks may have been taken before the error.
+                    if not await self._release_all(conn) or len(members) == 1:
+                        raise
+                    log.warning("a group of %d entries failed (%s); recording each alone", len(members),
+                                type(exc).__name__)
+                    alone = members
+                    return
+                finally:
+                    if committed is not None and not committed.done():
+                        committed.set_result(None)  # the next group may form
+                self.largest_group = max(self.largest_group, len(members))
+                group = Group(conn, len(members))
+                for waiting, (status, house_id, message) in zip(members, rows, strict=True):
+                    if status == "locked":
+                        alone.append(waiting)
+                        group.leave()
+                    elif waiting.outcome.done():  # its poster is gone (shutdown): nobody will leave for it
+                        group.leave()
+                    else:
+                        waiting.outcome.set_result(Recorded(status, house_id, message, group))
+                try:
+                    await group.everyone_left()
+                except BaseException:
+                    await conn.close()  # holding the group's locks: never back to the pool
+                    raise
+                await self._finish(conn, group)
+        except BaseException as exc:
+            for waiting in members:
+                if waiting.outcome.done() or waiting in alone:
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    waiting.outcome.cancel()
+                else:
+                    waiting.outcome.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if committed is not None and not committed.done():
+                committed.set_result(None)
+            self._forget([waiting for waiting in members if waiting not in alone])
+            for waiting in alone:
+                self._start(self._run([waiting], None, wait_for_lock=True))
+
+    async def _record(self, conn: psycopg.AsyncConnection[Any], members: list[_Waiting], wait_for_lock: bool
+                      ) -> list[tuple[Any, ...]]:
+        query = _RECORD if wait_for_lock else _TRY_RECORD
+        if len(members) == 1:
+            # Its own transaction: one statement, one round trip.
+            cursor = await conn.execute(query, members[0].params)
+            row = await cursor.fetchone()
+            assert row is not None
+            return [row]
+        async with conn.pipeline():
+            async with conn.transaction():
+                cursors = [await conn.execute(query, waiting.params) for waiting in members]
+            rows = [await cursor.fetchone() for cursor in cursors]
+        assert all(row is not None for row in rows)
+        return rows  # type: ignore[return-value]
+
+    async def _release_all(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """After a failed group: drop every lock its connection took (session locks outlive the rollback)."""
+        try:
+            if conn.broken or conn.closed:
+                return True  # a closed session holds nothing
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            return True
+        except psycopg.Error:
+            await conn.close()
+            return False
+
+    async def _finish(self, conn: psycopg.AsyncConnection[Any], group: Group) -> None:
+        """Step 4 for the group's appended entries, and every lock released; a connection that cannot say it
+        released them is closed (which releases them), never handed back to the pool still holding them."""
+        ids = [entry_id for entry_id, _ in group.appended]
+        offsets = [offset for _, offset in group.appended]
+        try:
+            cursor = await conn.execute(_FINISH, {"ids": ids, "offsets": offsets})
+            row = await cursor.fetchone()
+        except BaseException as exc:
+            await conn.close()
+            if ids and not isinstance(exc, asyncio.CancelledError):
+                # In the stream but still pending: the recovery sweep (or a retry) records them.
+                log.warning("%d entries appended but not yet recorded: %s", len(ids), type(exc).__name__)
+            raise
+        if row and row[0]:
+            self.on_ready()
+
+    def _forget(self, members: list[_Waiting]) -> None:
+        for waiting in members:
+            self._keys[waiting.key] -= 1
+            if self._keys[waiting.key] <= 0:
+                del self._keys[waiting.key]
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for groups still finishing (at shutdown)."""
+        if self._groups:
+            await asyncio.wait(list(self._groups), timeout=timeout)
