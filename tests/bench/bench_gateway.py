@@ -9,7 +9,8 @@ gateway (`appliance gateway serve`, its own process, as deployed), then measures
   idempotent append) vs POST of the same message straight to the streams server; 1 writer (latency) and
   `--writers` concurrent writers, one thread each (throughput). Throughput is driven by tests/bench/loadgen.py,
   not httpx: on these 2 shared cores httpx's own ~1.4 ms of CPU per request capped the direct figure at about
-  a quarter of what the streams server does. The CPU each process spends per append is printed with it;
+  a quarter of what the streams server does. The CPU each process spends per append is printed with it, and
+  how many Postgres commits each append through the gateway took (concurrent entries are recorded in groups);
 * thread read: GET the stream from an offset through the gateway (membership check, audit grant, proxy) vs
   straight from the streams server;
 * shape GET at the tip (immediate up-to-date) and live with no change (long-poll timing out), gateway vs the
@@ -204,12 +205,16 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         "gateway": (gateway, lambda i: f"/api/threads/{threads[i]}/entries",
                     lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, pids),
     }
+    commits: list[float] = []  # Postgres commits per append through the gateway: how well entries are grouped
     for _ in range(2):  # alternated, so both see the same machine
         for path, (base_url, path_for, body_for, headers, measured) in runs.items():
+            before = committed(env)
             with CpuMeter(measured) as meter:
                 rate, count = post_throughput(base_url, path_for, body_for, headers, args.writers, args.seconds / 2)
             rates[path].append(rate)
             spent[path].append(meter.per_request(count))
+            if path == "gateway":
+                commits.append((committed(env) - before) / count)
     direct_rates, gateway_rates = rates["direct"], rates["gateway"]
     direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
     ratio = gateway_rate / direct_rate
@@ -220,8 +225,10 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     for path, used in cpu.items():
         print(f"{'  CPU ms per append, ' + path:<34} " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()) +
               f" (total {sum(used.values()):.2f})")
+    print(f"{'  Postgres commits per append':<34} {statistics.mean(commits):.2f} (each group of entries commits its "
+          "record, then its step 4)")
     results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio,
-                                    "cpu_ms_per_append": cpu}
+                                    "cpu_ms_per_append": cpu, "commits_per_append": statistics.mean(commits)}
 
     # -- shapes ---------------------------------------------------------------------------------------------
     sync = client(base_url=f"http://127.0.0.1:{env.tenant.port('sync')}")
@@ -250,6 +257,13 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
 
     # -- write -> txid visible through the gateway ----------------------------------------------------------
     results["write_to_txid_visible"] = txid_visibility(api, thread, handle, tip, max(30, args.n // 10))
+
+
+def committed(env: Any) -> int:
+    """Transactions committed so far in the tenant's cluster."""
+    with env.superuser() as conn:
+        row = conn.execute("SELECT sum(xact_commit)::bigint FROM pg_stat_database").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def txid_visibility(api: httpx.Client, thread: str, handle: str, offset: str, writes: int) -> dict[str, float]:
