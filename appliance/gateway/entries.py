@@ -48,7 +48,7 @@ from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.entry_groups import GroupRecorder, Recorded
+from appliance.gateway.entry_groups import MARK_APPENDED, GroupRecorder, Recorded
 from appliance.gateway.models import EntryCreate
 from appliance.gateway.schema import ROLE_RANK
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
@@ -76,18 +76,6 @@ def audit_pieces(actor: str, subject: str, detail: dict[str, Any]) -> tuple[list
     second, third = rest.split(str(_HOUSE_MARK))
     return [first, second, third], middle
 
-
-# Step 4 as one statement. Losing its commit in a Postgres crash is harmless (the entry is found pending and
-# completed from the stream), so it does not wait for the WAL flush (set_config(..., true): this transaction
-# only). Returns how many activations it released.
-_MARK_APPENDED = (
-    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), "
-    "entry AS (UPDATE appliance.thread_entries SET state = 'appended', next_offset = %(offset)s, "
-    " appended_at = now() WHERE id = %(id)s AND state = 'pending' RETURNING id), "
-    "released AS (UPDATE appliance.outbox SET state = 'ready', next_attempt_at = now() "
-    " WHERE entry_id = %(id)s AND state = 'held' RETURNING id) "
-    "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed)"
-)
 
 def mentions_in(text: str) -> list[str]:
     """Agent names mentioned in `text`, first occurrence order, case-insensitively distinct, at most 20."""
@@ -276,7 +264,7 @@ class Entries:
     async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str
                              ) -> None:
         """Step 4 for one entry completed by step 5 (groups do theirs together, see entry_groups.py)."""
-        cursor = await conn.execute(_MARK_APPENDED, {"id": entry_id, "offset": next_offset})
+        cursor = await conn.execute(MARK_APPENDED, {"ids": [entry_id], "offsets": [next_offset]})
         row = await cursor.fetchone()
         if row and row[0]:
             self.on_ready()

@@ -48,21 +48,23 @@ _COLUMNS = "SELECT o_status, o_house_id, o_message FROM appliance.{}(%(key)s, %(
 _TRY_RECORD = _COLUMNS.format("try_record_entry")
 _RECORD = _COLUMNS.format("record_entry")
 
-# Step 4 for a whole group, and the release of every entry lock of its connection. Losing its commit in a
-# Postgres crash is harmless (the entries are found pending and completed from the stream), so it does not wait
-# for the WAL flush (set_config(..., true): this transaction only). The locks go a moment before the commit: an
-# attempt that takes one in between finds its entry still pending and completes it from the stream, where it
-# is, as after a crash (its own update then waits for this one and finds nothing left to do).
-_FINISH = (
+# Step 4 for any number of entries (ids and next offsets): mark them appended and release their activations;
+# returns how many activations it released. Losing its commit in a Postgres crash is harmless (the entries are
+# found pending and completed from the stream), so it does not wait for the WAL flush (set_config(..., true):
+# this transaction only).
+MARK_APPENDED = (
     "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), "
     "done AS (SELECT * FROM unnest(%(ids)s::uuid[], %(offsets)s::text[]) AS d (id, next_offset)), "
     "entry AS (UPDATE appliance.thread_entries e SET state = 'appended', next_offset = d.next_offset, "
     " appended_at = now() FROM done d WHERE e.id = d.id AND e.state = 'pending' RETURNING e.id), "
     "released AS (UPDATE appliance.outbox o SET state = 'ready', next_attempt_at = now() FROM done d "
     " WHERE o.entry_id = d.id AND o.state = 'held' RETURNING o.id) "
-    "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed), "
-    "pg_advisory_unlock_all()"
+    "SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM entry), (SELECT setting FROM relaxed)"
 )
+# A group's end: its step 4, and the release of every entry lock its connection holds. The locks go a moment
+# before the commit: an attempt that takes one in between finds its entry still pending and completes it from
+# the stream, where it is, as after a crash (its own update then waits for this one and finds nothing to do).
+_FINISH = MARK_APPENDED + ", pg_advisory_unlock_all()"
 
 
 @dataclass(frozen=True)
