@@ -34,7 +34,6 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +47,7 @@ from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.entry_groups import MARK_APPENDED, GroupRecorder, Recorded
+from appliance.gateway.entry_groups import MARK_APPENDED, Group, GroupRecorder, Recorded
 from appliance.gateway.models import EntryCreate
 from appliance.gateway.schema import ROLE_RANK
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
@@ -59,6 +58,8 @@ log = logging.getLogger("appliance.gateway")
 MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
+# Lends the connection that holds an entry's lock, for a block (a group's, or the one step 5 runs on).
+LendsConnection = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 # Who may post an entry of each kind.
 _POSTERS = {"system": [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK["admin"]]}
 _ANY_ROLE = list(ROLE_RANK)
@@ -192,55 +193,45 @@ class Entries:
 
     async def _post(self, principal: Principal, thread_id: uuid.UUID, entry: EntryCreate,
                     answered: asyncio.Future[EntryOutcome]) -> None:
-        try:
-            params = record_params(principal, thread_id, entry)
-            recorded = await self.groups.record(params["key"], params)
-        except BaseException as exc:
-            if not answered.done():
-                answered.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        group = recorded.group
+        group: Group | None = None
         appended: tuple[uuid.UUID, str] | None = None
         try:
-            message = _recorded_message(recorded, thread_id, entry)
-            if message is None:  # a retry of an entry already recorded
-                async with group.connection() as conn:
-                    _answer(answered, await self._complete(conn, entry.id, duplicate=True))
-                return
             try:
-                next_offset = await self._append(group.connection, entry.id, thread_id, message)
-            except ApiError as exc:
-                if exc.status != 503:
-                    raise
-                # The append may or may not have reached the stream (a connection that dropped): look, then
-                # append if it is not there - once; a real outage answers 503 again.
-                async with group.connection() as conn:
-                    _answer(answered, await self._complete(conn, entry.id, duplicate=False))
-                return
-            appended = (entry.id, next_offset)
-            _answer(answered, EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
-        except Refused as refused:
-            error: BaseException = refused.api_error()
-            try:
+                params = record_params(principal, thread_id, entry)
+                recorded = await self.groups.record(params["key"], params)
+                group = recorded.group
+                message = _recorded_message(recorded, thread_id, entry)
+                if message is None:  # a retry of an entry already recorded
+                    async with group.connection() as conn:
+                        _answer(answered, await self._complete(conn, entry.id, duplicate=True))
+                    return
+                try:
+                    next_offset = await self._append(group.connection, entry.id, thread_id, message)
+                except ApiError as exc:
+                    if exc.status != 503:
+                        raise
+                    # The append may or may not have reached the stream (a connection that dropped): look, then
+                    # append if it is not there - once; a real outage answers 503 again.
+                    async with group.connection() as conn:
+                        _answer(answered, await self._complete(conn, entry.id, duplicate=False))
+                    return
+                appended = (entry.id, next_offset)
+                _answer(answered, EntryOutcome(entry.id, thread_id, next_offset, duplicate=False))
+            except Refused as refused:
+                assert group is not None  # only a recorded answer is refused
                 async with group.connection() as conn:
                     await self.audit.now(refused.event(principal), conn)
-            except BaseException as exc:  # the refusal is not answered before it is audited
-                error = exc
-            if not answered.done():
-                answered.set_exception(error)
-            if isinstance(error, asyncio.CancelledError):
-                raise error from None
+                raise refused.api_error() from None
         except BaseException as exc:
             if not answered.done():
                 answered.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            group.leave(appended)
+            if group is not None:
+                group.leave(appended)
 
-    async def _append(self, connection: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]],
+    async def _append(self, connection: LendsConnection,
                       entry_id: uuid.UUID, thread_id: uuid.UUID, message: dict[str, Any]) -> str:
         """Step 3 (the caller holds the entry's lock, and records the result; `connection` lends the connection
         holding the lock, to record a refused append)."""

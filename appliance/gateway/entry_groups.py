@@ -28,7 +28,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -125,7 +125,7 @@ class GroupRecorder:
         self._keys: Counter[int] = Counter()
         self._former: asyncio.Task[None] | None = None
         self._groups: set[asyncio.Task[None]] = set()
-        self.largest_group = 0  # for tests and benchmarks: whether entries really are grouped
+        self.largest_group = 0  # for tests: whether entries really are grouped
 
     @property
     def queued(self) -> int:
@@ -157,7 +157,7 @@ class GroupRecorder:
                 outcome.result().group.leave()  # delivered just before the cancellation: its caller never saw it
             raise
 
-    def _start(self, coro: Any) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._groups.add(task)
         task.add_done_callback(self._groups.discard)
