@@ -2,6 +2,7 @@
 
 - `percentile`: nearest rank (the value at rank ceil(p/100 × n)), the definition every p50/p99 printed uses;
 - `cpu_seconds`: user + system CPU of a process and its direct children still running, from /proc;
+- `machine_cpu_seconds`: CPU time every CPU of the machine spent busy (any process, the kernel), from /proc/stat;
 - `rss_bytes` / `tree_memory`: resident memory of a process, and RSS and PSS of a whole process tree.
 """
 
@@ -37,6 +38,14 @@ def cpu_seconds(pid: int) -> float:
         if proc.name == str(pid) or fields[1] == str(pid):
             total += (int(fields[11]) + int(fields[12])) / _TICKS
     return total
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot, over all its CPUs: everything but idle and iowait
+    (guest time is already inside user time, so only the first eight fields count)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(value) for value in fh.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICKS
 
 
 def status_kb(proc: Path, field: str, name: str = "status") -> int:
