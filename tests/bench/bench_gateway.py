@@ -5,6 +5,8 @@ Run: `.venv/bin/python -m tests.bench.bench_gateway [--n 400] [--writers 16] [--
 Starts a throwaway Postgres, the streams server, the embedded sync engine (`appliance sync serve`) and the
 gateway (`appliance gateway serve`, its own process, as deployed), then measures:
 
+* the floor: GET /healthz, the cheapest request the gateway answers (its CPU per request is what uvicorn and
+  FastAPI cost before any of the gateway's own work);
 * thread append: POST an entry through the gateway (membership check, entry record + outbox + audit row,
   idempotent append) vs POST of the same message straight to the streams server; 1 writer (latency) and
   `--writers` concurrent writers, one thread each (throughput). Throughput is driven by tests/bench/loadgen.py,
@@ -174,6 +176,19 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     house = api.post("/api/houses", json={"name": "bench"}).json()["data"]["id"]
     print(f"gateway {gateway} ({args.gateway_workers} worker(s)), streams {streams_url}, {args.n} requests per "
           f"latency figure, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+
+    # -- the floor: what any request through this gateway process costs (uvicorn, FastAPI, no auth, no I/O) -----
+    floor: list[float] = []
+    with CpuMeter(gateway_only) as meter:
+        for _ in range(args.n):
+            started = time.perf_counter()
+            api.get("/healthz").raise_for_status()
+            floor.append(time.perf_counter() - started)
+    f50, f99 = percentiles(floor)
+    floor_cpu = meter.per_request(args.n)["gateway"]
+    print(f"{'GET /healthz (floor: no auth, no I/O)':<34} {'':<32}| gateway p50 {f50:6.2f} ms p99 {f99:6.2f} | "
+          f"{'':<19}| gateway CPU {floor_cpu:4.2f} ms/req")
+    results["floor"] = {"gateway_p50_ms": f50, "gateway_cpu_ms_per_request": floor_cpu}
 
     # -- thread append, 1 writer ------------------------------------------------------------------------
     direct_stream = f"/thread-{uuid.uuid4()}"
