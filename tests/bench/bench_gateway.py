@@ -186,7 +186,7 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
             floor.append(time.perf_counter() - started)
     f50, f99 = percentiles(floor)
     floor_cpu = meter.per_request(args.n)["gateway"]
-    print(f"{'GET /healthz (floor: no auth, no I/O)':<34} {'':<32}| gateway p50 {f50:6.2f} ms p99 {f99:6.2f} | "
+    print(f"{'GET /healthz (floor, no auth/I/O)':<34} {'':<32}| gateway p50 {f50:6.2f} ms p99 {f99:6.2f} | "
           f"{'':<19}| gateway CPU {floor_cpu:4.2f} ms/req")
     results["floor"] = {"gateway_p50_ms": f50, "gateway_cpu_ms_per_request": floor_cpu}
 
