@@ -1,0 +1,33 @@
+"""The benchmarks' meters: the figures they print are only as good as these."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile
+
+
+def _burn(seconds: float) -> None:
+    stop = time.process_time() + seconds
+    while time.process_time() < stop:
+        pass
+
+
+def test_the_machine_meter_counts_at_least_what_this_process_burns_and_no_more_than_every_cpu() -> None:
+    machine_before, own_before, wall_before = machine_cpu_seconds(), cpu_seconds(os.getpid()), time.monotonic()
+    _burn(0.5)
+    machine = machine_cpu_seconds() - machine_before
+    own = cpu_seconds(os.getpid()) - own_before
+    wall = time.monotonic() - wall_before
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert own >= 0.4
+    assert machine >= own - 2 * tick  # the machine's counters tick on their own; allow a tick either side
+    assert machine <= wall * (os.cpu_count() or 1) + 2 * tick
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
