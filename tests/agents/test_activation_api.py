@@ -89,12 +89,14 @@ def _broken(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 _MISSING = object()
+# A well-formed house id that is not the activation's house (fixed: test ids must not change between runs).
+_NOT_THE_HOUSE = "00000000-0000-4000-8000-0000000000f1"
 
 
 @pytest.mark.parametrize(("path", "value"), [
     ("event", _MISSING), ("agent", _MISSING), ("event.entry_id", "not-a-uuid"), ("event.offset", "../../etc"),
     ("event.offset", "now"), ("event.type", "delete"), ("event.attempt", 0), ("event.thread_id", _MISSING),
-    ("event.house_id", str(uuid.uuid4())), ("event.stream", "thread-../../x"), ("agent.name", "bad name!"),
+    ("event.house_id", _NOT_THE_HOUSE), ("event.stream", "thread-../../x"), ("agent.name", "bad name!"),
     ("agent.handler", "../../evil"), ("agent.config", ["not", "an", "object"]), ("configs", "nope"),
 ])
 def test_malformed_activations_are_422(stack: AgentStack, echo_activation: tuple[dict[str, Any], dict[str, Any]],

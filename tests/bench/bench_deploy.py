@@ -22,8 +22,10 @@ from appliance.config import load_host_config
 from tests.bench.measure import status_kb, tree_memory
 from tests.support.deployment import BIN, LOCAL_INVENTORY, REPO, changed_operations, deploy_or_fail
 
-# A fresh id per run: a destroyed tenant's audit trail stays locked (1 day for this one) and blocks its id.
-FRESH_TENANT = f"bench{os.getpid()}"
+
+def fresh_tenant_id() -> str:
+    """A fresh id per run: a destroyed tenant's audit trail stays locked (1 day for this one) and blocks its id."""
+    return f"bench{os.getpid()}"
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -88,18 +90,19 @@ def main() -> None:
             assert changed_operations(output) == 0, "redeploy was not a no-op"
         noop = statistics.median(noop_runs)
 
+        fresh_tenant = fresh_tenant_id()
         inventory = tmp / "inventory.py"
         inventory.write_text(
             LOCAL_INVENTORY.read_text().replace(
                 '"globex": {"slot": 2},',
-                f'"globex": {{"slot": 2}}, "{FRESH_TENANT}": {{"slot": 9, "audit": {{"retention_days": 1}}}},'
+                f'"globex": {{"slot": 2}}, "{fresh_tenant}": {{"slot": 9, "audit": {{"retention_days": 1}}}},'
             )
         )
         start = time.perf_counter()
-        deploy_or_fail(inventory, "--data", f"only_tenants={FRESH_TENANT}")
+        deploy_or_fail(inventory, "--data", f"only_tenants={fresh_tenant}")
         fresh = time.perf_counter() - start
         subprocess.run(
-            [str(BIN / "appliance"), "tenant", "destroy", FRESH_TENANT, "--yes-destroy-data"],
+            [str(BIN / "appliance"), "tenant", "destroy", fresh_tenant, "--yes-destroy-data"],
             check=True,
             capture_output=True,
         )
