@@ -69,6 +69,13 @@ def streams_dir(config: TenantConfig | HostConfig) -> Path:
     return config.common.install_root / "streams"
 
 
+# The files of roles/streams/files/ that make up the streams server install.
+STREAMS_SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
+# `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
+# native packages; `install --no-save` still resolves from the lock file and never rewrites it.
+STREAMS_NPM_INSTALL = "npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"
+
+
 def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[ServiceSpec]:
     """The supervised processes of one tenant, in start order.
 

@@ -16,6 +16,7 @@ from appliance.deploys.facts import FileContent, SupervisordRunning
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.roles import role_file
+from appliance.services import STREAMS_NPM_INSTALL
 from appliance.supervision import SUPERVISOR_CONF, ManagerName
 
 # Debian's python3 builds the host venv: it is what every Debian 12 host has, whatever the controller runs.
@@ -132,11 +133,9 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
         "Streams server entry point", str(streams / "server.mjs"), role_file("streams", "server.mjs").read_text(),
         mode="644",
     )
-    # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
-    # native packages; `install --no-save` still resolves from the lock file and never rewrites it.
     server.shell(
         name="Install the Durable Streams server (pinned by package.json and package-lock.json)",
-        commands=[f"cd {streams} && npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"],
+        commands=[f"cd {streams} && {STREAMS_NPM_INSTALL}"],
         _if=lambda: any(op.did_change() for op in package_files)
         or not host.get_fact(FileContent, path=f"{streams}/node_modules/@durable-streams/server/package.json"),
     )

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from appliance.backup.archive import archive_command
 from appliance.backup.stanza import ensure_stanza
@@ -40,12 +39,13 @@ from appliance.services import ServiceSpec, tenant_services
 from appliance.supervision import Supervisor
 from tests.support.objectstore import ObjectStore, object_store
 from tests.support.ports import bindable
+from tests.support.streams import streams_server_dir
+from tests.support.supervisord import supervisord_running
 
 REPO = Path(__file__).resolve().parents[2]
 APPLIANCE = Path(sys.executable).parent / "appliance"
 # The streams server the bootstrap deploy installed (node_modules included); the rig's install root links to it
 # and to this venv, so that the tenant's services run this checkout's code.
-STREAMS_INSTALL = Path("/opt/appliance/streams")
 
 # The rig's own tables live in schema `rig` (first on the superuser's search_path in the tenant's database), so
 # that the product's migrations (public.houses, audit.events, ...) can be applied beside them.
@@ -95,10 +95,6 @@ class Rig:
 
     def services(self, tenant_id: str) -> list[ServiceSpec]:
         return rig_services(self.tenant(tenant_id))
-
-
-def supervisor_available() -> bool:
-    return os.geteuid() == 0 and Supervisor().is_running()
 
 
 def _make_user(tenant: TenantConfig) -> pwd.struct_passwd:
@@ -217,7 +213,7 @@ def tear_down_tenant(tenant: TenantConfig) -> None:
 def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConfig:
     install_root = store.base / "opt"
     install_root.mkdir(mode=0o755, exist_ok=True)
-    for name, target in (("venv", Path(sys.prefix)), ("streams", STREAMS_INSTALL)):
+    for name, target in (("venv", Path(sys.prefix)), ("streams", streams_server_dir())):
         link = install_root / name
         if not link.exists():
             link.symlink_to(target)
@@ -240,12 +236,8 @@ def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] 
                product_schema: bool = False) -> Iterator[Rig]:
     """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards. With
     `product_schema`, the gateway's migrations (product tables, audit chain) are applied as the deploy does."""
-    if not supervisor_available():
-        pytest.skip("needs root and a running supervisord (the tenant's services run under the service manager)")
-    if not (STREAMS_INSTALL / "server.mjs").is_file():
-        pytest.skip(f"{STREAMS_INSTALL} is not installed (run the bootstrap deploy once)")
     assert all(t.startswith("bkt") for t in tenant_ids)
-    with object_store(list(tenant_ids)) as store:
+    with supervisord_running(), object_store(list(tenant_ids)) as store:
         os.chmod(store.base, 0o711)
         (store.base / "tenants").mkdir(mode=0o711, exist_ok=True)
         os.chmod(store.base / "tenants", 0o711)

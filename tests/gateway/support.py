@@ -34,9 +34,9 @@ from appliance.host.postgres import connect, ensure_roles
 from appliance.secrets import generate, write_private
 from tests.support.pg import PgCluster
 from tests.support.ports import free_port
+from tests.support.streams import streams_server_dir
 
 REPO = Path(__file__).resolve().parents[2]
-STREAMS_DIR = Path("/opt/appliance/streams")
 APPLIANCE_BIN = Path(sys.executable).parent / "appliance"
 
 
@@ -146,10 +146,11 @@ class StreamsServer:
 
     def start(self) -> None:
         log = open(self.data_dir.parent / f"streams-{self.port}.log", "ab")  # noqa: SIM115 - owned by the process
+        server_dir = streams_server_dir()
         self.process = subprocess.Popen(
-            ["node", str(STREAMS_DIR / "server.mjs"), "--host", "127.0.0.1", "--port", str(self.port),
+            ["node", str(server_dir / "server.mjs"), "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--long-poll-timeout", str(self.long_poll_ms)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=STREAMS_DIR,
+            stdout=log, stderr=subprocess.STDOUT, cwd=server_dir,
         )
         wait_http(self.url + "/", process=self.process)
 
