@@ -11,6 +11,7 @@ from appliance.deploys.backup import tenant_audit, tenant_backup
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
+from appliance.deploys.frontdoor import frontdoor_base, host_frontdoor
 from appliance.deploys.objectstore import (
     host_objectstore,
     store_name_resolves,
@@ -35,6 +36,9 @@ if config.objectstore.mode == "embedded" and not config.objectstore.loopback:
     store_name_resolves(name=f"{config.objectstore.dns_name} resolves to the vault's store", config=config)
 if config.runs_objectstore:
     host_objectstore(config=config, manager=manager)
+if config.runs_frontdoor:
+    # Before the tenants: each gateway's front-door socket directory belongs to the front door's group.
+    frontdoor_base(config=config, manager_name=manager)
 selected = [config.tenant(t) for t in selected_tenants(config, host.data.get("only_tenants"))]
 for tenant in selected:
     tenant_stack(config=config, tenant=tenant, manager=manager)
@@ -51,5 +55,8 @@ for tenant in selected:
     tenant_audit(config=config, tenant=tenant, manager=manager)
     tenant_backup(config=config, tenant=tenant, manager=manager)
     record_deploy(config=config, tenant=tenant)
+if config.runs_frontdoor:
+    # Every tenant of the host, selected or not: the front door routes to all of them.
+    host_frontdoor(config=config, manager_name=manager)
 if config.common.port_firewall:
     port_firewall(name="Loopback port ownership rules (nftables)", config=config)

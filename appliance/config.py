@@ -7,6 +7,7 @@ template and `appliance` command reads a `HostConfig`/`TenantConfig` instead of 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from enum import StrEnum
@@ -63,6 +64,21 @@ class _Settings(BaseModel):
             raise ConfigError(f"{where or cls.role} settings: {_explain(exc)}") from None
 
 
+# A DNS name of lowercase labels (hostnames, the appliance's domain).
+DNS_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+# An origin as browsers send it: scheme, host and an optional port, nothing else.
+ORIGIN_PATTERN = re.compile(r"^https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def pg_bin_dir(version: int) -> Path:
     """Where a Postgres version's programs are (Debian's layout: the postgresql-<version> packages)."""
     return Path(f"/usr/lib/postgresql/{version}/bin")
@@ -84,6 +100,7 @@ class CommonSettings(_Settings):
     ports_per_tenant: int = Field(ge=5, le=100)
     service_manager: Literal["auto", "systemd", "supervisor"]
     bind_address: str
+    domain: str = Field(pattern=DNS_NAME_PATTERN)
     port_firewall: bool
     health_timeout_s: int = Field(gt=0)
 
@@ -92,6 +109,19 @@ class CommonSettings(_Settings):
         # The common role's settings carry the `appliance_` prefix.
         raw = role_defaults("common")
         return {k.removeprefix("appliance_"): v for k, v in raw.items()}
+
+    @field_validator("bind_address")
+    @classmethod
+    def _loopback_only(cls, address: str) -> str:
+        # Postgres, sync, streams and agents listen here and only the gateway authenticates its callers: a
+        # LAN address would publish all of them. The front door is how clients reach a tenant.
+        if not is_loopback(address):
+            raise ValueError(
+                f"{address!r} is not a loopback address: it would expose every tenant's postgres, sync, streams "
+                "and agents beyond this host; keep it 127.0.0.1 and publish tenants through the front door "
+                "(frontdoor.bind_address)"
+            )
+        return address
 
 
 class PostgresSettings(_Settings):
@@ -141,6 +171,18 @@ class GatewaySettings(_Settings):
     max_body_bytes: int = Field(ge=1024)
     rate_limit_per_minute: int = Field(ge=1)
     outbox_retention_days: int = Field(ge=1)
+    cors_origins: tuple[str, ...]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if origin == "*" or not ORIGIN_PATTERN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: give scheme://host[:port] (lowercase, no path; '*' is not "
+                    "allowed, the API answers with credentials)"
+                )
+        return origins
 
 
 class AgentsSettings(_Settings):
@@ -168,6 +210,59 @@ class BackupSettings(_Settings):
     diff_schedule: str
     bundle_schedule: str
     retention_full: int = Field(ge=1)
+
+
+class FrontdoorTls(StrEnum):
+    internal = "internal"
+    files = "files"
+    acme = "acme"
+
+
+class FrontdoorSettings(_Settings):
+    """The host's front door; the fields in TENANT_FIELDS may differ per tenant, the rest are the host's."""
+
+    role: ClassVar[str] = "frontdoor"
+    TENANT_FIELDS: ClassVar[frozenset[str]] = frozenset({"hostnames", "tls", "cert_file", "key_file"})
+    enabled: bool
+    bind_address: str
+    https_port: int = Field(ge=1, le=65535)
+    http_port: int = Field(ge=1, le=65535)
+    hsts_max_age_s: int = Field(ge=0)
+    acme_email: str
+    idle_timeout_s: int = Field(ge=1)
+    hostnames: tuple[str, ...]
+    tls: FrontdoorTls
+    cert_file: str
+    key_file: str
+
+    @field_validator("bind_address")
+    @classmethod
+    def _an_address(cls, address: str) -> str:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address") from None
+        return address
+
+    @field_validator("hostnames")
+    @classmethod
+    def _names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not re.match(DNS_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a DNS name (lowercase labels separated by dots)")
+        if len(set(names)) != len(names):
+            raise ValueError("a hostname is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> FrontdoorSettings:
+        if self.https_port == self.http_port:
+            raise ValueError("https_port and http_port must differ")
+        if self.tls is FrontdoorTls.files:
+            for name in ("cert_file", "key_file"):
+                if not getattr(self, name).startswith("/"):
+                    raise ValueError(f"tls: files needs {name}, an absolute path on the host")
+        return self
 
 
 # SeaweedFS puts each service's gRPC port this far above its HTTP port (weed's own rule, not a setting).
@@ -272,6 +367,18 @@ class TenantInventory(BaseModel):
     agents: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     backup: dict[str, Any] | None = None
+    frontdoor: dict[str, Any] | None = None
+
+    @field_validator("frontdoor")
+    @classmethod
+    def _tenant_frontdoor_fields(cls, frontdoor: dict[str, Any] | None) -> dict[str, Any] | None:
+        host_only = sorted(set(frontdoor or {}) - FrontdoorSettings.TENANT_FIELDS)
+        if host_only:
+            raise ValueError(
+                f"{host_only} are settings of the host's front door (set them under the host's frontdoor); "
+                f"a tenant may set {sorted(FrontdoorSettings.TENANT_FIELDS)}"
+            )
+        return frontdoor
 
     @field_validator("ports")
     @classmethod
@@ -313,6 +420,8 @@ class TenantConfig(BaseModel):
     audit: AuditSettings
     backup: BackupSettings
     objectstore: ObjectStoreSettings
+    # A host.json written before the front door existed loads with the front door's defaults.
+    frontdoor: FrontdoorSettings = Field(default_factory=lambda: FrontdoorSettings.build())
     port_overrides: dict[str, int] = Field(default_factory=dict)
 
     # Identity and places --------------------------------------------------------------------------------
@@ -362,8 +471,26 @@ class TenantConfig(BaseModel):
 
     @property
     def config_file(self) -> Path:
-        """The resolved config on the host, written by the deploy (no secrets in it)."""
-        return self.common.config_dir / "tenants" / f"{self.id}.json"
+        """This tenant's view of the host config, written by the deploy (no secrets, no other tenant in it)."""
+        return tenant_view_file(self.common.config_dir, self.id)
+
+    # Front door ------------------------------------------------------------------------------------------
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        """The names clients reach this tenant by (the first is its URL's)."""
+        return self.frontdoor.hostnames or (f"{self.id}.{self.common.domain}",)
+
+    @property
+    def url(self) -> str:
+        port = self.frontdoor.https_port
+        return f"https://{self.hostnames[0]}" + ("" if port == 443 else f":{port}")
+
+    @property
+    def gateway_socket(self) -> Path:
+        """The gateway's socket for the front door: its directory is entered only by the tenant's user and the
+        front door's group, which is how the gateway knows a caller there is the front door (loopback TCP
+        cannot tell the front door from any other local user)."""
+        return self.common.state_root / "frontdoor" / "upstreams" / self.id / "gateway.sock"
 
     def secret_path(self, name: str) -> Path:
         if name not in TENANT_SECRETS:
@@ -427,6 +554,7 @@ class HostConfig(BaseModel):
     name: str
     common: CommonSettings
     objectstore: ObjectStoreSettings
+    frontdoor: FrontdoorSettings = Field(default_factory=lambda: FrontdoorSettings.build())
     # Inventory name of the host running the embedded store this host's tenants use ("" = this host).
     objectstore_host: str = ""
     tenants: tuple[TenantConfig, ...] = ()
@@ -442,6 +570,54 @@ class HostConfig(BaseModel):
     @property
     def host_file(self) -> Path:
         return self.common.config_dir / "host.json"
+
+    def tenant_view(self, tenant_id: str) -> HostConfig:
+        """This host as one of its tenants' processes may see it: that tenant alone (written beside host.json,
+        readable by the tenant's group; host.json, which lists every tenant, is root's)."""
+        return self.model_copy(update={"tenants": (self.tenant(tenant_id),), "served_tenants": ()})
+
+    # The front door's places (on hosts with tenants) ---------------------------------------------------
+    @property
+    def runs_frontdoor(self) -> bool:
+        return self.frontdoor.enabled and bool(self.tenants)
+
+    @property
+    def frontdoor_user(self) -> str:
+        return "appliance-frontdoor"
+
+    @property
+    def frontdoor_root(self) -> Path:
+        """Caddy's own state (ACME accounts and certificates, autosaved config); the front door's user only."""
+        return self.common.state_root / "frontdoor" / "caddy"
+
+    @property
+    def frontdoor_conf_dir(self) -> Path:
+        """The Caddyfile, the front door CA (key 0600 root) and certs/ (the front door's user only)."""
+        return self.common.config_dir / "frontdoor"
+
+    @property
+    def frontdoor_ca_cert(self) -> Path:
+        return self.frontdoor_conf_dir / "ca.pem"
+
+    @property
+    def frontdoor_ca_key(self) -> Path:
+        return self.frontdoor_conf_dir / "ca.key"
+
+    @property
+    def frontdoor_admin_socket(self) -> Path:
+        """Caddy's admin API (reloads): a unix socket in the front door's own state, never a TCP port."""
+        return self.common.state_root / "frontdoor" / "caddy" / "admin.sock"
+
+    def frontdoor_cert(self, tenant: TenantConfig) -> tuple[Path, Path]:
+        """(certificate, key) the front door serves for `tenant` (issued here, or copied from the operator's)."""
+        certs = self.frontdoor_conf_dir / "certs"
+        return certs / f"{tenant.id}.pem", certs / f"{tenant.id}.key"
+
+    @property
+    def frontdoor_default_cert(self) -> tuple[Path, Path]:
+        """What the front door shows a client naming no tenant of this host: a certificate naming none either."""
+        certs = self.frontdoor_conf_dir / "certs"
+        return certs / "default.pem", certs / "default.key"
 
     # The embedded object store's places (only used where it runs) -----------------------------------
     @property
@@ -504,7 +680,7 @@ class ServedTenant(BaseModel):
 
 HostConfig.model_rebuild()
 
-HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore", "only_tenants"}
+HOST_DATA_KEYS = {"tenants", "objectstore_host", "common", "objectstore", "frontdoor", "only_tenants"}
 # Keys pyinfra connectors read from host data; they are not appliance settings.
 CONNECTOR_KEY_PREFIXES = ("ssh_", "_", "docker_", "vagrant_", "local_", "chroot_", "winrm_")
 
@@ -517,7 +693,10 @@ def host_config(name: str, data: dict[str, Any]) -> HostConfig:
     where = f"host {name}"
     common = CommonSettings.build(data.get("common"), where=f"{where}: common")
     objectstore = ObjectStoreSettings.build(data.get("objectstore"), where=f"{where}: objectstore")
+    frontdoor_data = data.get("frontdoor")
+    frontdoor = FrontdoorSettings.build(frontdoor_data, where=f"{where}: frontdoor")
     assert isinstance(common, CommonSettings) and isinstance(objectstore, ObjectStoreSettings)
+    assert isinstance(frontdoor, FrontdoorSettings)
     tenants_data = data.get("tenants") or {}
     if not isinstance(tenants_data, dict):
         raise ConfigError(f"{where}: tenants must be a mapping of tenant id to settings")
@@ -532,14 +711,16 @@ def host_config(name: str, data: dict[str, Any]) -> HostConfig:
             role: model.build(getattr(inv, role), where=f"{where}: tenant {tenant_id}: {role}")
             for role, model in TENANT_ROLES.items()
         }
+        tenant_frontdoor = FrontdoorSettings.build(frontdoor_data, inv.frontdoor,
+                                                   where=f"{where}: tenant {tenant_id}: frontdoor")
         tenants.append(
             TenantConfig(
-                id=tenant_id, slot=inv.slot, common=common, objectstore=objectstore,
+                id=tenant_id, slot=inv.slot, common=common, objectstore=objectstore, frontdoor=tenant_frontdoor,
                 port_overrides=inv.ports, **roles,
             )
         )
     host = HostConfig(
-        name=name, common=common, objectstore=objectstore,
+        name=name, common=common, objectstore=objectstore, frontdoor=frontdoor,
         objectstore_host=str(data.get("objectstore_host") or ""), tenants=tuple(tenants),
     )
     _check_ports(host)
@@ -558,6 +739,16 @@ def _check_ports(host: HostConfig) -> None:
     if host.runs_objectstore:
         for name, port in host.objectstore.ports().items():
             claim(port, f"objectstore {name}")
+    if host.runs_frontdoor:
+        claim(host.frontdoor.https_port, "frontdoor https")
+        claim(host.frontdoor.http_port, "frontdoor http")
+    names: dict[str, str] = {}
+    for tenant in host.tenants:
+        for hostname in tenant.hostnames if host.runs_frontdoor else ():
+            if hostname in names:
+                raise ConfigError(f"host {host.name}: hostname {hostname} is given to both {names[hostname]} and "
+                                  f"{tenant.id}")
+            names[hostname] = tenant.id
     slots: dict[int, str] = {}
     for tenant in host.tenants:
         if tenant.slot in slots:
@@ -622,7 +813,10 @@ def default_config_dir() -> Path:
 
 def load_host_config(config_dir: Path | None = None) -> HostConfig:
     """The resolved config the last deploy left on this host."""
-    path = (config_dir or default_config_dir()) / "host.json"
+    return _load_config_file((config_dir or default_config_dir()) / "host.json")
+
+
+def _load_config_file(path: Path) -> HostConfig:
     try:
         return HostConfig.model_validate_json(path.read_text())
     except FileNotFoundError:
@@ -630,6 +824,8 @@ def load_host_config(config_dir: Path | None = None) -> HostConfig:
             f"{path} does not exist: this host has not been deployed yet "
             "(run `pyinfra -y inventory/local.py deploy.py`)"
         ) from None
+    except PermissionError:
+        raise ConfigError(f"{path} is not readable by this user (host.json is root's; run this as root)") from None
     except ValidationError as exc:
         raise ConfigError(
             f"{path} does not match this version of the appliance ({_explain(exc)}): it was written by another "
@@ -637,7 +833,21 @@ def load_host_config(config_dir: Path | None = None) -> HostConfig:
         ) from None
 
 
+def tenant_view_file(config_dir: Path, tenant_id: str) -> Path:
+    """Where the deploy leaves `HostConfig.tenant_view(tenant_id)` (0640, root and the tenant's group)."""
+    return config_dir / "tenants" / f"{validate_tenant_id(tenant_id)}.json"
+
+
 def load_tenant(tenant_id: str) -> tuple[HostConfig, TenantConfig]:
-    """This host's config and one of its tenants (ConfigError naming the tenant when the host has no such one)."""
-    host = load_host_config()
+    """This host's config and one of its tenants (ConfigError naming the tenant when the host has no such one).
+
+    Root reads host.json; anyone else (a tenant's own services) reads the tenant's view of the host, which
+    names no other tenant."""
+    import os
+
+    config_dir = default_config_dir()
+    view = tenant_view_file(config_dir, tenant_id)
+    # A config dir without views (a test rig's, or a host not yet redeployed by this version) has a host.json
+    # that is still readable by the tenant: that is what such a host's services read until the deploy runs.
+    host = load_host_config(config_dir) if os.geteuid() == 0 or not view.exists() else _load_config_file(view)
     return host, host.tenant(tenant_id)

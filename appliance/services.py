@@ -33,6 +33,9 @@ class ServiceSpec:
     tenant: str | None = None
     # A /tmp of its own: under systemd PrivateTmp=yes; under supervisord a mount namespace with a tmpfs.
     private_tmp: bool = False
+    # May bind ports below 1024 (the front door's 443 and 80) without running as root: CAP_NET_BIND_SERVICE
+    # and no other capability, ambient for the service's user.
+    bind_privileged_ports: bool = False
 
     @property
     def unit_name(self) -> str:
@@ -198,4 +201,9 @@ def host_services(host: HostConfig) -> list[ServiceSpec]:
     services = [objectstore_service(host)] if host.runs_objectstore else []
     for tenant in host.tenants:
         services.extend(tenant_services(tenant, host.source_digest))
+    if host.runs_frontdoor:
+        from appliance.frontdoor.service import frontdoor_service
+
+        # Last: it routes to the gateways above.
+        services.append(frontdoor_service(host))
     return services

@@ -66,6 +66,11 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
 
         backup = backup_status(host.tenant(spec.tenant))
         return bool(backup["healthy"]), describe(backup)
+    if spec.component == "frontdoor":
+        from appliance.frontdoor.status import probe_frontdoor
+
+        door = probe_frontdoor(host)
+        return door.healthy, door.detail
     if spec.component == "sync" and spec.tenant:
         return _sync_probe(spec, host.tenant(spec.tenant))
     if spec.probe == "http":
@@ -139,12 +144,19 @@ def collect(host: HostConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"host": {"name": host.name, "components": {}}, "tenants": {}}
     for spec in specs:
         status = asdict(_component(spec, states[spec.name], host))
+        if spec.component == "frontdoor" and status["running"]:
+            from appliance.frontdoor.status import probe_frontdoor
+
+            # Listeners and certificate expiry beside the health, for operators and their monitoring.
+            status.update(probe_frontdoor(host).extra)
         if spec.tenant is None:
             report["host"]["components"][spec.component] = status
         else:
             tenant = report["tenants"].setdefault(spec.tenant, {"components": {}})
             tenant["components"][spec.component] = status
     for tenant in host.tenants:
+        if host.runs_frontdoor:
+            report["tenants"].setdefault(tenant.id, {"components": {}})["url"] = tenant.url
         components = report["tenants"].setdefault(tenant.id, {"components": {}})["components"]
         for extra in EXTRA_PROBES:
             components.update({k: asdict(v) for k, v in extra(host, tenant).items()})

@@ -64,13 +64,17 @@ def _render(template: str, spec: ServiceSpec, *, command: str | None = None, use
 
 
 def supervisor_command(spec: ServiceSpec) -> tuple[str, str]:
-    """(command, user) for a supervisord program. A private /tmp needs root to set up a mount namespace, so
-    such a program starts as root and drops to the service's user with setpriv before exec'ing it."""
-    if not spec.private_tmp:
+    """(command, user) for a supervisord program. A private /tmp needs root to set up a mount namespace, and
+    supervisord cannot hand a capability to a user it switches to, so such programs start as root and drop to
+    the service's user with setpriv before exec'ing it (keeping CAP_NET_BIND_SERVICE alone where asked)."""
+    if not spec.private_tmp and not spec.bind_privileged_ports:
         return shlex.join(spec.command), spec.user
-    drop = shlex.join(["setpriv", f"--reuid={spec.user}", f"--regid={spec.user}", "--init-groups", "--",
-                       *spec.command])
-    script = f"mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp && exec {drop}"
+    caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service",
+            "--bounding-set=-all,+net_bind_service"] if spec.bind_privileged_ports else []
+    drop = ["setpriv", f"--reuid={spec.user}", f"--regid={spec.user}", "--init-groups", *caps, "--", *spec.command]
+    if not spec.private_tmp:
+        return shlex.join(drop), "root"
+    script = f"mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp && exec {shlex.join(drop)}"
     return shlex.join(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]), "root"
 
 

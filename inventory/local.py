@@ -12,6 +12,9 @@ local = [
                 "globex": {"slot": 2},
             },
             "objectstore": {"mode": "embedded"},
+            # This demo box answers on loopback: https://acme.appliance.internal (with --resolve, or an
+            # /etc/hosts line, and the CA from `appliance frontdoor ca`). Give an address here to publish.
+            "frontdoor": {"bind_address": "127.0.0.1"},
         },
     ),
 ]

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from appliance.agents.models import ActivationRequest
 from appliance.agents.worker import Worker, WorkerBusy
-from appliance.config import TenantConfig, load_host_config
+from appliance.config import TenantConfig, load_tenant
 from appliance.gateway.core.errors import error_response, install_error_handlers
 from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
 
@@ -136,4 +136,4 @@ def create_app(tenant: TenantConfig, worker: Worker | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn: the tenant named by $APPLIANCE_AGENTS_TENANT in this host's config."""
-    return create_app(load_host_config().tenant(os.environ[TENANT_ENV]))
+    return create_app(load_tenant(os.environ[TENANT_ENV])[1])

@@ -55,6 +55,7 @@ def _register() -> None:
     main.add_command(__import__("appliance.cli.sync", fromlist=["sync"]).sync)
     main.add_command(__import__("appliance.cli.agents", fromlist=["agents"]).agents)
     main.add_command(__import__("appliance.cli.audit", fromlist=["audit"]).audit)
+    main.add_command(__import__("appliance.cli.frontdoor", fromlist=["frontdoor"]).frontdoor)
 
 
 _register()

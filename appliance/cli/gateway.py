@@ -23,16 +23,21 @@ def serve(tenant_id: str, log_level: str) -> None:
     import uvicorn
 
     from appliance.gateway.main import TENANT_ENV
-    from appliance.gateway.serving import NoDelayHTTPProtocol
+    from appliance.gateway.serving import NoDelayHTTPProtocol, front_door_socket, serve
 
     tenant = load_tenant(tenant_id)[1]
     os.environ[TENANT_ENV] = tenant.id
-    click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')} "
-               f"({tenant.gateway.workers} worker(s))", err=True)
-    uvicorn.run(
+    door = front_door_socket(tenant.gateway_socket) if tenant.frontdoor.enabled else None
+    click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')}"
+               + (f" and the front door's socket {tenant.gateway_socket}" if door else "")
+               + f" ({tenant.gateway.workers} worker(s))", err=True)
+    config = uvicorn.Config(
         "appliance.gateway.main:app_from_env", factory=True,
         host=tenant.common.bind_address, port=tenant.port("gateway"), workers=tenant.gateway.workers,
+        # uvicorn's proxy headers would trust every loopback caller alike; the gateway trusts the front door
+        # by the socket it came in on instead (appliance.gateway.core.middleware.FrontDoorClient).
         log_level=log_level, proxy_headers=False, server_header=False, http=NoDelayHTTPProtocol,
         # Long-polls and SSE streams end on their own; give in-flight writes time to finish on shutdown.
         timeout_graceful_shutdown=10,
     )
+    serve(config, [door] if door else [])

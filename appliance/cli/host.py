@@ -163,6 +163,19 @@ def objectstore_setup() -> None:
     _report(setup(load_host_config()), "object store")
 
 
+@host.command("frontdoor-setup")
+def frontdoor_setup() -> None:
+    """The front door's CA and every tenant's certificate: issued, renewed within the renewal window, or the
+    operator's files checked and copied in."""
+    from appliance.frontdoor.tls import OperatorCertificateError, ensure_frontdoor_tls
+
+    try:
+        _report(ensure_frontdoor_tls(load_host_config()), "front door TLS")
+    except OperatorCertificateError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 @host.command("objectstore-tenant")
 @click.argument("tenant_id")
 @click.option("--keys-from", type=click.Path(dir_okay=False, path_type=Path),

@@ -43,5 +43,8 @@ def status(as_json: bool) -> None:
                 f"{owner:<10} {name:<12} {state:<10} {pid!s:>7} {port!s:>6} "
                 f"{_uptime(c.get('uptime_s')):>7}  {c.get('detail', '')}"
             )
+        urls = [(tenant_id, tenant["url"]) for tenant_id, tenant in report["tenants"].items() if "url" in tenant]
+        if urls:
+            click.echo("\n" + "\n".join(f"{tenant_id:<10} {url}" for tenant_id, url in urls))
         click.echo("\nall healthy" if healthy else "\nSOME COMPONENTS ARE UNHEALTHY (see DETAIL and the logs)")
     sys.exit(0 if healthy else 1)

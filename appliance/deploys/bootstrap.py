@@ -35,6 +35,8 @@ def apt_packages(config: HostConfig, manager: ManagerName) -> list[str]:
     ]
     if manager == "supervisor":
         packages.append("supervisor")
+    if config.runs_frontdoor:
+        packages.append("caddy")
     return packages
 
 
@@ -117,10 +119,12 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
         _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
     )
     sources = appliance_sources(name="Install the appliance package into its venv", config=config)
+    # Root's alone: it lists every tenant and port of the host. Each tenant's services read their own view.
     resolved = managed_file(
-        "Resolved host config (no secrets)", str(config.common.config_dir / "host.json"),
-        config.model_dump_json(indent=2) + "\n", mode="644",
+        "Resolved host config (no secrets)", str(config.host_file), config.model_dump_json(indent=2) + "\n",
+        mode="640",
     )
+    managed_directory("Tenants' views of the host config", str(config.common.config_dir / "tenants"), mode="755")
     DEPLOY_CHANGES[host.name] = [sources, resolved]
 
     streams = root / "streams"

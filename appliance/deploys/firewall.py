@@ -35,9 +35,12 @@ def ruleset(config: HostConfig, existing_users: set[str]) -> str:
     # be reached, never the store's internal ports.
     exposed = config.runs_objectstore and not config.objectstore.loopback
     lan_internal = store_internal if exposed else []
+    frontdoor = config.runs_frontdoor and config.frontdoor_user in existing_users
     return roles.render(
         "common", "nftables.conf.j2", tenants=tenants, objectstore_ports=internal,
         objectstore_user=config.objectstore_user, objectstore_lan_ports=lan_internal,
+        frontdoor_user=config.frontdoor_user,
+        frontdoor_gateway_ports=[t.port("gateway") for t in config.tenants] if frontdoor else [],
     )
 
 

@@ -12,7 +12,8 @@ from pyinfra.operations import server
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts, host_command
-from appliance.deploys.managed import managed_directory
+from appliance.deploys.frontdoor import tenant_upstream_dir
+from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
 from appliance.deploys.sync import tenant_sync
@@ -48,6 +49,13 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
             user=tenant.user, group=tenant.user, mode="700",
         )
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
+    # What the tenant's own services read (they cannot read host.json, which names every tenant).
+    managed_file(
+        f"{tenant.id}'s view of the host config", str(tenant.config_file),
+        config.tenant_view(tenant.id).model_dump_json(indent=2) + "\n", mode="640", group=tenant.user,
+    )
+    if config.runs_frontdoor:
+        tenant_upstream_dir(tenant, config)
 
 
 @deploy("Tenant stack")

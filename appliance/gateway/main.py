@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
 
-from appliance.config import TenantConfig, load_host_config
+from appliance.config import TenantConfig, load_tenant
 from appliance.gateway.api.routes import (
     agents,
     api_keys,
@@ -31,7 +32,15 @@ from appliance.gateway.api.routes import (
     threads,
 )
 from appliance.gateway.core.errors import ErrorBody, install_error_handlers
-from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
+from appliance.gateway.core.middleware import (
+    CORS_ALLOWED_HEADERS,
+    CORS_ALLOWED_METHODS,
+    CORS_MAX_AGE_S,
+    EXPOSED_HEADERS,
+    NO_TELEMETRY,
+    BodySizeLimit,
+    FrontDoorClient,
+)
 from appliance.gateway.runtime import Gateway
 
 TENANT_ENV = "APPLIANCE_GATEWAY_TENANT"
@@ -63,6 +72,13 @@ def create_app(tenant: TenantConfig) -> FastAPI:
                    api_keys, shapes):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=tenant.gateway.max_body_bytes)
+    if tenant.gateway.cors_origins:
+        # Credentials allowed (bearer tokens, and the login cookie), so origins are listed, never '*'.
+        app.add_middleware(CORSMiddleware, allow_origins=list(tenant.gateway.cors_origins),
+                           allow_methods=list(CORS_ALLOWED_METHODS), allow_headers=list(CORS_ALLOWED_HEADERS),
+                           expose_headers=list(EXPOSED_HEADERS), allow_credentials=True, max_age=CORS_MAX_AGE_S)
+    # Outermost: everything inside sees the real client of a request the front door forwarded.
+    app.add_middleware(FrontDoorClient)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -99,4 +115,4 @@ def _errors_in_openapi(schema: dict[str, Any]) -> None:
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the tenant named by $APPLIANCE_GATEWAY_TENANT in this host's config."""
     tenant_id = os.environ[TENANT_ENV]
-    return create_app(load_host_config().tenant(tenant_id))
+    return create_app(load_tenant(tenant_id)[1])

@@ -34,9 +34,25 @@ def forwarded_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
     return headers
 
 
+def private_cache_control(value: str) -> str:
+    """The upstream's caching rules for one caller's eyes: `public` becomes `private` and shared-cache-only
+    directives go. Electric marks shape answers public (its scaling story is a CDN), but behind the gateway a
+    shape's WHERE is the caller's houses: a shared cache keyed on the URL would serve one user's rows to
+    another (and a cookie-authenticated browser request carries no Authorization for Vary to key on)."""
+    kept = []
+    for directive in value.split(","):
+        name = directive.strip().split("=", 1)[0].lower()
+        if name in ("public", "s-maxage", "proxy-revalidate"):
+            continue
+        if directive.strip():
+            kept.append(directive.strip())
+    return ", ".join(["private", *kept])
+
+
 def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in upstream if k.lower() not in _DROPPED_RESPONSE_HEADERS]
     if vary_authorization:
+        headers = [(k, private_cache_control(v) if k.lower() == "cache-control" else v) for k, v in headers]
         # Responses depend on who asks (the WHERE is the caller's houses): shared caches must key on the token.
         varies = [v for k, v in headers if k.lower() == "vary"]
         headers = [(k, v) for k, v in headers if k.lower() != "vary"]

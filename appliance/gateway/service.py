@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 from appliance.config import TenantConfig
 from appliance.services import ServiceSpec, appliance_service
 
 
 def gateway_service(tenant: TenantConfig) -> ServiceSpec:
     # SIGTERM is uvicorn's graceful shutdown: finish in-flight requests, flush the audit queue, close connections.
-    return appliance_service(tenant, "gateway", "serve", port=tenant.port("gateway"), probe="http",
+    spec = appliance_service(tenant, "gateway", "serve", port=tenant.port("gateway"), probe="http",
                              probe_path="/healthz", stop_wait_s=30)
+    # The gateway reads its settings once, at start: a change of them (e.g. cors_origins) changes its service
+    # definition, so the deploy restarts it, and only it.
+    settings = hashlib.sha256(tenant.gateway.model_dump_json().encode()).hexdigest()[:16]
+    return replace(spec, environment={**spec.environment, "APPLIANCE_GATEWAY_SETTINGS": settings})

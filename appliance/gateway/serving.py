@@ -1,4 +1,5 @@
-"""How uvicorn serves the gateway: its HTTP protocol with TCP_NODELAY on every client connection.
+"""How uvicorn serves the gateway: its HTTP protocol with TCP_NODELAY on every client connection, and its two
+listeners (loopback TCP, and the front door's unix socket).
 
 asyncio sets TCP_NODELAY on accepted connections only when the listening socket says it is TCP (proto 6); with
 several workers uvicorn shares a socket made without a proto, so the option is skipped and Nagle's algorithm
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import sys
+from pathlib import Path
 
+import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 
@@ -22,3 +27,40 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
+
+
+def front_door_socket(path: Path) -> socket.socket | None:
+    """The gateway's listening socket for the front door, in the directory the deploy made for it (the tenant's
+    user and the front door's group only; setgid, so the socket is the front door group's). None when the
+    front door is not deployed for this tenant (no such directory): the gateway then serves loopback only."""
+    if not path.parent.is_dir():
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a gateway that was killed
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: uvicorn.Config, extra_sockets: list[socket.socket]) -> None:
+    """uvicorn.run, on the configured TCP port and `extra_sockets` too, with the same worker handling."""
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config=config)
+    sockets = [config.bind_socket(), *extra_sockets]
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            config.load_app()
+            server.run(sockets=sockets)
+    finally:
+        for sock in extra_sockets:
+            if sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(sock.getsockname())
+    if config.workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE

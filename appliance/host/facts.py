@@ -55,6 +55,13 @@ def _sync_facts(tenant: TenantConfig, missing: list[str]) -> dict[str, Any]:
 
 def host_facts(host: HostConfig) -> dict[str, Any]:
     facts: dict[str, Any] = {}
+    if host.runs_frontdoor:
+        from appliance.frontdoor.tls import frontdoor_tls_ok
+
+        try:
+            facts["frontdoor_tls_ok"] = frontdoor_tls_ok(host)
+        except OSError:  # its user or directories not made yet: the step runs and says what it did
+            facts["frontdoor_tls_ok"] = False
     if host.runs_objectstore:
         facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
         facts["served_tenants"] = objectstore.served_tenant_facts(host)

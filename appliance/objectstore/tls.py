@@ -175,6 +175,16 @@ def _leaf_is_valid(
     return all(_normalise(n) in have for n in names)
 
 
+def leaf_is_current(*, ca_cert: Path, cert_path: Path, key_path: Path, names: Sequence[str]) -> bool:
+    """What `ensure_leaf_cert` would leave alone: signed by the CA, for `names`, its key, not expiring soon."""
+    ca = _load_cert(ca_cert)
+    return ca is not None and _leaf_is_valid(_load_cert(cert_path), _load_key(key_path), ca, names)
+
+
+def ca_is_current(cert_path: Path, key_path: Path) -> bool:
+    return _ca_is_valid(_load_cert(cert_path), _load_key(key_path))
+
+
 def ensure_leaf_cert(
     *,
     ca_cert: Path,

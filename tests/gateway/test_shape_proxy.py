@@ -141,8 +141,9 @@ def test_status_headers_and_body_pass_through(stack: Stack, upstream: RecordingS
     alice.house()
     response = alice.get("/api/shapes/houses", params={"offset": "-1"})
     assert response.json()[1] == {"headers": {"control": "up-to-date"}}
-    for name in ("electric-handle", "electric-offset", "electric-schema", "cache-control", "etag"):
+    for name in ("electric-handle", "electric-offset", "electric-schema", "etag"):
         assert response.headers[name] == ELECTRIC_HEADERS[name], name
+    assert response.headers["cache-control"] == "private, max-age=60, stale-while-revalidate=300"
     assert "electric-up-to-date" in response.headers
     assert "access-control-allow-origin" not in response.headers
     assert "Authorization" in response.headers["vary"]
@@ -153,6 +154,21 @@ def test_status_headers_and_body_pass_through(stack: Stack, upstream: RecordingS
     assert bad.status_code == 400 and "errors" in bad.json()
     cached = alice.get("/api/shapes/houses", params={"offset": "-1"}, headers={"if-none-match": '"abc"'})
     assert cached.status_code == 304 and cached.headers["etag"] == '"abc"'
+
+
+def test_no_shape_answer_may_be_kept_by_a_shared_cache(stack: Stack, upstream: RecordingServer) -> None:
+    # Electric marks shape answers public; behind the gateway each is one caller's rows (issue 16).
+    alice = stack.user()
+    alice.house()
+    initial = alice.get("/api/shapes/houses", params={"offset": "-1"})
+    refetch = alice.get("/api/shapes/houses", params={"offset": "0_0", "handle": "gone"})
+    upstream.event("change").set()
+    live = alice.get("/api/shapes/houses", params={"offset": "0_0", "handle": "h", "live": "true"})
+    for response in (initial, refetch, live):
+        directives = [d.strip() for d in response.headers["cache-control"].split(",")]
+        assert directives[0] == "private" and "public" not in directives, response.headers["cache-control"]
+        assert not any(d.startswith("s-maxage") for d in directives)
+        assert "Authorization" in response.headers["vary"]
 
 
 def test_long_poll_waits_for_the_upstream(stack: Stack, upstream: RecordingServer) -> None:

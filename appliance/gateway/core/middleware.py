@@ -1,7 +1,9 @@
-"""ASGI middleware (pure ASGI, so streamed responses pass through untouched): the request body size limit."""
+"""ASGI middleware (pure ASGI, so streamed responses pass through untouched): the request body size limit, the
+front door's client address, and what CORS answers."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -64,3 +66,51 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class FrontDoorClient:
+    """The real client of a request the front door forwarded, and only of those.
+
+    The front door reaches the gateway over a unix socket whose directory only the front door's group may enter
+    (TenantConfig.gateway_socket); loopback TCP is open to every local user, so `X-Forwarded-For` arriving there
+    could be anyone's invention and is ignored. Caddy replaces any X-Forwarded-For a client sends with the
+    address it saw, so the last entry is the client. Rate limits and audit records then carry that address."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] is None:
+            forwarded_for = forwarded_proto = None
+            for name, value in scope.get("headers", ()):
+                if name == b"x-forwarded-for":
+                    forwarded_for = value
+                elif name == b"x-forwarded-proto":
+                    forwarded_proto = value
+            client = _last_address(forwarded_for)
+            scope["client"] = (client, 0) if client else None
+            if forwarded_proto in (b"http", b"https"):
+                scope["scheme"] = forwarded_proto.decode()
+        await self.app(scope, receive, send)
+
+
+def _last_address(header: bytes | None) -> str | None:
+    if not header:
+        return None
+    candidate = header.decode("latin1").rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
+
+
+# Response headers a browser app on another origin must be able to read: the Electric client reads these to
+# follow a shape, the Durable Streams client these to follow a thread.
+EXPOSED_HEADERS = (
+    "electric-handle", "electric-offset", "electric-schema", "electric-cursor", "electric-up-to-date",
+    "stream-next-offset", "stream-up-to-date", "etag", "retry-after",
+)
+CORS_ALLOWED_HEADERS = ("authorization", "content-type", "if-none-match")
+CORS_ALLOWED_METHODS = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
+CORS_MAX_AGE_S = 600

@@ -1,0 +1,77 @@
+"""The host's front door: one Caddy for all tenants of the host, TLS at each tenant's hostname, routed to that
+tenant's gateway socket only.
+
+Two parts, because the gateways need the front door's group before they start: `frontdoor_base` (its user and
+state directories) runs before the tenants, `host_frontdoor` (certificates, Caddyfile, the service) after them.
+A Caddyfile or certificate change reloads the running Caddy (open long-polls finish on the old config); only a
+change of its service definition restarts it.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import server
+
+from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.facts import host_command, host_step
+from appliance.deploys.managed import managed_directory, managed_file
+from appliance.deploys.services import install_services
+from appliance.frontdoor.caddyfile import caddyfile_path, render_caddyfile
+from appliance.frontdoor.service import frontdoor_service, reload_command
+from appliance.supervision import ManagerName
+
+
+@deploy("Front door: user and directories")
+def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
+    if manager_name == "systemd":
+        # Debian's caddy package enables its own caddy.service (a default site on :80); ours replaces it.
+        server.shell(
+            name="Debian's own caddy.service off (the appliance runs its front door)",
+            commands=["systemctl disable --now caddy.service caddy-api.service"],
+            _if=lambda: "enabled" in (host.get_fact(
+                Command, "systemctl is-enabled caddy.service caddy-api.service 2>/dev/null || true") or ""),
+        )
+    server.user(
+        name=f"OS user {config.frontdoor_user}", user=config.frontdoor_user, home=str(config.frontdoor_root),
+        shell="/usr/sbin/nologin", system=True, create_home=False,
+    )
+    base = config.frontdoor_root.parent
+    managed_directory("Front door state dir", str(base), mode="755")
+    managed_directory("Front door's own state (Caddy)", str(config.frontdoor_root), user=config.frontdoor_user,
+                      group=config.frontdoor_user, mode="700")
+    managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="755")
+
+
+def tenant_upstream_dir(tenant: TenantConfig, config: HostConfig) -> None:
+    """The directory of the tenant's front-door socket: the tenant's user writes it, the front door's group
+    enters it, nobody else (setgid: the socket the gateway makes there belongs to that group)."""
+    managed_directory(
+        f"Front door socket dir of {tenant.id}", str(tenant.gateway_socket.parent), user=tenant.user,
+        group=config.frontdoor_user, mode="2750",
+    )
+
+
+@deploy("Front door")
+def host_frontdoor(config: HostConfig, manager_name: ManagerName) -> None:
+    tls = host_step(
+        name="Front door CA and certificates (issued, renewed before expiry, or the operator's copied in)",
+        config=config, step="frontdoor-setup", fact="frontdoor_tls_ok",
+        current="front door certificates are current",
+    )
+    caddyfile = managed_file("Front door Caddyfile", str(caddyfile_path(config)), render_caddyfile(config),
+                             mode="644")
+    service = install_services(config, manager_name, [frontdoor_service(config)], tenant=None)
+    # A new or changed service definition (re)started Caddy with everything current; otherwise a running Caddy
+    # is told to load its files again.
+    reload = server.shell(
+        name="Reload the front door (its Caddyfile or certificates changed)",
+        commands=[" ".join(reload_command(config))],
+        _if=lambda: (caddyfile.did_change() or tls.did_change()) and not any(op.did_change() for op in service),
+    )
+    server.shell(
+        name="Wait until the front door answers for every tenant",
+        commands=[host_command(config, "wait", "frontdoor")],
+        _if=lambda: reload.did_change(),
+    )

@@ -1,0 +1,62 @@
+"""The front door's Caddyfile, rendered from the host config (roles/frontdoor/templates/Caddyfile.j2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from appliance import roles
+from appliance.config import HostConfig, TenantConfig
+from appliance.frontdoor.tls import DEFAULT_NAME
+
+# Added to the longest time a live request is held open upstream before the edge gives up on it.
+EDGE_TIMEOUT_MARGIN_S = 30
+# A host or tenant name the front door does not serve: Misdirected Request, naming nothing.
+UNKNOWN_HOST_STATUS = 421
+
+
+def caddyfile_path(host: HostConfig) -> Path:
+    return host.frontdoor_conf_dir / "Caddyfile"
+
+
+def edge_read_timeout_s(tenant: TenantConfig) -> int:
+    """Longer than the gateway may take to begin an answer: a long-poll of the sync engine or of the streams
+    server ends (and only then sends its headers) within its timeout."""
+    held_ms = max(tenant.sync.long_poll_timeout_ms, tenant.streams.long_poll_timeout_ms)
+    return -(-held_ms // 1000) + EDGE_TIMEOUT_MARGIN_S
+
+
+def _site(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
+    cert, key = host.frontdoor_cert(tenant)
+    return {
+        "tenant": tenant.id,
+        "hostnames": list(tenant.hostnames),
+        "tls": tenant.frontdoor.tls.value,
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "socket": str(tenant.gateway_socket),
+        "max_body_bytes": tenant.gateway.max_body_bytes,
+        "read_timeout_s": edge_read_timeout_s(tenant),
+    }
+
+
+def render_caddyfile(host: HostConfig) -> str:
+    door = host.frontdoor
+    default_cert, default_key = host.frontdoor_default_cert
+    return roles.render(
+        "frontdoor", "Caddyfile.j2",
+        admin_socket=str(host.frontdoor_admin_socket),
+        data_dir=str(host.frontdoor_root / "data"),
+        default_name=DEFAULT_NAME,
+        default_cert=str(default_cert),
+        default_key=str(default_key),
+        http_port=door.http_port,
+        https_port=door.https_port,
+        https_suffix="" if door.https_port == 443 else f":{door.https_port}",
+        bind_address=door.bind_address,
+        acme_email=door.acme_email,
+        idle_timeout_s=door.idle_timeout_s,
+        hsts_max_age_s=door.hsts_max_age_s,
+        unknown_status=UNKNOWN_HOST_STATUS,
+        sites=[_site(host, tenant) for tenant in host.tenants],
+    )
