@@ -56,6 +56,7 @@ def render_caddyfile(host: HostConfig) -> str:
         bind_address=door.bind_address,
         acme_email=door.acme_email,
         idle_timeout_s=door.idle_timeout_s,
+        grace_period_s=max((edge_read_timeout_s(t) for t in host.tenants), default=EDGE_TIMEOUT_MARGIN_S),
         hsts_max_age_s=door.hsts_max_age_s,
         unknown_status=UNKNOWN_HOST_STATUS,
         sites=[_site(host, tenant) for tenant in host.tenants],

@@ -11,7 +11,6 @@ import re
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -31,12 +30,6 @@ pytestmark = [
     pytest.mark.deploy,
     pytest.mark.skipif(os.geteuid() != 0, reason="deploying to @local needs root"),
 ]
-
-
-@pytest.fixture(scope="session")
-def deployed() -> Iterator[HostConfig]:
-    deploy_or_fail()
-    yield load_host_config()
 
 
 def _as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
