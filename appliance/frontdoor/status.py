@@ -9,6 +9,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from appliance.config import FrontdoorTls, HostConfig, TenantConfig
 from appliance.frontdoor.tls import served_certificates
 
@@ -28,18 +31,31 @@ def connect_address(host: HostConfig) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
 
 
-def client_context(host: HostConfig, tenant: TenantConfig) -> ssl.SSLContext:
-    """What a client trusts for `tenant`: the front door CA for internal certificates, the system's otherwise."""
+def client_context(host: HostConfig, tenant: TenantConfig) -> tuple[ssl.SSLContext, bytes | None]:
+    """How the probe checks what `tenant`'s name serves: (context, the exact certificate expected, if any).
+
+    Internal certificates are verified as a client would, against the front door CA. The operator's files are
+    compared with what was installed, byte for byte: their CA is the operator's business and need not be in
+    this host's trust store. ACME certificates are verified against the system's trust store, as browsers do."""
     if tenant.frontdoor.tls is FrontdoorTls.internal:
-        return ssl.create_default_context(cafile=str(host.frontdoor_ca_cert))
-    return ssl.create_default_context()
+        return ssl.create_default_context(cafile=str(host.frontdoor_ca_cert)), None
+    if tenant.frontdoor.tls is FrontdoorTls.files:
+        installed = x509.load_pem_x509_certificate(host.frontdoor_cert(tenant)[0].read_bytes())
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+        return unverified, installed.public_bytes(serialization.Encoding.DER)
+    return ssl.create_default_context(), None
 
 
-def https_get(host: HostConfig, hostname: str, path: str, context: ssl.SSLContext) -> tuple[int, str]:
+def https_get(host: HostConfig, hostname: str, path: str, context: ssl.SSLContext,
+              expected_der: bytes | None = None) -> tuple[int, str]:
     """(status, TLS version) of GET https://<hostname><path> through this host's listener."""
     address = (connect_address(host), host.frontdoor.https_port)
     with socket.create_connection(address, timeout=PROBE_TIMEOUT_S) as raw, \
             context.wrap_socket(raw, server_hostname=hostname) as tls:
+        if expected_der is not None and tls.getpeercert(binary_form=True) != expected_der:
+            raise ValueError("serves another certificate than the one installed for it")
         tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {hostname}\r\nConnection: close\r\n\r\n".encode())
         status_line = tls.recv(256).split(b"\r\n", 1)[0].decode("latin1")
         return int(status_line.split()[1]), str(tls.version())
@@ -51,7 +67,8 @@ def probe_frontdoor(host: HostConfig) -> FrontdoorHealth:
     for tenant in host.tenants:
         for hostname in tenant.hostnames:
             try:
-                status, version = https_get(host, hostname, "/healthz", client_context(host, tenant))
+                context, expected = client_context(host, tenant)
+                status, version = https_get(host, hostname, "/healthz", context, expected)
             except (OSError, ssl.SSLError, ValueError, IndexError) as exc:
                 problems.append(f"{hostname}: {exc}")
                 continue
