@@ -39,7 +39,7 @@ def _names(tenant: TenantConfig) -> list[str]:
     return list(tenant.hostnames)
 
 
-def _operator_files_problem(tenant: TenantConfig) -> str | None:
+def operator_files_problem(tenant: TenantConfig) -> str | None:
     """Why the operator's certificate for `tenant` cannot be served, or None."""
     cert_file, key_file = Path(tenant.frontdoor.cert_file), Path(tenant.frontdoor.key_file)
     try:
@@ -93,7 +93,7 @@ def ensure_frontdoor_tls(host: HostConfig) -> list[str]:
                                 key_path=key, names=_names(tenant), owner=host.frontdoor_user):
                 changes.append(f"certificate of {tenant.id} issued ({', '.join(tenant.hostnames)})")
         elif tenant.frontdoor.tls is FrontdoorTls.files:
-            problem = _operator_files_problem(tenant)
+            problem = operator_files_problem(tenant)
             if problem:
                 raise OperatorCertificateError(f"tenant {tenant.id}: frontdoor.cert_file/key_file: {problem}")
             copied = _copy_if_changed(Path(tenant.frontdoor.key_file), key, 0o600, owner)
@@ -132,7 +132,7 @@ def frontdoor_tls_ok(host: HostConfig) -> bool:
                         and Path(tenant.frontdoor.key_file).read_bytes() == key.read_bytes())
             except OSError:
                 return False
-            if not same or _operator_files_problem(tenant):
+            if not same or operator_files_problem(tenant):
                 return False
     present = {p.name for p in certs_dir.iterdir() if p.suffix in (".pem", ".key")}
     return present == expected
