@@ -229,6 +229,8 @@ class FrontdoorSettings(_Settings):
     http_port: int = Field(ge=1, le=65535)
     hsts_max_age_s: int = Field(ge=0)
     acme_email: str
+    acme_ca: str = Field(pattern=r"^(https://\S+)?$")
+    acme_ca_root: str = Field(pattern=r"^(/\S+)?$")
     idle_timeout_s: int = Field(ge=1)
     hostnames: tuple[str, ...]
     tls: FrontdoorTls

@@ -55,6 +55,8 @@ def render_caddyfile(host: HostConfig) -> str:
         https_suffix="" if door.https_port == 443 else f":{door.https_port}",
         bind_address=door.bind_address,
         acme_email=door.acme_email,
+        acme_ca=door.acme_ca,
+        acme_ca_root=door.acme_ca_root,
         idle_timeout_s=door.idle_timeout_s,
         grace_period_s=max((edge_read_timeout_s(t) for t in host.tenants), default=EDGE_TIMEOUT_MARGIN_S),
         hsts_max_age_s=door.hsts_max_age_s,

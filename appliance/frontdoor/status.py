@@ -36,7 +36,8 @@ def client_context(host: HostConfig, tenant: TenantConfig) -> tuple[ssl.SSLConte
 
     Internal certificates are verified as a client would, against the front door CA. The operator's files are
     compared with what was installed, byte for byte: their CA is the operator's business and need not be in
-    this host's trust store. ACME certificates are verified against the system's trust store, as browsers do."""
+    this host's trust store. ACME certificates are verified against the system's trust store, as browsers do,
+    and the private ACME CA's root where one is configured (its clients are told to trust it)."""
     if tenant.frontdoor.tls is FrontdoorTls.internal:
         return ssl.create_default_context(cafile=str(host.frontdoor_ca_cert)), None
     if tenant.frontdoor.tls is FrontdoorTls.files:
@@ -45,7 +46,10 @@ def client_context(host: HostConfig, tenant: TenantConfig) -> tuple[ssl.SSLConte
         unverified.check_hostname = False
         unverified.verify_mode = ssl.CERT_NONE
         return unverified, installed.public_bytes(serialization.Encoding.DER)
-    return ssl.create_default_context(), None
+    context = ssl.create_default_context()
+    if host.frontdoor.acme_ca_root:
+        context.load_verify_locations(cafile=host.frontdoor.acme_ca_root)
+    return context, None
 
 
 def https_get(host: HostConfig, hostname: str, path: str, context: ssl.SSLContext,
