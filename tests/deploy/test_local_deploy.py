@@ -13,6 +13,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -25,6 +26,7 @@ from tests.support.deployment import (
     pids,
     status_json,
 )
+from tests.support.frontdoor import door_client
 
 pytestmark = [
     pytest.mark.deploy,
@@ -335,7 +337,11 @@ def test_a_tenant_can_be_added_alone_destroyed_and_its_id_is_not_reused(deployed
         # adding the tenant touched neither acme nor globex
         assert {k: v for k, v in pids(report).items() if not k.startswith(f"{tenant_id}/")} == pids(before)
 
-        gamma = load_host_config().tenant(tenant_id)
+        host = load_host_config()
+        gamma = host.tenant(tenant_id)
+        # The front door routes the new tenant's name to it (reloaded for it, not restarted: pids above).
+        with door_client(host, gamma.hostnames[0]) as door:
+            assert door.get("/healthz").status_code == 200
         refused = subprocess.run(destroy, capture_output=True, text=True)
         assert refused.returncode == 2 and "--yes-destroy-data" in refused.stderr
         assert gamma.root.exists()
@@ -350,6 +356,12 @@ def test_a_tenant_can_be_added_alone_destroyed_and_its_id_is_not_reused(deployed
             pwd.getpwnam(gamma.user)
         code, report = status_json()
         assert code == 0 and tenant_id not in report["tenants"]
+        # Nor does the front door know it any more: its name is an unknown name, its certificate and socket gone.
+        assert f"no longer routes {gamma.hostnames[0]}" in destroyed.stdout
+        with door_client(host, gamma.hostnames[0]) as door, pytest.raises(httpx.ConnectError):
+            door.get("/healthz")  # the certificate for an unknown name names no tenant: verification fails
+        assert not any(path.exists() for path in host.frontdoor_cert(gamma))
+        assert not gamma.gateway_socket.parent.exists()
 
         # The locked trail keeps the id: a new tenant under it is refused, plainly.
         from tests.support.deployment import pyinfra_deploy
