@@ -19,7 +19,7 @@ from appliance.deploys.facts import host_command, host_step
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.services import install_services
 from appliance.frontdoor.caddyfile import caddyfile_path, render_caddyfile
-from appliance.frontdoor.service import frontdoor_service, reload_command
+from appliance.frontdoor.service import frontdoor_log, frontdoor_service, reload_command
 from appliance.supervision import ManagerName
 
 
@@ -42,6 +42,8 @@ def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
     managed_directory("Front door's own state (Caddy)", str(config.frontdoor_root), user=config.frontdoor_user,
                       group=config.frontdoor_user, mode="700")
     managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="755")
+    managed_directory("Front door log dir (root only: it names every tenant's requests)",
+                      str(frontdoor_log(config).parent), mode="700")
 
 
 def tenant_upstream_dir(tenant: TenantConfig, config: HostConfig) -> None:

@@ -13,7 +13,8 @@ CADDY = "/usr/bin/caddy"
 
 
 def frontdoor_log(host: HostConfig) -> Path:
-    return host.frontdoor_root.parent / "frontdoor.log"
+    """In a root-only directory: the log names request paths (thread ids) and client addresses of every tenant."""
+    return host.frontdoor_root.parent / "log" / "frontdoor.log"
 
 
 def frontdoor_service(host: HostConfig) -> ServiceSpec:
