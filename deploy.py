@@ -11,7 +11,7 @@ from appliance.deploys.backup import tenant_audit, tenant_backup
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
-from appliance.deploys.frontdoor import frontdoor_base, host_frontdoor
+from appliance.deploys.frontdoor import frontdoor_base, host_frontdoor, remove_frontdoor
 from appliance.deploys.objectstore import (
     host_objectstore,
     store_name_resolves,
@@ -58,5 +58,7 @@ for tenant in selected:
 if config.runs_frontdoor:
     # Every tenant of the host, selected or not: the front door routes to all of them.
     host_frontdoor(config=config, manager_name=manager)
+else:
+    remove_frontdoor(config=config)
 if config.common.port_firewall:
     port_firewall(name="Loopback port ownership rules (nftables)", config=config)

@@ -70,6 +70,10 @@ DNS_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,
 ORIGIN_PATTERN = re.compile(r"^https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
 
 
+# The front door's OS user; gateways believe X-Forwarded-For only from connections this user made.
+FRONTDOOR_USER = "appliance-frontdoor"
+
+
 def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -585,7 +589,7 @@ class HostConfig(BaseModel):
 
     @property
     def frontdoor_user(self) -> str:
-        return "appliance-frontdoor"
+        return FRONTDOOR_USER
 
     @property
     def frontdoor_root(self) -> Path:

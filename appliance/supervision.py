@@ -178,8 +178,14 @@ class Systemd:
         return result
 
     def apply_command(self, specs: list[ServiceSpec]) -> list[str]:
-        names = [spec.unit_name for spec in specs]
-        return ["sh", "-c", "systemctl daemon-reload && systemctl enable --now " + " ".join(names)]
+        # `enable --now` starts a unit that is not running but leaves a running one on its old definition: a
+        # running unit whose file changed is restarted. The deploy applies one unit at a time, when its own
+        # file changed, so nothing else restarts.
+        names = " ".join(spec.unit_name for spec in specs)
+        script = (f"systemctl daemon-reload && for unit in {names}; do "
+                  'if systemctl is-active --quiet "$unit"; then systemctl restart "$unit"; '
+                  'else systemctl enable --now "$unit"; fi || exit 1; done')
+        return ["sh", "-c", script]
 
     def restart_command(self, spec: ServiceSpec) -> list[str]:
         return ["systemctl", "restart", spec.unit_name]

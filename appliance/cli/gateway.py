@@ -28,6 +28,9 @@ def serve(tenant_id: str, log_level: str) -> None:
     tenant = load_tenant(tenant_id)[1]
     os.environ[TENANT_ENV] = tenant.id
     door = front_door_socket(tenant.gateway_socket) if tenant.frontdoor.enabled else None
+    if tenant.frontdoor.enabled and door is None:
+        click.echo(f"warning: {tenant.gateway_socket.parent} does not exist: the front door cannot reach this "
+                   "gateway until the host is deployed again", err=True)
     click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')}"
                + (f" and the front door's socket {tenant.gateway_socket}" if door else "")
                + f" ({tenant.gateway.workers} worker(s))", err=True)

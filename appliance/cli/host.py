@@ -176,6 +176,14 @@ def frontdoor_setup() -> None:
         sys.exit(1)
 
 
+@host.command("frontdoor-remove")
+def frontdoor_remove() -> None:
+    """Stop the front door and remove its routing (frontdoor.enabled false, or no tenant); the CA is kept."""
+    from appliance.frontdoor.host import remove_frontdoor
+
+    _report(remove_frontdoor(load_host_config()), "front door")
+
+
 @host.command("objectstore-tenant")
 @click.argument("tenant_id")
 @click.option("--keys-from", type=click.Path(dir_okay=False, path_type=Path),

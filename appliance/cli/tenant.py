@@ -139,12 +139,13 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
             click.echo(line)
     remaining = tuple(t for t in host.tenants if t.id != tenant_id)
     after = host.model_copy(update={"tenants": remaining})
+    tenant_config.config_file.unlink(missing_ok=True)
+    host.host_file.write_text(after.model_dump_json(indent=2) + "\n")
+    # After host.json: whatever happens to the front door from here, the host no longer lists the tenant.
     from appliance.frontdoor.host import forget_tenant as leave_frontdoor
 
     for line in leave_frontdoor(host, after, tenant_config):
         click.echo(line)
-    tenant_config.config_file.unlink(missing_ok=True)
-    host.host_file.write_text(after.model_dump_json(indent=2) + "\n")
     click.echo(
         f"tenant {tenant_id} destroyed on this host.\n"
         f"note: its audit batches in bucket {tenant_config.audit_bucket} are locked in COMPLIANCE mode for "

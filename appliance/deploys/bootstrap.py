@@ -8,10 +8,10 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Which
+from pyinfra.facts.server import Users, Which
 from pyinfra.operations import apt, files, server
 
-from appliance.config import HostConfig
+from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import FileContent, SupervisordRunning
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
@@ -92,6 +92,18 @@ def supervisord_running():
     yield "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"
 
 
+# Per host: the tenants whose view of the host config the bootstrap wrote (the rest get it in their substrate).
+VIEWS_WRITTEN: dict[str, set[str]] = {}
+
+
+def tenant_view(config: HostConfig, tenant: TenantConfig) -> OperationMeta:
+    """The tenant's view of the host config (no other tenant in it), 0640 root and the tenant's group."""
+    return managed_file(
+        f"{tenant.id}'s view of the host config", str(tenant.config_file),
+        config.tenant_view(tenant.id).model_dump_json(indent=2) + "\n", mode="640", group=tenant.user,
+    )
+
+
 # Per host: the operations whose change means this deploy changed what the host runs (new sources or new
 # resolved config); each tenant's trail records such a deploy as an operator action.
 DEPLOY_CHANGES: dict[str, list[OperationMeta]] = {}
@@ -119,12 +131,21 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
         _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
     )
     sources = appliance_sources(name="Install the appliance package into its venv", config=config)
-    # Root's alone: it lists every tenant and port of the host. Each tenant's services read their own view.
+    # Each tenant's services read their own view of the host config: written here, before host.json becomes
+    # root's, for every tenant whose user exists (selected by this run or not: an only_tenants deploy or an
+    # upgrade must not leave a running tenant unable to read its config); a new tenant's in its substrate.
+    managed_directory("Tenants' views of the host config", str(config.common.config_dir / "tenants"), mode="711")
+    existing_users = set(host.get_fact(Users))
+    VIEWS_WRITTEN[host.name] = set()
+    for tenant in config.tenants:
+        if tenant.user in existing_users:
+            tenant_view(config, tenant)
+            VIEWS_WRITTEN[host.name].add(tenant.id)
+    # Root's alone: it lists every tenant and port of the host.
     resolved = managed_file(
         "Resolved host config (no secrets)", str(config.host_file), config.model_dump_json(indent=2) + "\n",
         mode="640",
     )
-    managed_directory("Tenants' views of the host config", str(config.common.config_dir / "tenants"), mode="755")
     DEPLOY_CHANGES[host.name] = [sources, resolved]
 
     streams = root / "streams"

@@ -9,9 +9,11 @@ change of its service definition restarts it.
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
+from pyinfra.facts.server import Command, Users
 from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
@@ -41,9 +43,22 @@ def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
     managed_directory("Front door state dir", str(base), mode="755")
     managed_directory("Front door's own state (Caddy)", str(config.frontdoor_root), user=config.frontdoor_user,
                       group=config.frontdoor_user, mode="700")
-    managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="755")
+    # 0711: entered on the way to a socket, never listed (the names are tenant ids).
+    managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="711")
     managed_directory("Front door log dir (root only: it names every tenant's requests)",
                       str(frontdoor_log(config).parent), mode="700")
+    # Every existing tenant's socket dir, selected by this run or not (a gateway restarted later needs it); a
+    # tenant new to the host gets its own in its substrate, once its user exists.
+    existing_users = set(host.get_fact(Users))
+    UPSTREAMS_MADE[host.name] = set()
+    for tenant in config.tenants:
+        if tenant.user in existing_users:
+            tenant_upstream_dir(tenant, config)
+            UPSTREAMS_MADE[host.name].add(tenant.id)
+
+
+# Per host: tenants whose socket dir frontdoor_base made (the rest get it in their substrate).
+UPSTREAMS_MADE: dict[str, set[str]] = {}
 
 
 def tenant_upstream_dir(tenant: TenantConfig, config: HostConfig) -> None:
@@ -62,14 +77,15 @@ def host_frontdoor(config: HostConfig, manager_name: ManagerName) -> None:
         config=config, step="frontdoor-setup", fact="frontdoor_tls_ok",
         current="front door certificates are current",
     )
+    # Not world-readable: it names every tenant's hostnames and sockets.
     caddyfile = managed_file("Front door Caddyfile", str(caddyfile_path(config)), render_caddyfile(config),
-                             mode="644")
+                             mode="640", group=config.frontdoor_user)
     service = install_services(config, manager_name, [frontdoor_service(config)], tenant=None)
     # A new or changed service definition (re)started Caddy with everything current; otherwise a running Caddy
     # is told to load its files again.
     reload = server.shell(
         name="Reload the front door (its Caddyfile or certificates changed)",
-        commands=[" ".join(reload_command(config))],
+        commands=[shlex.join(reload_command(config))],
         _if=lambda: (caddyfile.did_change() or tls.did_change()) and not any(op.did_change() for op in service),
     )
     server.shell(
@@ -77,3 +93,10 @@ def host_frontdoor(config: HostConfig, manager_name: ManagerName) -> None:
         commands=[host_command(config, "wait", "frontdoor")],
         _if=lambda: reload.did_change(),
     )
+
+
+@deploy("Front door: removed")
+def remove_frontdoor(config: HostConfig) -> None:
+    """frontdoor.enabled false, or no tenant on the host: nothing may keep publishing through a front door."""
+    host_step(name="Stop and remove the front door (not enabled here, or no tenant)", config=config,
+              step="frontdoor-remove", fact="frontdoor_absent", current="no front door on this host")

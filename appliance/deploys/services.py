@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
@@ -37,18 +39,27 @@ def install_services(
         managed_file(f"Service definition {spec.name}", str(mgr.unit_path(spec)), mgr.render(spec), mode="644")
         for spec in specs
     ]
-    apply = server.shell(
-        name=f"Start or update {', '.join(s.component for s in specs)}" + (f" of {tenant}" if tenant else ""),
-        commands=[" ".join(mgr.apply_command(specs))],
-        _if=lambda: any(op.did_change() for op in file_ops),
-    )
+    if mgr.name == "systemd":
+        # One unit at a time, each when its own file changed (systemctl has no "apply what changed").
+        applies = [
+            server.shell(name=f"Start or restart {spec.name}", commands=[shlex.join(mgr.apply_command([spec]))],
+                         _if=lambda file_op=file_op: file_op.did_change())
+            for spec, file_op in zip(specs, file_ops, strict=True)
+        ]
+    else:
+        # `supervisorctl update` adds new programs and restarts only those whose program file changed.
+        applies = [server.shell(
+            name=f"Start or update {', '.join(s.component for s in specs)}" + (f" of {tenant}" if tenant else ""),
+            commands=[shlex.join(mgr.apply_command(specs))],
+            _if=lambda: any(op.did_change() for op in file_ops),
+        )]
     restart_ops = []
     for spec, file_op in zip(specs, file_ops, strict=True):
         if restart_if:
             restart_ops.append(
                 server.shell(
                     name=f"Restart {spec.name} (its configuration changed)",
-                    commands=[" ".join(mgr.restart_command(spec))],
+                    commands=[shlex.join(mgr.restart_command(spec))],
                     _if=lambda file_op=file_op: not file_op.did_change()
                     and any(op.did_change() for op in restart_if),
                 )
@@ -57,6 +68,6 @@ def install_services(
     server.shell(
         name=f"Wait until {', '.join(s.component for s in specs)} answer" + (f" ({tenant})" if tenant else ""),
         commands=[host_command(config, "wait", *scope, *(s.component for s in specs))],
-        _if=lambda: apply.did_change() or any(op.did_change() for op in restart_ops),
+        _if=lambda: any(op.did_change() for op in [*applies, *restart_ops]),
     )
-    return [apply, *file_ops, *restart_ops]
+    return [*applies, *file_ops, *restart_ops]

@@ -12,8 +12,8 @@ from pyinfra.operations import server
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts, host_command
-from appliance.deploys.frontdoor import tenant_upstream_dir
-from appliance.deploys.managed import managed_directory, managed_file
+from appliance.deploys.frontdoor import UPSTREAMS_MADE, tenant_upstream_dir
+from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
 from appliance.deploys.sync import tenant_sync
@@ -49,12 +49,13 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
             user=tenant.user, group=tenant.user, mode="700",
         )
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
-    # What the tenant's own services read (they cannot read host.json, which names every tenant).
-    managed_file(
-        f"{tenant.id}'s view of the host config", str(tenant.config_file),
-        config.tenant_view(tenant.id).model_dump_json(indent=2) + "\n", mode="640", group=tenant.user,
-    )
-    if config.runs_frontdoor:
+    # What the tenant's own services read (they cannot read host.json): a tenant new to this host gets it here,
+    # once its user exists; the others got it in the bootstrap.
+    from appliance.deploys.bootstrap import VIEWS_WRITTEN, tenant_view
+
+    if tenant.id not in VIEWS_WRITTEN.get(host.name, set()):
+        tenant_view(config, tenant)
+    if config.runs_frontdoor and tenant.id not in UPSTREAMS_MADE.get(host.name, set()):
         tenant_upstream_dir(tenant, config)
 
 

@@ -13,10 +13,19 @@ from appliance.frontdoor.tls import DEFAULT_NAME
 EDGE_TIMEOUT_MARGIN_S = 30
 # A host or tenant name the front door does not serve: Misdirected Request, naming nothing.
 UNKNOWN_HOST_STATUS = 421
+# Below uvicorn's keep-alive timeout (5 s): idle upstream connections close on the front door's side first.
+UPSTREAM_KEEPALIVE_S = 4
+# The edge's hard cap on a chunked body, above the gateway's own limit so the gateway refuses first (a 413).
+CHUNKED_BODY_MARGIN_BYTES = 64 * 1024
 
 
 def caddyfile_path(host: HostConfig) -> Path:
     return host.frontdoor_conf_dir / "Caddyfile"
+
+
+def grace_period_s(host: HostConfig) -> int:
+    """How long a reload or stop lets requests in flight finish: the longest a long-poll may be held."""
+    return max((edge_read_timeout_s(t) for t in host.tenants), default=EDGE_TIMEOUT_MARGIN_S)
 
 
 def edge_read_timeout_s(tenant: TenantConfig) -> int:
@@ -36,6 +45,7 @@ def _site(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "key_file": str(key),
         "socket": str(tenant.gateway_socket),
         "max_body_bytes": tenant.gateway.max_body_bytes,
+        "body_cap_bytes": tenant.gateway.max_body_bytes + CHUNKED_BODY_MARGIN_BYTES,
         "read_timeout_s": edge_read_timeout_s(tenant),
     }
 
@@ -58,8 +68,9 @@ def render_caddyfile(host: HostConfig) -> str:
         acme_ca=door.acme_ca,
         acme_ca_root=door.acme_ca_root,
         idle_timeout_s=door.idle_timeout_s,
-        grace_period_s=max((edge_read_timeout_s(t) for t in host.tenants), default=EDGE_TIMEOUT_MARGIN_S),
+        grace_period_s=grace_period_s(host),
         hsts_max_age_s=door.hsts_max_age_s,
         unknown_status=UNKNOWN_HOST_STATUS,
+        upstream_keepalive_s=UPSTREAM_KEEPALIVE_S,
         sites=[_site(host, tenant) for tenant in host.tenants],
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.config import HostConfig
-from appliance.frontdoor.caddyfile import caddyfile_path
+from appliance.frontdoor.caddyfile import caddyfile_path, grace_period_s
 from appliance.services import ServiceSpec
 
 CADDY = "/usr/bin/caddy"
@@ -31,8 +31,8 @@ def frontdoor_service(host: HostConfig) -> ServiceSpec:
         # Caddy keeps ACME accounts, certificates and its autosaved config under these.
         environment={"HOME": str(state), "XDG_DATA_HOME": str(state / "data"),
                      "XDG_CONFIG_HOME": str(state / "config")},
-        # Caddy finishes in-flight requests on SIGTERM; a long-poll ends on its own within its timeout.
-        stop_wait_s=30,
+        # Caddy lets requests in flight finish on SIGTERM, for up to its grace period: wait that long and more.
+        stop_wait_s=grace_period_s(host) + 10,
         bind_privileged_ports=True,
     )
 

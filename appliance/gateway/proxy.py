@@ -53,6 +53,8 @@ def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool)
     headers = [(k, v) for k, v in upstream if k.lower() not in _DROPPED_RESPONSE_HEADERS]
     if vary_authorization:
         headers = [(k, private_cache_control(v) if k.lower() == "cache-control" else v) for k, v in headers]
+        if not any(k.lower() == "cache-control" for k, _ in headers):
+            headers.append(("cache-control", "private"))  # no rule upstream: still never a shared cache's
         # Responses depend on who asks (the WHERE is the caller's houses): shared caches must key on the token.
         varies = [v for k, v in headers if k.lower() == "vary"]
         headers = [(k, v) for k, v in headers if k.lower() != "vary"]

@@ -11,13 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import pwd
 import socket
+import struct
 import sys
 from pathlib import Path
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from appliance.config import FRONTDOOR_USER
+from appliance.gateway.core.middleware import FRONT_DOOR_PEER
+
+
+@functools.cache
+def _front_door_uid() -> int | None:
+    try:
+        return pwd.getpwnam(FRONTDOOR_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    with contextlib.suppress(OSError):
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                struct.calcsize("3i")))
+        return int(uid)
+    return None
 
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
@@ -27,6 +49,9 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
+        if sock is not None and sock.family == socket.AF_UNIX:
+            uid = _peer_uid(sock)
+            self.client = FRONT_DOOR_PEER if uid is not None and uid == _front_door_uid() else None
 
 
 def front_door_socket(path: Path) -> socket.socket | None:

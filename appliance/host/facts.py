@@ -62,6 +62,10 @@ def host_facts(host: HostConfig) -> dict[str, Any]:
             facts["frontdoor_tls_ok"] = frontdoor_tls_ok(host)
         except OSError:  # its user or directories not made yet: the step runs and says what it did
             facts["frontdoor_tls_ok"] = False
+    else:
+        from appliance.frontdoor.host import frontdoor_present
+
+        facts["frontdoor_absent"] = not frontdoor_present(host)
     if host.runs_objectstore:
         facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
         facts["served_tenants"] = objectstore.served_tenant_facts(host)

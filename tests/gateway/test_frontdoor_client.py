@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from appliance.gateway.core.middleware import FrontDoorClient
+from appliance.gateway.core.middleware import FRONT_DOOR_PEER, FrontDoorClient
 
 SOCKET = "/srv/appliance/frontdoor/upstreams/acme/gateway.sock"
 
@@ -26,12 +26,19 @@ def seen_by_app(server: tuple[str, int | None], headers: list[tuple[bytes, bytes
 
 def test_the_front_doors_address_for_the_client_is_taken_on_its_socket() -> None:
     seen = seen_by_app((SOCKET, None), [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")],
-                       client=None)
+                       client=FRONT_DOOR_PEER)
     assert seen == {"client": ("203.0.113.7", 0), "scheme": "https"}
 
 
+def test_another_user_on_the_front_door_socket_is_not_believed() -> None:
+    # The tenant's own processes can reach the socket; the protocol leaves their connections without a client.
+    seen = seen_by_app((SOCKET, None), [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")],
+                       client=None)
+    assert seen == {"client": None, "scheme": "http"}
+
+
 def test_the_last_address_is_the_one_the_front_door_saw() -> None:
-    seen = seen_by_app((SOCKET, None), [(b"x-forwarded-for", b"10.9.9.9, 198.51.100.4")], client=None)
+    seen = seen_by_app((SOCKET, None), [(b"x-forwarded-for", b"10.9.9.9, 198.51.100.4")], client=FRONT_DOOR_PEER)
     assert seen["client"] == ("198.51.100.4", 0)
 
 
@@ -44,5 +51,5 @@ def test_forwarded_headers_sent_straight_to_the_gateway_port_are_ignored(server:
 @pytest.mark.parametrize("header", [b"", b"not-an-address", b"203.0.113.7:443", b"1.2.3.4\x00", b"x" * 5000])
 def test_a_malformed_forwarded_address_leaves_the_client_unknown(header: bytes) -> None:
     seen = seen_by_app((SOCKET, None), [(b"x-forwarded-for", header), (b"x-forwarded-proto", b"gopher")],
-                       client=None)
+                       client=FRONT_DOOR_PEER)
     assert seen == {"client": None, "scheme": "http"}

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from appliance.config import ConfigError, HostConfig, host_config
-from appliance.frontdoor.caddyfile import edge_read_timeout_s, render_caddyfile
+from appliance.frontdoor.caddyfile import (
+    CHUNKED_BODY_MARGIN_BYTES,
+    UPSTREAM_KEEPALIVE_S,
+    edge_read_timeout_s,
+    render_caddyfile,
+)
 from appliance.frontdoor.tls import DEFAULT_NAME
 
 
@@ -129,7 +134,10 @@ def test_edge_limits_match_the_gateway() -> None:
     config = host(tenants={"acme": {"slot": 1, "gateway": {"max_body_bytes": 4096},
                                     "sync": {"long_poll_timeout_ms": 45000}}})
     block = _sites(render_caddyfile(config))["https://acme.appliance.internal:443"]
-    assert "max_size 4096" in block
+    # Declared too large: refused at the edge; chunked: the gateway refuses first, the edge's cap is above it.
+    assert "int({http.request.header.Content-Length}) > 4096" in block
+    assert f"max_size {4096 + CHUNKED_BODY_MARGIN_BYTES}" in block
+    assert f"keepalive {UPSTREAM_KEEPALIVE_S}s" in block and UPSTREAM_KEEPALIVE_S < 5  # uvicorn's default
     assert edge_read_timeout_s(config.tenant("acme")) > 45
     assert f"response_header_timeout {edge_read_timeout_s(config.tenant('acme'))}s" in block
     # Caddy 2.6 ends proxied answers at a reload when flush_interval is -1; it flushes SSE on its own.

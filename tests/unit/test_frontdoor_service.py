@@ -49,3 +49,20 @@ def test_reloads_go_through_the_admin_socket_not_a_port() -> None:
     command = reload_command(HOST)
     assert command[:3] == ["/usr/bin/caddy", "reload", "--force"]
     assert command[command.index("--address") + 1] == f"unix/{HOST.frontdoor_admin_socket}"
+
+
+def test_systemd_restarts_a_running_unit_whose_definition_changed_and_starts_a_new_one() -> None:
+    import subprocess
+
+    spec = frontdoor_service(HOST)
+    argv = Systemd().apply_command([spec])
+    script = argv[2]
+    assert argv[:2] == ["sh", "-c"] and "daemon-reload" in script
+    # Run the script against a stand-in systemctl that records its calls: active -> restart, inactive -> start.
+    for active, expected in ((True, "restart appliance-frontdoor.service"),
+                             (False, "enable --now appliance-frontdoor.service")):
+        answer = "true" if active else "false"
+        stub = f'systemctl() {{ echo "$@" >> /dev/stderr; [ "$1" != is-active ] || {answer}; }}'
+        result = subprocess.run(["sh", "-c", f"{stub}; {script}"], capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stderr.splitlines(), result.stderr

@@ -68,20 +68,26 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
+# scope["client"] of a connection on the front-door socket that the front door's own user made (SO_PEERCRED, set
+# by appliance.gateway.serving). Anything else on that socket gets no client address at all.
+FRONT_DOOR_PEER = ("front-door", 0)
+
+
 class FrontDoorClient:
     """The real client of a request the front door forwarded, and only of those.
 
-    The front door reaches the gateway over a unix socket whose directory only the front door's group may enter
-    (TenantConfig.gateway_socket); loopback TCP is open to every local user, so `X-Forwarded-For` arriving there
-    could be anyone's invention and is ignored. Caddy replaces any X-Forwarded-For a client sends with the
+    The front door reaches the gateway over a unix socket whose directory only the tenant's user and the front
+    door's group may enter (TenantConfig.gateway_socket), and the gateway's protocol marks a connection there as
+    the front door's only when the kernel says its peer is the front door's user (SO_PEERCRED: the tenant's own
+    processes can reach the socket too). Loopback TCP is open to every local user, so `X-Forwarded-For` arriving
+    there could be anyone's invention and is ignored. Caddy replaces any X-Forwarded-For a client sends with the
     address it saw, so the last entry is the client. Rate limits and audit records then carry that address."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] is None:
+        if scope["type"] == "http" and scope.get("client") == FRONT_DOOR_PEER:
             forwarded_for = forwarded_proto = None
             for name, value in scope.get("headers", ()):
                 if name == b"x-forwarded-for":
