@@ -26,7 +26,7 @@ from cryptography import x509
 
 from appliance.config import HostConfig
 from appliance.frontdoor.tls import DEFAULT_NAME
-from tests.support.deployment import BIN, LOCAL_INVENTORY, deploy_or_fail, status_json
+from tests.support.deployment import BIN, LOCAL_INVENTORY, changed_operations, deploy_or_fail, status_json
 from tests.support.frontdoor import DoorClient, door_client, issue_token, printed_ca
 
 pytestmark = [
@@ -427,3 +427,29 @@ def test_a_certificate_in_its_renewal_window_is_replaced_without_dropping_a_long
     remaining = _served_not_after(deployed, ca_file, ACME) - dt.datetime.now(dt.UTC)
     assert remaining > dt.timedelta(days=300), remaining
     assert after["host"]["components"]["frontdoor"]["certificates"]["acme"]["days_left"] > 300
+
+
+def test_a_front_door_switched_off_stops_publishing_and_comes_back(deployed: HostConfig, tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(LOCAL_INVENTORY.read_text().replace(
+        '"frontdoor": {"bind_address": "127.0.0.1"},', '"frontdoor": {"bind_address": "127.0.0.1", "enabled": False},'))
+    from appliance.frontdoor.caddyfile import caddyfile_path
+
+    try:
+        deploy_or_fail(inventory)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", deployed.frontdoor.https_port), timeout=5).close()
+        assert not caddyfile_path(deployed).exists()
+        assert not any(t.gateway_socket.parent.exists() for t in deployed.tenants)
+        assert deployed.frontdoor_ca_cert.exists()  # clients that installed it trust a front door enabled again
+        code, report = status_json()
+        assert code == 0 and "frontdoor" not in report["host"]["components"]
+        assert all("url" not in t for t in report["tenants"].values())
+        # The gateways still answer on loopback.
+        with _gateway(deployed, "acme") as direct:
+            assert direct.get("/healthz").status_code == 200
+        assert changed_operations(deploy_or_fail(inventory)) == 0  # and that is idempotent
+    finally:
+        deploy_or_fail()
+    code, report = status_json()
+    assert code == 0 and report["host"]["components"]["frontdoor"]["healthy"]
