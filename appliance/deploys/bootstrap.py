@@ -8,11 +8,11 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Users, Which
+from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, server
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.facts import FileContent, SupervisordRunning
+from appliance.deploys.facts import FileContent, SupervisordRunning, tenants_with_users
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.roles import role_file
@@ -92,10 +92,6 @@ def supervisord_running():
     yield "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"
 
 
-# Per host: the tenants whose view of the host config the bootstrap wrote (the rest get it in their substrate).
-VIEWS_WRITTEN: dict[str, set[str]] = {}
-
-
 def tenant_view(config: HostConfig, tenant: TenantConfig) -> OperationMeta:
     """The tenant's view of the host config (no other tenant in it), 0640 root and the tenant's group."""
     return managed_file(
@@ -135,12 +131,10 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
     # root's, for every tenant whose user exists (selected by this run or not: an only_tenants deploy or an
     # upgrade must not leave a running tenant unable to read its config); a new tenant's in its substrate.
     managed_directory("Tenants' views of the host config", str(config.common.config_dir / "tenants"), mode="711")
-    existing_users = set(host.get_fact(Users))
-    VIEWS_WRITTEN[host.name] = set()
+    existing = tenants_with_users(config)
     for tenant in config.tenants:
-        if tenant.user in existing_users:
+        if tenant.id in existing:
             tenant_view(config, tenant)
-            VIEWS_WRITTEN[host.name].add(tenant.id)
     # Root's alone: it lists every tenant and port of the host.
     resolved = managed_file(
         "Resolved host config (no secrets)", str(config.host_file), config.model_dump_json(indent=2) + "\n",

@@ -87,3 +87,20 @@ def host_step(config: HostConfig, step: str, fact: str, current: str, tenant: Te
         host.noop(current)
         return
     yield host_command(config, step, *([tenant.id] if tenant else []))
+
+
+def tenants_with_users(config: HostConfig) -> set[str]:
+    """Tenants of this host whose OS user existed when the deploy began: their per-tenant files that host-wide
+    steps write (config views, front-door socket dirs) are written there for all of them, selected by this run
+    or not; a tenant new to the host gets them in its own substrate, once its user exists."""
+    from pyinfra.facts.server import Users
+
+    # Taken once, the first time it is asked (the bootstrap, before any user is made): pyinfra updates its
+    # cached Users fact as `server.user` operations are prepared, so a later look would see new tenants too.
+    if host.name not in _tenants_with_users:
+        users = set(host.get_fact(Users))
+        _tenants_with_users[host.name] = {tenant.id for tenant in config.tenants if tenant.user in users}
+    return _tenants_with_users[host.name]
+
+
+_tenants_with_users: dict[str, set[str]] = {}

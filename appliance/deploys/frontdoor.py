@@ -13,11 +13,11 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command, Users
+from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.facts import host_command, host_step
+from appliance.deploys.facts import host_command, host_step, tenants_with_users
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.services import install_services
 from appliance.frontdoor.caddyfile import caddyfile_path, render_caddyfile
@@ -47,18 +47,11 @@ def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
     managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="711")
     managed_directory("Front door log dir (root only: it names every tenant's requests)",
                       str(frontdoor_log(config).parent), mode="700")
-    # Every existing tenant's socket dir, selected by this run or not (a gateway restarted later needs it); a
-    # tenant new to the host gets its own in its substrate, once its user exists.
-    existing_users = set(host.get_fact(Users))
-    UPSTREAMS_MADE[host.name] = set()
+    # Every existing tenant's socket dir, selected by this run or not (a gateway restarted later needs it).
+    existing = tenants_with_users(config)
     for tenant in config.tenants:
-        if tenant.user in existing_users:
+        if tenant.id in existing:
             tenant_upstream_dir(tenant, config)
-            UPSTREAMS_MADE[host.name].add(tenant.id)
-
-
-# Per host: tenants whose socket dir frontdoor_base made (the rest get it in their substrate).
-UPSTREAMS_MADE: dict[str, set[str]] = {}
 
 
 def tenant_upstream_dir(tenant: TenantConfig, config: HostConfig) -> None:

@@ -11,8 +11,8 @@ from pyinfra.operations import server
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
-from appliance.deploys.facts import appliance_facts, host_command
-from appliance.deploys.frontdoor import UPSTREAMS_MADE, tenant_upstream_dir
+from appliance.deploys.facts import appliance_facts, host_command, tenants_with_users
+from appliance.deploys.frontdoor import tenant_upstream_dir
 from appliance.deploys.managed import managed_directory
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
@@ -51,12 +51,12 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
     # What the tenant's own services read (they cannot read host.json): a tenant new to this host gets it here,
     # once its user exists; the others got it in the bootstrap.
-    from appliance.deploys.bootstrap import VIEWS_WRITTEN, tenant_view
+    from appliance.deploys.bootstrap import tenant_view
 
-    if tenant.id not in VIEWS_WRITTEN.get(host.name, set()):
+    if tenant.id not in tenants_with_users(config):
         tenant_view(config, tenant)
-    if config.runs_frontdoor and tenant.id not in UPSTREAMS_MADE.get(host.name, set()):
-        tenant_upstream_dir(tenant, config)
+        if config.runs_frontdoor:
+            tenant_upstream_dir(tenant, config)
 
 
 @deploy("Tenant stack")
