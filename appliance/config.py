@@ -83,6 +83,14 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def frontdoor_state_dir(common: CommonSettings) -> Path:
+    return common.state_root / "frontdoor"
+
+
+def frontdoor_upstreams_dir(common: CommonSettings) -> Path:
+    return frontdoor_state_dir(common) / "upstreams"
+
+
 def pg_bin_dir(version: int) -> Path:
     """Where a Postgres version's programs are (Debian's layout: the postgresql-<version> packages)."""
     return Path(f"/usr/lib/postgresql/{version}/bin")
@@ -496,7 +504,7 @@ class TenantConfig(BaseModel):
         """The gateway's socket for the front door: its directory is entered only by the tenant's user and the
         front door's group, which is how the gateway knows a caller there is the front door (loopback TCP
         cannot tell the front door from any other local user)."""
-        return self.common.state_root / "frontdoor" / "upstreams" / self.id / "gateway.sock"
+        return frontdoor_upstreams_dir(self.common) / self.id / "gateway.sock"
 
     def secret_path(self, name: str) -> Path:
         if name not in TENANT_SECRETS:
@@ -592,9 +600,19 @@ class HostConfig(BaseModel):
         return FRONTDOOR_USER
 
     @property
+    def frontdoor_state_dir(self) -> Path:
+        """The front door's state on the host: caddy/ (its own), upstreams/ (gateways' sockets), log/ (root's)."""
+        return frontdoor_state_dir(self.common)
+
+    @property
     def frontdoor_root(self) -> Path:
         """Caddy's own state (ACME accounts and certificates, autosaved config); the front door's user only."""
-        return self.common.state_root / "frontdoor" / "caddy"
+        return self.frontdoor_state_dir / "caddy"
+
+    @property
+    def frontdoor_upstreams(self) -> Path:
+        """Parent of every tenant's front-door socket directory (TenantConfig.gateway_socket)."""
+        return frontdoor_upstreams_dir(self.common)
 
     @property
     def frontdoor_conf_dir(self) -> Path:
@@ -612,18 +630,21 @@ class HostConfig(BaseModel):
     @property
     def frontdoor_admin_socket(self) -> Path:
         """Caddy's admin API (reloads): a unix socket in the front door's own state, never a TCP port."""
-        return self.common.state_root / "frontdoor" / "caddy" / "admin.sock"
+        return self.frontdoor_root / "admin.sock"
+
+    @property
+    def frontdoor_certs_dir(self) -> Path:
+        """The certificates and keys the front door serves (its user's, 0700)."""
+        return self.frontdoor_conf_dir / "certs"
 
     def frontdoor_cert(self, tenant: TenantConfig) -> tuple[Path, Path]:
         """(certificate, key) the front door serves for `tenant` (issued here, or copied from the operator's)."""
-        certs = self.frontdoor_conf_dir / "certs"
-        return certs / f"{tenant.id}.pem", certs / f"{tenant.id}.key"
+        return self.frontdoor_certs_dir / f"{tenant.id}.pem", self.frontdoor_certs_dir / f"{tenant.id}.key"
 
     @property
     def frontdoor_default_cert(self) -> tuple[Path, Path]:
         """What the front door shows a client naming no tenant of this host: a certificate naming none either."""
-        certs = self.frontdoor_conf_dir / "certs"
-        return certs / "default.pem", certs / "default.key"
+        return self.frontdoor_certs_dir / "default.pem", self.frontdoor_certs_dir / "default.key"
 
     # The embedded object store's places (only used where it runs) -----------------------------------
     @property

@@ -69,8 +69,7 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
     if spec.component == "frontdoor":
         from appliance.frontdoor.status import probe_frontdoor
 
-        door = probe_frontdoor(host)
-        return door.healthy, door.detail
+        return probe_frontdoor(host)
     if spec.component == "sync" and spec.tenant:
         return _sync_probe(spec, host.tenant(spec.tenant))
     if spec.probe == "http":
@@ -144,11 +143,11 @@ def collect(host: HostConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"host": {"name": host.name, "components": {}}, "tenants": {}}
     for spec in specs:
         status = asdict(_component(spec, states[spec.name], host))
-        if spec.component == "frontdoor" and status["running"]:
-            from appliance.frontdoor.status import probe_frontdoor
+        if spec.component == "frontdoor":
+            from appliance.frontdoor.status import frontdoor_details
 
             # Listeners and certificate expiry beside the health, for operators and their monitoring.
-            status.update(probe_frontdoor(host).extra)
+            status.update(frontdoor_details(host))
         if spec.tenant is None:
             report["host"]["components"][spec.component] = status
         else:

@@ -194,9 +194,20 @@ class Systemd:
         return ["systemctl", "stop", spec.unit_name]
 
     def remove_command(self, specs: list[ServiceSpec]) -> list[str]:
-        names = " ".join(spec.unit_name for spec in specs)
-        return ["sh", "-c", f"systemctl disable --now {names} ; systemctl daemon-reload"]
+        # Run once the unit files are gone (as supervisord's `update` is): `systemctl disable` needs the file,
+        # so the link that enabled the unit (WantedBy=multi-user.target in the template) is removed directly.
+        wants = SYSTEMD_UNITS / "multi-user.target.wants"
+        links = " ".join(shlex.quote(str(wants / spec.unit_name)) for spec in specs)
+        return ["sh", "-c", f"rm -f {links} && systemctl daemon-reload"]
 
 
 def manager(name: ManagerName) -> ServiceManager:
     return Systemd() if name == "systemd" else Supervisor()
+
+
+def remove_services(mgr: ServiceManager, specs: list[ServiceSpec]) -> None:
+    """Stop `specs` (the last first), delete their unit/program files and have the manager forget them."""
+    for spec in reversed(specs):
+        subprocess.run(mgr.stop_command(spec), capture_output=True)
+        mgr.unit_path(spec).unlink(missing_ok=True)
+    subprocess.run(mgr.remove_command(specs), capture_output=True)

@@ -27,13 +27,6 @@ def serve(tenant_id: str, log_level: str) -> None:
 
     tenant = load_tenant(tenant_id)[1]
     os.environ[TENANT_ENV] = tenant.id
-    door = front_door_socket(tenant.gateway_socket) if tenant.frontdoor.enabled else None
-    if tenant.frontdoor.enabled and door is None:
-        click.echo(f"warning: {tenant.gateway_socket.parent} does not exist: the front door cannot reach this "
-                   "gateway until the host is deployed again", err=True)
-    click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')}"
-               + (f" and the front door's socket {tenant.gateway_socket}" if door else "")
-               + f" ({tenant.gateway.workers} worker(s))", err=True)
     config = uvicorn.Config(
         "appliance.gateway.main:app_from_env", factory=True,
         host=tenant.common.bind_address, port=tenant.port("gateway"), workers=tenant.gateway.workers,
@@ -43,4 +36,12 @@ def serve(tenant_id: str, log_level: str) -> None:
         # Long-polls and SSE streams end on their own; give in-flight writes time to finish on shutdown.
         timeout_graceful_shutdown=10,
     )
+    # The front door's socket gets the same backlog as the TCP listener uvicorn makes.
+    door = front_door_socket(tenant.gateway_socket, config.backlog) if tenant.frontdoor.enabled else None
+    if tenant.frontdoor.enabled and door is None:
+        click.echo(f"warning: {tenant.gateway_socket.parent} does not exist: the front door cannot reach this "
+                   "gateway until the host is deployed again", err=True)
+    click.echo(f"gateway of {tenant.id} on http://{tenant.common.bind_address}:{tenant.port('gateway')}"
+               + (f" and the front door's socket {tenant.gateway_socket}" if door else "")
+               + f" ({tenant.gateway.workers} worker(s))", err=True)
     serve(config, [door] if door else [])

@@ -11,7 +11,7 @@ import click
 from appliance.config import HostConfig, TenantConfig, load_host_config
 from appliance.host.processes import kill_user_processes
 from appliance.services import tenant_services
-from appliance.supervision import detect, manager
+from appliance.supervision import detect, manager, remove_services
 
 
 @click.group()
@@ -22,11 +22,8 @@ def tenant() -> None:
 def _remove_services(host: HostConfig, tenant_config: TenantConfig) -> None:
     mgr = manager(detect(host.common.service_manager))
     specs = tenant_services(tenant_config)
-    for spec in reversed(specs):
-        click.echo(f"stopping {spec.name}")
-        subprocess.run(mgr.stop_command(spec), capture_output=True)
-        mgr.unit_path(spec).unlink(missing_ok=True)
-    subprocess.run(mgr.remove_command(specs), capture_output=True)
+    click.echo(f"stopping {', '.join(spec.name for spec in reversed(specs))}")
+    remove_services(mgr, specs)
 
 
 def _ship_final_audit(host: HostConfig, tenant_config: TenantConfig) -> None:

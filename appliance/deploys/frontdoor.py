@@ -20,7 +20,7 @@ from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import host_command, host_step, tenants_with_users
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.services import install_services
-from appliance.frontdoor.caddyfile import caddyfile_path, render_caddyfile
+from appliance.frontdoor.caddyfile import CADDYFILE_MODE, caddyfile_path, render_caddyfile
 from appliance.frontdoor.service import frontdoor_log, frontdoor_service, reload_command
 from appliance.supervision import ManagerName
 
@@ -39,12 +39,11 @@ def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
         name=f"OS user {config.frontdoor_user}", user=config.frontdoor_user, home=str(config.frontdoor_root),
         shell="/usr/sbin/nologin", system=True, create_home=False,
     )
-    base = config.frontdoor_root.parent
-    managed_directory("Front door state dir", str(base), mode="755")
+    managed_directory("Front door state dir", str(config.frontdoor_state_dir), mode="755")
     managed_directory("Front door's own state (Caddy)", str(config.frontdoor_root), user=config.frontdoor_user,
                       group=config.frontdoor_user, mode="700")
     # 0711: entered on the way to a socket, never listed (the names are tenant ids).
-    managed_directory("Gateway sockets for the front door", str(base / "upstreams"), mode="711")
+    managed_directory("Gateway sockets for the front door", str(config.frontdoor_upstreams), mode="711")
     managed_directory("Front door log dir (root only: it names every tenant's requests)",
                       str(frontdoor_log(config).parent), mode="700")
     # Every existing tenant's socket dir, selected by this run or not (a gateway restarted later needs it).
@@ -70,9 +69,8 @@ def host_frontdoor(config: HostConfig, manager_name: ManagerName) -> None:
         config=config, step="frontdoor-setup", fact="frontdoor_tls_ok",
         current="front door certificates are current",
     )
-    # Not world-readable: it names every tenant's hostnames and sockets.
     caddyfile = managed_file("Front door Caddyfile", str(caddyfile_path(config)), render_caddyfile(config),
-                             mode="640", group=config.frontdoor_user)
+                             mode=f"{CADDYFILE_MODE:o}", group=config.frontdoor_user)
     service = install_services(config, manager_name, [frontdoor_service(config)], tenant=None)
     # A new or changed service definition (re)started Caddy with everything current; otherwise a running Caddy
     # is told to load its files again.

@@ -19,8 +19,22 @@ UPSTREAM_KEEPALIVE_S = 4
 CHUNKED_BODY_MARGIN_BYTES = 64 * 1024
 
 
+# Not world-readable: it names every tenant's hostnames and sockets. Root writes it, the front door reads it.
+CADDYFILE_MODE = 0o640
+
+
 def caddyfile_path(host: HostConfig) -> Path:
     return host.frontdoor_conf_dir / "Caddyfile"
+
+
+def write_caddyfile(host: HostConfig) -> None:
+    """The Caddyfile for `host`, outside a deploy (which manages the same file, mode and group itself)."""
+    import grp
+
+    from appliance.objectstore.files import write_atomic
+
+    owner = (0, grp.getgrnam(host.frontdoor_user).gr_gid)
+    write_atomic(caddyfile_path(host), render_caddyfile(host).encode(), CADDYFILE_MODE, owner)
 
 
 def grace_period_s(host: HostConfig) -> int:

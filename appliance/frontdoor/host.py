@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.frontdoor.caddyfile import caddyfile_path, render_caddyfile
+from appliance.frontdoor.caddyfile import caddyfile_path, write_caddyfile
 from appliance.frontdoor.service import frontdoor_service, reload_command
-from appliance.objectstore.files import write_atomic
-from appliance.supervision import detect, manager
-
-
-def _upstreams(host: HostConfig) -> Path:
-    return host.frontdoor_root.parent / "upstreams"
+from appliance.supervision import detect, manager, remove_services
 
 
 def frontdoor_present(host: HostConfig) -> bool:
     """Something of a front door is on this host (its service, its routing or its gateways' socket dirs)."""
     spec = frontdoor_service(host)
     unit = manager(detect(host.common.service_manager)).unit_path(spec)
-    certs = host.frontdoor_default_cert[0].parent
-    return unit.exists() or caddyfile_path(host).exists() or certs.exists() or _upstreams(host).exists()
+    return (unit.exists() or caddyfile_path(host).exists() or host.frontdoor_certs_dir.exists()
+            or host.frontdoor_upstreams.exists())
 
 
 def remove_frontdoor(host: HostConfig) -> list[str]:
@@ -32,15 +26,10 @@ def remove_frontdoor(host: HostConfig) -> list[str]:
     done: list[str] = []
     spec = frontdoor_service(host)
     mgr = manager(detect(host.common.service_manager))
-    unit = mgr.unit_path(spec)
-    if unit.exists():
-        # Stopped and disabled while its definition is still there, then the definition goes.
-        subprocess.run(mgr.stop_command(spec), capture_output=True)
-        subprocess.run(mgr.remove_command([spec]), capture_output=True)
-        unit.unlink(missing_ok=True)
-        subprocess.run(mgr.remove_command([spec]), capture_output=True)
+    if mgr.unit_path(spec).exists():
+        remove_services(mgr, [spec])
         done.append("front door stopped")
-    for path in (caddyfile_path(host), host.frontdoor_default_cert[0].parent, _upstreams(host)):
+    for path in (caddyfile_path(host), host.frontdoor_certs_dir, host.frontdoor_upstreams):
         if path.is_dir():
             shutil.rmtree(path)
             done.append(f"removed {path}")
@@ -58,7 +47,7 @@ def forget_tenant(before: HostConfig, after: HostConfig, tenant: TenantConfig) -
     if not after.runs_frontdoor:
         return [*remove_frontdoor(before), "front door removed (no tenant left on this host)"]
     done: list[str] = []
-    write_atomic(caddyfile_path(after), render_caddyfile(after).encode(), 0o640, _caddyfile_owner(after))
+    write_caddyfile(after)
     spec = frontdoor_service(before)
     if manager(detect(before.common.service_manager)).states([spec])[spec.name].running:
         result = subprocess.run(reload_command(after), capture_output=True, text=True)
@@ -76,11 +65,3 @@ def forget_tenant(before: HostConfig, after: HostConfig, tenant: TenantConfig) -
         done.append(f"removed {tenant.gateway_socket.parent}")
     return done
 
-
-def _caddyfile_owner(host: HostConfig) -> tuple[int, int] | None:
-    import grp
-
-    try:
-        return 0, grp.getgrnam(host.frontdoor_user).gr_gid
-    except KeyError:
-        return None

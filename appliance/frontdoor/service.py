@@ -14,7 +14,7 @@ CADDY = "/usr/bin/caddy"
 
 def frontdoor_log(host: HostConfig) -> Path:
     """In a root-only directory: the log names request paths (thread ids) and client addresses of every tenant."""
-    return host.frontdoor_root.parent / "log" / "frontdoor.log"
+    return host.frontdoor_state_dir / "log" / "frontdoor.log"
 
 
 def frontdoor_service(host: HostConfig) -> ServiceSpec:

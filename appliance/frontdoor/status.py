@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -16,13 +15,6 @@ from appliance.config import FrontdoorTls, HostConfig, TenantConfig
 from appliance.frontdoor.tls import served_certificates
 
 PROBE_TIMEOUT_S = 3.0
-
-
-@dataclass
-class FrontdoorHealth:
-    healthy: bool
-    detail: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def connect_address(host: HostConfig) -> str:
@@ -65,7 +57,23 @@ def https_get(host: HostConfig, hostname: str, path: str, context: ssl.SSLContex
         return int(status_line.split()[1]), str(tls.version())
 
 
-def probe_frontdoor(host: HostConfig) -> FrontdoorHealth:
+def frontdoor_details(host: HostConfig) -> dict[str, Any]:
+    """Its listeners and each tenant's certificate (names, expiry), from the config and the files: no network."""
+    now = dt.datetime.now(dt.UTC)
+    certificates = {}
+    for served in served_certificates(host):
+        certificates[served.tenant] = {
+            "names": list(served.names),
+            "not_after": served.not_after.isoformat() if served.not_after else None,
+            "days_left": None if served.not_after is None else (served.not_after - now).days,
+        }
+    listeners = [f"https://{host.frontdoor.bind_address}:{host.frontdoor.https_port}",
+                 f"http://{host.frontdoor.bind_address}:{host.frontdoor.http_port}"]
+    return {"listeners": listeners, "certificates": certificates}
+
+
+def probe_frontdoor(host: HostConfig) -> tuple[bool, str]:
+    """(healthy, detail): every tenant's hostname answers /healthz through the listener over TLS."""
     problems: list[str] = []
     answering: list[str] = []
     for tenant in host.tenants:
@@ -80,20 +88,9 @@ def probe_frontdoor(host: HostConfig) -> FrontdoorHealth:
                 problems.append(f"{hostname}: /healthz answered {status} through the front door")
             else:
                 answering.append(f"{hostname} ({version})")
-    now = dt.datetime.now(dt.UTC)
-    certificates = {}
-    for served in served_certificates(host):
-        days = None if served.not_after is None else (served.not_after - now).days
-        certificates[served.tenant] = {
-            "names": list(served.names),
-            "not_after": served.not_after.isoformat() if served.not_after else None,
-            "days_left": days,
-        }
-    listeners = [f"https://{host.frontdoor.bind_address}:{host.frontdoor.https_port}",
-                 f"http://{host.frontdoor.bind_address}:{host.frontdoor.http_port}"]
-    soonest = min((c["days_left"] for c in certificates.values() if c["days_left"] is not None), default=None)
-    expiry = f"; certificates expire in {soonest}+ days" if soonest is not None else ""
     if problems:
-        return FrontdoorHealth(False, "; ".join(problems), {"listeners": listeners, "certificates": certificates})
-    detail = f"{', '.join(listeners)}: {', '.join(answering) or 'no tenants'}{expiry}"
-    return FrontdoorHealth(True, detail, {"listeners": listeners, "certificates": certificates})
+        return False, "; ".join(problems)
+    details = frontdoor_details(host)
+    days = [c["days_left"] for c in details["certificates"].values() if c["days_left"] is not None]
+    expiry = f"; certificates expire in {min(days)}+ days" if days else ""
+    return True, f"{', '.join(details['listeners'])}: {', '.join(answering) or 'no tenants'}{expiry}"

@@ -35,10 +35,6 @@ class OperatorCertificateError(ValueError):
     """An operator-provided certificate that cannot be served; the message names the file and the problem."""
 
 
-def _names(tenant: TenantConfig) -> list[str]:
-    return list(tenant.hostnames)
-
-
 def operator_files_problem(tenant: TenantConfig) -> str | None:
     """Why the operator's certificate for `tenant` cannot be served, or None."""
     cert_file, key_file = Path(tenant.frontdoor.cert_file), Path(tenant.frontdoor.key_file)
@@ -53,7 +49,7 @@ def operator_files_problem(tenant: TenantConfig) -> str | None:
     leaf = certs[0]
     if leaf.public_key() != key.public_key():
         return f"{key_file} is not the key of {cert_file}"
-    missing = [name for name in _names(tenant) if name not in cert_names(leaf)]
+    missing = [name for name in tenant.hostnames if name not in cert_names(leaf)]
     if missing:
         return f"{cert_file} does not name {missing} (tenant {tenant.id}'s hostnames)"
     if leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC):
@@ -72,6 +68,59 @@ def _copy_if_changed(source: Path, target: Path, mode: int, owner: tuple[int, in
     return True
 
 
+@dataclass(frozen=True)
+class _Issued:
+    """A certificate the front door CA issues (and renews) for `names`."""
+
+    what: str
+    cert: Path
+    key: Path
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Copied:
+    """The operator's certificate and key for a tenant on `tls: files`, copied in for the front door."""
+
+    tenant: TenantConfig
+    cert: Path
+    key: Path
+
+
+def _served(host: HostConfig) -> list[_Issued | _Copied]:
+    """Every certificate the front door serves from files (ACME tenants' are Caddy's own), default first."""
+    cert, key = host.frontdoor_default_cert
+    served: list[_Issued | _Copied] = [_Issued("default certificate", cert, key, (DEFAULT_NAME,))]
+    for tenant in host.tenants:
+        cert, key = host.frontdoor_cert(tenant)
+        if tenant.frontdoor.tls is FrontdoorTls.internal:
+            served.append(_Issued(f"certificate of {tenant.id} ({', '.join(tenant.hostnames)})", cert, key,
+                                  tenant.hostnames))
+        elif tenant.frontdoor.tls is FrontdoorTls.files:
+            served.append(_Copied(tenant, cert, key))
+    return served
+
+
+def _current(host: HostConfig, item: _Issued | _Copied) -> bool:
+    if isinstance(item, _Issued):
+        return leaf_is_current(ca_cert=host.frontdoor_ca_cert, cert_path=item.cert, key_path=item.key,
+                               names=item.names)
+    files = item.tenant.frontdoor
+    try:
+        same = (Path(files.cert_file).read_bytes() == item.cert.read_bytes()
+                and Path(files.key_file).read_bytes() == item.key.read_bytes())
+    except OSError:
+        return False
+    return same and operator_files_problem(item.tenant) is None
+
+
+def _stale(host: HostConfig, served: list[_Issued | _Copied]) -> list[Path]:
+    """Certificates and keys in the certs dir that nothing serves any more (a tenant gone, or now on ACME)."""
+    wanted = {path.name for item in served for path in (item.cert, item.key)}
+    return sorted(p for p in host.frontdoor_certs_dir.iterdir() if p.suffix in (".pem", ".key")
+                  and p.name not in wanted)
+
+
 def ensure_frontdoor_tls(host: HostConfig) -> list[str]:
     """The CA, the default certificate and every tenant's; a list of what changed (empty: nothing)."""
     changes: list[str] = []
@@ -79,33 +128,25 @@ def ensure_frontdoor_tls(host: HostConfig) -> list[str]:
     if ensure_ca(host.frontdoor_ca_cert, host.frontdoor_ca_key, common_name=f"appliance front door CA ({host.name})"):
         changes.append("front door CA created")
     owner = owner_ids(host.frontdoor_user)
-    certs_dir = host.frontdoor_default_cert[0].parent
-    if ensure_dir(certs_dir, 0o700, owner):
-        changes.append(f"{certs_dir} made the front door's")
-    cert, key = host.frontdoor_default_cert
-    if ensure_leaf_cert(ca_cert=host.frontdoor_ca_cert, ca_key=host.frontdoor_ca_key, cert_path=cert, key_path=key,
-                        names=[DEFAULT_NAME], owner=host.frontdoor_user):
-        changes.append("default certificate issued")
-    for tenant in host.tenants:
-        cert, key = host.frontdoor_cert(tenant)
-        if tenant.frontdoor.tls is FrontdoorTls.internal:
-            if ensure_leaf_cert(ca_cert=host.frontdoor_ca_cert, ca_key=host.frontdoor_ca_key, cert_path=cert,
-                                key_path=key, names=_names(tenant), owner=host.frontdoor_user):
-                changes.append(f"certificate of {tenant.id} issued ({', '.join(tenant.hostnames)})")
-        elif tenant.frontdoor.tls is FrontdoorTls.files:
-            problem = operator_files_problem(tenant)
-            if problem:
-                raise OperatorCertificateError(f"tenant {tenant.id}: frontdoor.cert_file/key_file: {problem}")
-            copied = _copy_if_changed(Path(tenant.frontdoor.key_file), key, 0o600, owner)
-            copied |= _copy_if_changed(Path(tenant.frontdoor.cert_file), cert, 0o644, owner)
-            if copied:
-                changes.append(f"operator's certificate of {tenant.id} installed")
-    known = {p.name for t in host.tenants for p in host.frontdoor_cert(t)} | {
-        p.name for p in host.frontdoor_default_cert}
-    for stale in sorted(certs_dir.iterdir()):
-        if stale.name not in known and stale.suffix in (".pem", ".key"):
-            stale.unlink()
-            changes.append(f"{stale.name} removed (no such tenant on this host)")
+    if ensure_dir(host.frontdoor_certs_dir, 0o700, owner):
+        changes.append(f"{host.frontdoor_certs_dir} made the front door's")
+    served = _served(host)
+    for item in served:
+        if isinstance(item, _Issued):
+            if ensure_leaf_cert(ca_cert=host.frontdoor_ca_cert, ca_key=host.frontdoor_ca_key, cert_path=item.cert,
+                                key_path=item.key, names=item.names, owner=host.frontdoor_user):
+                changes.append(f"{item.what} issued")
+            continue
+        problem = operator_files_problem(item.tenant)
+        if problem:
+            raise OperatorCertificateError(f"tenant {item.tenant.id}: frontdoor.cert_file/key_file: {problem}")
+        copied = _copy_if_changed(Path(item.tenant.frontdoor.key_file), item.key, 0o600, owner)
+        copied |= _copy_if_changed(Path(item.tenant.frontdoor.cert_file), item.cert, 0o644, owner)
+        if copied:
+            changes.append(f"operator's certificate of {item.tenant.id} installed")
+    for stale in _stale(host, served):
+        stale.unlink()
+        changes.append(f"{stale.name} removed (no such tenant on this host)")
     return changes
 
 
@@ -113,29 +154,8 @@ def frontdoor_tls_ok(host: HostConfig) -> bool:
     """Everything `ensure_frontdoor_tls` would leave as it is (the deploy's fact; writes nothing)."""
     if not ca_is_current(host.frontdoor_ca_cert, host.frontdoor_ca_key):
         return False
-    cert, key = host.frontdoor_default_cert
-    if not leaf_is_current(ca_cert=host.frontdoor_ca_cert, cert_path=cert, key_path=key, names=[DEFAULT_NAME]):
-        return False
-    certs_dir = cert.parent
-    expected = {p.name for p in host.frontdoor_default_cert}
-    for tenant in host.tenants:
-        cert, key = host.frontdoor_cert(tenant)
-        if tenant.frontdoor.tls is FrontdoorTls.internal:
-            expected |= {cert.name, key.name}
-            if not leaf_is_current(ca_cert=host.frontdoor_ca_cert, cert_path=cert, key_path=key,
-                                   names=_names(tenant)):
-                return False
-        elif tenant.frontdoor.tls is FrontdoorTls.files:
-            expected |= {cert.name, key.name}
-            try:
-                same = (Path(tenant.frontdoor.cert_file).read_bytes() == cert.read_bytes()
-                        and Path(tenant.frontdoor.key_file).read_bytes() == key.read_bytes())
-            except OSError:
-                return False
-            if not same or operator_files_problem(tenant):
-                return False
-    present = {p.name for p in certs_dir.iterdir() if p.suffix in (".pem", ".key")}
-    return present == expected
+    served = _served(host)
+    return all(_current(host, item) for item in served) and not _stale(host, served)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
             self.client = FRONT_DOOR_PEER if uid is not None and uid == _front_door_uid() else None
 
 
-def front_door_socket(path: Path) -> socket.socket | None:
+def front_door_socket(path: Path, backlog: int) -> socket.socket | None:
     """The gateway's listening socket for the front door, in the directory the deploy made for it (the tenant's
     user and the front door's group only; setgid, so the socket is the front door group's). None when the
     front door is not deployed for this tenant (no such directory): the gateway then serves loopback only."""
@@ -65,7 +65,7 @@ def front_door_socket(path: Path) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
     os.chmod(path, 0o660)
-    sock.listen(2048)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
