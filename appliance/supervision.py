@@ -24,6 +24,9 @@ ManagerName = Literal["systemd", "supervisor"]
 SUPERVISOR_CONF = Path("/etc/supervisor/supervisord.conf")
 SUPERVISOR_PROGRAMS = Path("/etc/supervisor/conf.d")
 SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
+# How long supervisord may take to shut down: it stops each program in turn, waiting up to its stopwaitsecs
+# (and programs that were still starting, as on a host whose deployed tenants it just brought up, are slow).
+SUPERVISORD_STOP_WAIT_S = 300
 SYSTEMD_UNITS = Path("/etc/systemd/system")
 
 

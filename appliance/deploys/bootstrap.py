@@ -12,12 +12,12 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, server
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.deploys.facts import FileContent, SupervisordRunning, tenants_with_users
+from appliance.deploys.facts import FileContent, Supervisord, tenants_with_users
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.roles import role_file
 from appliance.services import STREAMS_NPM_INSTALL
-from appliance.supervision import SUPERVISOR_CONF, ManagerName
+from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_STOP_WAIT_S, ManagerName
 
 # Debian's python3 builds the host venv: it is what every Debian 12 host has, whatever the controller runs.
 HOST_PYTHON = "/usr/bin/python3"
@@ -84,9 +84,17 @@ def appliance_sources(config: HostConfig):
 @operation()
 def supervisord_running():
     """Start supervisord when it is not running (hosts where systemd is not PID 1)."""
-    if host.get_fact(SupervisordRunning):
+    state = host.get_fact(Supervisord)
+    if state == "running":
         host.noop("supervisord is running")
         return
+    if state == "stopping":
+        # One that is shutting down must be gone before another can take its socket.
+        yield (
+            f"for i in $(seq {SUPERVISORD_STOP_WAIT_S * 10}); do supervisorctl pid 2>&1 | grep -q SHUTDOWN_STATE "
+            f"|| exit 0; sleep 0.1; done; echo 'supervisord is still shutting down after {SUPERVISORD_STOP_WAIT_S} s: "
+            "wait for it (supervisorctl status) and deploy again' >&2; exit 1"
+        )
     yield f"supervisord -c {SUPERVISOR_CONF}"
     # supervisord daemonizes before its socket is up; wait so the next step can talk to it.
     yield "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
@@ -52,12 +52,22 @@ class DockerServerVersion(FactBase[str]):
         return output[0].strip() if output else ""
 
 
-class SupervisordRunning(FactBase[bool]):
-    def command(self) -> str:
-        return "supervisorctl pid 2>/dev/null || true"
+SupervisordState = Literal["running", "stopping", "absent"]
 
-    def process(self, output: list[str]) -> bool:
-        return bool(output) and output[0].strip().isdigit()
+
+class Supervisord(FactBase[SupervisordState]):
+    """Whether supervisord answers, and whether it is on its way out: while it shuts down (stopping its
+    programs, which can take their stopwaitsecs each) it still holds its socket, so starting another fails
+    ("Another program is already listening"), yet it answers every call with SHUTDOWN_STATE."""
+
+    def command(self) -> str:
+        return "supervisorctl pid 2>&1 || true"
+
+    def process(self, output: list[str]) -> SupervisordState:
+        text = "\n".join(output)
+        if output and output[0].strip().isdigit():
+            return "running"
+        return "stopping" if "SHUTDOWN_STATE" in text else "absent"
 
 
 # One `appliance host facts` run per host per deploy run, when the first step that needs it runs (after the

@@ -3,6 +3,11 @@
 On a host deployed before, supervisord is already running and is left as it is. On a fresh machine (issue 15:
 `.ci/run` with nothing deployed) these tests used to skip; now they start supervisord with Debian's config,
 as the deploy would, and stop it again by its PID when they are done.
+
+A host whose default was deployed but whose supervisord is not running (a restored machine image) is the
+slow case: the supervisord started here brings the deployed tenants up too, and stopping it stops them all,
+which took 90 s once. The stop is awaited for as long as supervisord may take (SUPERVISORD_STOP_WAIT_S), so
+the next test (a deploy) never meets a supervisord that still holds its socket while shutting down.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from appliance.supervision import SUPERVISOR_CONF, Supervisor
+from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_STOP_WAIT_S, Supervisor
 
 
 def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -35,6 +40,12 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _shutting_down() -> bool:
+    """supervisord still holds its socket but answers SHUTDOWN_STATE: it is stopping its programs."""
+    answer = subprocess.run(["supervisorctl", "pid"], capture_output=True, text=True, timeout=30)
+    return "SHUTDOWN_STATE" in answer.stdout + answer.stderr
+
+
 @contextmanager
 def supervisord_running() -> Iterator[Supervisor]:
     """The host's supervisord: the running one, or one started here and stopped on exit."""
@@ -44,6 +55,8 @@ def supervisord_running() -> Iterator[Supervisor]:
     if manager.is_running():
         yield manager
         return
+    if _shutting_down():
+        _wait(lambda: not _shutting_down(), SUPERVISORD_STOP_WAIT_S, "a supervisord shutting down did not finish")
     if shutil.which("supervisord") is None or not SUPERVISOR_CONF.is_file():
         raise FileNotFoundError(f"supervisord or {SUPERVISOR_CONF} is missing: apt-get install supervisor "
                                 "(.ci/run does)")
@@ -54,4 +67,4 @@ def supervisord_running() -> Iterator[Supervisor]:
         yield manager
     finally:
         os.kill(pid, signal.SIGTERM)  # supervisord stops its programs, then itself
-        _wait(lambda: not _alive(pid), 60, f"supervisord (pid {pid}) did not stop")
+        _wait(lambda: not _alive(pid), SUPERVISORD_STOP_WAIT_S, f"supervisord (pid {pid}) did not stop")
