@@ -61,6 +61,12 @@ def sync() -> None:
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
+@click.option(
+    "--enable-shape-delete",
+    is_flag=True,
+    help="Answer DELETE /v1/shape, which drops a shape under every client reading it: for tests (Electric's "
+    "ELECTRIC_ENABLE_INTEGRATION_TESTING). Without it DELETE is 405; deployed tenants never set it.",
+)
 def serve(
     database_url: str | None,
     database_url_file: Path | None,
@@ -75,6 +81,7 @@ def serve(
     publication: str,
     slot: str,
     log_level: str,
+    enable_shape_delete: bool,
 ) -> None:
     """Run the sync engine in the foreground until SIGTERM/SIGINT."""
     from appliance.sync.server import DATABASE_URL_ENV, SECRET_ENV
@@ -109,6 +116,7 @@ def serve(
         slot,
         "--log-level",
         log_level,
+        *(["--enable-shape-delete"] if enable_shape_delete else []),
     ]
     # Same PID, lean imports: the supervisor (and tests) keep managing the process they started.
     sys.stdout.flush()

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -69,7 +70,8 @@ from appliance.sync.replication import (
 )
 from appliance.sync.shape import CompiledShape
 from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory
-from appliance.sync.snapshot import SnapshotCancelled, take_snapshot
+from appliance.sync.snapshot import SnapshotCancelled, SubsetResult, take_snapshot, take_subset
+from appliance.sync.subset import SubsetRequest, bind_subset
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class EngineConfig:
     slot: str = DEFAULT_SLOT
     chunk_bytes: int = 1024 * 1024
     max_concurrent_snapshots: int = 4
+    max_concurrent_subsets: int = 8
     status_interval: float = 10.0
     reconnect_delay: tuple[float, float] = (0.1, 5.0)
 
@@ -194,6 +197,9 @@ class SyncEngine:
         self._lock = asyncio.Lock()  # the order of log writes: transactions, shape registration, rotation
         self._create_lock = asyncio.Lock()
         self._snapshots = asyncio.Semaphore(config.max_concurrent_snapshots)
+        # Subset queries are short and many (a live query each): their own bound, so they never wait behind
+        # a large initial snapshot.
+        self._subsets = asyncio.Semaphore(config.max_concurrent_subsets)
         self._by_handle: dict[str, ShapeRuntime] = {}
         self._by_key: dict[str, ShapeRuntime] = {}
         self._by_table: dict[tuple[str, str], set[ShapeRuntime]] = {}
@@ -552,6 +558,22 @@ class SyncEngine:
             log.info("shape %s ready (%s.%s)", runtime.handle, *runtime.table_key)
 
     # -- shapes: deleting, rotating, recovering ------------------------------------------------------------
+
+    async def query_subset(self, runtime: ShapeRuntime, subset: SubsetRequest) -> tuple[SubsetResult, LogOffset]:
+        """A subset snapshot of a ready shape, and the log offset a client resumes from after it.
+
+        The offset is the log's end *before* the snapshot's transaction starts: every change up to it was
+        committed before, so the snapshot holds it; a change after it may or may not be in the snapshot, and
+        the client tells which by the snapshot's xids (it drops those already visible), so none is lost or
+        applied twice. Raises SubsetInvalid for a subset the shape cannot answer."""
+        compiled = runtime.compiled
+        assert compiled is not None and runtime.ready
+        bound = bind_subset(subset, compiled)
+        resume = runtime.log.durable_offset
+        mark = secrets.randbelow(2**31)  # Electric's range: a JavaScript-safe integer
+        async with self._subsets:
+            result = await asyncio.to_thread(take_subset, self.config.dsn, compiled, bound, mark)
+        return result, resume
 
     async def delete(self, handle: str) -> bool:
         async with self._lock:

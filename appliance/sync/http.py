@@ -1,10 +1,11 @@
 """The Electric HTTP Shape API v1 over the engine: a thin Starlette app.
 
-Routes: `GET /v1/shape` (read a shape log: initial snapshot chunks, catch-up, long-poll, SSE), `DELETE
-/v1/shape` (202), `OPTIONS /v1/shape` (CORS preflight), `GET /v1/health`. Request validation, status codes,
-bodies, headers and cache-control values follow Electric's plug layer (sync-service 1.x), which the official
-clients depend on; error bodies are Electric's (`{"message": ..., "errors": {<param>: [...]}}`), not the
-appliance's usual `{"error": ...}` form, because the clients parse these.
+Routes: `GET /v1/shape` (read a shape log: initial snapshot chunks, catch-up, long-poll, SSE; or a subset
+snapshot, see subset.py), `POST /v1/shape` (a subset snapshot with its parameters in the body), `DELETE
+/v1/shape` (202; only with `allow_delete`, for tests), `OPTIONS /v1/shape` (CORS preflight), `GET /v1/health`.
+Request validation, status codes, bodies, headers and cache-control values follow Electric's plug layer
+(sync-service 1.x), which the official clients depend on; error bodies are Electric's (`{"message": ...,
+"errors": {<param>: [...]}}`), not the appliance's usual `{"error": ...}` form, because the clients parse these.
 
 Reading: a response carries the log entries after the request's offset (a snapshot chunk, or up to
 READ_BYTES of changes) and `electric-offset` = the offset of its last entry. It ends with an `up-to-date`
@@ -24,7 +25,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -36,7 +37,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from appliance import __version__
-from appliance.sync import messages
+from appliance.sync import messages, subset
 from appliance.sync.catalog import CatalogError, electric_schema, parse_columns, parse_relation
 from appliance.sync.engine import PublicationError, ShapeRuntime, SyncEngine
 from appliance.sync.offsets import BEFORE_ALL, SNAPSHOT_END, LogOffset, parse_request_offset
@@ -57,6 +58,8 @@ CURSOR_EPOCH: Final = 1728432000  # 2024-10-09T00:00:00Z, Electric's cursor epoc
 # A where-clause is parsed by where.py, which refuses more than MAX_WHERE_BYTES itself; this only bounds
 # what a request may make the server hold before that.
 MAX_QUERY_BYTES: Final = 64 * 1024
+# A POST body holds a subset's where, order_by and params: the same bound as a query string.
+MAX_BODY_BYTES: Final = MAX_QUERY_BYTES
 
 ELECTRIC_HEADERS: Final = (
     "electric-cursor",
@@ -64,6 +67,7 @@ ELECTRIC_HEADERS: Final = (
     "electric-has-data",
     "electric-offset",
     "electric-schema",
+    "electric-snapshot",
     "electric-up-to-date",
     "electric-internal-known-error",
     "retry-after",
@@ -80,6 +84,9 @@ class ApiSettings:
     sse_keepalive_ms: int = SSE_KEEPALIVE_MS
     max_age: int = MAX_AGE
     stale_age: int = STALE_AGE
+    # DELETE /v1/shape drops a shape under every client reading it: for tests only, as Electric's
+    # ELECTRIC_ENABLE_INTEGRATION_TESTING (without it the method is 405). Deployed tenants never enable it.
+    allow_delete: bool = False
 
 
 class InvalidRequest(Exception):
@@ -232,7 +239,7 @@ class ShapeApi:
             headers["retry-after"] = str(retry_after)
         return Response(body, status_code=status, headers=headers, media_type="application/json")
 
-    def _invalid(self, request: Request, errors: dict[str, list[str]]) -> Response:
+    def _invalid(self, request: Request, errors: Mapping[str, Any]) -> Response:
         return self._error(request, 400, messages.invalid_request(errors))
 
     def _authorized(self, request: Request) -> bool:
@@ -308,14 +315,45 @@ class ShapeApi:
         headers["cache-control"] = "no-cache"
         return Response(b"", status_code=202, headers=headers, media_type="application/json")
 
+    async def post(self, request: Request) -> Response:
+        """`POST /v1/shape`: a shape request whose subset parameters are in a JSON body (the client's
+        `subsetMethod: 'POST'`, for subsets too long for a URL); the shape itself is in the query string."""
+        query = await self._query(request)
+        if isinstance(query, Response):
+            return query
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            return self._error(request, 413, messages.encode({"error": "Request body too large"}))
+        if not body.strip():
+            decoded: Any = {}
+        else:
+            try:
+                decoded = json.loads(body)
+            except ValueError as exc:
+                return self._error(request, 400, messages.encode(
+                    {"error": "Invalid JSON in request body", "details": str(exc)}))
+        if not isinstance(decoded, dict):
+            return self._error(request, 400, messages.encode({"error": "Request body must be a JSON object"}))
+        fields = {**subset.fields_from_query(query), **subset.fields_from_body(decoded)}
+        return await self._shape_request(request, query, fields)
+
     async def get(self, request: Request) -> Response:
         query = await self._query(request)
         if isinstance(query, Response):
             return query
+        return await self._shape_request(request, query, subset.fields_from_query(query))
+
+    async def _shape_request(self, request: Request, query: dict[str, str], subset_fields: dict[str, Any]) -> Response:
         try:
             params = parse_shape_params(query)
         except InvalidRequest as exc:
             return self._invalid(request, exc.errors)
+        wanted: subset.SubsetRequest | None = None
+        if subset_fields:
+            try:
+                wanted = subset.parse_subset(subset_fields)
+            except subset.SubsetInvalid as exc:
+                return self._invalid(request, {"subset": exc.errors})
         not_ready = await self._ready(request)
         if not_ready is not None:
             return not_ready
@@ -337,10 +375,49 @@ class ShapeApi:
         except PublicationError as exc:
             return self._invalid(request, {"table": [str(exc)]})
         except psycopg.OperationalError:
-            # Electric's answer while the database cannot be reached to verify a shape: try again soon.
-            message = "Cannot connect to the database to verify the shape. Please try again later."
-            return self._error(request, 503, messages.error_message(message), retry_after=1)
+            return self._unreachable(request)
+        if wanted is not None:
+            return await self._serve_subset(request, params, runtime, wanted)
         return await self._serve(request, params, runtime)
+
+    def _unreachable(self, request: Request) -> Response:
+        # Electric's answer while the database cannot be reached to verify a shape: try again soon.
+        message = "Cannot connect to the database to verify the shape. Please try again later."
+        return self._error(request, 503, messages.error_message(message), retry_after=1)
+
+    async def _serve_subset(
+        self, request: Request, params: ShapeParams, runtime: ShapeRuntime, wanted: subset.SubsetRequest
+    ) -> Response:
+        """`{"metadata": ..., "data": [...]}`: the subset's rows from one snapshot (never the log, so live
+        flags do not apply), with the shape's handle, schema and the offset to resume the log from."""
+        deadline = time.monotonic() + self.settings.long_poll_timeout_ms / 1000
+        while not runtime.ready:  # the shape's own snapshot first: the resume offset must be after it
+            if runtime.gone or runtime.error is not None:
+                return self._gone(request, runtime)
+            if time.monotonic() > deadline:
+                return self._error(request, 503, messages.error_message("Snapshot not ready yet"), retry_after=1)
+            await runtime.wait(runtime.log.durable_offset, max(0.05, deadline - time.monotonic()))
+        try:
+            result, resume = await self.engine.query_subset(runtime, wanted)
+        except subset.SubsetInvalid as exc:
+            return self._invalid(request, {"subset": exc.errors})
+        except psycopg.errors.DataError as exc:
+            # A constant Postgres could not read as its column's type (an enum label, say): the client's.
+            return self._invalid(request, {"subset": {"where": [exc.diag.message_primary or str(exc)]}})
+        except psycopg.OperationalError:
+            return self._unreachable(request)
+        headers = self._cors(request, True)
+        headers["cache-control"] = "no-cache"
+        headers["electric-snapshot"] = "true"
+        headers["electric-handle"] = runtime.handle
+        headers["electric-offset"] = str(resume)
+        if runtime.compiled is not None:
+            headers["electric-schema"] = json.dumps(
+                electric_schema(runtime.compiled.table, runtime.compiled.columns), separators=(",", ":")
+            )
+        body = b"".join((b'{"metadata":', messages.encode(result.metadata), b',"data":',
+                         messages.join_messages(result.data), b"}"))
+        return Response(body, headers=headers, media_type="application/json")
 
     # -- serving a shape -----------------------------------------------------------------------------------
 
@@ -533,10 +610,12 @@ class ShapeApi:
 
         routes = [
             Route("/v1/shape", self.get, methods=["GET", "HEAD"]),
-            Route("/v1/shape", self.delete, methods=["DELETE"]),
+            Route("/v1/shape", self.post, methods=["POST"]),
             Route("/v1/shape", self.options, methods=["OPTIONS"]),
             Route("/v1/health", self.health, methods=["GET", "HEAD"]),
         ]
+        if self.settings.allow_delete:
+            routes.append(Route("/v1/shape", self.delete, methods=["DELETE"]))
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_exception_handler(404, _wrap(not_found))
         app.add_exception_handler(Exception, _wrap(self._internal_error))
@@ -568,6 +647,20 @@ async def _read(runtime: ShapeRuntime, after: LogOffset) -> Any:
         if runtime.gone or runtime.log.closed:
             return None
         raise
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is longer than `limit` (read no further: nothing is buffered
+    beyond the limit, whatever the client declared)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _last_snapshot_entry(runtime: ShapeRuntime) -> LogOffset:

@@ -52,16 +52,14 @@ def up_to_date(global_last_seen_lsn: int) -> dict[str, Any]:
     return {"headers": {"control": "up-to-date", "global_last_seen_lsn": str(global_last_seen_lsn)}}
 
 
+def snapshot_xids(xmin: int, xmax: int, xip_list: Iterable[int]) -> dict[str, Any]:
+    """A snapshot's xids as clients read them: strings, not numbers (64-bit xids that JavaScript numbers would
+    round)."""
+    return {"xmin": str(xmin), "xmax": str(xmax), "xip_list": [str(xid) for xid in xip_list]}
+
+
 def snapshot_end(xmin: int, xmax: int, xip_list: Iterable[int]) -> dict[str, Any]:
-    # Strings, not numbers: they are 64-bit xids that JavaScript numbers would round.
-    return {
-        "headers": {
-            "control": "snapshot-end",
-            "xmin": str(xmin),
-            "xmax": str(xmax),
-            "xip_list": [str(xid) for xid in xip_list],
-        }
-    }
+    return {"headers": {"control": "snapshot-end", **snapshot_xids(xmin, xmax, xip_list)}}
 
 
 MUST_REFETCH: Final = [{"headers": {"control": "must-refetch"}}]
@@ -73,7 +71,7 @@ SHAPE_DEFINITION_MISMATCH: Final = (
 )
 
 
-def invalid_request(errors: Mapping[str, list[str]]) -> bytes:
+def invalid_request(errors: Mapping[str, Any]) -> bytes:
     """Electric's 400 body: `{"message":"Invalid request","errors":{<param>:[<text>, ...]}}`."""
     return encode({"message": "Invalid request", "errors": dict(errors)})
 

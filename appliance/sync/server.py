@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publication", default="electric_publication_default")
     parser.add_argument("--slot", default="electric_slot_default")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--enable-shape-delete", action="store_true")
     args = parser.parse_args(argv)
     dsn = os.environ.pop(DATABASE_URL_ENV, None)
     if not dsn:
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = SyncEngine(EngineConfig(dsn=dsn, data_dir=args.data_dir, publication=args.publication, slot=args.slot))
-    app = create_app(engine, ApiSettings(secret=secret, long_poll_timeout_ms=args.long_poll_timeout))
+    app = create_app(engine, ApiSettings(
+        secret=secret, long_poll_timeout_ms=args.long_poll_timeout, allow_delete=args.enable_shape_delete
+    ))
     config = uvicorn.Config(
         app,
         host=args.host,

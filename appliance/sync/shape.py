@@ -85,9 +85,11 @@ class CompiledShape:
 
     # -- snapshot
 
-    def snapshot_message(self, row: Row) -> bytes:
-        """One snapshot row: key, value and only `operation`/`relation` headers, as Electric's snapshot has."""
+    def snapshot_message(self, row: Row, *, snapshot_mark: int | None = None) -> bytes:
+        """One snapshot row: key, value and only `operation`/`relation` headers, as Electric's snapshot has
+        (and the `snapshot_mark` of the subset snapshot it came from, for a subset's rows)."""
         key = messages.build_key("", "", row, self.key_columns, self._prefix)
+        mark = b"" if snapshot_mark is None else b',"snapshot_mark":' + str(int(snapshot_mark)).encode()
         return b"".join(
             (
                 b'{"key":',
@@ -96,6 +98,7 @@ class CompiledShape:
                 messages.encode(row),
                 b',"headers":{"operation":"insert","relation":',
                 self._relation_json,
+                mark,
                 b"}}",
             )
         )

@@ -19,6 +19,9 @@ column is loaded as raw text, so the client sees exactly what Postgres prints, a
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
@@ -26,11 +29,13 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from appliance.sync import messages
+from appliance.sync.lsn import parse_lsn
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import SnapshotInfo
 from appliance.sync.replication import TEXT_OUTPUT_SETTINGS
 from appliance.sync.shape import CompiledShape
 from appliance.sync.shapelog import ShapeLog
+from appliance.sync.subset import BoundSubset
 
 CHUNK_BYTES: Final = 1024 * 1024
 FETCH_ROWS: Final = 2000
@@ -55,7 +60,8 @@ def parse_pg_snapshot(text: str) -> SnapshotInfo:
     return SnapshotInfo(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
 
 
-def snapshot_query(shape: CompiledShape) -> tuple[sql.Composed, list[object]]:
+def snapshot_query(shape: CompiledShape, subset: BoundSubset | None = None) -> tuple[sql.Composed, list[object]]:
+    """The shape's rows (narrowed to `subset`'s, in its order, when given) and the placeholder values."""
     table = sql.Identifier(shape.table.schema, shape.table.table)
     # Key columns ride along even when not selected (tables without a primary key are keyed by selected
     # columns only, so this adds nothing there).
@@ -63,10 +69,68 @@ def snapshot_query(shape: CompiledShape) -> tuple[sql.Composed, list[object]]:
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in wanted)
     query: sql.Composed = sql.SQL("SELECT {} FROM {}").format(columns, table)
     params: list[object] = []
+    condition: sql.Composable | None = None
     if shape.where is not None:
         condition, params = shape.where.to_sql()
         query = sql.SQL("{} WHERE {}").format(query, condition)
+    if subset is not None:
+        tail, subset_params = subset.sql_tail(condition)
+        query = sql.SQL("{}{}").format(query, tail)
+        params = [*params, *subset_params]
     return query, params
+
+
+def _rows(conn: psycopg.Connection[Any], shape: CompiledShape, query: sql.Composed, params: list[object],
+          cancelled: threading.Event | None = None) -> Iterator[dict[str, str | None]]:
+    """The query's rows as the shape's records (selected columns only), fetched a batch at a time through a
+    server-side cursor, every column as Postgres's text output."""
+    for column in shape.table.columns:
+        conn.adapters.register_loader(column.type_oid, TextLoader)
+    names = list(dict.fromkeys([*shape.columns, *shape.key_columns]))
+    selected = set(shape.columns)
+    with conn.cursor(name="appliance_sync_snapshot") as cursor:
+        cursor.itersize = FETCH_ROWS
+        cursor.execute(query, params)
+        while batch := cursor.fetchmany(FETCH_ROWS):
+            if cancelled is not None and cancelled.is_set():
+                raise SnapshotCancelled
+            for values in batch:
+                record = dict(zip(names, values, strict=True))
+                yield record if len(selected) == len(names) else {k: record[k] for k in shape.columns}
+
+
+@contextmanager
+def _snapshot_transaction(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], SnapshotInfo, int]]:
+    """A REPEATABLE READ READ ONLY transaction and the snapshot (xids, WAL position) all its statements see:
+    its first statement reads them, and in REPEATABLE READ the first statement fixes the snapshot."""
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            row = conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            yield conn, parse_pg_snapshot(row[0]), parse_lsn(row[1])
+
+
+@dataclass(frozen=True)
+class SubsetResult:
+    metadata: dict[str, Any]
+    data: list[bytes]
+
+
+def take_subset(dsn: str, shape: CompiledShape, subset: BoundSubset, mark: int) -> SubsetResult:
+    """The subset's rows from one REPEATABLE READ READ ONLY snapshot, each tagged with `mark`, and that
+    snapshot's xids and WAL position, which let the client drop the live changes the rows already hold
+    (as in Electric's SnapshotQuery)."""
+    with _snapshot_transaction(dsn) as (conn, info, lsn):
+        query, params = snapshot_query(shape, subset)
+        data = [shape.snapshot_message(record, snapshot_mark=mark) for record in _rows(conn, shape, query, params)]
+    metadata = {
+        **messages.snapshot_xids(info.xmin, info.xmax, info.xip_list),
+        "database_lsn": str(lsn),
+        "snapshot_mark": mark,
+    }
+    return SubsetResult(metadata, data)
 
 
 def take_snapshot(
@@ -78,43 +142,24 @@ def take_snapshot(
     cancelled: threading.Event | None = None,
 ) -> SnapshotInfo:
     """Write the shape's snapshot into its (empty) log and sync it; returns the snapshot's xids."""
-    with connect(dsn) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-            assert row is not None
-            info = parse_pg_snapshot(row[0])
-            chunk_number = 0
-            chunk: list[bytes] = []
-            size = 0
-            if shape.definition.log_mode == "full":
-                for column in shape.table.columns:
-                    conn.adapters.register_loader(column.type_oid, TextLoader)
-                query, params = snapshot_query(shape)
-                names = list(dict.fromkeys([*shape.columns, *shape.key_columns]))
-                selected = set(shape.columns)
-                with conn.cursor(name="appliance_sync_snapshot") as cursor:
-                    cursor.itersize = FETCH_ROWS
-                    cursor.execute(query, params)
-                    while batch := cursor.fetchmany(FETCH_ROWS):
-                        if cancelled is not None and cancelled.is_set():
-                            raise SnapshotCancelled
-                        for values in batch:
-                            record = dict(zip(names, values, strict=True))
-                            message = shape.snapshot_message(
-                                record if len(selected) == len(names) else {k: record[k] for k in shape.columns}
-                            )
-                            chunk.append(message)
-                            size += len(message) + 1
-                        if size >= chunk_bytes:
-                            log.append([(LogOffset.snapshot_chunk(chunk_number), b",".join(chunk))])
-                            log.sync()
-                            chunk_number += 1
-                            chunk, size = [], 0
-            if cancelled is not None and cancelled.is_set():
-                raise SnapshotCancelled
-            chunk.append(messages.encode(messages.snapshot_end(info.xmin, info.xmax, info.xip_list)))
-            log.append([(LogOffset.snapshot_chunk(chunk_number), b",".join(chunk))])
-            log.sync()
+    with _snapshot_transaction(dsn) as (conn, info, _lsn):
+        chunk_number = 0
+        chunk: list[bytes] = []
+        size = 0
+        if shape.definition.log_mode == "full":
+            query, params = snapshot_query(shape)
+            for record in _rows(conn, shape, query, params, cancelled):
+                message = shape.snapshot_message(record)
+                chunk.append(message)
+                size += len(message) + 1
+                if size >= chunk_bytes:
+                    log.append([(LogOffset.snapshot_chunk(chunk_number), b",".join(chunk))])
+                    log.sync()
+                    chunk_number += 1
+                    chunk, size = [], 0
+        if cancelled is not None and cancelled.is_set():
+            raise SnapshotCancelled
+        chunk.append(messages.encode(messages.snapshot_end(info.xmin, info.xmax, info.xip_list)))
+        log.append([(LogOffset.snapshot_chunk(chunk_number), b",".join(chunk))])
+        log.sync()
     return info

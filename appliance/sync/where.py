@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 from psycopg import sql
 
 from appliance.sync import pgtypes
+from appliance.sync.pgparse import SyntaxRefused, check_where_syntax
 from appliance.sync.pgtypes import PgInputError
 
 MAX_WHERE_BYTES: Final = 8192
@@ -386,6 +387,13 @@ def parse_where(text: str) -> Expr:
         raise WhereError(f"where is longer than {MAX_WHERE_BYTES} bytes")
     if "\x00" in text:
         raise WhereError("where contains a NUL character", text.index("\x00") + 1)
+    if not text.strip():
+        raise WhereError("where is empty")
+    try:
+        # Postgres's own grammar first, so a syntax error reads as Postgres (and Electric) words it.
+        check_where_syntax(text)
+    except SyntaxRefused as exc:
+        raise WhereError(str(exc)) from None
     parser = _Parser(_tokenize(text))
     if parser.peek().kind == "end":
         raise WhereError("where is empty")

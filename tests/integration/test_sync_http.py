@@ -20,7 +20,7 @@ def server(pg_module: PgCluster) -> Iterator[SyncServer]:
         "CREATE TABLE items (id int PRIMARY KEY, name text, house_id int)",
         "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)",
     )
-    sync = SyncServer(pg_module.dsn, long_poll_ms=1000).start()
+    sync = SyncServer(pg_module.dsn, long_poll_ms=1000, allow_delete=True).start()
     try:
         yield sync
     finally:

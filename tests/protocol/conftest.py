@@ -16,7 +16,7 @@ _tables = itertools.count()
 @pytest.fixture(scope="module")
 def server(pg_module: PgCluster) -> Iterator[SyncServer]:
     require_node_modules()
-    sync = SyncServer(pg_module.dsn, long_poll_ms=3000).start()
+    sync = SyncServer(pg_module.dsn, long_poll_ms=3000, allow_delete=True).start()
     try:
         yield sync
     finally:

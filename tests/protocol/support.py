@@ -41,13 +41,14 @@ class SyncServer:
     Everything it uses lives under one temporary root (state, log, and the secret and database URL, passed as
     files as the deployed service does, so neither shows in the process listing); `remove()` deletes it."""
 
-    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000) -> None:
+    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000, allow_delete: bool = False) -> None:
         self.dsn = dsn
         self.root = Path(tempfile.mkdtemp(prefix="appliance-sync-"))
         self.data_dir = self.root / "data"
         self.secret = secrets.token_hex(8)
         self.port = free_port()
         self.long_poll_ms = long_poll_ms
+        self.allow_delete = allow_delete
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.root / "sync.log"
         self.secret_file = self._private_file("secret", self.secret)
@@ -89,6 +90,7 @@ class SyncServer:
                 str(self.data_dir),
                 "--long-poll-timeout",
                 str(self.long_poll_ms),
+                *(["--enable-shape-delete"] if self.allow_delete else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
