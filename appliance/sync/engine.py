@@ -70,7 +70,7 @@ from appliance.sync.replication import (
 )
 from appliance.sync.shape import CompiledShape
 from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory
-from appliance.sync.snapshot import SnapshotCancelled, SubsetResult, take_snapshot, take_subset
+from appliance.sync.snapshot import ConnectionPool, SnapshotCancelled, SubsetResult, take_snapshot, take_subset
 from appliance.sync.subset import SubsetRequest, bind_subset
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,7 @@ class SyncEngine:
         # Subset queries are short and many (a live query each): their own bound, so they never wait behind
         # a large initial snapshot.
         self._subsets = asyncio.Semaphore(config.max_concurrent_subsets)
+        self._subset_connections = ConnectionPool(config.dsn, config.max_concurrent_subsets)
         self._by_handle: dict[str, ShapeRuntime] = {}
         self._by_key: dict[str, ShapeRuntime] = {}
         self._by_table: dict[tuple[str, str], set[ShapeRuntime]] = {}
@@ -250,6 +251,7 @@ class SyncEngine:
                     await asyncio.to_thread(runtime.log.close)
             if self.registry is not None:
                 self.registry.close()
+        await asyncio.to_thread(self._subset_connections.close)
 
     async def wait_active(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -572,7 +574,13 @@ class SyncEngine:
         resume = runtime.log.durable_offset
         mark = secrets.randbelow(2**31)  # Electric's range: a JavaScript-safe integer
         async with self._subsets:
-            result = await asyncio.to_thread(take_subset, self.config.dsn, compiled, bound, mark)
+            try:
+                result = await asyncio.to_thread(take_subset, self._subset_connections, compiled, bound, mark)
+            except psycopg.OperationalError:
+                # Kept connections the server has since closed (a Postgres restart): drop them all; one more
+                # try opens a new one, and a second failure is the caller's 503.
+                await asyncio.to_thread(self._subset_connections.discard_idle)
+                result = await asyncio.to_thread(take_subset, self._subset_connections, compiled, bound, mark)
         return result, resume
 
     async def delete(self, handle: str) -> bool:

@@ -99,11 +99,64 @@ def _rows(conn: psycopg.Connection[Any], shape: CompiledShape, query: sql.Compos
                 yield record if len(selected) == len(names) else {k: record[k] for k in shape.columns}
 
 
+class ConnectionPool:
+    """Idle snapshot connections kept for reuse (thread-safe: snapshots run in worker threads).
+
+    A subset is one short query, and opening a connection (TCP, SCRAM authentication, backend start) cost
+    several times the query itself; at most `size` connections are kept, any that is not cleanly idle after
+    use is closed instead of kept."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self.size = size
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed:
+            conn = connect(self.dsn)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.closed
+        with self._lock:
+            if idle and not self._closed and len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def discard_idle(self) -> None:
+        """Close every kept connection (after one turned out dead, the others likely are too)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.discard_idle()
+
+
 @contextmanager
-def _snapshot_transaction(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], SnapshotInfo, int]]:
+def _opened(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with connect(dsn) as conn:
+        yield conn
+
+
+@contextmanager
+def _snapshot_transaction(
+    source: str | ConnectionPool,
+) -> Iterator[tuple[psycopg.Connection[Any], SnapshotInfo, int]]:
     """A REPEATABLE READ READ ONLY transaction and the snapshot (xids, WAL position) all its statements see:
     its first statement reads them, and in REPEATABLE READ the first statement fixes the snapshot."""
-    with connect(dsn) as conn:
+    with source.connection() if isinstance(source, ConnectionPool) else _opened(source) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
@@ -118,11 +171,11 @@ class SubsetResult:
     data: list[bytes]
 
 
-def take_subset(dsn: str, shape: CompiledShape, subset: BoundSubset, mark: int) -> SubsetResult:
+def take_subset(pool: ConnectionPool, shape: CompiledShape, subset: BoundSubset, mark: int) -> SubsetResult:
     """The subset's rows from one REPEATABLE READ READ ONLY snapshot, each tagged with `mark`, and that
     snapshot's xids and WAL position, which let the client drop the live changes the rows already hold
     (as in Electric's SnapshotQuery)."""
-    with _snapshot_transaction(dsn) as (conn, info, lsn):
+    with _snapshot_transaction(pool) as (conn, info, lsn):
         query, params = snapshot_query(shape, subset)
         data = [shape.snapshot_message(record, snapshot_mark=mark) for record in _rows(conn, shape, query, params)]
     metadata = {

@@ -161,3 +161,14 @@ def test_delete_is_405_unless_enabled(server: SyncServer) -> None:
     response = httpx.delete(server.url, params={"table": "things", "secret": server.secret})
     assert response.status_code == 405
     assert ids(subset_get(server, where="id = 1")) == [1]  # the shape is still there
+
+
+def test_kept_connections_closed_by_the_server_are_replaced(server: SyncServer, pg_module: PgCluster) -> None:
+    for _ in range(3):
+        assert ids(subset_get(server, where="id = 1")) == [1]
+    # What a Postgres restart does to the engine's kept subset connections (its replication stays).
+    with psycopg.connect(pg_module.dsn, autocommit=True) as conn:
+        killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                              "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+    assert killed is not None and killed[0] >= 1
+    assert ids(subset_get(server, where="id = 5")) == [5]
