@@ -66,19 +66,21 @@ def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool)
 
 async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]], headers: dict[str, str],
                     read_timeout: float | None, upstream_name: str, vary_authorization: bool = True,
-                    open_ended: bool = False) -> StreamingResponse:
-    """GET from the upstream and stream the answer back. `open_ended` (SSE): the answer has no end of its own,
-    so the client's disconnection is watched to stop it; other answers end by themselves (a long-poll within
-    its timeout) and skip that watcher, which costs two tasks per response."""
+                    open_ended: bool = False, *, method: str = "GET", body: bytes | None = None
+                    ) -> StreamingResponse:
+    """GET (or `method`, with `body`) from the upstream and stream the answer back. `open_ended` (SSE): the
+    answer has no end of its own, so the client's disconnection is watched to stop it; other answers end by
+    themselves (a long-poll within its timeout) and skip that watcher, which costs two tasks per response."""
     try:
-        response = await upstream.request("GET", path, params=params, headers=headers, read_timeout=read_timeout)
+        response = await upstream.request(method, path, params=params, headers=headers, body=body,
+                                          read_timeout=read_timeout)
     except UpstreamTimeout:
         raise ApiError(504, "upstream_timeout", f"the {upstream_name} did not answer in time") from None
     except UpstreamError:
         raise ApiError(503, "upstream_unavailable", f"the {upstream_name} is unavailable",
                        {"Retry-After": "1"}) from None
 
-    async def body() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
         try:
             async for chunk in response.iter_bytes():
                 yield chunk
@@ -91,7 +93,7 @@ async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]]
             await response.aclose()
 
     response_class = _RawHeadersResponse if open_ended else _EndingResponse
-    return response_class(body(), response.status, _response_headers(response.headers, vary_authorization),
+    return response_class(stream(), response.status, _response_headers(response.headers, vary_authorization),
                           BackgroundTask(response.aclose))
 
 

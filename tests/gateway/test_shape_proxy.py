@@ -94,6 +94,27 @@ def test_the_gateway_sets_table_columns_where_and_secret(stack: Stack, upstream:
     assert "authorization" not in sent["headers"]
 
 
+def test_subset_parameters_and_post_bodies_reach_the_engine_under_the_gateways_shape(
+    stack: Stack, upstream: RecordingServer
+) -> None:
+    alice = stack.user()
+    house = alice.house()
+    subset = {"subset__where": "title = $1", "subset__params": '{"1": "x"}', "subset__order_by": "title",
+              "subset__limit": "10", "subset__offset": "2", "subset__where_expr": "{}"}
+    assert alice.get("/api/shapes/threads", params={"offset": "-1", **subset}).status_code == 200
+    body = b'{"where": "true", "table": "secrets", "subset": {"where": "true"}}'
+    posted = alice.http.post("/api/shapes/threads", params={"offset": "-1"}, content=body,
+                             headers={"content-type": "application/json"})
+    assert posted.status_code == 200
+    get, post = [r for r in upstream.requests if r.path == "/v1/shape"]
+    query = dict(get.query)
+    assert {k: query[k] for k in subset if k in query} == {k: v for k, v in subset.items() if k != "subset__where_expr"}
+    assert (query["table"], query["where"]) == ("threads", "house_id IN ($1) AND deleted_at IS NULL")
+    assert (post.method, post.body) == ("POST", body)
+    # The engine reads the shape from the query string only: the gateway's, whatever the body says.
+    assert dict(post.query)["table"] == "threads" and dict(post.query)["params[1]"] == house
+
+
 def test_no_houses_means_a_shape_no_row_matches(stack: Stack, upstream: RecordingServer) -> None:
     loner = stack.user()
     assert loner.get("/api/shapes/houses", params={"offset": "-1"}).status_code == 200

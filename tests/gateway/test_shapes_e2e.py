@@ -88,3 +88,37 @@ def test_membership_changes_add_and_remove_a_house(e2e: Stack) -> None:
                      what="the shared house to disappear")
     finally:
         houses.close()
+
+
+def _subset_titles(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return sorted(row["value"]["title"] for row in response.json()["data"])
+
+
+def test_subsets_pass_through_and_stay_inside_the_callers_houses(e2e: Stack) -> None:
+    alice, bob = e2e.user(), e2e.user()
+    mine, theirs = alice.house("mine"), bob.house("theirs")
+    for title in ("a", "b", "c"):
+        alice.thread(mine, title)
+    bob.thread(theirs, "bobs")
+    shape = {"offset": "-1", "log": "changes_only"}
+    # A subset narrows the gateway's shape...
+    narrowed = alice.get("/api/shapes/threads", params={**shape, "subset__where": "title <> $1",
+                                                         "subset__params": '{"1": "a"}',
+                                                         "subset__order_by": "title", "subset__limit": "5"})
+    assert _subset_titles(narrowed) == ["b", "c"]
+    # ...and can never widen it: a subset naming another house's rows gets none of them, by GET or POST.
+    wider = {"subset__where": f"house_id = '{theirs}' OR true", "subset__order_by": "title"}
+    assert _subset_titles(alice.get("/api/shapes/threads", params={**shape, **wider})) == ["a", "b", "c"]
+    body = {"where": f"house_id = '{theirs}' OR true", "table": "houses", "columns": "id",
+            "subset": {"where": f"house_id = '{theirs}' OR title = 'bobs' OR true"}}
+    posted = alice.http.post("/api/shapes/threads", params=shape, json=body)
+    assert _subset_titles(posted) == ["a", "b", "c"]
+    # The shape-defining parameters stay the gateway's; columns outside the shape cannot be filtered on.
+    assert alice.get("/api/shapes/threads", params={**shape, "where": "true"}).status_code == 400
+    assert alice.get("/api/shapes/threads", params={**shape, "subset__where": "x" * 9000}).status_code == 400
+    hidden = alice.get("/api/shapes/houses", params={**shape, "subset__where": "secret_column = 1"})
+    assert hidden.status_code == 400 and "secret_column" in hidden.text
+    # Without a token nothing at all.
+    assert e2e.anonymous().get("/api/shapes/threads", params={**shape, **wider}).status_code == 401
+    assert e2e.anonymous().post("/api/shapes/threads", params=shape, json=body).status_code == 401

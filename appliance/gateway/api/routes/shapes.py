@@ -1,10 +1,11 @@
-"""GET /api/shapes/{table}: the Electric HTTP Shape API, scoped to the caller's houses.
+"""GET (and POST, for subsets) /api/shapes/{table}: the Electric HTTP Shape API, scoped to the caller's houses.
 
 The gateway decides the shape: the table (from the path, synced tables only), its columns, the WHERE
 `house_id IN ($1, ..., $n) AND deleted_at IS NULL` over the caller's houses (sorted, so one membership set is
 one shape; a membership change is a new shape and a full re-sync, which is correct), and the sync secret.
 The client only drives the protocol: offset, handle, live, cursor, log, live_sse (or its older name
-experimental_live_sse), expired_handle, cache-buster. A client that tries to set where, params, table, columns
+experimental_live_sse), expired_handle, cache-buster, and the subset parameters of a subset snapshot
+(`subset__*`, or a POST body; see SUBSET_PARAMS). A client that tries to set where, params, table, columns
 or a secret is refused (400) - the request is an attack or a misconfigured client, either way not served; any
 other parameter is dropped. Responses stream through unbuffered with status and electric-* / cache headers.
 """
@@ -35,6 +36,12 @@ PROTOCOL_PARAMS = frozenset({
 RESERVED = re.compile(r"^(where|table|columns|secret|api_secret|params(\[.*\])?|replica|source_id|source_secret)$",
                       re.IGNORECASE)
 MAX_PARAM_LENGTH = 256
+# Subset snapshots (the client's requestSnapshot/fetchSnapshot): forwarded as they are, because the sync engine
+# applies a subset *within* the shape the gateway defined (its WHERE ANDed with the gateway's, its columns and
+# ORDER BY limited to the shape's columns), so a subset can narrow what the caller may read, never widen it.
+SUBSET_PARAMS = frozenset({"subset__where", "subset__params", "subset__order_by", "subset__limit",
+                           "subset__offset"})
+MAX_SUBSET_PARAM_LENGTH = 8192  # the engine's own bound on a where-clause
 
 
 def shape_where(houses: list[uuid.UUID]) -> tuple[str, list[tuple[str, str]]]:
@@ -52,11 +59,12 @@ def client_params(request: Request) -> list[tuple[str, str]]:
     for name, value in request.query_params.multi_items():
         if RESERVED.match(name):
             raise ApiError(400, "param_not_allowed", f"the gateway sets {name!r}; it cannot be given")
-        if name not in PROTOCOL_PARAMS:
+        if name not in PROTOCOL_PARAMS and name not in SUBSET_PARAMS:
             continue
         if name in seen:
             raise ApiError(400, "bad_request", f"{name!r} given twice")
-        if len(value) > MAX_PARAM_LENGTH or "\x00" in value:
+        limit = MAX_SUBSET_PARAM_LENGTH if name in SUBSET_PARAMS else MAX_PARAM_LENGTH
+        if len(value) > limit or "\x00" in value:
             raise ApiError(400, "bad_request", f"{name!r} is malformed")
         seen.add(name)
         forwarded.append((name, value))
@@ -64,10 +72,26 @@ def client_params(request: Request) -> list[tuple[str, str]]:
 
 
 @router.get("/{table}", response_class=Response,
-            responses={200: {"description": "shape log entries (JSON array) or an SSE stream",
+            responses={200: {"description": "shape log entries (JSON array), an SSE stream, or a subset snapshot",
                              "content": {"application/json": {}, "text/event-stream": {}}},
                        **error_responses(400, 401, 404, 409, 429, 503, 504)})
 async def get_shape(table: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+    return await _shape(table, request, principal, gateway, None)
+
+
+@router.post("/{table}", response_class=Response,
+             responses={200: {"description": "a subset snapshot: {metadata, data}",
+                              "content": {"application/json": {}}},
+                        **error_responses(400, 401, 404, 409, 413, 429, 503, 504)})
+async def post_shape(table: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+    """A subset snapshot whose parameters are in a JSON body (the client's `subsetMethod: 'POST'`). The body
+    is passed to the engine as it is: only subset fields mean anything there, and the shape itself (table,
+    where, columns, secret) comes from the gateway's query string, which the engine never takes from a body."""
+    return await _shape(table, request, principal, gateway, await request.body())
+
+
+async def _shape(table: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep,
+                 body: bytes | None) -> Response:
     columns = SYNCED_TABLES.get(table)
     if columns is None:
         raise ApiError(404, "unknown_table", "no such shape table")
@@ -89,5 +113,8 @@ async def get_shape(table: str, request: Request, principal: CurrentPrincipal, g
         read_timeout = gateway.settings.sync_long_poll_s + 15
     else:
         read_timeout = 60.0
-    return await proxy_get(gateway.sync, "/v1/shape", params, forwarded_headers(request.headers),
-                           read_timeout, "sync service", open_ended=sse)
+    headers = forwarded_headers(request.headers)
+    if body is not None:
+        headers["content-type"] = "application/json"
+    return await proxy_get(gateway.sync, "/v1/shape", params, headers, read_timeout, "sync service",
+                           open_ended=sse and body is None, method="GET" if body is None else "POST", body=body)
