@@ -171,7 +171,7 @@ class SyncSettings(_Settings):
     electric_image: str
     publication: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
     slot: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
-    snapshot_chunk_rows: int = Field(ge=1)
+    chunk_bytes: int = Field(ge=1024, le=1 << 30)
 
 
 class GatewaySettings(_Settings):

@@ -160,6 +160,7 @@ def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec
                 "--long-poll-timeout", str(tenant.sync.long_poll_timeout_ms),
                 "--publication", tenant.sync.publication,
                 "--slot", tenant.sync.slot,
+                "--chunk-bytes", str(tenant.sync.chunk_bytes),
             ),
             user=tenant.user,
             working_dir=tenant.root,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from appliance.sync.limits import CHUNK_BYTES
+
 
 def _from_file(path: Path | None, value: str | None, what: str) -> str | None:
     if path is None:
@@ -62,6 +64,14 @@ def sync() -> None:
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
 @click.option(
+    "--chunk-bytes",
+    type=click.IntRange(1024, 1 << 30),
+    default=CHUNK_BYTES,
+    show_default=True,
+    help="A response (snapshot chunk or log read) ends near this many bytes of messages: Electric's "
+    "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD, same default.",
+)
+@click.option(
     "--enable-shape-delete",
     is_flag=True,
     help="Answer DELETE /v1/shape, which drops a shape under every client reading it: for tests (Electric's "
@@ -82,6 +92,7 @@ def serve(
     slot: str,
     log_level: str,
     enable_shape_delete: bool,
+    chunk_bytes: int,
 ) -> None:
     """Run the sync engine in the foreground until SIGTERM/SIGINT."""
     from appliance.sync.server import DATABASE_URL_ENV, SECRET_ENV
@@ -116,6 +127,8 @@ def serve(
         slot,
         "--log-level",
         log_level,
+        "--chunk-bytes",
+        str(chunk_bytes),
         *(["--enable-shape-delete"] if enable_shape_delete else []),
     ]
     # Same PID, lean imports: the supervisor (and tests) keep managing the process they started.

@@ -51,6 +51,7 @@ from appliance.sync.catalog import (
     publication_covers,
     table_not_found_message,
 )
+from appliance.sync.limits import CHUNK_BYTES
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import (
     ShapeDefinition,
@@ -96,7 +97,7 @@ class EngineConfig:
     data_dir: Path
     publication: str = DEFAULT_PUBLICATION
     slot: str = DEFAULT_SLOT
-    chunk_bytes: int = 1024 * 1024
+    chunk_bytes: int = CHUNK_BYTES
     max_concurrent_snapshots: int = 4
     max_concurrent_subsets: int = 8
     status_interval: float = 10.0

@@ -8,7 +8,7 @@ Request validation, status codes, bodies, headers and cache-control values follo
 "errors": {<param>: [...]}}`), not the appliance's usual `{"error": ...}` form, because the clients parse these.
 
 Reading: a response carries the log entries after the request's offset (a snapshot chunk, or up to
-READ_BYTES of changes) and `electric-offset` = the offset of its last entry. It ends with an `up-to-date`
+chunk_bytes of changes) and `electric-offset` = the offset of its last entry. It ends with an `up-to-date`
 control message (and the `electric-up-to-date` header) when it reaches the end of a ready shape's log,
 except for `offset=-1`, which never does (as in Electric, so that first response stays cacheable). A live
 request at the end of the log waits for new entries up to the long-poll timeout and then answers 200 with
@@ -40,13 +40,13 @@ from appliance import __version__
 from appliance.sync import messages, subset
 from appliance.sync.catalog import CatalogError, electric_schema, parse_columns, parse_relation
 from appliance.sync.engine import PublicationError, ShapeRuntime, SyncEngine
+from appliance.sync.limits import CHUNK_BYTES
 from appliance.sync.offsets import BEFORE_ALL, SNAPSHOT_END, LogOffset, parse_request_offset
 from appliance.sync.registry import ShapeDefinition
 from appliance.sync.where import WhereError
 
 log = logging.getLogger(__name__)
 
-READ_BYTES: Final = 4 * 1024 * 1024
 # Electric's defaults.
 LONG_POLL_TIMEOUT_MS: Final = 20_000
 SSE_TIMEOUT_MS: Final = 60_000
@@ -84,6 +84,7 @@ class ApiSettings:
     sse_keepalive_ms: int = SSE_KEEPALIVE_MS
     max_age: int = MAX_AGE
     stale_age: int = STALE_AGE
+    chunk_bytes: int = CHUNK_BYTES
     # DELETE /v1/shape drops a shape under every client reading it: for tests only, as Electric's
     # ELECTRIC_ENABLE_INTEGRATION_TESTING (without it the method is 405). Deployed tenants never enable it.
     allow_delete: bool = False
@@ -520,7 +521,7 @@ class ShapeApi:
                     return self._invalid(request, {"offset": ["out of bounds for this shape"]})
                 await runtime.wait(durable, remaining)
                 continue
-            read = await _read(runtime, after)
+            read = await _read(runtime, after, self.settings.chunk_bytes)
             if read is None:
                 return self._gone(request, runtime)
             if read.messages:
@@ -570,7 +571,7 @@ class ShapeApi:
                 now = time.monotonic()
                 if now >= deadline or runtime.gone or runtime.error is not None or self.engine.status == "stopping":
                     return
-                read = await _read(runtime, since)
+                read = await _read(runtime, since, settings.chunk_bytes)
                 if read is None:
                     return
                 if read.messages:
@@ -634,15 +635,24 @@ def _wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reques
     return wrapped
 
 
-async def _read(runtime: ShapeRuntime, after: LogOffset) -> Any:
+async def _read(runtime: ShapeRuntime, after: LogOffset, chunk_bytes: int) -> Any:
     """The log entries after `after`, or None when the shape was closed under us.
 
     From within the snapshot a response is exactly one chunk (one entry), as in Electric: those responses
-    are cached for a week, so they must not depend on how far the live log has grown since."""
-    max_bytes = 1 if after.tx <= 0 else READ_BYTES
+    are cached for a week, so they must not depend on how far the live log has grown since. After the
+    snapshot's last chunk come live changes, read like any others (up to `chunk_bytes`)."""
+
+    def read() -> Any:
+        if after.tx > 0:
+            return runtime.log.read(after, chunk_bytes)
+        first = runtime.log.read(after, 1)
+        if first.messages and first.last_offset.is_live:
+            return runtime.log.read(after, chunk_bytes)
+        return first
+
     try:
         # Blocking positional reads of bounded size: off the event loop.
-        return await asyncio.to_thread(runtime.log.read, after, max_bytes)
+        return await asyncio.to_thread(read)
     except Exception:
         if runtime.gone or runtime.log.closed:
             return None

@@ -20,6 +20,7 @@ import uvicorn
 
 from appliance.sync.engine import EngineConfig, SyncEngine
 from appliance.sync.http import ApiSettings, create_app
+from appliance.sync.limits import CHUNK_BYTES
 
 DATABASE_URL_ENV: Final = "APPLIANCE_SYNC_DATABASE_URL"
 SECRET_ENV: Final = "APPLIANCE_SYNC_SECRET"
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slot", default="electric_slot_default")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--enable-shape-delete", action="store_true")
+    parser.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES)
     args = parser.parse_args(argv)
     dsn = os.environ.pop(DATABASE_URL_ENV, None)
     if not dsn:
@@ -59,9 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     args.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = SyncEngine(EngineConfig(dsn=dsn, data_dir=args.data_dir, publication=args.publication, slot=args.slot))
+    engine = SyncEngine(EngineConfig(
+        dsn=dsn, data_dir=args.data_dir, publication=args.publication, slot=args.slot, chunk_bytes=args.chunk_bytes
+    ))
     app = create_app(engine, ApiSettings(
-        secret=secret, long_poll_timeout_ms=args.long_poll_timeout, allow_delete=args.enable_shape_delete
+        secret=secret, long_poll_timeout_ms=args.long_poll_timeout, allow_delete=args.enable_shape_delete,
+        chunk_bytes=args.chunk_bytes,
     ))
     config = uvicorn.Config(
         app,

@@ -29,6 +29,7 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from appliance.sync import messages
+from appliance.sync.limits import CHUNK_BYTES
 from appliance.sync.lsn import parse_lsn
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import SnapshotInfo
@@ -37,7 +38,6 @@ from appliance.sync.shape import CompiledShape
 from appliance.sync.shapelog import ShapeLog
 from appliance.sync.subset import BoundSubset
 
-CHUNK_BYTES: Final = 1024 * 1024
 FETCH_ROWS: Final = 2000
 
 

@@ -17,7 +17,11 @@ function emit(event) {
 const fetchClient = async (input, init) => {
   const response = await fetch(input, init)
   const url = new URL(String(input))
+  // Body sizes of JSON answers, when asked (not for SSE, whose body never ends).
+  const bytes = options.measureBytes && url.searchParams.get('live_sse') !== 'true'
+    ? (await response.clone().arrayBuffer()).byteLength : undefined
   responses.push({
+    bytes,
     status: response.status,
     offset: url.searchParams.get('offset'),
     live: url.searchParams.get('live'),

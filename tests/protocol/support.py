@@ -41,7 +41,8 @@ class SyncServer:
     Everything it uses lives under one temporary root (state, log, and the secret and database URL, passed as
     files as the deployed service does, so neither shows in the process listing); `remove()` deletes it."""
 
-    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000, allow_delete: bool = False) -> None:
+    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000, allow_delete: bool = False,
+                 chunk_bytes: int | None = None) -> None:
         self.dsn = dsn
         self.root = Path(tempfile.mkdtemp(prefix="appliance-sync-"))
         self.data_dir = self.root / "data"
@@ -49,6 +50,7 @@ class SyncServer:
         self.port = free_port()
         self.long_poll_ms = long_poll_ms
         self.allow_delete = allow_delete
+        self.chunk_bytes = chunk_bytes
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.root / "sync.log"
         self.secret_file = self._private_file("secret", self.secret)
@@ -91,6 +93,7 @@ class SyncServer:
                 "--long-poll-timeout",
                 str(self.long_poll_ms),
                 *(["--enable-shape-delete"] if self.allow_delete else []),
+                *(["--chunk-bytes", str(self.chunk_bytes)] if self.chunk_bytes else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
