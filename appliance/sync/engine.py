@@ -69,8 +69,9 @@ from appliance.sync.replication import (
     Transaction,
     ensure_publication_and_slot,
 )
+from appliance.sync.routing import TableRoutes
 from appliance.sync.shape import CompiledShape
-from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory
+from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory, sync_logs
 from appliance.sync.snapshot import ConnectionPool, SnapshotCancelled, SubsetResult, take_snapshot, take_subset
 from appliance.sync.subset import SubsetRequest, bind_subset
 
@@ -81,6 +82,9 @@ DEFAULT_PUBLICATION: Final = "electric_publication_default"
 DEFAULT_SLOT: Final = "electric_slot_default"
 # Transactions stored per fsync round at most: bounds the latency of the first one in a burst.
 MAX_BATCH: Final = 500
+# From this many shape logs touched in one round, one syncfs makes them durable instead of an fdatasync each
+# (shapelog.sync_logs); below it, each log's own fdatasync costs less than flushing the whole filesystem.
+SYNCFS_MIN_LOGS: Final = 16
 
 
 class PublicationError(Exception):
@@ -205,6 +209,8 @@ class SyncEngine:
         self._by_handle: dict[str, ShapeRuntime] = {}
         self._by_key: dict[str, ShapeRuntime] = {}
         self._by_table: dict[tuple[str, str], set[ShapeRuntime]] = {}
+        self._routes: dict[tuple[str, str], TableRoutes] = {}
+        self._relations_checked: dict[tuple[str, str], RelationInfo] = {}
         self._task: asyncio.Task[None] | None = None
         self._stream: ReplicationStream | None = None
         self._stopping = False
@@ -322,9 +328,13 @@ class SyncEngine:
         runtimes = [runtime for runtime in touched if not runtime.gone]
         if not runtimes:
             return
-        results = await asyncio.gather(
-            *(asyncio.to_thread(runtime.log.sync) for runtime in runtimes), return_exceptions=True
-        )
+        results: list[Any]
+        if len(runtimes) >= SYNCFS_MIN_LOGS:
+            results = await asyncio.to_thread(sync_logs, [runtime.log for runtime in runtimes])
+        else:
+            results = await asyncio.gather(
+                *(asyncio.to_thread(runtime.log.sync) for runtime in runtimes), return_exceptions=True
+            )
         for runtime, result in zip(runtimes, results, strict=True):
             if isinstance(result, BaseException):
                 # What reached its disk is unknown, so the log cannot be served on: start the shape over.
@@ -357,7 +367,16 @@ class SyncEngine:
                 by_table.setdefault(name, []).append((index, change))
         touched: set[ShapeRuntime] = set()
         for table, changes in by_table.items():
-            for runtime in list(self._by_table.get(table, ())):
+            routes = self._routes.get(table)
+            if routes is None:
+                continue
+            rotate |= self._check_relations(table, changes)
+            # Each change goes to the shapes it may concern (routing.py), in transaction order.
+            routed: dict[ShapeRuntime, list[tuple[int, Change]]] = {}
+            for index, change in changes:
+                for runtime in routes.candidates(change):
+                    routed.setdefault(runtime, []).append((index, change))
+            for runtime, its_changes in routed.items():
                 if runtime in rotate:
                     continue
                 if not runtime.ready:
@@ -366,7 +385,7 @@ class SyncEngine:
                     continue
                 if txn.end_lsn <= (runtime.record.live_from_lsn or 0):
                     continue  # decided when the shape became ready (replayed after a restart)
-                entries = self._entries(runtime, txn, changes)
+                entries = self._entries(runtime, txn, its_changes)
                 if entries is None:
                     rotate.add(runtime)
                 elif entries:
@@ -376,6 +395,21 @@ class SyncEngine:
             touched.discard(runtime)
             await self._rotate(runtime)
         return touched
+
+    def _check_relations(self, table: tuple[str, str], changes: list[tuple[int, Change]]) -> set[ShapeRuntime]:
+        """The ready shapes of `table` built from another definition of it than the stream now describes.
+
+        Routing offers a change to few shapes, so a table changed while the engine was not looking (seen only
+        as a new relation description) is checked here for all its shapes, once per description."""
+        stale: set[ShapeRuntime] = set()
+        for _index, change in changes:
+            if self._relations_checked.get(table) is change.relation:
+                continue
+            for runtime in self._by_table.get(table, ()):
+                if runtime.ready and runtime.compiled is not None and not _same_table(runtime, change.relation):
+                    stale.add(runtime)
+            self._relations_checked[table] = change.relation
+        return stale
 
     def _entries(
         self, runtime: ShapeRuntime, txn: Transaction, changes: list[tuple[int, Change]]
@@ -417,6 +451,7 @@ class SyncEngine:
         self._by_handle[runtime.handle] = runtime
         self._by_key[runtime.definition.canonical_key] = runtime
         self._by_table.setdefault(runtime.table_key, set()).add(runtime)
+        self._routes.setdefault(runtime.table_key, TableRoutes()).add(runtime, runtime.compiled)
 
     def _remove(self, runtime: ShapeRuntime) -> None:
         runtime.gone = True
@@ -429,6 +464,11 @@ class SyncEngine:
             shapes.discard(runtime)
             if not shapes:
                 del self._by_table[runtime.table_key]
+        routes = self._routes.get(runtime.table_key)
+        if routes is not None:
+            routes.remove(runtime)
+            if not len(routes):
+                del self._routes[runtime.table_key]
         runtime.notify()
 
     # -- shapes: creating, snapshotting --------------------------------------------------------------------
@@ -498,6 +538,9 @@ class SyncEngine:
                     await self.delete(runtime.handle)
                     raise
                 runtime.compiled = compiled
+                routes = self._routes.get(runtime.table_key)
+                if routes is not None and not runtime.gone:
+                    routes.add(runtime, compiled)  # indexed now that its where is known
             runtime.snapshot_task = asyncio.create_task(self._snapshot(runtime), name=f"snapshot-{runtime.handle}")
 
     async def _snapshot(self, runtime: ShapeRuntime) -> None:

@@ -4,10 +4,12 @@ On disk, a shape's directory holds two files:
 
 - `log`: an 8-byte magic, then records `length u32 | crc32 u32 | tx u64 | op u64 | payload`, little-endian.
   The CRC covers length, tx, op and payload, so a torn or zero-filled tail left by a crash fails to verify.
-- `durable`: the byte length of the log known to be fsynced, rewritten after each sync but never fsynced
-  itself. It can only lag the truth (it is written after the log's fsync returns), so on open a bad record
-  *before* that mark is real damage to synced data (ShapeLogCorrupt), while a bad record after it is a torn
-  tail from a crash, truncated silently.
+- `durable`: the byte length of the log known to be fsynced, rewritten after a sync (at most every
+  WATERMARK_INTERVAL_S, and at close: with thousands of shapes a write per log per sync round cost more
+  than the sync itself) but never fsynced itself. It can only lag the truth (it is written after the
+  log's fsync returns), so on open a bad record *before* that mark is real damage to synced data
+  (ShapeLogCorrupt), while a bad record after it is a torn tail from a crash, truncated silently (damage
+  within the last WATERMARK_INTERVAL_S of synced data is taken for a torn tail).
 
 Payloads are the JSON bytes exactly as served; the HTTP layer joins a read's messages with commas inside
 `[...]`. One entry may hold several comma-joined messages that must travel together (e.g. a whole snapshot
@@ -35,16 +37,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, NamedTuple, Self
+from typing import Final, NamedTuple, NoReturn, Self
 
 from appliance.sync.offsets import BEFORE_ALL, INF_OP, LogOffset
 
@@ -71,6 +75,8 @@ INDEX_EVERY_BYTES: Final = 64 * 1024
 TAIL_INDEX_ENTRIES: Final = 1024
 # Unit of positional reads; with max_bytes it bounds a read's memory.
 READ_CHUNK_BYTES: Final = 64 * 1024
+# The durable mark lags the log by at most this long (it may only lag; see the module docstring).
+WATERMARK_INTERVAL_S: Final = 0.2
 # Appends past this much unsynced data go to the file (no fsync) so a big snapshot never sits in memory.
 FLUSH_BUFFER_BYTES: Final = 1024 * 1024
 DEFAULT_READ_BYTES: Final = 10 * 1024 * 1024
@@ -179,6 +185,68 @@ def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int
         position += total
 
 
+class _PendingSync(NamedTuple):
+    end: int
+    last: LogOffset
+    new_index: list[tuple[tuple[int, int], int]]
+    new_tail: list[tuple[tuple[int, int], int]]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2): write out and wait for every dirty page and inode of fd's filesystem (errors since 5.8)."""
+    if _libc.syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def sync_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
+    """Sync several logs with one syncfs per filesystem rather than an fdatasync each; the result is what
+    each log's own sync() would have raised (None when it is durable).
+
+    A transaction that changes rows of many houses touches many shapes, and an fdatasync costs a journal
+    commit each: with 10,000 shapes one batch could need hundreds. One syncfs makes all of them durable at
+    once (and whatever else is dirty on that filesystem, which is why few logs still take fdatasync each).
+    Every log's sync lock is held throughout, in one global order, so a concurrent sync() of one of them
+    cannot publish a newer durable mark that this one would then move back."""
+    ordered = sorted(logs, key=id)
+    results: dict[int, BaseException | None] = {}
+    for shape_log in ordered:
+        shape_log._sync_lock.acquire()
+    try:
+        pending: dict[int, tuple[ShapeLog, _PendingSync]] = {}
+        for shape_log in ordered:
+            try:
+                prepared = shape_log._prepare_sync_locked()
+            except BaseException as exc:
+                results[id(shape_log)] = exc
+                continue
+            results[id(shape_log)] = None
+            if prepared is not None:
+                pending[id(shape_log)] = (shape_log, prepared)
+        by_device: dict[int, list[tuple[ShapeLog, _PendingSync]]] = {}
+        for shape_log, prepared in pending.values():
+            by_device.setdefault(os.fstat(shape_log._fd).st_dev, []).append((shape_log, prepared))
+        for group in by_device.values():
+            try:
+                _syncfs(group[0][0]._fd)
+            except OSError as exc:
+                for shape_log, _prepared in group:
+                    try:
+                        shape_log._sync_failed(exc, "syncfs")
+                    except ShapeLogFailed as failed:
+                        results[id(shape_log)] = failed
+                continue
+            for shape_log, prepared in group:
+                shape_log._complete_sync_locked(prepared)
+    finally:
+        for shape_log in reversed(ordered):
+            shape_log._sync_lock.release()
+    return [results[id(shape_log)] for shape_log in logs]
+
+
 class ShapeLog:
     """One shape's log. Open with `ShapeLog.open(directory)`; see the module docstring for the rules."""
 
@@ -195,6 +263,7 @@ class ShapeLog:
         self.directory = directory
         self._fd = log_fd
         self._watermark_fd = watermark_fd
+        self._watermark_written_at = 0.0
 
         # Published state, what readers may see: guarded by _state.
         self._state = threading.Condition(threading.Lock())
@@ -403,31 +472,45 @@ class ShapeLog:
             return self._sync_locked()
 
     def _sync_locked(self) -> LogOffset:
-        with self._append_lock:
-            self._check_writable()
-            self._flush_buffer_locked()
-            end = self._buffer_start
-            last = self._last_offset
-            new_index = self._pending_index
-            new_tail = self._pending_tail
-            self._pending_index = []
-            self._pending_tail = []
-        if end == self._durable_end:
+        pending = self._prepare_sync_locked()
+        if pending is None:
             return self._durable_offset
         try:
             os.fdatasync(self._fd)
         except BaseException as exc:
-            # After a failed fsync the page cache may hold data the disk never got, so nothing written
-            # since the last good sync can be trusted (see PostgreSQL's "fsyncgate").
-            self._fail(exc)
-            raise ShapeLogFailed(f"{self.directory}: fdatasync failed: {exc}") from exc
+            self._sync_failed(exc, "fdatasync")
+        return self._complete_sync_locked(pending)
+
+    def _prepare_sync_locked(self) -> _PendingSync | None:
+        """Write out the buffer; what a sync would make durable (None: nothing new since the last one)."""
+        with self._append_lock:
+            self._check_writable()
+            self._flush_buffer_locked()
+            pending = _PendingSync(self._buffer_start, self._last_offset, self._pending_index, self._pending_tail)
+            self._pending_index = []
+            self._pending_tail = []
+        return None if pending.end == self._durable_end else pending
+
+    def _sync_failed(self, exc: BaseException, what: str) -> NoReturn:
+        # After a failed fsync the page cache may hold data the disk never got, so nothing written since the
+        # last good sync can be trusted (see PostgreSQL's "fsyncgate").
+        self._fail(exc)
+        raise ShapeLogFailed(f"{self.directory}: {what} failed: {exc}") from exc
+
+    def _complete_sync_locked(self, pending: _PendingSync) -> LogOffset:
+        now = time.monotonic()
+        if now - self._watermark_written_at >= WATERMARK_INTERVAL_S:
+            self._write_watermark(pending.end)
+            self._watermark_written_at = now
+        self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
+        return pending.last
+
+    def _write_watermark(self, end: int) -> None:
         try:
             _pwrite_all(self._watermark_fd, _encode_watermark(end), 0)
         except OSError as exc:
             # Only a hint for telling damage from a torn tail on open; the data itself is durable.
             log.warning("%s: cannot update the durable mark: %s", self.directory, exc)
-        self._publish(end, last, new_index, new_tail)
-        return last
 
     def _flush_buffer_locked(self) -> None:
         if not self._buffer:
@@ -617,6 +700,7 @@ class ShapeLog:
             try:
                 if self._failure is None:
                     self._sync_locked()
+                    self._write_watermark(self._durable_end)
             finally:
                 with self._append_lock, self._state:
                     self._closed = True

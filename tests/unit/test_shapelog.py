@@ -659,3 +659,29 @@ def test_the_log_behaves_like_a_list_of_synced_entries(
             assert read_all(current, max_bytes=5000) == [m for _, m in appended]
         finally:
             current.close()
+
+
+def test_many_logs_synced_together_are_each_durable_and_readable(tmp_path: Path) -> None:
+    from appliance.sync.shapelog import sync_logs
+
+    logs = [ShapeLog.open(tmp_path / f"shape-{n}") for n in range(20)]
+    try:
+        for n, shape_log in enumerate(logs):
+            shape_log.append([(LogOffset.live(100 + n, 0), b'{"n":%d}' % n)])
+        assert all(shape_log.read(BEFORE_ALL).messages == [] for shape_log in logs)  # nothing durable yet
+        assert sync_logs(logs) == [None] * 20
+        for n, shape_log in enumerate(logs):
+            assert shape_log.durable_offset == LogOffset.live(100 + n, 0)
+            assert shape_log.read(BEFORE_ALL).messages == [b'{"n":%d}' % n]
+        assert sync_logs(logs[:3]) == [None] * 3  # nothing new: still fine
+        logs[0].close()
+        failed = sync_logs(logs[:2])
+        assert failed[0] is not None and failed[1] is None  # a closed log fails alone
+    finally:
+        for shape_log in logs[1:]:
+            shape_log.close()
+    reopened = ShapeLog.open(tmp_path / "shape-7")
+    try:
+        assert reopened.read(BEFORE_ALL).messages == [b'{"n":7}']
+    finally:
+        reopened.close()
