@@ -318,10 +318,14 @@ class SyncEngine:
             while len(batch) < MAX_BATCH and (more := stream.get_nowait()) is not None:
                 batch.append(more)
             async with self._lock:
-                touched: set[ShapeRuntime] = set()
+                # Each shape's entries of the whole batch go to its log in one append, then one sync round.
+                pending: dict[ShapeRuntime, list[tuple[LogOffset, bytes]]] = {}
                 for txn in batch:
-                    touched |= await self._process(txn)
-                await self._sync(touched)
+                    await self._process(txn, pending)
+                for runtime, entries in pending.items():
+                    if not runtime.gone:
+                        runtime.log.append(entries)
+                await self._sync(pending)
             stream.confirm(batch[-1].end_lsn)
 
     async def _sync(self, touched: Iterable[ShapeRuntime]) -> None:
@@ -343,15 +347,15 @@ class SyncEngine:
 
     # -- transactions ------------------------------------------------------------------------------------
 
-    async def _process(self, txn: Transaction) -> set[ShapeRuntime]:
-        """Append the transaction's messages to every ready shape it concerns; buffer it for snapshotting
-        ones. Returns the shapes whose logs got entries (to be synced)."""
+    async def _process(self, txn: Transaction, pending: dict[ShapeRuntime, list[tuple[LogOffset, bytes]]]) -> None:
+        """Add the transaction's messages for every ready shape it concerns to `pending` (the batch's entries
+        per shape, appended and synced by the caller); buffer it for snapshotting ones."""
         self.transactions_processed += 1
         self.changes_processed += len(txn.changes)
         self.last_lsn = max(self.last_lsn, txn.commit_lsn)
         self.last_end_lsn = max(self.last_end_lsn, txn.end_lsn)
         if not self._by_table:
-            return set()
+            return
         by_table: dict[tuple[str, str], list[tuple[int, Change]]] = {}
         rotate: set[ShapeRuntime] = set()
         for index, change in enumerate(txn.changes):
@@ -365,7 +369,6 @@ class SyncEngine:
                 continue
             if name in self._by_table:
                 by_table.setdefault(name, []).append((index, change))
-        touched: set[ShapeRuntime] = set()
         for table, changes in by_table.items():
             routes = self._routes.get(table)
             if routes is None:
@@ -389,12 +392,10 @@ class SyncEngine:
                 if entries is None:
                     rotate.add(runtime)
                 elif entries:
-                    runtime.log.append(entries)
-                    touched.add(runtime)
+                    pending.setdefault(runtime, []).extend(entries)
         for runtime in rotate:
-            touched.discard(runtime)
+            pending.pop(runtime, None)
             await self._rotate(runtime)
-        return touched
 
     def _check_relations(self, table: tuple[str, str], changes: list[tuple[int, Change]]) -> set[ShapeRuntime]:
         """The ready shapes of `table` built from another definition of it than the stream now describes.

@@ -300,10 +300,10 @@ class RelationInfo:
     # Primary key columns in key order, read from the catalog when the Relation message arrived (the stream
     # does not carry it); empty when the table has none.
     primary_key: tuple[str, ...]
+    column_names: tuple[str, ...] = field(init=False, compare=False, repr=False)  # read for every row
 
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(column.name for column in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_names", tuple(column.name for column in self.columns))
 
 
 Row = dict[str, str | None]

@@ -228,7 +228,7 @@ def sync_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
                 pending[id(shape_log)] = (shape_log, prepared)
         by_device: dict[int, list[tuple[ShapeLog, _PendingSync]]] = {}
         for shape_log, prepared in pending.values():
-            by_device.setdefault(os.fstat(shape_log._fd).st_dev, []).append((shape_log, prepared))
+            by_device.setdefault(shape_log._device, []).append((shape_log, prepared))
         for group in by_device.values():
             try:
                 _syncfs(group[0][0]._fd)
@@ -264,6 +264,7 @@ class ShapeLog:
         self._fd = log_fd
         self._watermark_fd = watermark_fd
         self._watermark_written_at = 0.0
+        self._device = os.fstat(log_fd).st_dev  # the filesystem, for sync_logs' one syncfs per filesystem
 
         # Published state, what readers may see: guarded by _state.
         self._state = threading.Condition(threading.Lock())
