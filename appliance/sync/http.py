@@ -411,7 +411,13 @@ class ShapeApi:
         headers["cache-control"] = "no-cache"
         headers["electric-snapshot"] = "true"
         headers["electric-handle"] = runtime.handle
-        headers["electric-offset"] = str(resume)
+        # The client moves its stream to this offset (requestSnapshot in changes_only mode). From `now` (or
+        # -1) that is the log's end before the snapshot, so nothing between the two is missed; from a real
+        # offset it stays the client's own: a later one would skip changes the client has not read (a delete
+        # of a row it holds that the snapshot, taken after it, no longer returns).
+        client_at = params.offset
+        keep = isinstance(client_at, LogOffset) and client_at != BEFORE_ALL and client_at <= resume
+        headers["electric-offset"] = str(client_at if keep else resume)
         if runtime.compiled is not None:
             headers["electric-schema"] = json.dumps(
                 electric_schema(runtime.compiled.table, runtime.compiled.columns), separators=(",", ":")

@@ -172,3 +172,16 @@ def test_kept_connections_closed_by_the_server_are_replaced(server: SyncServer, 
                               "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
     assert killed is not None and killed[0] >= 1
     assert ids(subset_get(server, where="id = 5")) == [5]
+
+
+def test_a_subset_from_a_real_offset_leaves_the_client_where_it_was(server: SyncServer, pg_module: PgCluster) -> None:
+    first = server.get(**SHAPE, offset="-1")
+    handle, offset = first.headers["electric-handle"], first.headers["electric-offset"]
+    with psycopg.connect(pg_module.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE things SET title = 'unread' WHERE id = 5")
+    # The log has moved on; the client has not read it yet. Its subset must not move it past that change.
+    for _ in range(100):
+        if server.get(**SHAPE, offset=offset, handle=handle).headers["electric-offset"] != offset:
+            break
+    subset = server.get(**SHAPE, offset=offset, handle=handle, subset__where="id = 1")
+    assert subset.headers["electric-offset"] == offset
