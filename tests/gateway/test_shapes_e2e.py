@@ -122,3 +122,26 @@ def test_subsets_pass_through_and_stay_inside_the_callers_houses(e2e: Stack) -> 
     # Without a token nothing at all.
     assert e2e.anonymous().get("/api/shapes/threads", params={**shape, **wider}).status_code == 401
     assert e2e.anonymous().post("/api/shapes/threads", params=shape, json=body).status_code == 401
+
+
+def test_a_tanstack_live_query_on_demand_through_the_gateway_sees_only_the_members_rows(e2e: Stack) -> None:
+    alice, bob = e2e.user(), e2e.user()
+    mine, theirs = alice.house("mine"), bob.house("theirs")
+    for title in ("a", "b", "c", "d", "e"):
+        alice.thread(mine, title)
+    bob.thread(theirs, "zz-bobs")  # would top the query if a subset could reach it
+    query = NodeProcess("live_query.mjs", {
+        "url": f"{e2e.url}/api/shapes/threads", "token": e2e.env.token(alice.id), "syncMode": "on-demand",
+        "where": {"column": "title", "op": "gt", "value": "a"}, "orderBy": {"column": "title", "direction": "desc"},
+        "limit": 2,
+    })
+    try:
+        ready = query.until(lambda e: e["event"] == "rows" and len(e["rows"]) == 2, what="the first rows")
+        assert [row["title"] for row in ready["rows"]] == ["e", "d"]
+        assert any(r["subset"] for r in ready["requests"])
+        alice.thread(mine, "f")
+        bob.thread(theirs, "zzz-bobs-again")
+        later = query.until(lambda e: e["event"] == "rows" and e["rows"][0]["title"] == "f", what="a new thread")
+        assert [row["title"] for row in later["rows"]] == ["f", "e"]
+    finally:
+        query.close()
