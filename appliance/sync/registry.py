@@ -2,9 +2,15 @@
 
 Layout under the engine's data dir:
 
-- `shapes.json`: every shape, rewritten whole and atomically (temp file, fsync, rename, fsync dir) on each
-  change. Changes are rare (create, snapshot done, delete) and the file is small, so one file keeps every
-  change a single atomic step.
+- `shapes.json`: every shape as of the last compaction, written whole and atomically (temp file, fsync,
+  rename, fsync dir).
+- `shapes.journal`: the changes since, one JSON line each (the records it puts and the handles it drops,
+  so a rotation is one line), appended and fdatasynced. Rewriting the whole file on every change made a
+  change cost O(shapes): at 1,000 shapes a new shape took ~90 ms, most of it re-encoding the other 999.
+  When the journal holds more lines than COMPACT_MIN_LINES and twice the shapes, the state is written to
+  shapes.json and the journal emptied; replaying a journal over a shapes.json that already holds its
+  changes (a crash between the two) changes nothing, as every line is a put or a drop of a unique handle.
+  A torn last line (a crash mid-append) is cut off on open; a bad line before it is damage, refused.
 - `shapes/<handle>/`: one directory per shape, holding its ShapeLog.
 - `registry.lock`: flock'ed while a registry is open, so two engines never share a data dir.
 
@@ -44,6 +50,8 @@ from appliance.sync.shapelog import fsync_directory, make_directories
 log = logging.getLogger(__name__)
 
 REGISTRY_FILE: Final = "shapes.json"
+JOURNAL_FILE: Final = "shapes.journal"
+COMPACT_MIN_LINES: Final = 1000
 SHAPES_DIR: Final = "shapes"
 LOCK_FILE: Final = "registry.lock"
 _FORMAT: Final = 1
@@ -210,6 +218,8 @@ class ShapeRegistry:
         self._by_key: dict[str, str] = {}  # canonical key → handle
         self._last_handle_micros = 0
         self._closed = False
+        self._journal_fd = -1
+        self._journal_lines = 0
 
     @classmethod
     def open(cls, data_dir: Path | str, *, clock: Callable[[], int] = _clock_micros) -> ShapeRegistry:
@@ -230,6 +240,42 @@ class ShapeRegistry:
             raise
         return registry
 
+    def _replay_journal(self, records: dict[str, ShapeRecord]) -> list[ShapeRecord]:
+        """Apply the journal's lines over `records`; cut a torn last line; open the journal for appends."""
+        path = self.data_dir / JOURNAL_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._journal_fd = fd
+        data = b""
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+        good = 0
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines):
+            if number == len(lines) - 1:
+                break  # after the last newline: empty, or a line a crash cut short
+            try:
+                entry = json.loads(line)
+                for item in entry["put"]:
+                    record = ShapeRecord.from_json(item)
+                    records[record.handle] = record
+                for handle in entry["drop"]:
+                    records.pop(handle, None)
+                self._last_handle_micros = max(self._last_handle_micros, int(entry["last_handle_micros"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                if number == len(lines) - 2 and not lines[-1]:
+                    # The last complete-looking line: a crash can leave a partial line only at the end, and a
+                    # write is one line, so this is that line (its newline written, its bytes not all).
+                    log.warning("%s: dropping a torn last line", path)
+                    break
+                raise RegistryError(f"{path}: bad line {number + 1}: {exc!r}") from None
+            good += len(line) + 1
+            self._journal_lines += 1
+        if good != len(data):
+            os.ftruncate(fd, good)
+            os.fsync(fd)
+        os.lseek(fd, 0, os.SEEK_END)
+        return list(records.values())
+
     def _load(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / (REGISTRY_FILE + ".tmp")).unlink()  # a write a crash interrupted
@@ -247,6 +293,7 @@ class ShapeRegistry:
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"{path}: bad shape entry: {exc!r}") from None
         self._last_handle_micros = int(data["last_handle_micros"])
+        records = self._replay_journal({record.handle: record for record in records})
 
         shapes_dir = self.data_dir / SHAPES_DIR
         present = {entry.name for entry in shapes_dir.iterdir()}
@@ -258,7 +305,7 @@ class ShapeRegistry:
             self._by_handle[record.handle] = record
             self._by_key[record.definition.canonical_key] = record.handle
         if lost:
-            self._persist(self._by_handle, self._last_handle_micros)
+            self._compact()
         orphans = present - self._by_handle.keys()
         for name in orphans:
             # Made for a shape whose registration never landed, or left by a delete cut short by a crash.
@@ -335,9 +382,7 @@ class ShapeRegistry:
             updated = dataclasses.replace(record, **changes)
             if updated == record:
                 return record
-            shapes = dict(self._by_handle)
-            shapes[handle] = updated
-            self._persist(shapes, self._last_handle_micros)
+            self._journal([updated], [], self._last_handle_micros)
             self._by_handle[handle] = updated
             return updated
 
@@ -352,9 +397,7 @@ class ShapeRegistry:
             record = self._by_handle.get(handle)
             if record is None:
                 return None
-            shapes = dict(self._by_handle)
-            del shapes[handle]
-            self._persist(shapes, self._last_handle_micros)
+            self._journal([], [handle], self._last_handle_micros)
             del self._by_handle[handle]
             del self._by_key[record.definition.canonical_key]
             self._remove_log_dir(handle)
@@ -364,6 +407,8 @@ class ShapeRegistry:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._journal_fd >= 0:
+                    os.close(self._journal_fd)
                 os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
@@ -392,12 +437,8 @@ class ShapeRegistry:
         record = ShapeRecord(f"{definition.digest}-{micros}", definition, micros)
         # The directory first: a crash before the registry names it leaves an orphan that open() removes.
         make_directories(self.data_dir / SHAPES_DIR / record.handle)
-        shapes = dict(self._by_handle)
-        if old is not None:
-            del shapes[old.handle]
-        shapes[record.handle] = record
         try:
-            self._persist(shapes, micros)
+            self._journal([record], [old.handle] if old is not None else [], micros)
         except BaseException:
             _remove_tree(self.data_dir / SHAPES_DIR / record.handle)
             raise
@@ -414,6 +455,32 @@ class ShapeRegistry:
         _remove_tree(self.data_dir / SHAPES_DIR / handle)
         # Not strictly needed for correctness (open() cleans orphans) but keeps the disk space promise.
         fsync_directory(self.data_dir / SHAPES_DIR)
+
+    def _journal(self, put: list[ShapeRecord], drop: list[str], last_handle_micros: int) -> None:
+        """One change, durable when this returns: a journal line (or, when the journal is long, all shapes
+        written to shapes.json and the journal emptied)."""
+        entry = {"put": [record.to_json() for record in put], "drop": drop, "last_handle_micros": last_handle_micros}
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self._journal_fd, view) :]
+        os.fdatasync(self._journal_fd)
+        self._journal_lines += 1
+        if self._journal_lines > max(COMPACT_MIN_LINES, 2 * len(self._by_handle)):
+            shapes = dict(self._by_handle)
+            for handle in drop:
+                shapes.pop(handle, None)
+            shapes.update((record.handle, record) for record in put)
+            self._compact(shapes, last_handle_micros)
+
+    def _compact(self, shapes: dict[str, ShapeRecord] | None = None, last_handle_micros: int | None = None) -> None:
+        """Every shape to shapes.json, then an empty journal (in that order: see the module docstring)."""
+        self._persist(self._by_handle if shapes is None else shapes,
+                      self._last_handle_micros if last_handle_micros is None else last_handle_micros)
+        os.ftruncate(self._journal_fd, 0)
+        os.lseek(self._journal_fd, 0, os.SEEK_SET)
+        os.fsync(self._journal_fd)
+        self._journal_lines = 0
 
     def _persist(self, shapes: dict[str, ShapeRecord], last_handle_micros: int) -> None:
         ordered: Sequence[ShapeRecord] = sorted(shapes.values(), key=lambda record: record.created_micros)

@@ -59,8 +59,12 @@ async def register(server: SyncServer, houses: range) -> None:
 
         async def one(house: int, variant: int) -> None:
             async with semaphore:
-                response = await client.get(server.url, params={**shape_params(server, house, variant),
-                                                                "offset": "-1"})
+                for _ in range(20):
+                    response = await client.get(server.url, params={**shape_params(server, house, variant),
+                                                                    "offset": "-1"})
+                    if response.status_code != 503:  # busy: the client retries after retry-after, as Electric's
+                        break
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 response.raise_for_status()
 
         await asyncio.gather(*(one(h, v) for h in houses for v in range(len(VARIANTS))))

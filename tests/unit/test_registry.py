@@ -11,6 +11,8 @@ import pytest
 
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import (
+    COMPACT_MIN_LINES,
+    JOURNAL_FILE,
     REGISTRY_FILE,
     SHAPES_DIR,
     RegistryError,
@@ -221,12 +223,42 @@ def test_deletion_removes_the_log_directory_and_survives_a_restart(tmp_path: Pat
         assert len(reopened) == 0
 
 
-def test_writes_are_atomic_and_leave_no_temporary_file(registry: ShapeRegistry) -> None:
-    registry.get_or_create(ITEMS)
-    files = sorted(p.name for p in registry.data_dir.iterdir())
-    assert files == sorted([REGISTRY_FILE, SHAPES_DIR, "registry.lock"])
-    document = json.loads((registry.data_dir / REGISTRY_FILE).read_text())
+def test_a_change_is_one_journal_line_and_a_long_journal_is_compacted(tmp_path: Path, clock: FrozenClock) -> None:
+    with ShapeRegistry.open(tmp_path, clock=clock) as registry:
+        registry.get_or_create(ITEMS)
+        files = sorted(p.name for p in registry.data_dir.iterdir())
+        assert files == sorted([JOURNAL_FILE, SHAPES_DIR, "registry.lock"])
+        assert len((tmp_path / JOURNAL_FILE).read_bytes().splitlines()) == 1
+        # More changes than the compaction threshold (and than twice the shapes): the state moves to
+        # shapes.json in one piece and the journal starts over.
+        handle = registry.shapes()[0].handle
+        for n in range(COMPACT_MIN_LINES + 5):
+            registry.update(handle, live_from_lsn=n + 1)
+        expected = registry.shapes()
+    document = json.loads((tmp_path / REGISTRY_FILE).read_text())
     assert document["format"] == 1 and len(document["shapes"]) == 1
+    assert len((tmp_path / JOURNAL_FILE).read_bytes().splitlines()) < 10
+    assert not (tmp_path / (REGISTRY_FILE + ".tmp")).exists()
+    with ShapeRegistry.open(tmp_path, clock=clock) as reopened:
+        assert reopened.shapes() == expected
+
+
+def test_a_torn_last_journal_line_is_cut_and_a_bad_middle_line_refused(tmp_path: Path, clock: FrozenClock) -> None:
+    with ShapeRegistry.open(tmp_path, clock=clock) as registry:
+        first, _ = registry.get_or_create(ITEMS)
+        clock.micros += 1
+        registry.get_or_create(ShapeDefinition("public", "other"))
+    journal = tmp_path / JOURNAL_FILE
+    whole = journal.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    journal.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # a crash in the middle of the append
+    (tmp_path / SHAPES_DIR / lines[1].decode().split('"handle":"')[1].split('"')[0]).rmdir()
+    with ShapeRegistry.open(tmp_path, clock=clock) as reopened:
+        assert reopened.shapes() == [first]
+    assert journal.read_bytes() == lines[0]  # cut where the torn line began
+    journal.write_bytes(b"{not json}\n" + lines[0])
+    with pytest.raises(RegistryError, match="bad line 1"):
+        ShapeRegistry.open(tmp_path, clock=clock)
 
 
 def test_leftovers_of_a_crash_are_cleaned_on_open(tmp_path: Path, clock: FrozenClock) -> None:
