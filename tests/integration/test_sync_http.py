@@ -163,3 +163,18 @@ def test_unknown_route_and_delete_of_unknown_shape(server: SyncServer) -> None:
     assert httpx.get(server.base + "/v2/shape").status_code == 404
     response = httpx.delete(server.url, params={"table": "items", "where": "id = 42", "secret": server.secret})
     assert response.status_code == 404
+
+
+def test_offset_0_inf_reads_what_follows_the_snapshot(server: SyncServer, pg_module: PgCluster) -> None:
+    # Electric hands clients `0_inf` for "the end of the snapshot"; one holding it (from an Electric server,
+    # or from before a restart) gets exactly the changes after the snapshot, never a 400.
+    first = server.get(table="items", offset="-1", where="house_id = 7")
+    handle = first.headers["electric-handle"]
+    execute(pg_module.dsn, "INSERT INTO items VALUES (70, 'after', 7)")
+    for _ in range(100):
+        response = server.get(table="items", offset="0_inf", handle=handle, where="house_id = 7")
+        assert response.status_code == 200, response.text
+        rows = [m["value"]["id"] for m in response.json() if "value" in m]
+        if rows:
+            break
+    assert rows == ["70"]
