@@ -65,7 +65,8 @@ async def register(server: SyncServer, houses: range) -> None:
                     if response.status_code != 503:  # busy: the client retries after retry-after, as Electric's
                         break
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                response.raise_for_status()
+                if response.status_code != 200:
+                    raise RuntimeError(f"house {house} variant {variant}: {response.status_code} {response.text}")
 
         await asyncio.gather(*(one(h, v) for h in houses for v in range(len(VARIANTS))))
 
@@ -188,8 +189,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.shapes != args.houses * len(VARIANTS):
         parser.error(f"--shapes must be {len(VARIANTS)} x --houses (ten column selections per house)")
+    # A cluster each, so the second run does not start behind the first one's WAL and dropped table.
     with pg_cluster({"max_slot_wal_keep_size": "1GB"}) as pg:
         base = measure(pg.dsn, 100, 10, args.samples, args.changes)
+    with pg_cluster({"max_slot_wal_keep_size": "1GB"}) as pg:
         many = measure(pg.dsn, args.shapes, args.houses, args.samples, args.changes)
     for run in (base, many):
         print(f"{run['shapes']:>6} shapes: registered in {run['registered_s']:6.1f} s;"
