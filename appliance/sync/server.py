@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 from types import FrameType
@@ -39,6 +40,15 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _raise_open_files_limit() -> None:
+    """Every shape's log is an open file: take the hard limit (systemd's default soft limit is 1,024,
+    which a few hundred shapes, plus connections, would exhaust)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        logging.getLogger(__name__).info("open files limit raised from %d to %d", soft, hard)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="appliance.sync.server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     args.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _raise_open_files_limit()
     engine = SyncEngine(EngineConfig(
         dsn=dsn, data_dir=args.data_dir, publication=args.publication, slot=args.slot, chunk_bytes=args.chunk_bytes
     ))

@@ -254,7 +254,6 @@ class ShapeLog:
         self,
         directory: Path,
         log_fd: int,
-        watermark_fd: int,
         end: int,
         last_offset: LogOffset,
         index_keys: list[tuple[int, int]],
@@ -262,7 +261,7 @@ class ShapeLog:
     ) -> None:
         self.directory = directory
         self._fd = log_fd
-        self._watermark_fd = watermark_fd
+        self._watermark_path = directory / WATERMARK_FILE
         self._watermark_written_at = 0.0
         self._device = os.fstat(log_fd).st_dev  # the filesystem, for sync_logs' one syncfs per filesystem
 
@@ -322,9 +321,10 @@ class ShapeLog:
                 fsync_directory(directory)
             try:
                 return cls._recover(directory, fd, watermark_fd)
-            except BaseException:
+            finally:
+                # Not kept open: one descriptor per shape, not two (an engine holds thousands of shapes,
+                # and the mark is rewritten at most every WATERMARK_INTERVAL_S).
                 os.close(watermark_fd)
-                raise
         except BaseException:
             os.close(fd)
             raise
@@ -389,7 +389,7 @@ class ShapeLog:
         if valid_end != durable_mark:
             _pwrite_all(watermark_fd, _encode_watermark(valid_end), 0)
         last_offset = BEFORE_ALL if last_key[0] == -1 else LogOffset(*last_key)
-        return cls(directory, fd, watermark_fd, valid_end, last_offset, index_keys, index_positions)
+        return cls(directory, fd, valid_end, last_offset, index_keys, index_positions)
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -508,7 +508,11 @@ class ShapeLog:
 
     def _write_watermark(self, end: int) -> None:
         try:
-            _pwrite_all(self._watermark_fd, _encode_watermark(end), 0)
+            fd = os.open(self._watermark_path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                _pwrite_all(fd, _encode_watermark(end), 0)
+            finally:
+                os.close(fd)
         except OSError as exc:
             # Only a hint for telling damage from a torn tail on open; the data itself is durable.
             log.warning("%s: cannot update the durable mark: %s", self.directory, exc)
@@ -708,7 +712,6 @@ class ShapeLog:
                     woken = list(self._waiters)
                     self._waiters.clear()
                     self._state.wait_for(lambda: self._active_reads == 0)
-                    os.close(self._watermark_fd)
                     os.close(self._fd)  # also drops the flock
                 for waiter in woken:
                     _wake(waiter)

@@ -685,3 +685,18 @@ def test_many_logs_synced_together_are_each_durable_and_readable(tmp_path: Path)
         assert reopened.read(BEFORE_ALL).messages == [b'{"n":7}']
     finally:
         reopened.close()
+
+
+def test_an_open_log_holds_one_file_descriptor(tmp_path: Path) -> None:
+    # An engine holds thousands of shapes open: two descriptors each ran out at ~10,000 under a 20,000 limit.
+    before = len(os.listdir("/proc/self/fd"))
+    logs = [ShapeLog.open(tmp_path / f"shape-{n}") for n in range(50)]
+    try:
+        for n, shape_log in enumerate(logs):
+            shape_log.append([(LogOffset.live(10 + n, 0), b"{}")])
+            shape_log.sync()
+        assert len(os.listdir("/proc/self/fd")) - before == 50
+    finally:
+        for shape_log in logs:
+            shape_log.close()
+    assert len(os.listdir("/proc/self/fd")) == before
