@@ -248,30 +248,12 @@ class ShapeRegistry:
         data = b""
         while chunk := os.read(fd, 1 << 20):
             data += chunk
-        good = 0
-        lines = data.split(b"\n")
-        for number, line in enumerate(lines):
-            if number == len(lines) - 1:
-                break  # after the last newline: empty, or a line a crash cut short
-            try:
-                entry = json.loads(line)
-                for item in entry["put"]:
-                    record = ShapeRecord.from_json(item)
-                    records[record.handle] = record
-                for handle in entry["drop"]:
-                    records.pop(handle, None)
-                self._last_handle_micros = max(self._last_handle_micros, int(entry["last_handle_micros"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                if number == len(lines) - 2 and not lines[-1]:
-                    # The last complete-looking line: a crash can leave a partial line only at the end, and a
-                    # write is one line, so this is that line (its newline written, its bytes not all).
-                    log.warning("%s: dropping a torn last line", path)
-                    break
-                raise RegistryError(f"{path}: bad line {number + 1}: {exc!r}") from None
-            good += len(line) + 1
-            self._journal_lines += 1
-        if good != len(data):
-            os.ftruncate(fd, good)
+        replay = _apply_journal(path, data, records)
+        self._last_handle_micros = max(self._last_handle_micros, replay.last_handle_micros)
+        self._journal_lines = replay.lines
+        if replay.good_bytes != len(data):
+            log.warning("%s: dropping a torn last line", path)
+            os.ftruncate(fd, replay.good_bytes)
             os.fsync(fd)
         os.lseek(fd, 0, os.SEEK_END)
         return list(records.values())
@@ -502,6 +484,62 @@ class ShapeRegistry:
             os.close(fd)
         os.replace(temporary, path)
         fsync_directory(self.data_dir)
+
+
+@dataclass(frozen=True)
+class _Replay:
+    lines: int
+    good_bytes: int
+    last_handle_micros: int
+
+
+def _apply_journal(path: Path, data: bytes, records: dict[str, ShapeRecord]) -> _Replay:
+    """Apply journal `data` over `records` (in place). A crash can leave a partial line only at the end
+    (each change is one line, appended in one write): an unterminated tail, or a last line that does not
+    parse, is a torn write and is not counted; a bad line before it is damage (RegistryError)."""
+    lines = data.split(b"\n")
+    good = count = micros = 0
+    for number, line in enumerate(lines[:-1]):  # the part after the last newline is empty or torn
+        try:
+            entry = json.loads(line)
+            for item in entry["put"]:
+                record = ShapeRecord.from_json(item)
+                records[record.handle] = record
+            for handle in entry["drop"]:
+                records.pop(handle, None)
+            micros = max(micros, int(entry["last_handle_micros"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            if number == len(lines) - 2 and not lines[-1]:
+                break
+            raise RegistryError(f"{path}: bad line {number + 1}: {exc!r}") from None
+        good += len(line) + 1
+        count += 1
+    return _Replay(count, good, micros)
+
+
+def count_shapes(data_dir: Path | str) -> int | None:
+    """Shapes in a registry, read without its lock (for status while the engine runs); None when there is
+    no readable registry yet."""
+    data_dir = Path(data_dir)
+    records: dict[str, ShapeRecord] = {}
+    try:
+        snapshot = json.loads((data_dir / REGISTRY_FILE).read_bytes())
+        records = {record.handle: record for record in map(ShapeRecord.from_json, snapshot["shapes"])}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        journal = (data_dir / JOURNAL_FILE).read_bytes()
+    except FileNotFoundError:
+        return len(records) if (data_dir / REGISTRY_FILE).exists() else None
+    except OSError:
+        return None
+    try:
+        _apply_journal(data_dir / JOURNAL_FILE, journal, records)
+    except RegistryError:
+        return None
+    return len(records)
 
 
 def _remove_tree(path: Path) -> None:

@@ -3,30 +3,25 @@
     >>> sync_status(dsn, "electric_slot_default", Path("/srv/tenants/t1/sync"))
     {'slot': {'exists': True, 'wal_status': 'reserved', 'retained_wal_bytes': 16384, ...}, 'shapes': 12, ...}
 
-Reads the slot through Postgres and the shape count from the engine's registry file (without taking the
+Reads the slot through Postgres and the shape count from the engine's registry files (without taking the
 registry's lock, so it works while the engine runs). Never raises for an unreachable database: the fact that
 it is unreachable is part of the answer.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from appliance.sync.registry import REGISTRY_FILE
+from appliance.sync.registry import count_shapes
 from appliance.sync.replication import slot_health
 
 
 def shape_count(data_dir: Path) -> int | None:
-    """Shapes in the engine's registry, or None when there is no (readable) registry yet."""
-    try:
-        document = json.loads((Path(data_dir) / REGISTRY_FILE).read_bytes())
-        return len(document["shapes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """Shapes in the engine's registry (shapes.json and its journal), or None when there is none yet."""
+    return count_shapes(data_dir)
 
 
 def sync_status(dsn: str, slot: str, data_dir: Path) -> dict[str, Any]:

@@ -296,3 +296,19 @@ def test_an_unreadable_registry_file_is_reported(tmp_path: Path) -> None:
     # A failed open releases the lock, so a fixed file can be opened.
     os.unlink(tmp_path / REGISTRY_FILE)
     ShapeRegistry.open(tmp_path).close()
+
+
+def test_status_counts_shapes_from_the_journal_while_the_registry_is_open(tmp_path: Path, clock: FrozenClock) -> None:
+    from appliance.sync.registry import count_shapes
+
+    assert count_shapes(tmp_path) is None  # no registry yet
+    with ShapeRegistry.open(tmp_path, clock=clock) as registry:
+        first, _ = registry.get_or_create(ITEMS)
+        clock.micros += 1
+        registry.get_or_create(ShapeDefinition("public", "other"))
+        assert count_shapes(tmp_path) == 2  # journal only, read without the registry's lock
+        registry.delete(first.handle)
+        assert count_shapes(tmp_path) == 1
+        for n in range(COMPACT_MIN_LINES + 5):
+            registry.update(registry.shapes()[0].handle, live_from_lsn=n + 1)
+        assert count_shapes(tmp_path) == 1  # compacted into shapes.json
