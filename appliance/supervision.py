@@ -27,6 +27,8 @@ SUPERVISOR_SOCKET = Path("/var/run/supervisor.sock")
 # How long supervisord may take to shut down: it stops each program in turn, waiting up to its stopwaitsecs
 # (and programs that were still starting, as on a host whose deployed tenants it just brought up, are slow).
 SUPERVISORD_STOP_WAIT_S = 300
+# What supervisorctl prints while supervisord shuts down: it still holds its socket but serves no call.
+SUPERVISORD_SHUTTING_DOWN = "SHUTDOWN_STATE"
 SYSTEMD_UNITS = Path("/etc/systemd/system")
 
 

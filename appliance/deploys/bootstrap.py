@@ -17,7 +17,7 @@ from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.roles import role_file
 from appliance.services import STREAMS_NPM_INSTALL
-from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_STOP_WAIT_S, ManagerName
+from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_SHUTTING_DOWN, SUPERVISORD_STOP_WAIT_S, ManagerName
 
 # Debian's python3 builds the host venv: it is what every Debian 12 host has, whatever the controller runs.
 HOST_PYTHON = "/usr/bin/python3"
@@ -91,8 +91,9 @@ def supervisord_running():
     if state == "stopping":
         # One that is shutting down must be gone before another can take its socket.
         yield (
-            f"for i in $(seq {SUPERVISORD_STOP_WAIT_S * 10}); do supervisorctl pid 2>&1 | grep -q SHUTDOWN_STATE "
-            f"|| exit 0; sleep 0.1; done; echo 'supervisord is still shutting down after {SUPERVISORD_STOP_WAIT_S} s: "
+            f"for i in $(seq {SUPERVISORD_STOP_WAIT_S * 10}); do "
+            f"supervisorctl pid 2>&1 | grep -q {SUPERVISORD_SHUTTING_DOWN} || exit 0; sleep 0.1; done; "
+            f"echo 'supervisord is still shutting down after {SUPERVISORD_STOP_WAIT_S} s: "
             "wait for it (supervisorctl status) and deploy again' >&2; exit 1"
         )
     yield f"supervisord -c {SUPERVISOR_CONF}"

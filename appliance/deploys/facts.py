@@ -10,6 +10,7 @@ from pyinfra.api import FactBase, operation
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.services import venv_bin
+from appliance.supervision import SUPERVISORD_SHUTTING_DOWN
 
 
 class ApplianceFacts(FactBase[dict[str, Any]]):
@@ -67,7 +68,7 @@ class Supervisord(FactBase[SupervisordState]):
         text = "\n".join(output)
         if output and output[0].strip().isdigit():
             return "running"
-        return "stopping" if "SHUTDOWN_STATE" in text else "absent"
+        return "stopping" if SUPERVISORD_SHUTTING_DOWN in text else "absent"
 
 
 # One `appliance host facts` run per host per deploy run, when the first step that needs it runs (after the

@@ -193,8 +193,8 @@ def parse_shape_params(query: dict[str, str], *, for_delete: bool = False) -> Sh
                 params.update({int(k): str(v) for k, v in decoded.items()})
             except (ValueError, TypeError):
                 raise InvalidRequest({"params": ["params must be a JSON object"]}) from None
-        if params and (min(params) < 1 or sorted(params) != list(range(1, max(params) + 1))):
-            raise InvalidRequest({"params": ["params must be numbered $1..$n without gaps"]})
+        if not subset.numbered_without_gaps(params):
+            raise InvalidRequest({"params": [subset.NOT_NUMBERED]})
         definition = ShapeDefinition(
             schema=schema,
             table=name,
@@ -419,9 +419,7 @@ class ShapeApi:
         keep = isinstance(client_at, LogOffset) and client_at != BEFORE_ALL and client_at <= resume
         headers["electric-offset"] = str(client_at if keep else resume)
         if runtime.compiled is not None:
-            headers["electric-schema"] = json.dumps(
-                electric_schema(runtime.compiled.table, runtime.compiled.columns), separators=(",", ":")
-            )
+            headers["electric-schema"] = _schema_header(runtime)
         body = b"".join((b'{"metadata":', messages.encode(result.metadata), b',"data":',
                          messages.join_messages(result.data), b"}"))
         return Response(body, headers=headers, media_type="application/json")
@@ -467,9 +465,7 @@ class ShapeApi:
         headers["etag"] = f'"{etag}"'
         headers["electric-handle"] = runtime.handle
         if not params.live and runtime.compiled is not None:
-            headers["electric-schema"] = json.dumps(
-                electric_schema(runtime.compiled.table, runtime.compiled.columns), separators=(",", ":")
-            )
+            headers["electric-schema"] = _schema_header(runtime)
         if up_to_date:
             headers["electric-up-to-date"] = ""
         headers["electric-has-data"] = "false" if no_changes else "true"
@@ -663,6 +659,11 @@ async def _read(runtime: ShapeRuntime, after: LogOffset, chunk_bytes: int) -> An
         if runtime.gone or runtime.log.closed:
             return None
         raise
+
+
+def _schema_header(runtime: ShapeRuntime) -> str:
+    assert runtime.compiled is not None
+    return json.dumps(electric_schema(runtime.compiled.table, runtime.compiled.columns), separators=(",", ":"))
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

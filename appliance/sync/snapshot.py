@@ -145,18 +145,12 @@ class ConnectionPool:
 
 
 @contextmanager
-def _opened(dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    with connect(dsn) as conn:
-        yield conn
-
-
-@contextmanager
 def _snapshot_transaction(
     source: str | ConnectionPool,
 ) -> Iterator[tuple[psycopg.Connection[Any], SnapshotInfo, int]]:
     """A REPEATABLE READ READ ONLY transaction and the snapshot (xids, WAL position) all its statements see:
     its first statement reads them, and in REPEATABLE READ the first statement fixes the snapshot."""
-    with source.connection() if isinstance(source, ConnectionPool) else _opened(source) as conn:
+    with source.connection() if isinstance(source, ConnectionPool) else connect(source) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():

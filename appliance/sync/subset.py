@@ -137,9 +137,17 @@ def _params(value: Any, errors: dict[str, list[str]]) -> dict[int, str]:
                 f"params must map $1..$n (keys \"1\", \"2\", ...) to strings, numbers or booleans, not {key!r}")
             return {}
         params[int(key)] = text
-    if params and sorted(params) != list(range(1, max(params) + 1)):
-        errors.setdefault("params", []).append("params must be numbered $1..$n without gaps")
+    if not numbered_without_gaps(params):
+        errors.setdefault("params", []).append(NOT_NUMBERED)
     return params
+
+
+NOT_NUMBERED: Final = "params must be numbered $1..$n without gaps"
+
+
+def numbered_without_gaps(params: Mapping[int, str]) -> bool:
+    """Whether `params` are exactly $1..$n (a shape's and a subset's alike)."""
+    return not params or sorted(params) == list(range(1, max(params) + 1))
 
 
 def parse_subset(fields: Mapping[str, Any]) -> SubsetRequest:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_STOP_WAIT_S, Supervisor
+from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_SHUTTING_DOWN, SUPERVISORD_STOP_WAIT_S, Supervisor
 
 
 def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 def _shutting_down() -> bool:
     """supervisord still holds its socket but answers SHUTDOWN_STATE: it is stopping its programs."""
     answer = subprocess.run(["supervisorctl", "pid"], capture_output=True, text=True, timeout=30)
-    return "SHUTDOWN_STATE" in answer.stdout + answer.stderr
+    return SUPERVISORD_SHUTTING_DOWN in answer.stdout + answer.stderr
 
 
 @contextmanager
