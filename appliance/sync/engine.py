@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 
 import psycopg
 
-from appliance.sync import messages
+from appliance.sync import gcpolicy, messages
 from appliance.sync.catalog import (
     CatalogError,
     TableInfo,
@@ -200,12 +200,16 @@ class SyncEngine:
         self.last_error: str | None = None
         self.registry: ShapeRegistry | None = None
         self._lock = asyncio.Lock()  # the order of log writes: transactions, shape registration, rotation
-        self._create_lock = asyncio.Lock()
+        # Creations under way, by canonical key: a second request for the same shape waits for the first one's
+        # rather than creating it twice, while different shapes are created concurrently.
+        self._creating: dict[str, asyncio.Future[ShapeRuntime]] = {}
         self._snapshots = asyncio.Semaphore(config.max_concurrent_snapshots)
         # Subset queries are short and many (a live query each): their own bound, so they never wait behind
         # a large initial snapshot.
         self._subsets = asyncio.Semaphore(config.max_concurrent_subsets)
         self._subset_connections = ConnectionPool(config.dsn, config.max_concurrent_subsets)
+        # Catalog reads and initial snapshots: creating a shape opened two connections, most of its cost.
+        self._connections = ConnectionPool(config.dsn, config.max_concurrent_snapshots + 1)
         self._by_handle: dict[str, ShapeRuntime] = {}
         self._by_key: dict[str, ShapeRuntime] = {}
         self._by_table: dict[tuple[str, str], set[ShapeRuntime]] = {}
@@ -259,6 +263,7 @@ class SyncEngine:
             if self.registry is not None:
                 self.registry.close()
         await asyncio.to_thread(self._subset_connections.close)
+        await asyncio.to_thread(self._connections.close)
 
     async def wait_active(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -455,6 +460,7 @@ class SyncEngine:
         self._routes.setdefault(runtime.table_key, TableRoutes()).add(runtime, runtime.compiled)
 
     def _remove(self, runtime: ShapeRuntime) -> None:
+        gcpolicy.released()
         runtime.gone = True
         runtime.cancelled.set()
         self._by_handle.pop(runtime.handle, None)
@@ -480,35 +486,51 @@ class SyncEngine:
         existing = self.lookup(definition)
         if existing is not None:
             return existing
-        async with self._create_lock:
+        key = definition.canonical_key
+        under_way = self._creating.get(key)
+        if under_way is not None:
+            return await asyncio.shield(under_way)
+        future: asyncio.Future[ShapeRuntime] = asyncio.get_running_loop().create_future()
+        self._creating[key] = future
+        try:
+            runtime = await self._create(definition)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a creation nobody else waited for must not log "never retrieved"
+            raise
+        else:
+            future.set_result(runtime)
+            return runtime
+        finally:
+            del self._creating[key]
+
+    async def _create(self, definition: ShapeDefinition) -> ShapeRuntime:
+        table = await asyncio.to_thread(self._prepare_table, definition.schema, definition.table)
+        compiled = CompiledShape(definition, table)
+        assert self.registry is not None
+        registry = self.registry
+        async with self._lock:
+            # A rotation (which holds the lock) may have registered its successor meanwhile.
             existing = self.lookup(definition)
             if existing is not None:
                 return existing
-            table = await asyncio.to_thread(self._prepare_table, definition.schema, definition.table)
-            compiled = CompiledShape(definition, table)
-            assert self.registry is not None
-            registry = self.registry
-            async with self._lock:
-                # A rotation (which holds the lock) may have registered its successor meanwhile.
-                existing = self.lookup(definition)
-                if existing is not None:
-                    return existing
-                record, _created = await asyncio.to_thread(registry.get_or_create, definition)
-                directory = registry.log_dir(record.handle)
-                await asyncio.to_thread(_write_table_file, directory, table)
-                shape_log = await asyncio.to_thread(ShapeLog.open, directory)
-                runtime = ShapeRuntime(record, shape_log, compiled=compiled, buffer=[])
-                self._add(runtime)
-            return runtime
+            record, _created = await asyncio.to_thread(registry.get_or_create, definition)
+            directory = registry.log_dir(record.handle)
+            await asyncio.to_thread(_write_table_file, directory, table)
+            shape_log = await asyncio.to_thread(ShapeLog.open, directory)
+            runtime = ShapeRuntime(record, shape_log, compiled=compiled, buffer=[])
+            self._add(runtime)
+        return runtime
 
     def _prepare_table(self, schema: str, table: str) -> TableInfo:
         """The table from the catalog, published (added to the publication when the role may do that)."""
-        with psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=10) as conn:
+        with self._connections.connection() as conn, conn.transaction():
             info = load_table(conn, schema, table)
             if info is None:
                 raise CatalogError("table", table_not_found_message(schema, table))
-            if publication_covers(conn, self.config.publication, schema, table):
-                return info
+            covered = publication_covers(conn, self.config.publication, schema, table)
+        if covered:
+            return info
         try:
             ensure_publication_and_slot(self.config.dsn, self.config.publication, self.config.slot, [(schema, table)])
         except (psycopg.Error, ReplicationError) as exc:
@@ -553,7 +575,7 @@ class SyncEngine:
                     return
                 info = await asyncio.to_thread(
                     take_snapshot,
-                    self.config.dsn,
+                    self._connections,
                     compiled,
                     runtime.log,
                     chunk_bytes=self.config.chunk_bytes,

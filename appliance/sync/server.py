@@ -19,6 +19,7 @@ from typing import Final
 
 import uvicorn
 
+from appliance.sync import gcpolicy
 from appliance.sync.engine import EngineConfig, SyncEngine
 from appliance.sync.http import ApiSettings, create_app
 from appliance.sync.limits import CHUNK_BYTES
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger(__name__).info(
         "sync engine listening on http://%s:%d (data in %s)", args.host, args.port, args.data_dir
     )
+    gcpolicy.install()
     _Server(config, engine).run()
 
 

@@ -19,6 +19,7 @@ column is loaded as raw text, so the client sees exactly what Postgres prints, a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from appliance.sync.shapelog import ShapeLog
 from appliance.sync.subset import BoundSubset
 
 FETCH_ROWS: Final = 2000
+# A kept connection idle longer than this is checked (one round trip) before it is handed out: the server may
+# have closed it meanwhile (a restart), and a snapshot or catalog read that fails on it fails its client.
+CHECK_IDLE_AFTER_S: Final = 1.0
 
 
 class SnapshotCancelled(Exception):
@@ -84,11 +88,13 @@ def _rows(conn: psycopg.Connection[Any], shape: CompiledShape, query: sql.Compos
           cancelled: threading.Event | None = None) -> Iterator[dict[str, str | None]]:
     """The query's rows as the shape's records (selected columns only), fetched a batch at a time through a
     server-side cursor, every column as Postgres's text output."""
-    for column in shape.table.columns:
-        conn.adapters.register_loader(column.type_oid, TextLoader)
     names = list(dict.fromkeys([*shape.columns, *shape.key_columns]))
     selected = set(shape.columns)
     with conn.cursor(name="appliance_sync_snapshot") as cursor:
+        # On the cursor, not the connection: a kept connection serves catalog reads later, which need bools
+        # and numbers as such.
+        for column in shape.table.columns:
+            cursor.adapters.register_loader(column.type_oid, TextLoader)
         cursor.itersize = FETCH_ROWS
         cursor.execute(query, params)
         while batch := cursor.fetchmany(FETCH_ROWS):
@@ -100,25 +106,40 @@ def _rows(conn: psycopg.Connection[Any], shape: CompiledShape, query: sql.Compos
 
 
 class ConnectionPool:
-    """Idle snapshot connections kept for reuse (thread-safe: snapshots run in worker threads).
+    """Idle connections kept for reuse (thread-safe: snapshots and catalog reads run in worker threads).
 
-    A subset is one short query, and opening a connection (TCP, SCRAM authentication, backend start) cost
-    several times the query itself; at most `size` connections are kept, any that is not cleanly idle after
-    use is closed instead of kept."""
+    A subset is one short query, and creating a shape two (its table from the catalog, its snapshot):
+    opening a connection (TCP, SCRAM authentication, backend start) cost several times any of them. At most
+    `size` connections are kept; one that is not cleanly idle after use is closed instead of kept."""
 
     def __init__(self, dsn: str, size: int) -> None:
         self.dsn = dsn
         self.size = size
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle: list[tuple[psycopg.Connection[Any], float]] = []  # with when each was given back
         self._lock = threading.Lock()
         self._closed = False
 
+    def _take(self) -> psycopg.Connection[Any]:
+        while True:
+            with self._lock:
+                kept = self._idle.pop() if self._idle else None
+            if kept is None:
+                return connect(self.dsn)
+            conn, since = kept
+            if conn.closed:
+                continue
+            if time.monotonic() - since < CHECK_IDLE_AFTER_S:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except psycopg.Error:
+                conn.close()
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = connect(self.dsn)
+        conn = self._take()
         try:
             yield conn
         except BaseException:
@@ -127,7 +148,7 @@ class ConnectionPool:
         idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.closed
         with self._lock:
             if idle and not self._closed and len(self._idle) < self.size:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -135,7 +156,7 @@ class ConnectionPool:
         """Close every kept connection (after one turned out dead, the others likely are too)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _since in idle:
             conn.close()
 
     def close(self) -> None:
@@ -181,7 +202,7 @@ def take_subset(pool: ConnectionPool, shape: CompiledShape, subset: BoundSubset,
 
 
 def take_snapshot(
-    dsn: str,
+    source: str | ConnectionPool,
     shape: CompiledShape,
     log: ShapeLog,
     *,
@@ -189,7 +210,7 @@ def take_snapshot(
     cancelled: threading.Event | None = None,
 ) -> SnapshotInfo:
     """Write the shape's snapshot into its (empty) log and sync it; returns the snapshot's xids."""
-    with _snapshot_transaction(dsn) as (conn, info, _lsn):
+    with _snapshot_transaction(source) as (conn, info, _lsn):
         chunk_number = 0
         chunk: list[bytes] = []
         size = 0

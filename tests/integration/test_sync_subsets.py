@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from appliance.sync.snapshot import CHECK_IDLE_AFTER_S
 from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster
 
@@ -189,3 +190,26 @@ def test_a_subset_from_a_real_offset_leaves_the_client_where_it_was(server: Sync
     assert tip != offset  # the log did move on: the check below can fail
     subset = server.get(**SHAPE, offset=offset, handle=handle, subset__where="id = 1")
     assert subset.headers["electric-offset"] == offset
+
+
+def test_kept_connections_serve_new_shapes_after_snapshots_and_server_restarts(
+    server: SyncServer, pg_module: PgCluster
+) -> None:
+    """Creating a shape reads the catalog and takes its snapshot on kept connections: a snapshot (which reads
+    every column as text) must not leave a connection that reads catalog booleans as text, and a connection
+    the server closed meanwhile is replaced."""
+    for name in ("kept_a", "kept_b", "kept_c"):
+        execute(pg_module.dsn, f"CREATE TABLE {name} (id bigint PRIMARY KEY, flag bool, n numeric)",
+                f"INSERT INTO {name} VALUES (1, true, 1.5)")
+    first = server.get(table="kept_a", offset="-1")
+    assert first.status_code == 200, first.text
+    assert [m["value"] for m in first.json() if "value" in m] == [{"id": "1", "flag": "t", "n": "1.5"}]
+    # The next creation's catalog read is on the connection that snapshot gave back.
+    second = server.get(table="kept_b", offset="-1")
+    assert second.status_code == 200, second.text
+    with psycopg.connect(pg_module.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                     " AND pid <> pg_backend_pid()")
+    time.sleep(CHECK_IDLE_AFTER_S + 0.2)  # idle that long, a kept connection is checked before use
+    third = server.get(table="kept_c", offset="-1")
+    assert third.status_code == 200, third.text

@@ -2,7 +2,10 @@
 // event on stdout, every batch it sees (after each up-to-date), the rows it holds, and every HTTP status.
 // Usage: node shape_client.mjs '<json options>'; it runs until stdin closes (or "exit" is written to it).
 // Every change message is also reported as it arrives ({"event": "change"}), so a test can count them.
-import { ShapeStream, isChangeMessage, isControlMessage } from '@electric-sql/client'
+// With {"shape": true} a Shape (the client's materialised view) wraps the stream: its rows are reported on
+// every change ({"event": "shape-rows"}), and {"shapeRequest": {...}} asks it for a subset, which the Shape
+// itself asks for again after a must-refetch.
+import { Shape, ShapeStream, isChangeMessage, isControlMessage } from '@electric-sql/client'
 import { createInterface } from 'node:readline'
 
 const options = JSON.parse(process.argv[2])
@@ -27,6 +30,7 @@ const fetchClient = async (input, init) => {
     live: url.searchParams.get('live'),
     sse: url.searchParams.get('live_sse'),
     handle: url.searchParams.get('handle'),
+    subsetWhere: url.searchParams.get('subset__where'),
     responseOffset: response.headers.get('electric-offset'),
   })
   return response
@@ -83,6 +87,11 @@ stream.subscribe(
   (error) => emit({ event: 'error', message: String(error && error.message ? error.message : error) }),
 )
 
+const shape = options.shape ? new Shape(stream) : undefined
+shape?.subscribe(({ rows: current }) => {
+  emit({ event: 'shape-rows', rows: Object.fromEntries(current.map((row) => [String(row.id), row]).sort()) })
+})
+
 // Subset snapshots, asked for on stdin as one JSON line: {"request": {...}} (ShapeStream.requestSnapshot: the
 // rows join the stream) or {"fetch": {...}} (fetchSnapshot: returned, not joined). Parameter values written
 // "bigint:<digits>" are passed as BigInts, as an app holding int8 values parsed by the client would.
@@ -97,7 +106,10 @@ function subsetOptions(raw) {
 
 async function snapshotCommand(command) {
   try {
-    if (command.request) {
+    if (command.shapeRequest) {
+      await shape.requestSnapshot(subsetOptions(command.shapeRequest))
+      emit({ event: 'shape-snapshot', rows: Object.fromEntries(shape.currentRows.map((row) => [String(row.id), row])) })
+    } else if (command.request) {
       const { metadata, data } = await stream.requestSnapshot(subsetOptions(command.request))
       emit({ event: 'snapshot', metadata, keys: data.map((m) => m.key),
              rows: Object.fromEntries([...rows.entries()].sort()), offset: stream.lastOffset })

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -125,6 +126,44 @@ def test_an_update_committed_while_the_snapshot_is_taken_arrives_exactly_once(
         assert updates == 1
     finally:
         writer.close()
+        client.close()
+
+
+def test_after_a_must_refetch_the_shape_asks_for_its_subsets_again(
+    pg_module: PgCluster, server: SyncServer, table_name: str
+) -> None:
+    """A changes-only Shape holds only the rows its subsets loaded; a must-refetch empties it, and the client
+    (Shape) asks the new shape for the same subsets once it is up to date: the rows come back, from the new
+    handle, and live changes go on."""
+    make_things(pg_module.dsn, table_name)
+    client = on_demand(server, table_name, shape=True)
+    try:
+        first = client.until(event("up-to-date"))
+        client.send('{"shapeRequest": {"where": "rank < $1", "params": {"1": "10"}, "orderBy": "rank"}}')
+        loaded = client.until(event("shape-snapshot"))
+        assert sorted(loaded["rows"], key=int) == ["1", "3", "5", "7", "9"]
+        client.send("responses")
+        client.until(event("responses"))  # what was asked so far is not what is checked below
+
+        deleted = httpx.delete(server.url, params={"handle": first["handle"], "secret": server.secret}, timeout=10)
+        assert deleted.status_code == 202, deleted.text
+        # Committed while the client has no shape: no log holds it for the new one, only its subset does.
+        execute(pg_module.dsn, f"INSERT INTO {table_name} VALUES (201, 1, 2, 'while refetching')")
+
+        asked: list[dict[str, Any]] = []  # every request from here on (each up-to-date reports those before it)
+        while (seen := client.next(timeout=30))["event"] != "shape-rows" or "201" not in seen["rows"]:
+            asked += seen.get("responses", [])
+        assert sorted(seen["rows"], key=int) == ["1", "3", "5", "7", "9", "201"]
+        client.send("responses")
+        asked += client.until(event("responses"))["responses"]
+        assert any(r["status"] == 409 for r in asked), asked  # the must-refetch
+        again = [r for r in asked if r["subsetWhere"] == "rank < $1"]
+        assert again and all(r["status"] == 200 and r["handle"] not in (None, first["handle"]) for r in again), asked
+
+        execute(pg_module.dsn, f"UPDATE {table_name} SET title = 'renamed' WHERE id = 3")
+        client.until(lambda e: e["event"] == "shape-rows" and e["rows"].get("3", {}).get("title") == "renamed",
+                     what="a live update after the refetch")
+    finally:
         client.close()
 
 

@@ -1,0 +1,47 @@
+"""The sync engine's garbage collection policy (appliance/sync/gcpolicy.py), in a process of its own: it changes
+process-wide state that the test run itself must not inherit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import gc
+from appliance.sync import gcpolicy
+
+assert gc.get_freeze_count() == 0
+gcpolicy.install()
+gcpolicy.install()  # a second call adds nothing
+assert gc.get_threshold()[0] == gcpolicy.YOUNG_THRESHOLD
+assert gc.callbacks.count(gcpolicy._after_collection) == 1
+kept = [[i] for i in range(10_000)]  # long-lived, tracked objects, as an engine's shapes are
+gc.collect()
+frozen = gc.get_freeze_count()
+assert frozen >= len(kept), frozen
+
+gcpolicy.released(gcpolicy.RELEASE_UNFREEZE - 1)
+assert gc.get_freeze_count() == frozen  # not yet
+gcpolicy.released()
+assert gc.get_freeze_count() == 0  # walked again by the next full collection, which frees what is gone
+
+
+class Cycle:
+    pass
+
+
+dropped = Cycle()
+dropped.me = dropped
+gc.collect()
+assert gc.get_freeze_count() > 0
+gcpolicy.released(gcpolicy.RELEASE_UNFREEZE)
+del dropped
+assert gc.collect() > 0  # the frozen cycle is collected once unfrozen
+print("ok")
+"""
+
+
+def test_full_collections_freeze_survivors_and_dropped_shapes_unfreeze_them() -> None:
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
