@@ -36,7 +36,6 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -71,7 +70,7 @@ from appliance.sync.replication import (
 )
 from appliance.sync.routing import TableRoutes
 from appliance.sync.shape import CompiledShape
-from appliance.sync.shapelog import ShapeLog, ShapeLogError, fsync_directory, sync_logs
+from appliance.sync.shapelog import ShapeLog, ShapeLogError, flush_logs, fsync_directory, sync_logs
 from appliance.sync.snapshot import ConnectionPool, SnapshotCancelled, SubsetResult, take_snapshot, take_subset
 from appliance.sync.subset import SubsetRequest, bind_subset
 
@@ -216,6 +215,11 @@ class SyncEngine:
         self._routes: dict[tuple[str, str], TableRoutes] = {}
         self._relations_checked: dict[tuple[str, str], RelationInfo] = {}
         self._task: asyncio.Task[None] | None = None
+        # Shapes whose logs were written but not yet synced, and the end LSN of the newest batch among them.
+        self._unsynced: set[ShapeRuntime] = set()
+        self._unsynced_lsn = 0
+        self._unsynced_changed = asyncio.Event()
+        self._durability_closing = False
         self._stream: ReplicationStream | None = None
         self._stopping = False
         self._active = asyncio.Event()
@@ -314,27 +318,58 @@ class SyncEngine:
                 self._stream = None
 
     async def _consume(self, stream: ReplicationStream) -> None:
-        while not self._stopping:
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH and (more := stream.get_nowait()) is not None:
-                batch.append(more)
-            async with self._lock:
-                # Each shape's entries of the whole batch go to its log in one append, then one sync round.
-                pending: dict[ShapeRuntime, list[tuple[LogOffset, bytes]]] = {}
-                for txn in batch:
-                    await self._process(txn, pending)
-                for runtime, entries in pending.items():
-                    if not runtime.gone:
-                        runtime.log.append(entries)
-                await self._sync(pending)
-            stream.confirm(batch[-1].end_lsn)
+        """Apply transactions to the shape logs as they come; a companion task makes them durable and only
+        then confirms them to Postgres.
 
-    async def _sync(self, touched: Iterable[ShapeRuntime]) -> None:
-        runtimes = [runtime for runtime in touched if not runtime.gone]
+        Readers see a batch as soon as it is written (`ShapeLog.flush`), before any fsync: with thousands of
+        shapes one batch touches thousands of logs, and waiting for the disk to take them all (a syncfs)
+        held every change back by as long. What a crash loses was never confirmed, so Postgres sends it
+        again on restart, and each log skips what it already holds (offsets are deterministic)."""
+        durability = asyncio.create_task(self._keep_durable(stream), name="sync-durability")
+        try:
+            while not self._stopping:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH and (more := stream.get_nowait()) is not None:
+                    batch.append(more)
+                async with self._lock:
+                    # Each shape's entries of the whole batch go to its log in one append, then one write each.
+                    pending: dict[ShapeRuntime, list[tuple[LogOffset, bytes]]] = {}
+                    for txn in batch:
+                        await self._process(txn, pending)
+                    touched = [runtime for runtime in pending if not runtime.gone]
+                    for runtime in touched:
+                        runtime.log.append(pending[runtime])
+                    failed = await asyncio.to_thread(flush_logs, [runtime.log for runtime in touched])
+                    await self._rotate_failed(touched, failed, "write")
+                self._unsynced.update(touched)
+                self._unsynced_lsn = max(self._unsynced_lsn, batch[-1].end_lsn)
+                self._unsynced_changed.set()
+        finally:
+            self._durability_closing = True
+            self._unsynced_changed.set()
+            await durability
+            self._durability_closing = False
+
+    async def _keep_durable(self, stream: ReplicationStream) -> None:
+        """Sync the logs written since the last round, then confirm their transactions to Postgres; one round
+        at a time, each taking whatever accumulated while the previous one ran. Ends, after a last round,
+        when `_consume` does."""
+        while True:
+            await self._unsynced_changed.wait()
+            self._unsynced_changed.clear()
+            runtimes, lsn = [r for r in self._unsynced if not r.gone], self._unsynced_lsn
+            self._unsynced = set()
+            await self._sync(runtimes)
+            if lsn:
+                stream.confirm(lsn)
+            if self._durability_closing and not self._unsynced:
+                return
+
+    async def _sync(self, runtimes: list[ShapeRuntime]) -> None:
         if not runtimes:
             return
         results: list[Any]
@@ -344,10 +379,17 @@ class SyncEngine:
             results = await asyncio.gather(
                 *(asyncio.to_thread(runtime.log.sync) for runtime in runtimes), return_exceptions=True
             )
+        if any(isinstance(result, BaseException) for result in results):
+            async with self._lock:
+                await self._rotate_failed(runtimes, results, "sync")
+
+    async def _rotate_failed(self, runtimes: list[ShapeRuntime], results: list[Any], what: str) -> None:
+        """Start over every shape whose log could not be written or synced (callers hold self._lock): what
+        reached its disk is unknown, so the log cannot be served on. A log closed meanwhile belongs to a shape
+        already rotated or deleted."""
         for runtime, result in zip(runtimes, results, strict=True):
-            if isinstance(result, BaseException):
-                # What reached its disk is unknown, so the log cannot be served on: start the shape over.
-                log.error("shape %s: cannot sync its log (%s); rotating it", runtime.handle, result)
+            if isinstance(result, BaseException) and not runtime.gone:
+                log.error("shape %s: cannot %s its log (%s); rotating it", runtime.handle, what, result)
                 await self._rotate(runtime)
 
     # -- transactions ------------------------------------------------------------------------------------
@@ -638,7 +680,7 @@ class SyncEngine:
         compiled = runtime.compiled
         assert compiled is not None and runtime.ready
         bound = bind_subset(subset, compiled)
-        resume = runtime.log.durable_offset
+        resume = runtime.log.visible_offset
         mark = secrets.randbelow(2**31)  # Electric's range: a JavaScript-safe integer
         async with self._subsets:
             try:

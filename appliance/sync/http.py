@@ -397,7 +397,7 @@ class ShapeApi:
                 return self._gone(request, runtime)
             if time.monotonic() > deadline:
                 return self._error(request, 503, messages.error_message("Snapshot not ready yet"), retry_after=1)
-            await runtime.wait(runtime.log.durable_offset, max(0.05, deadline - time.monotonic()))
+            await runtime.wait(runtime.log.visible_offset, max(0.05, deadline - time.monotonic()))
         try:
             result, resume = await self.engine.query_subset(runtime, wanted)
         except subset.SubsetInvalid as exc:
@@ -491,10 +491,10 @@ class ShapeApi:
             while not runtime.ready:
                 if runtime.gone or runtime.error is not None:
                     return self._gone(request, runtime)
-                await runtime.wait(runtime.log.durable_offset, max(0.05, deadline - time.monotonic()))
+                await runtime.wait(runtime.log.visible_offset, max(0.05, deadline - time.monotonic()))
                 if time.monotonic() > deadline and not runtime.ready:
                     return self._error(request, 503, messages.error_message("Snapshot not ready yet"), retry_after=1)
-            end = runtime.log.durable_offset
+            end = runtime.log.visible_offset
             headers = self._headers(request, params, runtime, end, up_to_date=True, no_changes=True)
             body = messages.join_messages([messages.encode(messages.up_to_date(self.engine.last_lsn))])
             return Response(body, headers=headers, media_type="application/json")
@@ -507,7 +507,7 @@ class ShapeApi:
         while True:
             if runtime.gone or runtime.error is not None:
                 return self._gone(request, runtime)
-            durable = runtime.log.durable_offset
+            durable = runtime.log.visible_offset
             after = offset
             if offset == SNAPSHOT_END and runtime.ready:
                 # Not an offset this server hands out, but Electric's clients may hold one from an Electric
@@ -527,7 +527,7 @@ class ShapeApi:
             if read is None:
                 return self._gone(request, runtime)
             if read.messages:
-                reached_end = runtime.ready and read.last_offset >= runtime.log.durable_offset
+                reached_end = runtime.ready and read.last_offset >= runtime.log.visible_offset
                 up_to_date = reached_end and offset != BEFORE_ALL
                 chunks = list(read.messages)
                 if up_to_date:

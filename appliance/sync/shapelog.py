@@ -21,15 +21,17 @@ client can legitimately send back are `-1` and offsets of entries; `contains()` 
 
 Threading model (single writer, many readers):
 
-- `append()`, `sync()` and `close()` may be called from any thread; they serialise on internal locks, but
-  the design assumes one logical writer (the replication engine) deciding the order of entries.
+- `append()`, `flush()`, `sync()` and `close()` may be called from any thread; they serialise on internal
+  locks, but the design assumes one logical writer (the replication engine) deciding the order of entries.
   `append()` only touches memory unless the buffer passes FLUSH_BUFFER_BYTES (then one pwrite, no fsync);
+  `flush()` writes the rest and shows it to readers without waiting for the disk (durable later);
   `sync()` blocks on fdatasync, so from asyncio run it in a worker (`await asyncio.to_thread(log.sync)`).
   Appends may continue while another thread is inside `sync()`.
 - `read()` and `contains()` are safe from any number of threads at once (positional reads on a shared fd);
-  they see only synced data. They do blocking file reads of bounded size (≈ max_bytes + 64 KiB); from an
-  event loop that is usually fine for page-cached data, or use `asyncio.to_thread` for large reads.
-- `wait_for_data()` is a coroutine for long-poll handlers, woken from whichever thread completed the sync;
+  they see what was flushed or synced, never what is only appended. They do blocking file reads of
+  bounded size (≈ max_bytes + 64 KiB); from an event loop that is usually fine for page-cached data, or
+  use `asyncio.to_thread` for large reads.
+- `wait_for_data()` is a coroutine for long-poll handlers, woken from whichever thread flushed or synced;
   `add_listener()` registers a plain callback run in the syncing thread.
 """
 
@@ -205,6 +207,19 @@ def _syncfs(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def flush_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
+    """`flush()` each log; the result is what each one raised (None when it is written and visible)."""
+    results: list[BaseException | None] = []
+    for shape_log in logs:
+        try:
+            shape_log.flush()
+        except Exception as exc:
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
+
+
 def sync_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
     """Sync several logs with one syncfs per filesystem rather than an fdatasync each; the result is what
     each log's own sync() would have raised (None when it is durable).
@@ -270,8 +285,11 @@ class ShapeLog:
 
         # Published state, what readers may see: guarded by _state.
         self._state = threading.Condition(threading.Lock())
-        self._durable_end = end
-        self._durable_offset = last_offset
+        self._visible_end = end
+        self._visible_offset = last_offset
+        # Durable state (what the last fsync covered): guarded by _sync_lock; it lags or equals the visible state.
+        self._synced_end = end
+        self._synced_offset = last_offset
         self._index_keys = index_keys  # (tx, op) of the first record at or after each index point
         self._index_positions = index_positions
         # (tx, op) and position of every one of the newest records (a contiguous run ending at _durable_end).
@@ -408,13 +426,18 @@ class ShapeLog:
 
     @property
     def durable_offset(self) -> LogOffset:
-        """Offset of the last synced entry: the newest a reader can see (what `offset=now` resolves to)."""
-        return self._durable_offset
+        """Offset of the last entry made durable by `sync()`."""
+        return self._synced_offset
+
+    @property
+    def visible_offset(self) -> LogOffset:
+        """Offset of the last entry readers can see (`flush()` or `sync()`): what `offset=now` resolves to."""
+        return self._visible_offset
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of synced log, header included."""
-        return self._durable_end
+        """Bytes of visible log, header included."""
+        return self._visible_end
 
     @property
     def closed(self) -> bool:
@@ -467,6 +490,20 @@ class ShapeLog:
             if len(self._buffer) >= FLUSH_BUFFER_BYTES:
                 self._flush_buffer_locked()
 
+    def flush(self) -> LogOffset:
+        """Write everything appended so far to the file and wake readers, without waiting for the disk; returns
+        the visible offset.
+
+        Readers may now see entries a machine crash would lose: whoever feeds the log must be able to feed
+        them again after one (the engine confirms to Postgres only what `sync()` has made durable, Postgres
+        sends the rest again, and entries at or below `last_offset` are skipped as already there).
+        """
+        with self._sync_lock:
+            pending = self._write_out_locked()
+            if pending.end != self._visible_end:
+                self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
+            return self._visible_offset
+
     def sync(self) -> LogOffset:
         """Write and fdatasync everything appended so far, then wake readers; returns the durable offset.
 
@@ -478,22 +515,27 @@ class ShapeLog:
     def _sync_locked(self) -> LogOffset:
         pending = self._prepare_sync_locked()
         if pending is None:
-            return self._durable_offset
+            return self._synced_offset
         try:
             os.fdatasync(self._fd)
         except BaseException as exc:
             self._sync_failed(exc, "fdatasync")
         return self._complete_sync_locked(pending)
 
-    def _prepare_sync_locked(self) -> _PendingSync | None:
-        """Write out the buffer; what a sync would make durable (None: nothing new since the last one)."""
+    def _write_out_locked(self) -> _PendingSync:
+        """Write the buffer to the file; what it adds to what readers see."""
         with self._append_lock:
             self._check_writable()
             self._flush_buffer_locked()
             pending = _PendingSync(self._buffer_start, self._last_offset, self._pending_index, self._pending_tail)
             self._pending_index = []
             self._pending_tail = []
-        return None if pending.end == self._durable_end else pending
+        return pending
+
+    def _prepare_sync_locked(self) -> _PendingSync | None:
+        """Write out the buffer; what a sync would make durable (None: nothing new since the last one)."""
+        pending = self._write_out_locked()
+        return None if pending.end == self._synced_end else pending
 
     def _sync_failed(self, exc: BaseException, what: str) -> NoReturn:
         # After a failed fsync the page cache may hold data the disk never got, so nothing written since the
@@ -506,7 +548,10 @@ class ShapeLog:
         if now - self._watermark_written_at >= WATERMARK_INTERVAL_S:
             self._write_watermark(pending.end)
             self._watermark_written_at = now
-        self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
+        if pending.end != self._visible_end:  # not already shown by flush()
+            self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
+        # After publishing: what is durable is always visible too.
+        self._synced_end, self._synced_offset = pending.end, pending.last
         return pending.last
 
     def _write_watermark(self, end: int) -> None:
@@ -548,8 +593,8 @@ class ShapeLog:
         new_tail: list[tuple[tuple[int, int], int]],
     ) -> None:
         with self._state:
-            self._durable_end = end
-            self._durable_offset = last
+            self._visible_end = end
+            self._visible_offset = last
             for key, position in new_index:
                 self._index_keys.append(key)
                 self._index_positions.append(position)
@@ -577,15 +622,15 @@ class ShapeLog:
     # -- reading -----------------------------------------------------------------------------------------
 
     def read(self, after: LogOffset, max_bytes: int = DEFAULT_READ_BYTES) -> LogRead:
-        """Synced entries with offset strictly greater than `after`, in order.
+        """Visible entries (flushed or synced) with offset strictly greater than `after`, in order.
 
         Stops before the payload total would pass `max_bytes`, but always returns at least one entry when
         one exists, so a caller always makes progress. Returns `([], after)` when nothing is newer.
         """
         with self._state:
             self._check_open()
-            end = self._durable_end
-            if after >= self._durable_offset:
+            end = self._visible_end
+            if after >= self._visible_offset:
                 return LogRead([], after)
             start = self._start_position_locked(after, inclusive=False)
             self._active_reads += 1
@@ -613,13 +658,13 @@ class ShapeLog:
             return True
         with self._state:
             self._check_open()
-            if offset >= self._durable_offset:
-                return offset == self._durable_offset
+            if offset >= self._visible_offset:
+                return offset == self._visible_offset
             key = (offset.tx, offset.op)
             if self._tail_keys and key >= self._tail_keys[0]:
                 slot = bisect.bisect_left(self._tail_keys, key)
                 return self._tail_keys[slot] == key  # slot is in range: key < durable offset = last tail key
-            end = self._durable_end
+            end = self._visible_end
             start = self._start_position_locked(offset, inclusive=True)
             self._active_reads += 1
         try:
@@ -638,7 +683,7 @@ class ShapeLog:
             # Exact: the tail run covers every record from its first key to the durable end.
             find = bisect.bisect_left if inclusive else bisect.bisect_right
             slot = find(self._tail_keys, key)
-            return self._tail_positions[slot] if slot < len(self._tail_positions) else self._durable_end
+            return self._tail_positions[slot] if slot < len(self._tail_positions) else self._visible_end
         # The last index point whose first record is <= offset: every record > offset lies beyond it.
         slot = bisect.bisect_right(self._index_keys, key) - 1
         return self._index_positions[slot] if slot >= 0 else HEADER_SIZE
@@ -668,7 +713,7 @@ class ShapeLog:
         with self._state:
             if self._closed:
                 return False
-            if self._durable_offset > after:
+            if self._visible_offset > after:
                 return True
             self._waiters.add(waiter)
         try:
@@ -679,7 +724,7 @@ class ShapeLog:
         finally:
             with self._state:
                 self._waiters.discard(waiter)
-        return not self._closed and self._durable_offset > after
+        return not self._closed and self._visible_offset > after
 
     def add_listener(self, listener: Callable[[LogOffset], None]) -> Callable[[], None]:
         """Call `listener(durable_offset)` after each sync that shows new data; returns an unsubscriber.
@@ -708,7 +753,7 @@ class ShapeLog:
             try:
                 if self._failure is None:
                     self._sync_locked()
-                    self._write_watermark(self._durable_end)
+                    self._write_watermark(self._synced_end)
             finally:
                 with self._append_lock, self._state:
                     self._closed = True

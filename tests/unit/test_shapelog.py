@@ -34,6 +34,8 @@ from appliance.sync.shapelog import (
     ShapeLogCorrupt,
     ShapeLogError,
     ShapeLogFailed,
+    flush_logs,
+    sync_logs,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -662,7 +664,7 @@ def test_the_log_behaves_like_a_list_of_synced_entries(
 
 
 def test_many_logs_synced_together_are_each_durable_and_readable(tmp_path: Path) -> None:
-    from appliance.sync.shapelog import sync_logs
+
 
     logs = [ShapeLog.open(tmp_path / f"shape-{n}") for n in range(20)]
     try:
@@ -700,3 +702,46 @@ def test_an_open_log_holds_one_file_descriptor(tmp_path: Path) -> None:
         for shape_log in logs:
             shape_log.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_flush_shows_entries_to_readers_before_they_are_durable(log: ShapeLog, log_dir: Path) -> None:
+    entries = live_entries(5)
+    log.append(entries[:3])
+    assert read_all(log) == []  # appended only
+    assert log.flush() == entries[2][0] == log.visible_offset
+    assert read_all(log) == [m for _, m in entries[:3]]
+    assert log.durable_offset == BEFORE_ALL  # not synced yet
+    log.append(entries[3:])
+    assert log.sync() == entries[4][0] == log.durable_offset == log.visible_offset
+    assert read_all(log) == [m for _, m in entries]
+    assert log.flush() == entries[4][0]  # nothing new: a no-op
+
+
+def test_a_flushed_log_reopened_keeps_what_the_page_cache_holds(log_dir: Path) -> None:
+    """A process that dies after flush() (the machine does not): the entries are in the file, so a reopened
+    log has them, and the engine skips them when Postgres sends their transactions again."""
+    entries = live_entries(4)
+    first = ShapeLog.open(log_dir)
+    first.append(entries)
+    first.flush()
+    os.close(first._fd)  # dies without closing (close() would sync)
+    reopened = ShapeLog.open(log_dir)
+    try:
+        assert reopened.last_offset == entries[-1][0] == reopened.durable_offset
+        assert read_all(reopened) == [m for _, m in entries]
+    finally:
+        reopened.close()
+
+
+def test_sync_logs_makes_flushed_logs_durable(tmp_path: Path) -> None:
+    logs = [ShapeLog.open(tmp_path / f"s{i}") for i in range(20)]
+    try:
+        for index, shape_log in enumerate(logs):
+            shape_log.append(live_entries(2, first_lsn=100 + index))
+        assert flush_logs(logs) == [None] * 20
+        assert all(shape_log.durable_offset == BEFORE_ALL for shape_log in logs)
+        assert sync_logs(logs) == [None] * 20
+        assert all(shape_log.durable_offset == shape_log.visible_offset != BEFORE_ALL for shape_log in logs)
+    finally:
+        for shape_log in logs:
+            shape_log.close()
