@@ -341,10 +341,11 @@ class SyncEngine:
                     for txn in batch:
                         await self._process(txn, pending)
                     touched = [runtime for runtime in pending if not runtime.gone]
-                    for runtime in touched:
-                        runtime.log.append(pending[runtime])
-                    failed = await asyncio.to_thread(flush_logs, [runtime.log for runtime in touched])
-                    await self._rotate_failed(touched, failed, "write")
+                    if touched:
+                        for runtime in touched:
+                            runtime.log.append(pending[runtime])
+                        failed = await asyncio.to_thread(flush_logs, [runtime.log for runtime in touched])
+                        await self._rotate_failed(touched, failed, "write")
                 self._unsynced.update(touched)
                 self._unsynced_lsn = max(self._unsynced_lsn, batch[-1].end_lsn)
                 self._unsynced_changed.set()

@@ -507,13 +507,13 @@ class ShapeApi:
         while True:
             if runtime.gone or runtime.error is not None:
                 return self._gone(request, runtime)
-            durable = runtime.log.visible_offset
+            visible = runtime.log.visible_offset
             after = offset
             if offset == SNAPSHOT_END and runtime.ready:
                 # Not an offset this server hands out, but Electric's clients may hold one from an Electric
                 # server: it means "everything after the snapshot".
                 after = _last_snapshot_entry(runtime)
-            elif offset > durable and not (offset.is_snapshot and not runtime.ready):
+            elif offset > visible and not (offset.is_snapshot and not runtime.ready):
                 # Ahead of the log: Electric waits half a long poll in case the client saw a newer server
                 # instance, then refuses it.
                 if out_of_bounds_deadline is None:
@@ -521,7 +521,7 @@ class ShapeApi:
                 remaining = out_of_bounds_deadline - time.monotonic()
                 if remaining <= 0:
                     return self._invalid(request, {"offset": ["out of bounds for this shape"]})
-                await runtime.wait(durable, remaining)
+                await runtime.wait(visible, remaining)
                 continue
             read = await _read(runtime, after, self.settings.chunk_bytes)
             if read is None:

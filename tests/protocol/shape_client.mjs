@@ -3,8 +3,8 @@
 // Usage: node shape_client.mjs '<json options>'; it runs until stdin closes (or "exit" is written to it).
 // Every change message is also reported as it arrives ({"event": "change"}), so a test can count them.
 // With {"shape": true} a Shape (the client's materialised view) wraps the stream: its rows are reported on
-// every change ({"event": "shape-rows"}), and {"shapeRequest": {...}} asks it for a subset, which the Shape
-// itself asks for again after a must-refetch.
+// every change ({"event": "shape-rows"}, keyed by each row's id column), and {"shapeRequest": {...}} asks it
+// for a subset, which the Shape itself asks for again after a must-refetch.
 import { Shape, ShapeStream, isChangeMessage, isControlMessage } from '@electric-sql/client'
 import { createInterface } from 'node:readline'
 
