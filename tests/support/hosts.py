@@ -45,9 +45,8 @@ Teardown asks each host's supervisord (if one was started) to shut down, so its 
 signals the host's init by PID, which takes every remaining process of the host with it (SIGKILL by PID if it
 does not exit); it deletes the network namespaces, the bridge and the NAT table,
 restores ip_forward, and checks that no process and no mount of a fake host is left. One harness runs at a time
-on a machine (a lock file); a run killed with SIGKILL leaves the bridge `apfh0` and namespaces `apfh-*` behind,
-which the next run names and refuses to touch: remove them with `ip netns del apfh-<name>; ip link del apfh0;
-nft delete table ip appliance_fake_hosts`.
+on a machine (a lock file); a run killed with SIGKILL leaves the bridge `apfh0`, namespaces `apfh-*` and its NAT
+table behind, which the next run (holding the lock, so no live run owns them) removes and names.
 """
 
 from __future__ import annotations
@@ -75,6 +74,8 @@ GATEWAY = f"{SUBNET}.1"
 FIRST_HOST = 10
 NAT_TABLE = "appliance_fake_hosts"
 LOCK_FILE = Path("/run/lock/appliance-fake-hosts.lock")
+# ip_forward as it was before a run changed it, so the next run can restore it if this one is killed.
+FORWARD_STATE = Path("/run/lock/appliance-fake-hosts.ip_forward")
 HARNESS_PARENT = Path("/var/tmp")  # not /tmp: each host's /tmp is private, and sshd reads its files at login
 # Host paths each fake host has its own copy of (bind mounts of per-host directories).
 PRIVATE_PATHS = (
@@ -205,19 +206,43 @@ class _Network:
     created: list[str] = field(default_factory=list)  # what teardown removes: "bridge", "nat", "forward"
 
 
-def _check_no_leftovers() -> None:
-    leftovers = []
+def _reclaim_leftovers() -> None:
+    """Remove what a run killed before its teardown left: its processes (by PID, found through its network
+    namespaces), the namespaces, veths, the bridge, the NAT table, its harness directory, and ip_forward as it
+    was. Called with the lock held, so no live run owns any of it (the lock dies with its holder)."""
+    found: list[str] = []
+    namespaces = [ns for ns in _run("ip", "netns", "list").stdout.split() if ns.startswith("apfh-")]
+    for ns in namespaces:
+        pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split() if p.isdigit()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _run("ip", "netns", "del", ns, check=False)
+        found.append(f"network namespace {ns}" + (f" (killed pids {pids})" if pids else ""))
+    for line in _run("ip", "-o", "link", "show").stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if name.startswith("apfh") and name != BRIDGE:
+            _run("ip", "link", "del", name, check=False)
+            found.append(f"link {name}")
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
-        leftovers.append(f"bridge {BRIDGE}")
-    existing = _run("ip", "netns", "list").stdout.split()
-    leftovers += [f"network namespace {ns}" for ns in existing if ns.startswith("apfh-")]
+        _run("ip", "link", "del", BRIDGE, check=False)
+        found.append(f"bridge {BRIDGE}")
     if _run("nft", "list", "table", "ip", NAT_TABLE, check=False).returncode == 0:
-        leftovers.append(f"nftables table ip {NAT_TABLE}")
-    if leftovers:
-        raise HarnessError(
-            "a previous fake-host run left " + ", ".join(leftovers) + " behind (see tests/support/hosts.py on "
-            "removing them); refusing to touch them"
-        )
+        _run("nft", "delete", "table", "ip", NAT_TABLE, check=False)
+        found.append(f"nftables table ip {NAT_TABLE}")
+    if FORWARD_STATE.exists():
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(FORWARD_STATE.read_text().strip() + "\n")
+        FORWARD_STATE.unlink()
+        found.append("ip_forward")
+    for root in HARNESS_PARENT.glob("appliance-fake-hosts-*"):
+        if not _stray_mounts(root):
+            shutil.rmtree(root, ignore_errors=True)
+            found.append(str(root))
+    if found:
+        print(f"fake hosts: reclaimed what a killed run left: {', '.join(found)}", flush=True)
+    left = [ns for ns in _run("ip", "netns", "list").stdout.split() if ns.startswith("apfh-")]
+    if left or _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        raise HarnessError(f"could not remove a previous run's network namespaces {left} or bridge {BRIDGE}")
 
 
 def _network_up(net: _Network) -> None:
@@ -248,6 +273,7 @@ table ip {NAT_TABLE} {{
     _run("nft", "-f", "-", input=rules)
     net.created.append("nat")
     if not routed_before:
+        FORWARD_STATE.write_text(net.ip_forward_before + "\n")
         forward.write_text("1\n")
         net.created.append("forward")
 
@@ -255,6 +281,7 @@ table ip {NAT_TABLE} {{
 def _network_down(net: _Network, errors: list[str]) -> None:
     if "forward" in net.created:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(net.ip_forward_before + "\n")
+        FORWARD_STATE.unlink(missing_ok=True)
     if "nat" in net.created:
         result = _run("nft", "delete", "table", "ip", NAT_TABLE, check=False)
         if result.returncode != 0:
@@ -487,7 +514,7 @@ def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
     if missing:
         raise HarnessError(f"fake hosts need {', '.join(missing)}")
     with _lock():
-        _check_no_leftovers()
+        _reclaim_leftovers()
         harness_root = Path(tempfile.mkdtemp(prefix="appliance-fake-hosts-", dir=HARNESS_PARENT))
         net = _Network()
         hosts: dict[str, FakeHost] = {}
