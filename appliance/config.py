@@ -208,6 +208,85 @@ class AgentsSettings(_Settings):
     webhook_max_response_bytes: int = Field(ge=1024)
 
 
+# The embedded provider's name among a tenant's issuers (/api/auth/login?issuer=local).
+EMBEDDED_ISSUER_NAME = "local"
+HOUSE_ROLES = ("owner", "admin", "member")
+
+
+class RoleGrant(BaseModel):
+    """A claim value that makes a person a member of a house with a role (`identity.issuers[].roles`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    claim: str = Field(min_length=1, max_length=100)
+    value: str = Field(min_length=1, max_length=200)
+    house: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    role: Literal["owner", "admin", "member"]
+
+
+# Signature algorithms an issuer may be allowed: asymmetric only (`none` and HS* would let anyone holding the
+# public key, or nothing, sign).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+class IssuerSettings(BaseModel):
+    """An OIDC issuer whose people may log in to the tenant (`identity.issuers[]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    issuer: str = Field(pattern=r"^https://[^\s#?]+$")
+    client_id: str = Field(min_length=1, max_length=200)
+    client_secret_file: str = Field(pattern=r"^/\S+$")
+    subject_claim: str = Field(default="sub", min_length=1, max_length=100)
+    audience: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    roles: tuple[RoleGrant, ...] = ()
+    ca_file: str = Field(default="", pattern=r"^(/\S+)?$")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, algorithms: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if bad or not algorithms:
+            raise ValueError(f"algorithms {bad or '[]'} not accepted; choose from {list(ASYMMETRIC_ALGORITHMS)}")
+        return algorithms
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or self.client_id
+
+
+class IdentitySettings(_Settings):
+    role: ClassVar[str] = "identity"
+    embedded: bool
+    port_offset: int = Field(ge=0)
+    issuers: tuple[IssuerSettings, ...]
+    access_token_ttl_s: int = Field(ge=30, le=86400)
+    refresh_ttl_s: int = Field(ge=60)
+    cookie_samesite: Literal["strict", "lax", "none"]
+    login_ttl_s: int = Field(ge=30, le=3600)
+    jwks_refetch_min_s: int = Field(ge=1)
+    login_max_failures: int = Field(ge=1)
+    login_lockout_s: int = Field(ge=1)
+    login_per_client_per_minute: int = Field(ge=1)
+    argon2_memory_kib: int = Field(ge=8192)
+    argon2_time_cost: int = Field(ge=1)
+    device_code_ttl_s: int = Field(ge=60)
+    setup_link_ttl_s: int = Field(ge=300)
+    session_ttl_s: int = Field(ge=60)
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> IdentitySettings:
+        names = [i.name for i in self.issuers]
+        if EMBEDDED_ISSUER_NAME in names:
+            raise ValueError(f"issuer name {EMBEDDED_ISSUER_NAME!r} is the embedded provider's")
+        if len(set(names)) != len(names):
+            raise ValueError("an issuer name is listed twice")
+        urls = [i.issuer for i in self.issuers]
+        if len(set(urls)) != len(urls):
+            raise ValueError("an issuer URL is listed twice")
+        return self
+
+
 class AuditSettings(_Settings):
     role: ClassVar[str] = "audit"
     retention_days: int = Field(ge=1)
@@ -331,10 +410,11 @@ TENANT_ROLES: dict[str, type[_Settings]] = {
     "agents": AgentsSettings,
     "audit": AuditSettings,
     "backup": BackupSettings,
+    "identity": IdentitySettings,
 }
 
 # Components with a port of their own in the tenant's block.
-PORTED_COMPONENTS = ("postgres", "streams", "sync", "gateway", "agents")
+PORTED_COMPONENTS = ("postgres", "streams", "sync", "gateway", "agents", "identity")
 
 # Database roles every tenant cluster has (besides its superuser); sync needs REPLICATION for logical decoding.
 DB_ROLES: dict[str, dict[str, bool]] = {
@@ -342,6 +422,8 @@ DB_ROLES: dict[str, dict[str, bool]] = {
     "sync": {"replication": True},
     "agents": {"replication": False},
     "audit": {"replication": False},
+    # The embedded OIDC provider: its own schema (accounts, grants, sessions) and nothing else.
+    "identity": {"replication": False},
 }
 DB_SUPERUSER = "postgres"
 
@@ -352,6 +434,7 @@ class SecretKind(StrEnum):
     key32 = "key32"  # 32 random bytes, base64 (symmetric keys)
     ed25519 = "ed25519"  # PEM private key
     s3_access_key = "s3_access_key"  # 20 uppercase alphanumerics, as S3 access keys look
+    jwks = "jwks"  # a JSON Web Key Set of private signing keys (EdDSA and RS256), for the OIDC provider
 
 
 # Every secret a tenant has, generated on the host at first deploy and reused forever after.
@@ -365,6 +448,10 @@ TENANT_SECRETS: dict[str, SecretKind] = {
     "backup_cipher_passphrase": SecretKind.password,
     "s3_access_key": SecretKind.s3_access_key,
     "s3_secret_key": SecretKind.password,
+    # The embedded OIDC provider's signing keys, its cookie keys, and the gateway's secret as its client.
+    "identity_jwks": SecretKind.jwks,
+    "identity_cookie_keys": SecretKind.token,
+    "identity_gateway_client_secret": SecretKind.token,
 }
 
 
@@ -381,6 +468,7 @@ class TenantInventory(BaseModel):
     agents: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     backup: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
     frontdoor: dict[str, Any] | None = None
 
     @field_validator("frontdoor")
@@ -436,6 +524,8 @@ class TenantConfig(BaseModel):
     objectstore: ObjectStoreSettings
     # A host.json written before the front door existed loads with the front door's defaults.
     frontdoor: FrontdoorSettings = Field(default_factory=lambda: FrontdoorSettings.build())
+    # Likewise for a host.json written before the identity plane existed.
+    identity: IdentitySettings = Field(default_factory=lambda: IdentitySettings.build())
     port_overrides: dict[str, int] = Field(default_factory=dict)
 
     # Identity and places --------------------------------------------------------------------------------

@@ -47,3 +47,11 @@ def render(role: str, template: str, **context: Any) -> str:
 def role_file(role: str, name: str) -> Path:
     """A static file shipped with a role (`roles/<role>/files/<name>`)."""
     return ROLES_DIR / role / "files" / name
+
+
+def role_files(role: str) -> list[str]:
+    """Every static file a role ships (`roles/<role>/files/**`), as paths relative to that directory; never a
+    node_modules a developer's npm run left there (the host installs its own from the lock file)."""
+    base = ROLES_DIR / role / "files"
+    return sorted(str(path.relative_to(base)) for path in base.rglob("*")
+                  if path.is_file() and "node_modules" not in path.relative_to(base).parts)

@@ -30,6 +30,10 @@ def generate(kind: SecretKind) -> str:
         return key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
+    if kind is SecretKind.jwks:
+        from appliance.identity.keys import new_jwks
+
+        return new_jwks()
     raise ValueError(f"unknown secret kind {kind}")
 
 

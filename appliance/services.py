@@ -19,7 +19,7 @@ ProbeKind = Literal["postgres", "http", "s3", "tcp"]
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str  # unit/program name, unique on the host
-    component: str  # postgres, streams, sync, gateway, agents, audit, backup, objectstore
+    component: str  # postgres, streams, sync, identity, gateway, agents, audit, backup, objectstore, frontdoor
     command: tuple[str, ...]
     user: str
     working_dir: Path
@@ -76,7 +76,8 @@ def streams_dir(config: TenantConfig | HostConfig) -> Path:
 STREAMS_SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
 # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
 # native packages; `install --no-save` still resolves from the lock file and never rewrites it.
-STREAMS_NPM_INSTALL = "npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"
+NPM_INSTALL = "npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"
+STREAMS_NPM_INSTALL = NPM_INSTALL
 
 
 def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[ServiceSpec]:
@@ -125,8 +126,12 @@ def _application_services(tenant: TenantConfig) -> list[ServiceSpec]:
     from appliance.audit.service import audit_service
     from appliance.backup.schedule import backup_service
     from appliance.gateway.service import gateway_service
+    from appliance.identity.service import identity_service
 
-    return [gateway_service(tenant), agents_service(tenant), audit_service(tenant), backup_service(tenant)]
+    # The provider before the gateway: a login the gateway starts goes to it.
+    identity = [identity_service(tenant)] if tenant.identity.embedded else []
+    return [*identity, gateway_service(tenant), agents_service(tenant), audit_service(tenant),
+            backup_service(tenant)]
 
 
 def _with_sources(spec: ServiceSpec, source_digest: str) -> ServiceSpec:

@@ -72,6 +72,11 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
         return probe_frontdoor(host)
     if spec.component == "sync" and spec.tenant:
         return _sync_probe(spec, host.tenant(spec.tenant))
+    if spec.component == "identity" and spec.tenant:
+        from appliance.identity.provider import issuer_url
+
+        answering, said = _http_probe(spec, bind, spec.probe_path)
+        return answering, f"issuer {issuer_url(host.tenant(spec.tenant))}; {said}"
     if spec.probe == "http":
         return _http_probe(spec, bind, spec.probe_path)
     if spec.component == "streams":

@@ -56,6 +56,8 @@ def _register() -> None:
     main.add_command(__import__("appliance.cli.agents", fromlist=["agents"]).agents)
     main.add_command(__import__("appliance.cli.audit", fromlist=["audit"]).audit)
     main.add_command(__import__("appliance.cli.frontdoor", fromlist=["frontdoor"]).frontdoor)
+    main.add_command(__import__("appliance.cli.identity", fromlist=["identity"]).identity)
+    main.add_command(__import__("appliance.cli.user", fromlist=["user"]).user)
 
 
 _register()

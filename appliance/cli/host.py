@@ -70,6 +70,16 @@ def postgres_roles(tenant_id: str) -> None:
     _report(ensure_roles(tenant), f"postgres roles of {tenant_id}")
 
 
+@host.command("identity-issuers")
+@click.argument("tenant_id")
+def identity_issuers(tenant_id: str) -> None:
+    """Copy the client secrets of the tenant's external OIDC issuers into its secrets dir (0600)."""
+    from appliance.identity.issuer_secrets import copy_issuer_secrets
+
+    _, tenant = load_tenant(tenant_id)
+    _report(copy_issuer_secrets(tenant), f"issuer client secrets of {tenant_id}")
+
+
 @host.command("backup-files")
 @click.argument("tenant_id")
 def backup_files(tenant_id: str) -> None:

@@ -6,14 +6,20 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from appliance.config import HostConfig, TenantConfig
+from appliance.deploys.facts import host_step
 from appliance.deploys.services import install_components
 from appliance.supervision import ManagerName
 
 # The audit shipper and the backup scheduler come later (appliance.deploys.backup): they need the tenant's
 # buckets.
-APPLICATION_COMPONENTS = ("gateway", "agents")
+# The identity provider is among them where the tenant runs its own (identity.embedded).
+APPLICATION_COMPONENTS = ("identity", "gateway", "agents")
 
 
 @deploy("Tenant application services")
 def tenant_application(config: HostConfig, tenant: TenantConfig, manager: ManagerName) -> None:
+    # The gateway reads an external issuer's client secret at each login, from the tenant's copy.
+    host_step(name=f"Client secrets of {tenant.id}'s OIDC issuers", config=config, tenant=tenant,
+              step="identity-issuers", fact="identity_issuers_ok",
+              current=f"client secrets of {tenant.id}'s issuers are current")
     install_components(config, manager, tenant, *APPLICATION_COMPONENTS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shlex
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -15,8 +16,8 @@ from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import FileContent, Supervisord, tenants_with_users
 from appliance.deploys.managed import managed_directory, managed_file
 from appliance.deploys.source import requirements_digest, tarball
-from appliance.roles import role_file
-from appliance.services import STREAMS_NPM_INSTALL
+from appliance.roles import role_file, role_files
+from appliance.services import NPM_INSTALL
 from appliance.supervision import SUPERVISOR_CONF, SUPERVISORD_SHUTTING_DOWN, SUPERVISORD_STOP_WAIT_S, ManagerName
 
 # Debian's python3 builds the host venv: it is what every Debian 12 host has, whatever the controller runs.
@@ -109,6 +110,26 @@ def tenant_view(config: HostConfig, tenant: TenantConfig) -> OperationMeta:
     )
 
 
+def node_program(target: Path, role: str, what: str, main_package: str) -> None:
+    """A Node program shipped in roles/<role>/files (sources, package.json and its lock) installed in `target`;
+    `npm install` runs when the package files changed or the main package is missing."""
+    managed_directory(f"{what} dir", str(target), mode="755")
+    names = role_files(role)
+    for subdir in sorted({str(Path(name).parent) for name in names} - {"."}):
+        managed_directory(f"{what} dir {subdir}", str(target / subdir), mode="755")
+    changes = []
+    for name in names:
+        op = managed_file(f"{what} {name}", str(target / name), role_file(role, name).read_text(), mode="644")
+        if name in ("package.json", "package-lock.json"):
+            changes.append(op)
+    server.shell(
+        name=f"Install the {what} (pinned by package.json and package-lock.json)",
+        commands=[f"cd {target} && {NPM_INSTALL}"],
+        _if=lambda: any(op.did_change() for op in changes)
+        or not host.get_fact(FileContent, path=f"{target}/node_modules/{main_package}/package.json"),
+    )
+
+
 # Per host: the operations whose change means this deploy changed what the host runs (new sources or new
 # resolved config); each tenant's trail records such a deploy as an operator action.
 DEPLOY_CHANGES: dict[str, list[OperationMeta]] = {}
@@ -151,21 +172,8 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
     )
     DEPLOY_CHANGES[host.name] = [sources, resolved]
 
-    streams = root / "streams"
-    managed_directory("Streams server dir", str(streams), mode="755")
-    package_files = [
-        managed_file(f"Streams server {name}", str(streams / name), role_file("streams", name).read_text(), mode="644")
-        for name in ("package.json", "package-lock.json")
-    ]
-    managed_file(
-        "Streams server entry point", str(streams / "server.mjs"), role_file("streams", "server.mjs").read_text(),
-        mode="644",
-    )
-    server.shell(
-        name="Install the Durable Streams server (pinned by package.json and package-lock.json)",
-        commands=[f"cd {streams} && {STREAMS_NPM_INSTALL}"],
-        _if=lambda: any(op.did_change() for op in package_files)
-        or not host.get_fact(FileContent, path=f"{streams}/node_modules/@durable-streams/server/package.json"),
-    )
+    node_program(root / "streams", "streams", "Durable Streams server", "@durable-streams/server")
+    if any(tenant.identity.embedded for tenant in config.tenants):
+        node_program(root / "identity", "identity", "identity provider", "oidc-provider")
     if manager == "supervisor":
         supervisord_running(name="Ensure supervisord is running")

@@ -19,7 +19,7 @@ from appliance import roles
 from appliance.config import HostConfig
 
 # The gateway is the door every caller uses; everything else is private to its tenant.
-PRIVATE_COMPONENTS = ("postgres", "streams", "sync", "agents")
+PRIVATE_COMPONENTS = ("postgres", "streams", "sync", "agents", "identity")
 
 
 def ruleset(config: HostConfig, existing_users: set[str]) -> str:

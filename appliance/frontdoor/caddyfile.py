@@ -8,6 +8,8 @@ from typing import Any
 from appliance import roles
 from appliance.config import HostConfig, TenantConfig
 from appliance.frontdoor.tls import DEFAULT_NAME
+from appliance.identity.provider import IDENTITY_MAX_BODY_BYTES, IDP_PATH
+from appliance.identity.provider import socket_path as identity_socket
 
 # Added to the longest time a live request is held open upstream before the edge gives up on it.
 EDGE_TIMEOUT_MARGIN_S = 30
@@ -61,6 +63,10 @@ def _site(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         "max_body_bytes": tenant.gateway.max_body_bytes,
         "body_cap_bytes": tenant.gateway.max_body_bytes + CHUNKED_BODY_MARGIN_BYTES,
         "read_timeout_s": edge_read_timeout_s(tenant),
+        # The embedded OIDC provider, where the tenant runs one (appliance.identity.provider).
+        "identity_socket": str(identity_socket(tenant)) if tenant.identity.embedded else "",
+        "identity_path": IDP_PATH,
+        "identity_max_body_bytes": IDENTITY_MAX_BODY_BYTES,
     }
 
 

@@ -25,6 +25,7 @@ from appliance.gateway.api.routes import (
     health,
     houses,
     invites,
+    login,
     me,
     members,
     secrets,
@@ -68,7 +69,7 @@ def create_app(tenant: TenantConfig) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
-    for module in (health, auth, me, houses, members, environments, agents, threads, configs, secrets, invites,
+    for module in (health, auth, login, me, houses, members, environments, agents, threads, configs, secrets, invites,
                    api_keys, shapes):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=tenant.gateway.max_body_bytes)

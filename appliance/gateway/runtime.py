@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 
-from appliance.config import TenantConfig
+from appliance.config import EMBEDDED_ISSUER_NAME, TenantConfig
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.ratelimit import RateLimiter
 from appliance.gateway.core.security import Keyring
 from appliance.gateway.entries import Entries
+from appliance.gateway.identity import events as identity_events
+from appliance.gateway.identity.bearer import IssuerBearers
+from appliance.gateway.identity.issuers import Issuers
 from appliance.gateway.outbox import Dispatcher
 from appliance.gateway.streams import StreamsClient
 from appliance.gateway.upstream import Upstream
@@ -41,6 +44,9 @@ class Gateway:
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         # Before authentication the caller is only an address: failed tokens and API key exchanges share it.
         self.anonymous_limiter = RateLimiter(max(60, settings.rate_limit_per_minute // 10))
+        # People's logins: the tenant's OIDC issuers, and their tokens used as bearer tokens.
+        self.issuers = Issuers(tenant)
+        self.issuer_bearers = IssuerBearers(self.db)
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -58,6 +64,10 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_leases(), name="outbox-leases"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_pruned(), name="outbox-prune"))
         self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
+        if self.tenant.identity.embedded:
+            local = self.issuers.by_name[EMBEDDED_ISSUER_NAME]
+            self._tasks.append(asyncio.create_task(identity_events.run(self.db, self.db.dedicated, local.forget_keys),
+                                                   name="identity-events"))
 
     async def stop(self) -> None:
         await self.entries.drain()
@@ -67,6 +77,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.dispatcher.close()
+        await self.issuers.close()
         await self.audit.stop()
         await self.streams.close()
         await self.sync.close()

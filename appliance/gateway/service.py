@@ -15,6 +15,7 @@ def gateway_service(tenant: TenantConfig) -> ServiceSpec:
                              probe_path="/healthz", stop_wait_s=30)
     # The gateway reads its settings once, at start: a change of them (e.g. cors_origins), or the front door
     # being switched on or off (its socket), changes its service definition, so the deploy restarts it, and only it.
-    read_at_start = tenant.gateway.model_dump_json() + f"|frontdoor={tenant.frontdoor.enabled}"
+    read_at_start = (tenant.gateway.model_dump_json() + tenant.identity.model_dump_json()
+                     + f"|frontdoor={tenant.frontdoor.enabled}")
     settings = hashlib.sha256(read_at_start.encode()).hexdigest()[:16]
     return replace(spec, environment={**spec.environment, "APPLIANCE_GATEWAY_SETTINGS": settings})

@@ -6,6 +6,7 @@ from typing import Any
 
 from appliance.config import HostConfig, TenantConfig
 from appliance.host import objectstore, postgres
+from appliance.identity.issuer_secrets import issuer_secrets_ok
 from appliance.secrets import missing_secrets
 
 
@@ -21,6 +22,7 @@ def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
         **_sync_facts(tenant, missing),
         **_backup_facts(host, tenant, missing),
         "audit_bucket_ours": bool(not missing and _audit_bucket_ours(host, tenant)),
+        "identity_issuers_ok": bool(not missing and issuer_secrets_ok(tenant)),
     }
 
 

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.config import HostConfig, load_host_config
 from tests.protocol.support import PROTOCOL_DIR, require_node_modules
+from tests.support.browser import chromium
 from tests.support.deployment import BIN, LOCAL_INVENTORY, deploy_or_fail
 from tests.support.frontdoor import door_client, issue_token, printed_ca
 
@@ -34,7 +35,6 @@ ACME = "acme.appliance.internal"
 GLOBEX = "globex.appliance.internal"
 APP_ORIGIN = "https://app.acme.test"
 OTHER_ORIGIN = "https://elsewhere.test"
-CHROMIUM = Path("/usr/lib/chromium/chromium")
 
 
 def _operator_certificate(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
@@ -138,20 +138,6 @@ def test_cors_preflight_and_exposed_headers_for_an_allowed_origin(configured: di
         assert "access-control-allow-origin" not in door.get("/healthz", headers={"Origin": APP_ORIGIN}).headers
 
 
-def _browser_home(ca: Path, directory: Path) -> Path:
-    """A HOME whose NSS database trusts the front door CA: how the CA `appliance frontdoor ca` prints is
-    installed for Chromium on a Linux client (certutil comes with libnss3-tools, a dependency of caddy)."""
-    home = directory / "browser-home"
-    database = home / ".pki" / "nssdb"
-    if not database.is_dir():
-        database.mkdir(parents=True)
-        subprocess.run(["certutil", "-d", f"sql:{database}", "-N", "--empty-password"], check=True,
-                       capture_output=True)
-        subprocess.run(["certutil", "-d", f"sql:{database}", "-A", "-t", "C,,", "-n", "appliance front door",
-                        "-i", str(ca)], check=True, capture_output=True)
-    return home
-
-
 APP_PAGE = """<!doctype html><title>app</title><script type="module">
 import { ShapeStream, Shape } from '/electric.mjs'
 const params = new URLSearchParams(location.search)
@@ -191,7 +177,7 @@ try {
 
 
 def _browse(configured: dict[str, Any], origin: str, page_html: str, query: str) -> dict[str, Any]:
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import Route
 
     bundle = (PROTOCOL_DIR / "node_modules/@electric-sql/client/dist/index.browser.mjs").read_text()
 
@@ -201,32 +187,23 @@ def _browse(configured: dict[str, Any], origin: str, page_html: str, query: str)
         else:
             route.fulfill(status=200, content_type="text/html", body=page_html % {"host": ACME})
 
-    with sync_playwright() as playwright:
-        home = _browser_home(configured["ca"], configured["work"])
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=[f"--host-resolver-rules=MAP {ACME} 127.0.0.1"],
-                                             env={**os.environ, "HOME": str(home)})
-        try:
-            context = browser.new_context()
-            # The app's origin counts as public and the door is on loopback here: Chromium asks the user before
-            # such a page reaches a local address (Local Network Access). This is the user's "Allow".
-            context.grant_permissions(["local-network-access"], origin=origin)
-            page = context.new_page()
-            console: list[str] = []
-            page.on("console", lambda message: console.append(message.text))
-            # The app's own origin is served from here; everything it asks of the tenant goes to the real door.
-            page.route(f"{origin}/**", app_origin)
-            page.goto(f"{origin}/index.html?{query}")
-            page.wait_for_function("window.result !== undefined", timeout=30_000)
-            return {**page.evaluate("window.result"), "console": console}
-        finally:
-            browser.close()
+    with chromium(configured["ca"], configured["work"], [ACME]) as context:
+        # The app's origin counts as public and the door is on loopback here: Chromium asks the user before
+        # such a page reaches a local address (Local Network Access). This is the user's "Allow".
+        context.grant_permissions(["local-network-access"], origin=origin)
+        page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        # The app's own origin is served from here; everything it asks of the tenant goes to the real door.
+        page.route(f"{origin}/**", app_origin)
+        page.goto(f"{origin}/index.html?{query}")
+        page.wait_for_function("window.result !== undefined", timeout=30_000)
+        return {**page.evaluate("window.result"), "console": console}
 
 
 def test_the_official_electric_client_in_a_browser_on_another_origin_syncs_through_the_front_door(
         configured: dict[str, Any]) -> None:
     require_node_modules()
-    assert CHROMIUM.is_file(), "Debian's chromium is not installed (.ci/run installs it)"
     token = issue_token("acme", str(uuid.uuid4()))
     result = _browse(configured, APP_ORIGIN, APP_PAGE, f"token={token}")
     assert result["ok"], result

@@ -93,16 +93,18 @@ class TenantEnv:
 
 
 def make_tenant(base: Path, tenant_id: str = "acme", slot: int = 1, pg: PgCluster | None = None,
-                gateway: dict[str, Any] | None = None, ports: dict[str, int] | None = None) -> TenantEnv:
+                gateway: dict[str, Any] | None = None, ports: dict[str, int] | None = None,
+                identity: dict[str, Any] | None = None) -> TenantEnv:
     """Config + secrets for a tenant under `base` (no services). With `pg`, the tenant's Postgres is it."""
-    all_ports = {name: free_port() for name in ("streams", "sync", "gateway", "agents")}
+    all_ports = {name: free_port() for name in ("streams", "sync", "gateway", "agents", "identity")}
     all_ports["postgres"] = pg.port if pg else free_port()
     all_ports.update(ports or {})
     data = {
         "common": {"tenants_root": str(base / "tenants"), "config_dir": str(base / "etc"),
                    "state_root": str(base / "state"), "port_firewall": False},
         "tenants": {tenant_id: {"slot": slot, "ports": all_ports,
-                                "gateway": {"rate_limit_per_minute": 1_000_000, **(gateway or {})}}},
+                                "gateway": {"rate_limit_per_minute": 1_000_000, **(gateway or {})},
+                                **({"identity": identity} if identity else {})}},
     }
     host = host_config("testhost", data)
     tenant = host.tenant(tenant_id)

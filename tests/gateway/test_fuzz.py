@@ -2,7 +2,7 @@
 
 Requests carry a valid token of a principal who owns a house (so generated requests get past authentication
 and reach the routes' own validation, checks and SQL); the sync engine is a recording stand-in on the tenant's
-sync port, so shape requests get an answer too.
+sync port, so shape requests get an answer too; the tenant's own identity provider runs, so logins do.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.gateway.schema import SYNCED_TABLES
+from appliance.identity.provider import runtime_config
 from tests.gateway.conftest import Stack
-from tests.gateway.support import recording_server
+from tests.gateway.support import recording_server, stop_process
 from tests.gateway.test_shape_proxy import electric
+from tests.support.identity import start_provider
 
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "40"))
 
@@ -30,8 +32,12 @@ def fuzz_target(stack: Stack) -> Iterator[tuple[Stack, dict[str, str], dict[str,
     house = owner.house("fuzzed")
     known = {"house_id": house, "thread_id": owner.thread(house)}
     token = owner.http.headers["Authorization"]
-    with recording_server(electric, port=stack.env.tenant.port("sync")):
-        yield stack, {"Authorization": token}, known
+    provider = start_provider(stack.env, runtime_config(stack.env.tenant))
+    try:
+        with recording_server(electric, port=stack.env.tenant.port("sync")):
+            yield stack, {"Authorization": token}, known
+    finally:
+        stop_process(provider.process)
 
 
 def bind(case: Any, known: dict[str, str], table: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,6 +13,8 @@ from appliance.gateway.access import Principal
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.core.ratelimit import retry_after_header
 from appliance.gateway.core.security import TokenError
+from appliance.gateway.identity.issuers import Issuer
+from appliance.gateway.identity.principals import Disabled
 from appliance.gateway.runtime import Gateway
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from `appliance token issue` or POST /api/auth/token")
@@ -47,11 +49,11 @@ async def get_principal(
     try:
         claims = gateway.keyring.verify(credentials.credentials)
     except TokenError as exc:
-        limit_anonymous(gateway, client)
-        await gateway.audit.soon(AuditEvent("anonymous", "auth.token_refused", None, None,
-                                            {"reason": exc.reason, "client": client}))
-        raise ApiError(401, "invalid_token", exc.message,
-                       {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        issuer = gateway.issuers.for_token(credentials.credentials)
+        if issuer is None:
+            await _refuse_token(gateway, client, exc)
+        # A token from one of the tenant's OIDC issuers (a provider's access token), not the tenant's own.
+        return await _issuer_principal(gateway, issuer, credentials.credentials, client)
     wait = gateway.limiter.check(str(claims.subject))
     if wait is not None:
         raise ApiError(429, "rate_limited", "too many requests", retry_after_header(wait))
@@ -74,6 +76,28 @@ async def get_principal(
             raise ApiError(401, "invalid_token", "the API key behind this token was revoked",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
     return Principal(claims.subject, client, api_key_id)
+
+
+async def _refuse_token(gateway: Gateway, client: str, exc: TokenError, issuer: str | None = None) -> NoReturn:
+    limit_anonymous(gateway, client)
+    await gateway.audit.soon(AuditEvent("anonymous", "auth.token_refused", None, None,
+                                        {"reason": exc.reason, "client": client,
+                                         **({"issuer": issuer} if issuer else {})}))
+    raise ApiError(401, "invalid_token", exc.message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def _issuer_principal(gateway: Gateway, issuer: Issuer, token: str, client: str) -> Principal:
+    try:
+        principal_id = await gateway.issuer_bearers.principal(issuer, token, client)
+    except TokenError as exc:
+        await _refuse_token(gateway, client, exc, issuer.config.issuer)
+    except Disabled:
+        await _refuse_token(gateway, client, TokenError("user_disabled", "this account is disabled in this tenant"),
+                            issuer.config.issuer)
+    wait = gateway.limiter.check(str(principal_id))
+    if wait is not None:
+        raise ApiError(429, "rate_limited", "too many requests", retry_after_header(wait))
+    return Principal(principal_id, client)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -57,6 +57,10 @@ class Database:
                 else:
                     await conn.close()
 
+    async def dedicated(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own, outside the pool (a LISTEN), closed by the caller."""
+        return await self._connect()
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self.connection() as conn, conn.transaction():

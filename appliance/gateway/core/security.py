@@ -206,30 +206,37 @@ class Keyring:
         public_key, valid_until = entry
         if valid_until is not None and time.time() > valid_until:
             raise TokenError("retired_key", "token signed by a retired key")
-        try:
-            claims = jwt.decode(
-                token, public_key, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,
-                leeway=CLOCK_LEEWAY_S, options={"require": ["exp", "iat", "sub", "aud", "iss"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("expired", "token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenError("not_yet_valid", "token not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("wrong_audience", "token is for another tenant") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("wrong_issuer", "token from another issuer") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("bad_signature", "token signature invalid") from None
-        except jwt.PyJWTError:
-            raise TokenError("invalid", "token invalid") from None
-        if isinstance(claims.get("iat"), int | float) and claims["iat"] > time.time() + CLOCK_LEEWAY_S:
-            raise TokenError("not_yet_valid", "token issued in the future")
+        claims = decode_claims(token, public_key, ALGORITHM, audience=self.audience, issuer=self.issuer,
+                               require=("exp", "iat", "sub", "aud", "iss"))
         try:
             subject = uuid.UUID(str(claims["sub"]))
         except ValueError:
             raise TokenError("invalid", "token subject is not a principal id") from None
         return Claims(subject, str(claims.get("jti", "")), int(claims["exp"]), str(kid), claims)
+
+
+def decode_claims(token: str, key: Any, algorithm: str, *, audience: str, issuer: str,
+                  require: tuple[str, ...]) -> dict[str, Any]:
+    """A JWT's claims once its signature (by `key`, with `algorithm` only), audience, issuer and times check
+    out; otherwise TokenError with a stable reason. Shared by the tenant's own tokens and its issuers'."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[algorithm], audience=audience, issuer=issuer,
+                                            leeway=CLOCK_LEEWAY_S, options={"require": list(require)})
+    except jwt.ExpiredSignatureError:
+        raise TokenError("expired", "token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError("not_yet_valid", "token not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("wrong_audience", "token is not for this tenant") from None
+    except jwt.InvalidIssuerError:
+        raise TokenError("wrong_issuer", "token from another issuer") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("bad_signature", "token signature invalid") from None
+    except jwt.PyJWTError:
+        raise TokenError("invalid", "token invalid") from None
+    if isinstance(claims.get("iat"), int | float) and claims["iat"] > time.time() + CLOCK_LEEWAY_S:
+        raise TokenError("not_yet_valid", "token issued in the future")
+    return claims
 
 
 # -- rotation -------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The gateway as a relying party of OIDC issuers: logins, sessions, issuer tokens, identity events."""

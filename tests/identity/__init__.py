@@ -1,0 +1,1 @@
+"""The tenant's embedded OIDC provider (roles/identity/files), run for real."""
