@@ -327,6 +327,7 @@ def test_forged_and_stale_tokens_from_the_providers_issuer_are_refused(rig: Rig)
         "expired": rig.forged({"exp": now - 120, "iat": now - 600}),
         "not valid yet": rig.forged({"nbf": now + 600}),
         "wrong audience": rig.forged({"aud": "https://globex.appliance.internal"}),
+        "an issuer the tenant does not list": rig.forged({"iss": "https://evil.example.com/idp"}),
         "another key, our kid": rig.forged({}, key=Ed25519PrivateKey.generate()),
         "oversized": rig.forged({"pad": "x" * 20000}),
     }

@@ -252,6 +252,26 @@ def test_failures_lock_the_account_while_another_account_still_signs_in(idp: Pro
     assert reasons == ["wrong_password"] * max_failures + ["locked"]
 
 
+def test_a_hundred_wrong_passwords_from_a_hundred_addresses_lock_one_account_only(idp: Provider) -> None:
+    """A distributed guess at one account (no address over its own limit): the account locks and stays locked
+    with the right password, while another account signs in untouched."""
+    account, email = idp.add_account("target")
+    _, bystander = idp.add_account("bystander")
+    for n in range(100):
+        with idp.browser(f"192.0.2.{n + 1}") as browser:
+            response = browser.post(login_page(idp, browser), data={"email": email, "password": f"guess-{n:04d}"})
+            assert response.status_code == 200 and WRONG in response.text
+    failed_logins, locked_until = account_row(idp, account)
+    assert failed_logins >= idp.config["login"]["max_failures"] and locked_until is not None
+    with idp.browser() as browser:
+        response = browser.post(login_page(idp, browser), data={"email": email, "password": PASSWORD})
+        assert WRONG in response.text
+    code, verifier, _ = idp.code_flow(bystander)
+    assert idp.exchange(code, verifier).status_code == 200
+    assert len(idp.events("identity.account_locked", subject=f"account:{account}")) == 1
+    assert len(idp.events("identity.login_failed", subject=f"account:{account}")) == 101
+
+
 def test_a_success_resets_the_failure_count(idp: Provider) -> None:
     account, email = idp.add_account("hal")
     with idp.browser() as browser:
