@@ -136,7 +136,7 @@ def test_code_flow_with_pkce_gives_the_gateway_an_api_token_and_a_verified_id_to
     assert access["aud"] == "https://acme.appliance.internal"
     assert access["exp"] - access["iat"] == idp.config["ttl_s"]["access_token"]
 
-    identity = verified(idp, tokens["id_token"], "RS256", audience="gateway")
+    identity = verified(idp, tokens["id_token"], "EdDSA", audience="gateway")
     assert identity["nonce"] == nonce
     assert identity["sub"] == str(account)
     assert identity["email"] == email

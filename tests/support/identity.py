@@ -56,6 +56,29 @@ class FrontDoorTransport(httpx.BaseTransport):
         self.inner.close()
 
 
+class TenantDoor(httpx.BaseTransport):
+    """The front door of one tenant for a scripted browser: /idp/* to the provider's socket (with the client's
+    address), everything else to the gateway."""
+
+    def __init__(self, provider: Provider, gateway_url: str, client_address: str) -> None:
+        self.provider = FrontDoorTransport(provider.socket, client_address)
+        self.gateway = httpx.HTTPTransport()
+        self.gateway_url = httpx.URL(gateway_url)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/idp/"):
+            return self.provider.handle_request(request)
+        target = request.url.copy_with(scheme="http", host=self.gateway_url.host, port=self.gateway_url.port)
+        headers = request.headers.copy()
+        headers["host"] = request.url.netloc.decode()
+        return self.gateway.handle_request(httpx.Request(request.method, target, headers=headers,
+                                                         stream=request.stream))
+
+    def close(self) -> None:
+        self.provider.close()
+        self.gateway.close()
+
+
 def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()

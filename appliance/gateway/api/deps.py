@@ -46,14 +46,18 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         limit_anonymous(gateway, client)
         raise ApiError(401, "unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+    token = credentials.credentials
+    remembered = gateway.issuer_bearers.remembered(token)
+    if remembered is not None:
+        return _limited(gateway, Principal(remembered, client))
     try:
-        claims = gateway.keyring.verify(credentials.credentials)
+        claims = gateway.keyring.verify(token)
     except TokenError as exc:
-        issuer = gateway.issuers.for_token(credentials.credentials)
+        # A key the tenant does not know may be one of its OIDC issuers' (a provider's access token).
+        issuer = gateway.issuers.for_token(token) if exc.reason == "unknown_key" else None
         if issuer is None:
             await _refuse_token(gateway, client, exc)
-        # A token from one of the tenant's OIDC issuers (a provider's access token), not the tenant's own.
-        return await _issuer_principal(gateway, issuer, credentials.credentials, client)
+        return await _issuer_principal(gateway, issuer, token, client)
     wait = gateway.limiter.check(str(claims.subject))
     if wait is not None:
         raise ApiError(429, "rate_limited", "too many requests", retry_after_header(wait))
@@ -94,10 +98,14 @@ async def _issuer_principal(gateway: Gateway, issuer: Issuer, token: str, client
     except Disabled:
         await _refuse_token(gateway, client, TokenError("user_disabled", "this account is disabled in this tenant"),
                             issuer.config.issuer)
-    wait = gateway.limiter.check(str(principal_id))
+    return _limited(gateway, Principal(principal_id, client))
+
+
+def _limited(gateway: Gateway, principal: Principal) -> Principal:
+    wait = gateway.limiter.check(str(principal.id))
     if wait is not None:
         raise ApiError(429, "rate_limited", "too many requests", retry_after_header(wait))
-    return Principal(principal_id, client)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

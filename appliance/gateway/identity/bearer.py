@@ -3,8 +3,9 @@ device flow), accepted next to the tenant's own JWTs: verified against the issue
 audience and mapped to the person's principal (made at their first use).
 
 Two memories keep this off the database on the request path, each for at most REMEMBER_S: a verified token (by
-its hash) until it expires, and a person (issuer, subject) -> principal, so a new token of a known person costs
-its signature check only. Within that time a disabled person may still be let in; after it they are refused.
+its text, as the tenant's own keyring remembers its tokens) until it expires, and a person (issuer, subject) ->
+principal, so a new token of a known person costs its signature check only. Within that time a disabled person
+may still be let in; after it they are refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from typing import Final, TypeVar
 
 from appliance.gateway.core.db import Database
-from appliance.gateway.identity.issuers import Issuer, token_fingerprint
+from appliance.gateway.identity.issuers import Issuer
 from appliance.gateway.identity.principals import person_for
 
 REMEMBER_S: Final = 60.0
@@ -28,13 +29,17 @@ class IssuerBearers:
         self._tokens: dict[str, tuple[uuid.UUID, float]] = {}
         self._people: dict[tuple[str, str], tuple[uuid.UUID, float]] = {}
 
+    def remembered(self, token: str) -> uuid.UUID | None:
+        """The principal of a token verified less than REMEMBER_S ago and not expired (the request path's check,
+        made before anything else so a client reusing its token costs a lookup)."""
+        known = self._tokens.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        return None
+
     async def principal(self, issuer: Issuer, token: str, client: str) -> uuid.UUID:
         """The principal of a token `issuer` signed; TokenError or principals.Disabled otherwise."""
-        key = token_fingerprint(token)
         now = time.time()
-        known = self._tokens.get(key)
-        if known is not None and now < known[1]:
-            return known[0]
         verified = await issuer.verify(token, issuer.config.access_audience)
         person_key = (issuer.config.issuer, verified.subject)
         person = self._people.get(person_key)
@@ -43,7 +48,7 @@ class IssuerBearers:
                 found = await person_for(conn, verified, client, interactive=False)
             person = (found.principal_id, now + REMEMBER_S)
             _remember(self._people, person_key, person, now)
-        _remember(self._tokens, key, (person[0], min(verified.expires_at, now + REMEMBER_S)), now)
+        _remember(self._tokens, token, (person[0], min(verified.expires_at, now + REMEMBER_S)), now)
         return person[0]
 
     def forget_principal(self, principal_id: uuid.UUID) -> None:

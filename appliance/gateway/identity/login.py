@@ -85,12 +85,13 @@ async def start(conn: psycopg.AsyncConnection[Any], issuer: Issuer, *, return_to
     state, nonce, binding = (secrets.token_urlsafe(32) for _ in range(3))
     verifier = secrets.token_urlsafe(64)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    # Logins that were never finished are deleted as new ones start (no sweeper needed).
-    await conn.execute("DELETE FROM appliance.login_states WHERE expires_at < now()")
-    await conn.execute(
-        "INSERT INTO appliance.login_states (state_hash, binding_hash, issuer_name, nonce, code_verifier, "
-        "return_to, client, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
-        (_hash(state), _hash(binding), issuer.config.name, nonce, verifier, return_to, client, ttl_s))
+    # Logins that were never finished are deleted as new ones start (no sweeper needed); one commit for both.
+    async with conn.transaction():
+        await conn.execute("DELETE FROM appliance.login_states WHERE expires_at < now()")
+        await conn.execute(
+            "INSERT INTO appliance.login_states (state_hash, binding_hash, issuer_name, nonce, code_verifier, "
+            "return_to, client, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
+            (_hash(state), _hash(binding), issuer.config.name, nonce, verifier, return_to, client, ttl_s))
     query = urlencode({
         "response_type": "code", "client_id": issuer.config.client_id, "redirect_uri": redirect_uri,
         "scope": LOGIN_SCOPES, "state": state, "nonce": nonce, "code_challenge": challenge,

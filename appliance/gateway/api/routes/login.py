@@ -95,15 +95,15 @@ async def finish_login(
             raise login.LoginError(401, "login_failed", "the login was not completed at the identity provider",
                                    f"issuer_error:{(error or 'no_code')[:60]}")
         verified = await login.redeem(issuer, pending, code, login.redirect_uri_for(origin))
-        async with gateway.db.connection() as conn:
+        # One transaction for the person, their session and the login's audit event (one commit, not two).
+        async with gateway.db.connection() as conn, conn.transaction():
             person = await person_for(conn, verified, client, interactive=True)
-            async with conn.transaction():
-                session = await sessions.create(conn, person.principal_id, issuer.config.issuer,
-                                                gateway.tenant.identity.refresh_ttl_s)
-                await gateway.audit.in_transaction(conn, AuditEvent(
-                    str(person.principal_id), "auth.login", None, f"principal:{person.principal_id}",
-                    {"issuer": issuer.config.issuer, "client": client, "session": str(session.id),
-                     "first_login": person.created}))
+            session = await sessions.create(conn, person.principal_id, issuer.config.issuer,
+                                            gateway.tenant.identity.refresh_ttl_s)
+            await gateway.audit.in_transaction(conn, AuditEvent(
+                str(person.principal_id), "auth.login", None, f"principal:{person.principal_id}",
+                {"issuer": issuer.config.issuer, "client": client, "session": str(session.id),
+                 "first_login": person.created}))
     except login.LoginError as exc:
         await gateway.audit.now(AuditEvent("anonymous", "auth.login_refused", None, None,
                                            {"reason": exc.reason, "issuer": issuer_name, "client": client}))
@@ -148,17 +148,16 @@ async def refresh(
     """A new access token for the session of the refresh cookie (which is replaced by a new one)."""
     client = _cookie_caller(request, gateway)
     refused: sessions.SessionRefused | None = None
-    async with gateway.db.connection() as conn:
+    async with gateway.db.connection() as conn, conn.transaction():
         # Committed even when refused: a reused token's session stays ended.
-        async with conn.transaction():
-            try:
-                session = await sessions.rotate(conn, token)
-            except sessions.SessionRefused as exc:
-                refused = exc
-        if refused is None:
-            await gateway.audit.now(AuditEvent(str(session.principal_id), "auth.refresh", None,
-                                               f"principal:{session.principal_id}",
-                                               {"session": str(session.id), "client": client}), conn)
+        try:
+            session = await sessions.rotate(conn, token)
+        except sessions.SessionRefused as exc:
+            refused = exc
+        else:
+            await gateway.audit.in_transaction(conn, AuditEvent(
+                str(session.principal_id), "auth.refresh", None, f"principal:{session.principal_id}",
+                {"session": str(session.id), "client": client}))
     if refused is not None:
         await gateway.audit.now(AuditEvent(
             str(refused.principal_id) if refused.principal_id else "anonymous", "auth.refresh_refused", None,

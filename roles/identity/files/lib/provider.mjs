@@ -16,6 +16,7 @@ function clientMetadata(client, secrets) {
     token_endpoint_auth_method: client.token_endpoint_auth_method,
   };
   if (client.client_secret_file) metadata.client_secret = secrets[client.client_id];
+  if (client.id_token_signed_response_alg) metadata.id_token_signed_response_alg = client.id_token_signed_response_alg;
   return metadata;
 }
 
