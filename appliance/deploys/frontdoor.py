@@ -16,12 +16,12 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
-from appliance.config import HostConfig, TenantConfig
+from appliance import desired
+from appliance.config import HostConfig
 from appliance.deploys.facts import host_command, host_step, tenants_with_users
-from appliance.deploys.managed import managed_directory, managed_file
+from appliance.deploys.managed import apply_desired
 from appliance.deploys.services import install_services
-from appliance.frontdoor.caddyfile import CADDYFILE_MODE, caddyfile_path, render_caddyfile
-from appliance.frontdoor.service import frontdoor_log, frontdoor_service, reload_command
+from appliance.frontdoor.service import frontdoor_service, reload_command
 from appliance.supervision import ManagerName
 
 
@@ -39,27 +39,7 @@ def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
         name=f"OS user {config.frontdoor_user}", user=config.frontdoor_user, home=str(config.frontdoor_root),
         shell="/usr/sbin/nologin", system=True, create_home=False,
     )
-    managed_directory("Front door state dir", str(config.frontdoor_state_dir), mode="755")
-    managed_directory("Front door's own state (Caddy)", str(config.frontdoor_root), user=config.frontdoor_user,
-                      group=config.frontdoor_user, mode="700")
-    # 0711: entered on the way to a socket, never listed (the names are tenant ids).
-    managed_directory("Gateway sockets for the front door", str(config.frontdoor_upstreams), mode="711")
-    managed_directory("Front door log dir (root only: it names every tenant's requests)",
-                      str(frontdoor_log(config).parent), mode="700")
-    # Every existing tenant's socket dir, selected by this run or not (a gateway restarted later needs it).
-    existing = tenants_with_users(config)
-    for tenant in config.tenants:
-        if tenant.id in existing:
-            tenant_upstream_dir(tenant, config)
-
-
-def tenant_upstream_dir(tenant: TenantConfig, config: HostConfig) -> None:
-    """The directory of the tenant's front-door socket: the tenant's user writes it, the front door's group
-    enters it, nobody else (setgid: the socket the gateway makes there belongs to that group)."""
-    managed_directory(
-        f"Front door socket dir of {tenant.id}", str(tenant.gateway_socket.parent), user=tenant.user,
-        group=config.frontdoor_user, mode="2750",
-    )
+    apply_desired(desired.frontdoor_base(config, tenants_with_users(config)))
 
 
 @deploy("Front door")
@@ -69,8 +49,7 @@ def host_frontdoor(config: HostConfig, manager_name: ManagerName) -> None:
         config=config, step="frontdoor-setup", fact="frontdoor_tls_ok",
         current="front door certificates are current",
     )
-    caddyfile = managed_file("Front door Caddyfile", str(caddyfile_path(config)), render_caddyfile(config),
-                             mode=f"{CADDYFILE_MODE:o}", group=config.frontdoor_user)
+    [caddyfile] = apply_desired([desired.caddyfile(config)])
     service = install_services(config, manager_name, [frontdoor_service(config)], tenant=None)
     # A new or changed service definition (re)started Caddy with everything current; otherwise a running Caddy
     # is told to load its files again.

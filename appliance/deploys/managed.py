@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
+
+from appliance.desired import Managed
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,13 @@ def managed_directory(name: str, path: str, *, mode: str, user: str = "root", gr
     """A directory with this owner and mode (parents are created as needed)."""
     _register(path)
     return _directory(name=name, path=path, mode=mode, user=user, group=group)
+
+
+def apply_desired(items: list[Managed]) -> list[OperationMeta]:
+    """Each item of an `appliance.desired` list as its operation, in order."""
+    return [
+        managed_directory(item.name, item.path, mode=item.mode, user=item.user, group=item.group)
+        if item.content is None else
+        managed_file(item.name, item.path, item.content, mode=item.mode, user=item.user, group=item.group)
+        for item in items
+    ]

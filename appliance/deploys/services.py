@@ -7,17 +7,18 @@ import shlex
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
+from appliance import desired
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import host_command
-from appliance.deploys.managed import managed_file
-from appliance.services import ServiceSpec, tenant_services
+from appliance.deploys.managed import apply_desired
+from appliance.services import ServiceSpec
 from appliance.supervision import ManagerName, manager
 
 
 def install_components(config: HostConfig, manager_name: ManagerName, tenant: TenantConfig, *components: str,
                        restart_if: list[OperationMeta] | None = None) -> list[OperationMeta]:
     """`install_services` for some of a tenant's services, named by component, as `tenant_services` defines them."""
-    specs = [s for s in tenant_services(tenant, config.source_digest) if s.component in components]
+    specs = desired.tenant_service_specs(config, tenant, components)
     return install_services(config, manager_name, specs, tenant=tenant.id, restart_if=restart_if)
 
 
@@ -35,10 +36,7 @@ def install_services(
     services read) whose change also restarts them.
     """
     mgr = manager(manager_name)
-    file_ops = [
-        managed_file(f"Service definition {spec.name}", str(mgr.unit_path(spec)), mgr.render(spec), mode="644")
-        for spec in specs
-    ]
+    file_ops = apply_desired(desired.service_definitions(manager_name, specs))
     if mgr.name == "systemd":
         # One unit at a time, each when its own file changed (systemctl has no "apply what changed").
         applies = [

@@ -9,11 +9,11 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import server
 
+from appliance import desired
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts, host_command, tenants_with_users
-from appliance.deploys.frontdoor import tenant_upstream_dir
-from appliance.deploys.managed import managed_directory
+from appliance.deploys.managed import apply_desired
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.streams import tenant_streams
 from appliance.deploys.sync import tenant_sync
@@ -40,23 +40,13 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
         system=True,
         create_home=False,
     )
-    managed_directory(f"Tenant root {tenant.root} (0700)", str(tenant.root), user=tenant.user, group=tenant.user,
-                      mode="700")
-    for path in (tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,
-                 tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
-        managed_directory(
-            f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", str(path),
-            user=tenant.user, group=tenant.user, mode="700",
-        )
+    apply_desired(desired.tenant_substrate(tenant))
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
     # What the tenant's own services read (they cannot read host.json): a tenant new to this host gets it here,
     # once its user exists; the others got it in the bootstrap.
-    from appliance.deploys.bootstrap import tenant_view
-
     if tenant.id not in tenants_with_users(config):
-        tenant_view(config, tenant)
-        if config.runs_frontdoor:
-            tenant_upstream_dir(tenant, config)
+        apply_desired([desired.tenant_view(config, tenant),
+                       *([desired.tenant_upstream_dir(config, tenant)] if config.runs_frontdoor else [])])
 
 
 @deploy("Tenant stack")

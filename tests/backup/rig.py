@@ -31,7 +31,7 @@ import psycopg
 from appliance.backup.archive import archive_command
 from appliance.backup.stanza import ensure_stanza
 from appliance.config import HostConfig, TenantConfig, host_config
-from appliance.deploys.postgres import postgres_files
+from appliance.desired import postgres_files
 from appliance.host.postgres import connect, ensure_roles, initdb, probe
 from appliance.host.processes import kill_user_processes
 from appliance.secrets import ensure_tenant_secrets

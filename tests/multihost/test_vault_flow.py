@@ -33,7 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from appliance.config import HostConfig, inventory_configs
-from appliance.deploys.bootstrap import apt_packages
+from appliance.install_steps import apt_packages
 from tests.support.deployment import BIN, REPO, changed_operation_names, changed_operations, pids
 from tests.support.hosts import FakeHost, fake_hosts, prime_packages
 

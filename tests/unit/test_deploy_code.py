@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from appliance.config import host_config
-from appliance.deploys.postgres import postgres_files
+from appliance.desired import postgres_files
 from appliance.services import ServiceSpec, host_services
 from appliance.supervision import Supervisor, Systemd
 

@@ -1,0 +1,229 @@
+"""What a deploy leaves on a host, as data: the directories and files each part of the deploy manages (path,
+owner, group, mode, content), computed from the resolved host config.
+
+Both deploy tools apply these same lists: pyinfra through `appliance/deploys/managed.py`, Ansible through the
+`appliance_paths` module (`library/`, fed by the `appliance_desired` action on the controller). So a setting
+reaches a file the same way in both: inventory -> `HostConfig` -> one function here -> the file on the host.
+Nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance import roles
+from appliance.config import HostConfig, TenantConfig
+from appliance.services import ServiceSpec
+
+
+@dataclass(frozen=True)
+class Managed:
+    """A directory (content None) or a file with exactly this content, owner and mode."""
+
+    name: str  # what it is, for the operator reading the deploy's output
+    path: str
+    mode: str  # octal digits, as `chmod` takes them
+    user: str = "root"
+    group: str = "root"
+    content: str | None = None
+
+    @property
+    def is_directory(self) -> bool:
+        return self.content is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def directory(name: str, path: Path | str, mode: str, user: str = "root", group: str = "root") -> Managed:
+    return Managed(name, str(path), mode, user, group)
+
+
+def file(name: str, path: Path | str, content: str, mode: str, user: str = "root", group: str = "root") -> Managed:
+    return Managed(name, str(path), mode, user, group, content)
+
+
+# -- the host's bootstrap --------------------------------------------------------------------------------------
+
+
+def tenant_view(config: HostConfig, tenant: TenantConfig) -> Managed:
+    """The tenant's view of the host config (no other tenant in it), 0640 root and the tenant's group."""
+    return file(f"{tenant.id}'s view of the host config", tenant.config_file,
+                config.tenant_view(tenant.id).model_dump_json(indent=2) + "\n", "640", group=tenant.user)
+
+
+def bootstrap(config: HostConfig, tenants_with_users: Iterable[str]) -> list[Managed]:
+    """The install root, the config dir, every existing tenant's config view and host.json (root's alone: it
+    lists every tenant and port). A tenant whose user does not exist yet gets its view with its substrate."""
+    existing = set(tenants_with_users)
+    return [
+        directory("Appliance install root", config.common.install_root, "755"),
+        directory("Appliance config dir", config.common.config_dir, "755"),
+        directory("Tenants' views of the host config", config.common.config_dir / "tenants", "711"),
+        *(tenant_view(config, t) for t in config.tenants if t.id in existing),
+        file("Resolved host config (no secrets)", config.host_file, config.model_dump_json(indent=2) + "\n", "640"),
+    ]
+
+
+# The Node programs a host runs, each from roles/<role>/files: (role, install dir name, what, main package).
+NODE_PROGRAMS = {
+    "streams": ("streams", "Durable Streams server", "@durable-streams/server"),
+    "identity": ("identity", "identity provider", "oidc-provider"),
+}
+NODE_PACKAGE_FILES = ("package.json", "package-lock.json")
+
+
+def node_programs(config: HostConfig) -> list[str]:
+    """The Node programs this host needs: the streams server always, the identity provider where a tenant runs
+    its own."""
+    return ["streams", *(["identity"] if any(t.identity.embedded for t in config.tenants) else [])]
+
+
+def node_program(config: HostConfig, role: str) -> list[Managed]:
+    """A Node program's sources, package.json and lock, as shipped in roles/<role>/files."""
+    dirname, what, _ = NODE_PROGRAMS[role]
+    target = config.common.install_root / dirname
+    names = roles.role_files(role)
+    subdirs = sorted({str(Path(name).parent) for name in names} - {"."})
+    return [
+        directory(f"{what} dir", target, "755"),
+        *(directory(f"{what} dir {sub}", target / sub, "755") for sub in subdirs),
+        *(file(f"{what} {name}", target / name, roles.role_file(role, name).read_text(), "644") for name in names),
+    ]
+
+
+# -- the embedded object store and the front door ---------------------------------------------------------------
+
+
+def objectstore(config: HostConfig) -> list[Managed]:
+    user = config.objectstore_user
+    return [
+        *(directory(f"Object store dir {path}", path, "700", user, user)
+          for path in (config.objectstore_root, config.objectstore_data, config.objectstore_conf_dir,
+                       config.objectstore_root / "run")),
+        directory("Host TLS dir", config.ca_cert.parent, "755"),
+    ]
+
+
+def tenant_upstream_dir(config: HostConfig, tenant: TenantConfig) -> Managed:
+    """The directory of the tenant's front-door sockets: the tenant's user writes it, the front door's group
+    enters it, nobody else (setgid: the sockets made there belong to that group)."""
+    return directory(f"Front door socket dir of {tenant.id}", tenant.gateway_socket.parent, "2750", tenant.user,
+                     config.frontdoor_user)
+
+
+def frontdoor_base(config: HostConfig, tenants_with_users: Iterable[str]) -> list[Managed]:
+    from appliance.frontdoor.service import frontdoor_log
+
+    existing = set(tenants_with_users)
+    return [
+        directory("Front door state dir", config.frontdoor_state_dir, "755"),
+        directory("Front door's own state (Caddy)", config.frontdoor_root, "700", config.frontdoor_user,
+                  config.frontdoor_user),
+        # 0711: entered on the way to a socket, never listed (the names are tenant ids).
+        directory("Gateway sockets for the front door", config.frontdoor_upstreams, "711"),
+        directory("Front door log dir (root only: it names every tenant's requests)", frontdoor_log(config).parent,
+                  "700"),
+        # Every existing tenant's socket dir, deployed by this run or not (a gateway restarted later needs it).
+        *(tenant_upstream_dir(config, t) for t in config.tenants if t.id in existing),
+    ]
+
+
+def caddyfile(config: HostConfig) -> Managed:
+    from appliance.frontdoor.caddyfile import CADDYFILE_MODE, caddyfile_path, render_caddyfile
+
+    return file("Front door Caddyfile", caddyfile_path(config), render_caddyfile(config), f"{CADDYFILE_MODE:o}",
+                group=config.frontdoor_user)
+
+
+# -- a tenant --------------------------------------------------------------------------------------------------
+
+
+def tenant_substrate(tenant: TenantConfig) -> list[Managed]:
+    """The tenant's 0700 root and its component directories, all its own user's."""
+    return [
+        directory(f"Tenant root {tenant.root} (0700)", tenant.root, "700", tenant.user, tenant.user),
+        *(directory(f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path, "700", tenant.user,
+                    tenant.user)
+          for path in (tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir,
+                       tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data,
+                       tenant.backup_dir)),
+    ]
+
+
+def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
+    """The cluster's config files, rendered (no secrets in them)."""
+    from appliance.backup.archive import archive_command
+    from appliance.config import SyncRuntime
+    from appliance.sync.container import postgres_extra_listen
+
+    # WAL goes to the tenant's pgBackRest repository from the first segment on (the wrapper exists before
+    # Postgres starts: the backup files step runs first).
+    electric = postgres_extra_listen(docker_bridge_gateway) if tenant.sync.runtime is SyncRuntime.electric else None
+    return {
+        "postgresql.conf": roles.render("postgres", "postgresql.conf.j2", tenant=tenant,
+                                        archive_command=archive_command(tenant), electric=electric),
+        "pg_hba.conf": roles.render("postgres", "pg_hba.conf.j2", tenant=tenant, electric=electric),
+    }
+
+
+def postgres(tenant: TenantConfig, docker_bridge_gateway: str = "") -> list[Managed]:
+    return [
+        file(f"Postgres {name} of {tenant.id}", tenant.pg_data / name, content, "600", tenant.user, tenant.user)
+        for name, content in postgres_files(tenant, docker_bridge_gateway).items()
+    ]
+
+
+# -- services --------------------------------------------------------------------------------------------------
+
+
+def service_definitions(manager_name: str, specs: list[ServiceSpec]) -> list[Managed]:
+    """Each spec's unit (systemd) or program file (supervisord), rendered from roles/services/templates."""
+    from appliance.supervision import manager
+
+    mgr = manager(manager_name)  # type: ignore[arg-type]
+    return [file(f"Service definition {spec.name}", mgr.unit_path(spec), mgr.render(spec), "644") for spec in specs]
+
+
+def tenant_service_specs(config: HostConfig, tenant: TenantConfig, components: Iterable[str]) -> list[ServiceSpec]:
+    """The tenant's service specs for `components`, in start order (a component it does not run is skipped)."""
+    from appliance.services import tenant_services
+
+    wanted = set(components)
+    return [s for s in tenant_services(tenant, config.source_digest) if s.component in wanted]
+
+
+# -- the firewall ----------------------------------------------------------------------------------------------
+
+# The gateway is the door every caller uses; everything else is private to its tenant.
+PRIVATE_COMPONENTS = ("postgres", "streams", "sync", "agents", "identity")
+
+
+def firewall_rules(config: HostConfig, existing_users: set[str]) -> str:
+    """The host's nftables ruleset: each tenant's loopback ports answer only its own user (and root)."""
+    # nft resolves user names when it loads the rules, so only tenants whose user exists can be listed; a
+    # tenant deployed later gets its rules on that deploy.
+    tenants = [
+        {"user": t.user, "ports": [t.port(c) for c in PRIVATE_COMPONENTS]}
+        for t in config.tenants if t.user in existing_users
+    ]
+    store_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]
+    internal = store_internal if config.runs_objectstore and config.objectstore_user in existing_users else []
+    # A vault host's store listens on its LAN address; from the network only S3 (TLS, per-tenant keys) may
+    # be reached, never the store's internal ports.
+    exposed = config.runs_objectstore and not config.objectstore.loopback
+    lan_internal = store_internal if exposed else []
+    frontdoor = config.runs_frontdoor and config.frontdoor_user in existing_users
+    return roles.render(
+        "common", "nftables.conf.j2", tenants=tenants, objectstore_ports=internal,
+        objectstore_user=config.objectstore_user, objectstore_lan_ports=lan_internal,
+        frontdoor_user=config.frontdoor_user,
+        frontdoor_gateway_ports=[t.port("gateway") for t in config.tenants] if frontdoor else [],
+    )
+
+
+def firewall_file(config: HostConfig) -> Path:
+    return config.common.config_dir / "nftables.conf"
