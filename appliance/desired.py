@@ -46,6 +46,40 @@ def file(name: str, path: Path | str, content: str, mode: str, user: str = "root
     return Managed(name, str(path), mode, user, group, content)
 
 
+# -- the host's config as a deploy run resolves it ---------------------------------------------------------------
+
+
+def resolved_host(hosts: dict[str, dict[str, Any]], name: str, *, docker_engine: bool,
+                  source_digest: str) -> HostConfig:
+    """Host `name`'s config, after the whole inventory (`hosts`: name -> host data) has been cross-checked, with
+    what only the host can tell decided once: the sync runtime `auto` resolves to (does a Docker engine answer
+    there?), and the sources its appliance services run (a new digest restarts them)."""
+    from appliance.config import inventory_configs
+    from appliance.sync.container import resolve_runtime
+
+    config = inventory_configs(hosts)[name]
+    tenants = tuple(
+        t.model_copy(update={"sync": t.sync.model_copy(
+            update={"runtime": resolve_runtime(t.sync.runtime, docker_engine)})})
+        for t in config.tenants
+    )
+    return config.model_copy(update={"tenants": tenants, "source_digest": source_digest})
+
+
+def selected_tenants(config: HostConfig, only: str | None) -> list[str]:
+    """Tenants to deploy in this run: all of the host's, or those named by `only_tenants=a,b`."""
+    from appliance.config import ConfigError
+
+    ids = [t.id for t in config.tenants]
+    if not only:
+        return ids
+    wanted = [t.strip() for t in str(only).split(",") if t.strip()]
+    unknown = sorted(set(wanted) - set(ids))
+    if unknown:
+        raise ConfigError(f"host {config.name}: only_tenants names unknown tenants {unknown}; it has {ids}")
+    return [t for t in ids if t in wanted]
+
+
 # -- the host's bootstrap --------------------------------------------------------------------------------------
 
 

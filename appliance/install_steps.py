@@ -98,3 +98,17 @@ def supervisord_start_commands(stopping: bool) -> list[str]:
         # supervisord daemonizes before its socket is up; wait so the next step can talk to it.
         "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1",
     ]
+
+
+def hosts_line_command(name: str, address: str) -> str:
+    """Make `name` resolve to `address` with an /etc/hosts line (where DNS does not name the vault's store).
+    Rewritten in place, not renamed over: /etc/hosts is often a bind mount (containers, rehearsal hosts)."""
+    return (
+        f"t=$(mktemp) && grep -v '[[:space:]]{name}$' /etc/hosts > $t; echo '{address} {name}' >> $t && "
+        "cat $t > /etc/hosts && rm -f $t"
+    )
+
+
+def resolves_command(name: str) -> str:
+    """The addresses `name` resolves to, one a line (what `hosts_line_command` is needed for)."""
+    return f"getent ahostsv4 {shlex.quote(name)} | awk '{{print $1}}' | sort -u"

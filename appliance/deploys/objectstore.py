@@ -13,7 +13,7 @@ from pyinfra.api import FactBase, FunctionCommand, OperationError, deploy, opera
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, pip, server
 
-from appliance import desired
+from appliance import desired, install_steps
 from appliance.config import HostConfig, ServedTenant, TenantConfig
 from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import apply_desired
@@ -122,15 +122,11 @@ def served_tenant_store(config: HostConfig, served: ServedTenant):
 def store_name_resolves(config: HostConfig):
     """The store's DNS name resolves to the address it listens on (an /etc/hosts line when DNS does not)."""
     name, address = config.objectstore.dns_name, config.objectstore.bind_address
-    resolved = host.get_fact(Command, f"getent ahostsv4 {shlex.quote(name)} | awk '{{print $1}}' | sort -u")
+    resolved = host.get_fact(Command, install_steps.resolves_command(name))
     if (resolved or "").split() == [address]:
         host.noop(f"{name} resolves to {address}")
         return
-    # Rewritten in place (not renamed over): /etc/hosts is often a bind mount (containers, rehearsal hosts).
-    yield (
-        f"t=$(mktemp) && grep -v '[[:space:]]{name}$' /etc/hosts > $t; echo '{address} {name}' >> $t && "
-        "cat $t > /etc/hosts && rm -f $t"
-    )
+    yield install_steps.hosts_line_command(name, address)
 
 
 @deploy("Vault: tenants of other hosts")

@@ -7,34 +7,16 @@ from typing import Any
 from pyinfra import host as current_host
 from pyinfra.api import Host, Inventory, operation
 
-from appliance.config import ConfigError, HostConfig, inventory_configs
-from appliance.sync.container import resolve_runtime
+from appliance.config import HostConfig
+from appliance.desired import resolved_host, selected_tenants
+
+__all__ = ["all_hosts_reach", "resolve", "selected_tenants"]
 
 
 def resolve(host: Host, inventory: Inventory, *, docker_engine: bool, source_digest: str) -> HostConfig:
-    """This host's config, after the whole inventory has been cross-checked, with what only the host can
-    tell decided once here: the sync runtime `auto` resolves to (does a Docker engine answer there?), and
-    the sources its appliance services run (a new digest restarts them)."""
+    """This host's config (`appliance.desired.resolved_host`) from pyinfra's inventory."""
     hosts: dict[str, dict[str, Any]] = {h.name: h.data.dict() for h in inventory}
-    config = inventory_configs(hosts)[host.name]
-    docker = docker_engine
-    tenants = tuple(
-        t.model_copy(update={"sync": t.sync.model_copy(update={"runtime": resolve_runtime(t.sync.runtime, docker)})})
-        for t in config.tenants
-    )
-    return config.model_copy(update={"tenants": tenants, "source_digest": source_digest})
-
-
-def selected_tenants(config: HostConfig, only: str | None) -> list[str]:
-    """Tenants to deploy in this run: all of the host's, or those named by `--data only_tenants=a,b`."""
-    ids = [t.id for t in config.tenants]
-    if not only:
-        return ids
-    wanted = [t.strip() for t in str(only).split(",") if t.strip()]
-    unknown = sorted(set(wanted) - set(ids))
-    if unknown:
-        raise ConfigError(f"host {config.name}: only_tenants names unknown tenants {unknown}; it has {ids}")
-    return [t for t in ids if t in wanted]
+    return resolved_host(hosts, host.name, docker_engine=docker_engine, source_digest=source_digest)
 
 
 @operation()
