@@ -17,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from appliance.config import DB_ROLES, TENANT_SECRETS, HostConfig, load_host_config
+from appliance.config import TENANT_SECRETS, HostConfig, load_host_config
+from tests.support import isolation
 from tests.support.deployment import (
     LOCAL_INVENTORY,
     changed_operation_names,
@@ -32,10 +33,6 @@ pytestmark = [
     pytest.mark.deploy,
     pytest.mark.skipif(os.geteuid() != 0, reason="deploying to @local needs root"),
 ]
-
-
-def _as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
 
 
 def test_every_component_is_healthy(deployed: HostConfig) -> None:
@@ -109,24 +106,11 @@ def _superuser(host: HostConfig, tenant_id: str) -> psycopg.Connection:
 
 
 def test_tenant_user_cannot_read_another_tenants_directory(deployed: HostConfig) -> None:
-    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
-    assert stat.S_IMODE(globex.root.stat().st_mode) == 0o700
-    denied = _as_user(acme.user, "ls", str(globex.root))
-    assert denied.returncode != 0 and "Permission denied" in denied.stderr
-    denied = _as_user(acme.user, "cat", str(globex.secret_path("db_gateway_password")))
-    assert denied.returncode != 0
-    # and the tenant can read its own, so the refusal above is about ownership, not a broken directory
-    assert _as_user(acme.user, "ls", str(acme.root)).returncode == 0
+    isolation.cannot_read_directory(deployed.tenant("acme"), deployed.tenant("globex"))
 
 
 def test_one_tenants_db_credentials_are_refused_by_anothers_cluster(deployed: HostConfig) -> None:
-    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
-    for role in DB_ROLES:
-        info = globex.pg_conninfo(role)
-        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(**info, password=acme.read_secret(acme.pg_password_secret(role)), connect_timeout=5)
-        # the same role with its own tenant's secret gets in: the refusal is the credential, not the role
-        psycopg.connect(**info, password=globex.read_secret(globex.pg_password_secret(role)), connect_timeout=5).close()
+    isolation.database_credentials_refused(deployed.tenant("acme"), deployed.tenant("globex"))
 
 
 def test_superuser_cannot_log_in_over_tcp_without_its_secret(deployed: HostConfig) -> None:
@@ -139,17 +123,7 @@ def test_superuser_cannot_log_in_over_tcp_without_its_secret(deployed: HostConfi
 def test_a_tenant_user_cannot_even_connect_to_another_tenants_private_ports(deployed: HostConfig) -> None:
     if not deployed.common.port_firewall:
         pytest.skip("port firewall disabled")
-    acme, globex = deployed.tenant("acme"), deployed.tenant("globex")
-    probe = (
-        "import socket,sys\n"
-        "try:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3).close(); print('open')\n"
-        "except OSError as e:\n print('refused', e)\n"
-    )
-    for component in ("postgres", "streams"):
-        theirs = _as_user(acme.user, "/usr/bin/python3", "-c", probe, str(globex.port(component)))
-        assert theirs.stdout.startswith("refused"), (component, theirs.stdout, theirs.stderr)
-        own = _as_user(acme.user, "/usr/bin/python3", "-c", probe, str(acme.port(component)))
-        assert own.stdout.startswith("open"), (component, own.stdout, own.stderr)
+    isolation.private_ports_refused(deployed.tenant("acme"), deployed.tenant("globex"))
 
 
 def _listeners() -> list[tuple[str, str, int]]:
@@ -259,29 +233,11 @@ def test_tenant_ports_are_reachable_only_on_loopback(deployed: HostConfig) -> No
 
 
 def _tenant_s3(host: HostConfig, tenant_id: str):  # type: ignore[no-untyped-def]
-    from appliance.objectstore.client import s3_client
-    from appliance.objectstore.credentials import tenant_credentials
-
-    return s3_client(host, tenant_credentials(host.tenant(tenant_id)))
+    return isolation.tenant_s3(host, host.tenant(tenant_id))
 
 
 def test_one_tenants_s3_keys_cannot_list_or_read_anothers_buckets(deployed: HostConfig) -> None:
-    from botocore.exceptions import ClientError
-
-    acme_s3 = _tenant_s3(deployed, "acme")
-    globex = deployed.tenant("globex")
-    for bucket in (globex.audit_bucket, globex.backup_bucket):
-        with pytest.raises(ClientError) as denied:
-            acme_s3.list_objects_v2(Bucket=bucket)
-        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-        with pytest.raises(ClientError):
-            acme_s3.get_object(Bucket=bucket, Key="anything")
-        with pytest.raises(ClientError):
-            acme_s3.put_object(Bucket=bucket, Key="intruder", Body=b"x")
-    # acme's own buckets answer the same keys
-    acme = deployed.tenant("acme")
-    acme_s3.list_objects_v2(Bucket=acme.audit_bucket)
-    acme_s3.list_objects_v2(Bucket=acme.backup_bucket)
+    isolation.s3_keys_refused(deployed, deployed.tenant("acme"), deployed.tenant("globex"))
 
 
 def test_a_locked_audit_object_cannot_be_deleted_with_the_tenants_own_keys(deployed: HostConfig) -> None:

@@ -1,0 +1,83 @@
+"""Isolation between two tenants of one deployed host, as an attacker on the host would try it: each check
+takes the attacker's tenant and the victim's, so every tenant (whichever tool deployed it) passes the same ones.
+Each also proves the refusal is about ownership: the attacker's own resource answers it."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+
+import psycopg
+import pytest
+
+from appliance.config import DB_ROLES, HostConfig, TenantConfig
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
+
+
+def cannot_read_directory(attacker: TenantConfig, victim: TenantConfig) -> None:
+    assert stat.S_IMODE(victim.root.stat().st_mode) == 0o700
+    denied = as_user(attacker.user, "ls", str(victim.root))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    denied = as_user(attacker.user, "cat", str(victim.secret_path("db_gateway_password")))
+    assert denied.returncode != 0
+    assert as_user(attacker.user, "ls", str(attacker.root)).returncode == 0
+
+
+def database_credentials_refused(attacker: TenantConfig, victim: TenantConfig) -> None:
+    for role in DB_ROLES:
+        info = victim.pg_conninfo(role)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**info, password=attacker.read_secret(attacker.pg_password_secret(role)),
+                            connect_timeout=5)
+        psycopg.connect(**info, password=victim.read_secret(victim.pg_password_secret(role)),
+                        connect_timeout=5).close()
+
+
+_PROBE = (
+    "import socket,sys\n"
+    "try:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3).close(); print('open')\n"
+    "except OSError as e:\n print('refused', e)\n"
+)
+
+
+def private_ports_refused(attacker: TenantConfig, victim: TenantConfig) -> None:
+    for component in ("postgres", "streams", "sync", "identity"):
+        theirs = as_user(attacker.user, "/usr/bin/python3", "-c", _PROBE, str(victim.port(component)))
+        assert theirs.stdout.startswith("refused"), (component, theirs.stdout, theirs.stderr)
+        own = as_user(attacker.user, "/usr/bin/python3", "-c", _PROBE, str(attacker.port(component)))
+        assert own.stdout.startswith("open"), (component, own.stdout, own.stderr)
+
+
+def tenant_s3(host: HostConfig, tenant: TenantConfig):  # type: ignore[no-untyped-def]
+    from appliance.objectstore.client import s3_client
+    from appliance.objectstore.credentials import tenant_credentials
+
+    return s3_client(host, tenant_credentials(tenant))
+
+
+def s3_keys_refused(host: HostConfig, attacker: TenantConfig, victim: TenantConfig) -> None:
+    from botocore.exceptions import ClientError
+
+    attacker_s3 = tenant_s3(host, attacker)
+    for bucket in (victim.audit_bucket, victim.backup_bucket):
+        with pytest.raises(ClientError) as denied:
+            attacker_s3.list_objects_v2(Bucket=bucket)
+        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        with pytest.raises(ClientError):
+            attacker_s3.get_object(Bucket=bucket, Key="anything")
+        with pytest.raises(ClientError):
+            attacker_s3.put_object(Bucket=bucket, Key="intruder", Body=b"x")
+    attacker_s3.list_objects_v2(Bucket=attacker.audit_bucket)
+    attacker_s3.list_objects_v2(Bucket=attacker.backup_bucket)
+
+
+def isolated(host: HostConfig, attacker: TenantConfig, victim: TenantConfig) -> None:
+    """Every check above, one way round."""
+    cannot_read_directory(attacker, victim)
+    database_credentials_refused(attacker, victim)
+    if host.common.port_firewall:
+        private_ports_refused(attacker, victim)
+    s3_keys_refused(host, attacker, victim)
