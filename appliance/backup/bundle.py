@@ -405,7 +405,7 @@ def fetched(host: HostConfig, tenant: TenantConfig, creds: S3Credentials, descri
                 gzip.GzipFile(fileobj=SealedReader(raw, passphrase), mode="rb") as packed,  # type: ignore[call-overload]
                 tarfile.open(fileobj=packed, mode="r|") as tar,
             ):
-                tar.extractall(unpacked, filter="data")
+                extract_safely(tar, unpacked)
         except SealError as exc:
             raise BackupError(f"bundle object {descriptor.key} does not open: {exc}") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -414,6 +414,35 @@ def fetched(host: HostConfig, tenant: TenantConfig, creds: S3Credentials, descri
         yield unpacked
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def extract_safely(tar: tarfile.TarFile, target: Path) -> None:
+    """Regular files and directories, under `target` only (all a bundle holds): the `data` filter where this
+    Python has it (3.11.4 and later), the same rules by hand where it has not (Debian 12's python3.11, which
+    every host venv is made with, is 3.11.2)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    extract_checked(tar, target)
+
+
+def extract_checked(tar: tarfile.TarFile, target: Path) -> None:
+    """Each member, in archive order (a stream cannot be read twice): refused unless it is a regular file or a
+    directory whose path stays under `target`; extracted without its recorded owner or mode bits beyond 0755."""
+    root = target.resolve()
+    for member in tar:
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"refusing archive member {member.name!r} (only plain files and directories "
+                                   "inside the bundle)")
+        if not (root / name).resolve().is_relative_to(root):
+            raise tarfile.TarError(f"refusing archive member {member.name!r} (outside the bundle)")
+        member.mode &= 0o755
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        tar.extract(member, root, set_attrs=False)
+        if member.isfile():
+            (root / name).chmod(member.mode | 0o600)
 
 
 def manifest_of(unpacked: Path) -> dict[str, Any]:

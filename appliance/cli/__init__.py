@@ -58,6 +58,7 @@ def _register() -> None:
     main.add_command(__import__("appliance.cli.frontdoor", fromlist=["frontdoor"]).frontdoor)
     main.add_command(__import__("appliance.cli.identity", fromlist=["identity"]).identity)
     main.add_command(__import__("appliance.cli.user", fromlist=["user"]).user)
+    main.add_command(__import__("appliance.cli.bundle", fromlist=["bundle"]).bundle)
 
 
 _register()

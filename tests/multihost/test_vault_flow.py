@@ -34,7 +34,15 @@ from botocore.exceptions import ClientError
 
 from appliance.config import HostConfig, inventory_configs
 from appliance.install_steps import apt_packages
-from tests.support.deployment import BIN, REPO, changed_operation_names, changed_operations, pids
+from tests.support.deployment import (
+    BIN,
+    REPO,
+    ansible_inventory,
+    ansible_playbook,
+    changed_operation_names,
+    changed_operations,
+    pids,
+)
 from tests.support.hosts import FakeHost, fake_hosts, prime_packages
 
 pytestmark = [
@@ -395,6 +403,26 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(rehearsal: Rehearsal
     assert all(pid for name, pid in before["tenant"].items() if not name.endswith("/buckets")), before["tenant"]
     secrets = [value for tenant_id in TENANTS for value in rehearsal.keys(tenant_id).values()]
     assert not [s for s in secrets if s in output], "the second deploy's output contains a tenant S3 key"
+
+
+def test_ansible_with_the_same_inventory_changes_and_restarts_nothing_on_either_host(
+        rehearsal: Rehearsal, tmp_path: Path) -> None:
+    """Issue 19: the two-host layout pyinfra deployed is what Ansible deploys too (the vault's relay included):
+    the same settings in Ansible's inventory change nothing on either host."""
+    before = {name: pids(_status(host)[1]) for name, host in (("vault", rehearsal.vault),
+                                                                ("tenant", rehearsal.tenant))}
+    settings = _inventory_hosts(rehearsal.vault, rehearsal.tenant)
+    inventory = ansible_inventory(tmp_path / "onprem.yml", {
+        name: {**{k: v for k, v in settings[name].items() if not k.startswith("ssh_")}, **host.ansible_data()}
+        for name, host in (("vault", rehearsal.vault), ("tenant", rehearsal.tenant))
+    })
+    code, output, changed = ansible_playbook(inventory, repo=rehearsal.snapshot)
+    output = _redacted(rehearsal, output)
+    assert code == 0, output[-8000:]
+    assert changed == {"vault": 0, "tenant": 0}, output[-8000:]
+    after = {name: pids(_status(host)[1]) for name, host in (("vault", rehearsal.vault),
+                                                               ("tenant", rehearsal.tenant))}
+    assert after == before
 
 
 def test_fake_hosts_are_reached_over_the_network_only_by_their_address(rehearsal: Rehearsal) -> None:

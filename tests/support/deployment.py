@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -61,3 +62,28 @@ def pids(report: dict[str, Any]) -> dict[str, int | None]:
     for tenant, data in report["tenants"].items():
         found.update({f"{tenant}/{name}": c.get("pid") for name, c in data["components"].items()})
     return found
+
+
+ANSIBLE_RECAP = re.compile(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def ansible_playbook(inventory: Path, *extra: str, repo: Path = REPO,
+                     timeout: float = 1800) -> tuple[int, str, dict[str, int]]:
+    """`ansible-playbook -i <inventory> site.yml` from `repo` (a snapshot's package, when given one): (exit code,
+    output, changed tasks per host)."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(repo / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    if repo != REPO:
+        env["PYTHONPATH"] = str(repo)
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", *extra], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    changed = {m[1]: int(m[2]) for m in ANSIBLE_RECAP.finditer(output)}
+    return result.returncode, output, changed
+
+
+def ansible_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
+    """An Ansible YAML inventory of `hosts` (name -> variables, appliance settings and connection alike)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    return path

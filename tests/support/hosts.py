@@ -7,11 +7,16 @@ with its own sshd, reached by pyinfra over real SSH like any on-prem host.
         hosts["tenant"].ssh("appliance status")     # a command over SSH, as an operator would run it
         hosts["tenant"].run(["ss", "-ltn"])         # a command inside the host's namespaces, no SSH
 
+    with fake_hosts(["vault", "tenant"], isolated=True) as hosts:   # air-gapped: each other, and nothing else
+
 What each fake host has of its own:
 - network: a network namespace with its own loopback, firewall (nftables tables are per namespace), routes and
   ports, and one veth on a bridge `apfh0` (10.200.0.1/24, this machine's side). Hosts reach each other over the
   bridge and the internet through NAT (pip and npm download on every host), so nothing a host binds to
   127.0.0.1 or its own address is reachable from another host unless the host lets it be.
+  `isolated=True` makes them air-gapped: no default route and no NAT, so a host has no route to anything but
+  the bridge's subnet, and this machine drops every connection a host opens to it (only replies to the
+  controller's own connections, i.e. SSH, come back); pip, npm or apt reaching out fail at once.
 - the appliance's host paths: /srv/appliance, /opt/appliance, /etc/appliance, /etc/supervisor/conf.d,
   /var/log/supervisor, /run (hence /var/run: the supervisord socket and pid file, sshd's privilege separation
   directory), /tmp and /dev/shm are private to the host (bind mounts of per-host directories, tmpfs for
@@ -171,6 +176,17 @@ class FakeHost:
             "ssh_look_for_keys": False,
         }
 
+    def ansible_data(self) -> dict[str, Any]:
+        """Ansible's connection variables for the same: root over SSH with the harness's key and host key only."""
+        return {
+            "ansible_host": self.address,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.client_key),
+            "ansible_ssh_common_args": (f"-F /dev/null -o IdentitiesOnly=yes -o UserKnownHostsFile={self.known_hosts}"
+                                        " -o StrictHostKeyChecking=yes -o BatchMode=yes"),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+
     def ssh_argv(self, command: str) -> list[str]:
         return [
             "ssh", "-F", "/dev/null", "-i", str(self.client_key), "-o", "IdentitiesOnly=yes",
@@ -245,11 +261,32 @@ def _reclaim_leftovers() -> None:
         raise HarnessError(f"could not remove a previous run's network namespaces {left} or bridge {BRIDGE}")
 
 
-def _network_up(net: _Network) -> None:
+def _network_up(net: _Network, isolated: bool = False) -> None:
     _run("ip", "link", "add", BRIDGE, "type", "bridge")
     net.created.append("bridge")
     _run("ip", "addr", "add", f"{GATEWAY}/{PREFIX}", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
+    if isolated:
+        # Same table name as the NAT one, so teardown and a later run's reclaim remove it alike. Nothing is
+        # forwarded to or from the bridge, and this machine answers the hosts only on connections it opened.
+        rules = f"""
+table ip {NAT_TABLE} {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{BRIDGE}" ct state established,related accept
+    iifname "{BRIDGE}" drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ip saddr {SUBNET}.0/{PREFIX} ip daddr {SUBNET}.0/{PREFIX} accept
+    iifname "{BRIDGE}" drop
+    oifname "{BRIDGE}" drop
+  }}
+}}
+"""
+        _run("nft", "-f", "-", input=rules)
+        net.created.append("nat")
+        return
     forward = Path("/proc/sys/net/ipv4/ip_forward")
     net.ip_forward_before = forward.read_text().strip()
     # This machine routes for the fake hosts only: when it routed nothing before, everything else that
@@ -362,14 +399,15 @@ def _make_private_dirs(host: FakeHost) -> None:
     (host.fs / _private_dir("/etc/ssh")).chmod(0o755)
 
 
-def _host_network(host: FakeHost) -> None:
+def _host_network(host: FakeHost, isolated: bool = False) -> None:
     _run("ip", "netns", "add", host.netns)
     _run("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
     _run("ip", "link", "set", host.veth, "master", BRIDGE, "up")
     _run("ip", "-n", host.netns, "addr", "add", f"{host.address}/{PREFIX}", "dev", "eth0")
     _run("ip", "-n", host.netns, "link", "set", "eth0", "up")
     _run("ip", "-n", host.netns, "link", "set", "lo", "up")
-    _run("ip", "-n", host.netns, "route", "add", "default", "via", GATEWAY)
+    if not isolated:
+        _run("ip", "-n", host.netns, "route", "add", "default", "via", GATEWAY)
 
 
 def _start(host: FakeHost, harness_root: Path) -> None:
@@ -502,8 +540,9 @@ def _lock() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
-    """Start one fake host per name (10.200.0.10, .11, ...); stop and remove all of them on exit."""
+def fake_hosts(names: list[str], isolated: bool = False) -> Iterator[dict[str, FakeHost]]:
+    """Start one fake host per name (10.200.0.10, .11, ...); stop and remove all of them on exit. `isolated`:
+    the hosts reach each other only (no default route, no NAT; see the module's docstring)."""
     if os.geteuid() != 0:
         raise HarnessError("fake hosts need root (namespaces, mounts, a bridge)")
     if len(set(names)) != len(names) or not all(n.replace("-", "").isalnum() and len(n) <= 9 for n in names):
@@ -540,9 +579,9 @@ def fake_hosts(names: list[str]) -> Iterator[dict[str, FakeHost]]:
                 _make_private_dirs(host)
                 lines.append(_sshd_files(host, public_key))
             known_hosts.write_text("".join(lines))
-            _network_up(net)
+            _network_up(net, isolated)
             for host in hosts.values():
-                _host_network(host)
+                _host_network(host, isolated)
                 _start(host, harness_root)
             yield hosts
         finally:
