@@ -204,6 +204,7 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "packages": packages,
         # The air-gapped install from `common.bundle` ({} when the host installs from the network).
         "bundle": offline,
+        "offline": bool(offline),
         "install_root": str(root),
         "appliance": venv_bin(config, "appliance"),
         "pip": venv_bin(config, "pip"),
