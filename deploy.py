@@ -7,7 +7,7 @@ runs it, then one stack per tenant on its own substrate. `--data only_tenants=ac
 
 from pyinfra import host, inventory
 
-from appliance.deploys.backup import tenant_audit, tenant_backup
+from appliance.deploys.backup import tenant_audit_and_backup
 from appliance.deploys.bootstrap import host_bootstrap
 from appliance.deploys.facts import DockerServerVersion, InitProcess
 from appliance.deploys.firewall import port_firewall
@@ -52,8 +52,7 @@ if config.objectstore_host:
     vault_ca(name=f"Trust the CA of the vault host {config.objectstore_host}", config=config)
 for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
-    tenant_audit(config=config, tenant=tenant, manager=manager)
-    tenant_backup(config=config, tenant=tenant, manager=manager)
+    tenant_audit_and_backup(config=config, tenant=tenant, manager=manager)
     record_deploy(config=config, tenant=tenant)
 if config.runs_frontdoor:
     # Every tenant of the host, selected or not: the front door routes to all of them.

@@ -15,7 +15,6 @@ from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts, host_command, tenants_with_users
 from appliance.deploys.managed import apply_desired
 from appliance.deploys.postgres import tenant_postgres
-from appliance.deploys.streams import tenant_streams
 from appliance.deploys.sync import tenant_sync
 from appliance.supervision import ManagerName
 
@@ -54,8 +53,7 @@ def tenant_stack(config: HostConfig, tenant: TenantConfig, manager: ManagerName)
     """Everything one tenant runs, on its own substrate."""
     tenant_substrate(config=config, tenant=tenant)
     tenant_postgres(config=config, tenant=tenant, manager=manager)
-    tenant_sync(config=config, tenant=tenant, manager=manager)
-    tenant_streams(config=config, tenant=tenant, manager=manager)
+    tenant_sync(config=config, tenant=tenant)
     tenant_application(config=config, tenant=tenant, manager=manager)
 
 
