@@ -102,16 +102,19 @@ async function main() {
   }
   const config = loadConfig(values.config);
   configurePages({ formActionOrigins: config.form_action_origins });
-  const pool = new pg.Pool({
+  const connection = {
     host: config.database.host, port: config.database.port, user: config.database.user,
     database: config.database.database, password: config.databasePassword,
-    max: 5, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 10_000, application_name: 'identity',
-  });
-  pool.on('error', (err) => log('db_error', { error: err.code ?? err.message }));
+    idleTimeoutMillis: 30_000, connectionTimeoutMillis: 10_000, application_name: 'identity',
+  };
+  const pool = new pg.Pool({ ...connection, max: 5 });
+  // Saves a crash may lose at no cost but a new login (lib/store.mjs): their commits do not wait for the disk.
+  const relaxed = new pg.Pool({ ...connection, max: 3, options: '-c synchronous_commit=off' });
+  for (const each of [pool, relaxed]) each.on('error', (err) => log('db_error', { error: err.code ?? err.message }));
 
   const accounts = new Accounts(pool, config);
   await accounts.init();
-  const provider = createProvider({ config, pool, accounts });
+  const provider = createProvider({ config, pool, relaxed, accounts });
   const limiter = new RateLimiter(config.login.per_client_per_minute);
   provider.use(providerPages({ provider, accounts, config, limiter }));
   const callback = provider.callback();
@@ -140,7 +143,7 @@ async function main() {
       server.close(resolve); // also removes the socket file
       server.closeIdleConnections();
     })))
-      .then(() => pool.end())
+      .then(() => Promise.all([pool.end(), relaxed.end()]))
       .finally(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

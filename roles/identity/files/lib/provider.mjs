@@ -78,7 +78,7 @@ function interactionPolicyWithAccountCheck() {
   return policy;
 }
 
-export function createProvider({ config, pool, accounts }) {
+export function createProvider({ config, pool, relaxed, accounts }) {
   const { ttl_s: ttl, resource } = config;
   const prefix = config.path_prefix;
   const resourceServer = {
@@ -90,7 +90,7 @@ export function createProvider({ config, pool, accounts }) {
   };
 
   const provider = new Provider(config.issuer, {
-    adapter: storageAdapter(pool),
+    adapter: storageAdapter(pool, relaxed),
     clients: config.clients.map((client) => clientMetadata(client, config.clientSecrets)),
     jwks: config.jwks,
     cookies: {

@@ -51,7 +51,11 @@ async function deviceCodeEvent(db, previous, payload) {
   }
 }
 
-export function storageAdapter(pool) {
+// `relaxed`: connections whose commits do not wait for the WAL flush (synchronous_commit off), for the saves a
+// crash may lose at no cost but a new login (interactions, sessions, grants, codes and tokens being issued);
+// what must survive a crash once answered stays on `pool`: a code or token consumed (no replay after a restart),
+// anything destroyed or revoked, and device codes with their audit events.
+export function storageAdapter(pool, relaxed = pool) {
   return class PgAdapter {
     constructor(model) {
       this.model = model;
@@ -66,7 +70,7 @@ export function storageAdapter(pool) {
         ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
           user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`;
       if (this.model !== 'DeviceCode') {
-        await pool.query(sql, row);
+        await relaxed.query(sql, row);
         return;
       }
       await inTransaction(pool, async (db) => {
