@@ -24,7 +24,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from appliance.config import ConfigError
-        from appliance.playbook import config_for, in_place, part
+        from appliance.playbook import bring_about, config_for, part
 
         task_vars = task_vars or {}
         super().run(tmp, task_vars)
@@ -37,13 +37,8 @@ class ActionModule(ActionBase):
                                  components=components)
         except (ConfigError, ValueError, KeyError) as exc:
             raise AnsibleError(f"appliance_services: {exc}") from None
-        if in_place(items, decided.get("path_states", {})):
-            # As the plan read them: nothing to do, no module to run.
-            result = {"changed": False, "changed_paths": [], "managed": [item.path for item in items]}
-        else:
-            result = self._execute_module(module_name="appliance_paths",
-                                          module_args={"items": [item.as_dict() for item in items]},
-                                          task_vars=task_vars)
+        result = bring_about(items, decided.get("path_states", {}), lambda args: self._execute_module(
+            module_name="appliance_paths", module_args=args, task_vars=task_vars))
         if result.get("failed"):
             return result
         changed_units = set(result.get("changed_paths", []))

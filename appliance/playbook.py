@@ -137,6 +137,15 @@ def in_place(items: list[desired.Managed], states: dict[str, list[str]]) -> bool
     return True
 
 
+def bring_about(items: list[desired.Managed], states: dict[str, list[str]],
+                run_module: Any) -> dict[str, Any]:
+    """The `appliance_paths` module's result for `items`: run (by `run_module(args)`) only when the states the
+    plan read show something to do; otherwise an unchanged result without a module run."""
+    if in_place(items, states):
+        return {"changed": False, "changed_paths": [], "managed": [item.path for item in items]}
+    return dict(run_module({"items": [item.as_dict() for item in items]}))
+
+
 def sources_tarball() -> tuple[Path, str]:
     """The sources tarball pyinfra ships, on the controller's disk for Ansible's copy (nothing secret in it)."""
     data, digest = tarball()
