@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 Row = Mapping[str, "str | None"]
@@ -25,6 +26,23 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circu
 def encode(message: Any) -> bytes:
     """One message (or body) as served."""
     return _dumps(message).encode()
+
+
+def encode_text(text: str) -> str:
+    """A string as `encode` writes it (quoted, escaped, non-ASCII kept), without the encoder's overhead."""
+    return encode_basestring(text)
+
+
+def encode_row(row: Row) -> str:
+    """A row (Postgres text values or None) exactly as `encode` writes it, several times faster: rows are
+    most of what the engine encodes, once per change and shape."""
+    try:
+        return "{" + ",".join(
+            [encode_basestring(name) + (":null" if value is None else ":" + encode_basestring(value))
+             for name, value in row.items()]
+        ) + "}"
+    except TypeError:  # not text: the general encoder decides
+        return _dumps(row)
 
 
 def relation_prefix(schema: str, table: str) -> str:

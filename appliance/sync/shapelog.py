@@ -24,13 +24,17 @@ Threading model (single writer, many readers):
 - `append()`, `flush()`, `sync()` and `close()` may be called from any thread; they serialise on internal
   locks, but the design assumes one logical writer (the replication engine) deciding the order of entries.
   `append()` only touches memory unless the buffer passes FLUSH_BUFFER_BYTES (then one pwrite, no fsync);
-  `flush()` writes the rest and shows it to readers without waiting for the disk (durable later);
-  `sync()` blocks on fdatasync, so from asyncio run it in a worker (`await asyncio.to_thread(log.sync)`).
-  Appends may continue while another thread is inside `sync()`.
-- `read()` and `contains()` are safe from any number of threads at once (positional reads on a shared fd);
-  they see what was flushed or synced, never what is only appended. They do blocking file reads of
-  bounded size (≈ max_bytes + 64 KiB); from an event loop that is usually fine for page-cached data, or
-  use `asyncio.to_thread` for large reads.
+  `flush()` shows what was appended to readers, from memory: no I/O, so the engine flushes every log a
+  batch touched on its own thread (`append_keyed(..., show=True)` does both at once);
+  `sync()` writes what is in memory and blocks on fdatasync, so from asyncio run it in a worker
+  (`await asyncio.to_thread(log.sync)`); `sync_logs()` does that for many logs with one syncfs. Appends and
+  flushes go on while another thread is inside `sync()`: only syncs wait for each other.
+  Visible is not durable: a crash (of the process or the machine) loses what was shown but not synced, so
+  whoever feeds the log must be able to feed it again (the engine confirms to Postgres only what is synced).
+- `read()` and `contains()` are safe from any number of threads at once (positional reads on a shared fd,
+  and the flushed bytes not yet in the file, which are never changed); they see what was flushed or synced,
+  never what is only appended. They do blocking file reads of bounded size (≈ max_bytes + 64 KiB); from an
+  event loop that is usually fine for page-cached data, or use `asyncio.to_thread` for large reads.
 - `wait_for_data()` is a coroutine for long-poll handlers, woken from whichever thread flushed or synced;
   `add_listener()` registers a plain callback run in the flushing or syncing thread.
 """
@@ -65,6 +69,7 @@ HEADER_SIZE: Final = len(_FILE_MAGIC)
 _RECORD: Final = struct.Struct("<IIQQ")  # length, crc32, tx, op
 _RECORD_SIZE: Final = _RECORD.size
 _CRC_PREFIX: Final = struct.Struct("<IQQ")  # the header fields the CRC covers (all but the CRC itself)
+_LENGTH_CRC: Final = struct.Struct("<II")  # a record header is this, then the last 16 bytes of _CRC_PREFIX
 _WATERMARK_MAGIC: Final = b"ESHDUR01"
 _WATERMARK: Final = struct.Struct("<8sQI")  # magic, durable end, crc32 of the first two
 
@@ -73,9 +78,11 @@ MAX_ENTRY_BYTES: Final = 256 * 1024 * 1024
 # One sparse-index point per this many log bytes: a read starts at most this far before its target, and
 # memory is ~100 bytes per point (a 1 GiB log costs ~1.6 MB of index).
 INDEX_EVERY_BYTES: Final = 64 * 1024
-# Every record among the newest this many is indexed exactly, so a long poll reading "what came after my
-# offset" starts at the right byte instead of scanning up to INDEX_EVERY_BYTES of older records.
-TAIL_INDEX_ENTRIES: Final = 1024
+# After the last of those points, one per this many bytes, so a long poll reading "what came after my offset"
+# near the end scans at most this much of older records. At most INDEX_EVERY_BYTES / FINE_INDEX_EVERY_BYTES
+# of them per log, whatever its records: an index of every record among the newest 1,024 cost up to ~270 KB
+# per log, which an engine holding 10,000 shapes could not afford.
+FINE_INDEX_EVERY_BYTES: Final = 4 * 1024
 # Unit of positional reads; with max_bytes it bounds a read's memory.
 READ_CHUNK_BYTES: Final = 64 * 1024
 # The durable mark lags the log by at most this long (it may only lag; see the module docstring).
@@ -159,7 +166,37 @@ def _record_crc(length: int, tx: int, op: int, payload: bytes | memoryview) -> i
     return zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, tx, op)))
 
 
-def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
+class _Bytes(NamedTuple):
+    """Where a reader takes a log's bytes from: the file below `file_end`, then `memory` (records flushed but
+    not yet written to the file), which continues the file without a gap."""
+
+    fd: int
+    file_end: int
+    memory: tuple[bytes | bytearray, ...] = ()
+
+    def pread(self, length: int, position: int) -> bytes:
+        if not self.memory or position + length <= self.file_end:
+            return os.pread(self.fd, length, position)
+        parts: list[bytes | bytearray] = []
+        if position < self.file_end:
+            parts.append(os.pread(self.fd, self.file_end - position, position))
+            length -= self.file_end - position
+            position = self.file_end
+        skip = position - self.file_end
+        for chunk in self.memory:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            piece = chunk[skip : skip + length]
+            parts.append(piece)
+            length -= len(piece)
+            skip = 0
+            if length <= 0:
+                break
+        return b"".join(parts)
+
+
+def _iter_records(source: _Bytes, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
     """Yield (position, tx, op, payload) for each record in [start, end); raise _BadRecord on bad framing.
 
     Reads READ_CHUNK_BYTES at a time (more only for a single larger record), so memory stays bounded
@@ -171,7 +208,7 @@ def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int
     while position < end:
         rel = position - chunk_start
         if rel + _RECORD_SIZE > len(chunk):
-            chunk = os.pread(fd, min(READ_CHUNK_BYTES, end - position), position)
+            chunk = source.pread(min(READ_CHUNK_BYTES, end - position), position)
             chunk_start, rel = position, 0
             if len(chunk) < _RECORD_SIZE:
                 raise _BadRecord(position, "truncated header")
@@ -180,7 +217,7 @@ def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int
         if length > MAX_ENTRY_BYTES or position + total > end:
             raise _BadRecord(position, "record runs past the end")
         if rel + total > len(chunk):
-            chunk = os.pread(fd, max(total, min(READ_CHUNK_BYTES, end - position)), position)
+            chunk = source.pread(max(total, min(READ_CHUNK_BYTES, end - position)), position)
             chunk_start, rel = position, 0
             if len(chunk) < total:
                 raise _BadRecord(position, "short read")
@@ -191,11 +228,29 @@ def _iter_records(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int
         position += total
 
 
+_Key = tuple[int, int]  # a LogOffset as (tx, op): what the log keeps, making a LogOffset only when asked
+
+
+class _View(NamedTuple):
+    """What readers may see, replaced whole by each publication (one store, no lock for the writer unless
+    index points or waiters come with it): the visible end and last key, and where the bytes are: the file,
+    then from `memory_start` on the chunks of `memory` (flushed, not yet written)."""
+
+    end: int
+    key: _Key
+    memory_start: int
+    memory: tuple[bytes | bytearray, ...] = ()
+
+
 class _PendingSync(NamedTuple):
     end: int
+    last: _Key
+
+
+class _Published(NamedTuple):
     last: LogOffset
-    new_index: list[tuple[tuple[int, int], int]]
-    new_tail: list[tuple[tuple[int, int], int]]
+    woken: list[_Waiter]
+    listeners: list[Callable[[LogOffset], None]]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -209,7 +264,7 @@ def _syncfs(fd: int) -> None:
 
 
 def flush_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
-    """`flush()` each log; the result is what each one raised (None when it is written and visible)."""
+    """`flush()` each log; the result is what each one raised (None when it is visible)."""
     results: list[BaseException | None] = []
     for shape_log in logs:
         try:
@@ -258,8 +313,9 @@ def sync_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
                     except ShapeLogFailed as failed:
                         results[id(shape_log)] = failed
                 continue
+            now = time.monotonic()
             for shape_log, prepared in group:
-                shape_log._complete_sync_locked(prepared)
+                shape_log._complete_sync_locked(prepared, now)
     finally:
         for shape_log in reversed(ordered):
             shape_log._sync_lock.release()
@@ -269,6 +325,40 @@ def sync_logs(logs: list[ShapeLog]) -> list[BaseException | None]:
 class ShapeLog:
     """One shape's log. Open with `ShapeLog.open(directory)`; see the module docstring for the rules."""
 
+    # An engine holds thousands of logs and touches hundreds of them per transaction: slots keep each one
+    # small and in one piece of memory.
+    __slots__ = (
+        "_active_reads",
+        "_append_lock",
+        "_buffer",
+        "_buffer_start",
+        "_closed",
+        "_device",
+        "_failure",
+        "_fd",
+        "_file_end",
+        "_fine_keys",
+        "_fine_positions",
+        "_index_keys",
+        "_index_positions",
+        "_last_fine_position",
+        "_last_index_position",
+        "_last_key",
+        "_listeners",
+        "_pending_fine",
+        "_pending_index",
+        "_reads_done",
+        "_state",
+        "_sync_lock",
+        "_synced_end",
+        "_synced_key",
+        "_unwritten",
+        "_view",
+        "_waiters",
+        "_watermark_written_at",
+        "directory",
+    )
+
     def __init__(
         self,
         directory: Path,
@@ -277,41 +367,49 @@ class ShapeLog:
         last_offset: LogOffset,
         index_keys: list[tuple[int, int]],
         index_positions: list[int],
+        fine_keys: list[tuple[int, int]] | None = None,
+        fine_positions: list[int] | None = None,
     ) -> None:
         self.directory = directory
         self._fd = log_fd
-        self._watermark_path = directory / WATERMARK_FILE
         self._watermark_written_at = 0.0
         self._device = os.fstat(log_fd).st_dev  # the filesystem, for sync_logs' one syncfs per filesystem
 
         # Published state, what readers may see: guarded by _state.
-        self._state = threading.Condition(threading.Lock())
-        self._visible_end = end
-        self._visible_offset = last_offset
+        self._state = threading.Lock()
+        self._view = _View(end, (last_offset.tx, last_offset.op), end)
         # Durable state (what the last fsync covered): guarded by _sync_lock; it lags or equals the visible state.
         self._synced_end = end
-        self._synced_offset = last_offset
+        self._synced_key = (last_offset.tx, last_offset.op)
         self._index_keys = index_keys  # (tx, op) of the first record at or after each index point
         self._index_positions = index_positions
-        # (tx, op) and position of every one of the newest records (a contiguous run ending at _visible_end).
-        self._tail_keys: list[tuple[int, int]] = []
-        self._tail_positions: list[int] = []
-        self._waiters: set[_Waiter] = set()
-        self._listeners: list[Callable[[LogOffset], None]] = []
+        # The fine index: points from the last sparse-index point on (that point included, when there is one).
+        self._fine_keys = fine_keys if fine_keys is not None else []
+        self._fine_positions = fine_positions if fine_positions is not None else []
+        # Made when first needed, as are the pending index points below: most shapes have nobody waiting.
+        self._waiters: set[_Waiter] | None = None
+        self._listeners: list[Callable[[LogOffset], None]] | None = None
         self._active_reads = 0
+        self._reads_done: threading.Event | None = None  # set by the last read to end, for close() to wait on
         self._closed = False
 
-        # Writer state: guarded by _append_lock. _buffer holds records for file bytes [_buffer_start, ...).
+        # Writer state: guarded by _append_lock. The log is the file's bytes up to _file_end (written, maybe not
+        # synced), then _unwritten (flushed: visible from memory, not yet in the file), then _buffer (appended:
+        # not yet visible), which starts at _buffer_start.
         self._append_lock = threading.Lock()
+        self._file_end = end
+        self._unwritten: tuple[bytes | bytearray, ...] = ()
         self._buffer = bytearray()
         self._buffer_start = end
-        self._last_offset = last_offset
+        self._last_key = (last_offset.tx, last_offset.op)
         self._last_index_position = index_positions[-1] if index_positions else HEADER_SIZE
-        self._pending_index: list[tuple[tuple[int, int], int]] = []
-        self._pending_tail: list[tuple[tuple[int, int], int]] = []
+        self._last_fine_position = self._fine_positions[-1] if self._fine_positions else self._last_index_position
+        self._pending_index: list[tuple[tuple[int, int], int]] | None = None
+        self._pending_fine: list[tuple[tuple[int, int], int]] | None = None
         self._failure: BaseException | None = None
 
-        # Only one fdatasync/publish at a time, so published state advances in order.
+        # One sync at a time, so the durable state only advances. Never taken by flush(): a flush does not wait
+        # for a sync of the same log that is waiting for the disk.
         self._sync_lock = threading.Lock()
 
     # -- opening and recovery ----------------------------------------------------------------------------
@@ -382,18 +480,26 @@ class ShapeLog:
         durable_mark = _decode_watermark(os.pread(watermark_fd, _WATERMARK.size, 0))
         index_keys: list[tuple[int, int]] = []
         index_positions: list[int] = []
+        fine_keys: list[tuple[int, int]] = []
+        fine_positions: list[int] = []
         last_key = (BEFORE_ALL.tx, BEFORE_ALL.op)
-        last_indexed = HEADER_SIZE
+        last_indexed = last_fine = HEADER_SIZE
         valid_end = HEADER_SIZE
         try:
-            for position, tx, op, payload in _iter_records(fd, HEADER_SIZE, file_size):
+            for position, tx, op, payload in _iter_records(_Bytes(fd, file_size), HEADER_SIZE, file_size):
                 key = (tx, op)
                 if key <= last_key or (op == INF_OP and tx != 0):
                     raise _BadRecord(position, "offset out of order")
-                if position - last_indexed >= INDEX_EVERY_BYTES:
-                    index_keys.append(key)
-                    index_positions.append(position)
-                    last_indexed = position
+                if position - last_fine >= FINE_INDEX_EVERY_BYTES or position - last_indexed >= INDEX_EVERY_BYTES:
+                    if position - last_indexed >= INDEX_EVERY_BYTES:
+                        index_keys.append(key)
+                        index_positions.append(position)
+                        last_indexed = position
+                        fine_keys.clear()
+                        fine_positions.clear()
+                    fine_keys.append(key)
+                    fine_positions.append(position)
+                    last_fine = position
                 last_key = key
                 valid_end = position + _RECORD_SIZE + len(payload)
         except _BadRecord as bad:
@@ -411,7 +517,7 @@ class ShapeLog:
         if valid_end != durable_mark:
             _pwrite_all(watermark_fd, _encode_watermark(valid_end), 0)
         last_offset = BEFORE_ALL if last_key[0] == -1 else LogOffset(*last_key)
-        return cls(directory, fd, valid_end, last_offset, index_keys, index_positions)
+        return cls(directory, fd, valid_end, last_offset, index_keys, index_positions, fine_keys, fine_positions)
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -423,22 +529,22 @@ class ShapeLog:
         entries at or below it, which is exact as long as it assigns offsets deterministically
         (`<commit lsn>_<op position>`).
         """
-        return self._last_offset
+        return LogOffset(*self._last_key)
 
     @property
     def durable_offset(self) -> LogOffset:
         """Offset of the last entry made durable by `sync()`."""
-        return self._synced_offset
+        return LogOffset(*self._synced_key)
 
     @property
     def visible_offset(self) -> LogOffset:
         """Offset of the last entry readers can see (`flush()` or `sync()`): what `offset=now` resolves to."""
-        return self._visible_offset
+        return LogOffset(*self._view.key)
 
     @property
     def size_bytes(self) -> int:
         """Bytes of visible log, header included."""
-        return self._visible_end
+        return self._view.end
 
     @property
     def closed(self) -> bool:
@@ -450,63 +556,100 @@ class ShapeLog:
         Offsets must be strictly greater than `last_offset` and increasing within the batch; a bad batch is
         refused whole (ValueError) with nothing appended.
         """
+        self.append_keyed([(offset.tx, offset.op, message) for offset, message in entries])
+
+    def append_keyed(self, entries: Iterable[tuple[int, int, bytes]], *, show: bool = False) -> None:
+        """`append()` of (tx, op, message) entries, for a caller that makes valid offsets itself (the engine:
+        no LogOffset object per entry on its busiest path). `show`: then `flush()`, under the same lock."""
+        published = None
         with self._append_lock:
-            self._check_writable()
+            if self._closed or self._failure is not None:
+                self._check_writable()
             encoded = bytearray()
-            new_index: list[tuple[tuple[int, int], int]] = []
-            new_tail: list[tuple[tuple[int, int], int]] = []
-            last = self._last_offset
+            new_index: list[tuple[tuple[int, int], int]] | None = None
+            new_fine: list[tuple[tuple[int, int], int]] | None = None
+            last_key = self._last_key
             last_indexed = self._last_index_position
-            base = self._buffer_start + len(self._buffer)
-            for offset, message in entries:
-                if offset <= last:
-                    raise ValueError(f"offset {offset} is not after {last}")
-                if not message:
-                    raise ValueError(f"empty message at {offset}")
-                if len(message) > MAX_ENTRY_BYTES:
-                    raise ValueError(f"message at {offset} is larger than {MAX_ENTRY_BYTES} bytes")
-                position = base + len(encoded)
-                key = (offset.tx, offset.op)
-                if position - last_indexed >= INDEX_EVERY_BYTES:
-                    new_index.append((key, position))
-                    last_indexed = position
-                new_tail.append((key, position))
+            last_fine = self._last_fine_position
+            position = self._buffer_start + len(self._buffer)
+            for tx, op, message in entries:
+                key = (tx, op)
+                if key <= last_key:
+                    raise ValueError(f"offset {LogOffset(tx, op)} is not after {LogOffset(*last_key)}")
                 length = len(message)
-                encoded += _RECORD.pack(
-                    length, _record_crc(length, offset.tx, offset.op, message), offset.tx, offset.op
-                )
+                if not length:
+                    raise ValueError(f"empty message at {LogOffset(tx, op)}")
+                if length > MAX_ENTRY_BYTES:
+                    raise ValueError(f"message at {LogOffset(tx, op)} is larger than {MAX_ENTRY_BYTES} bytes")
+                if position - last_fine >= FINE_INDEX_EVERY_BYTES or position - last_indexed >= INDEX_EVERY_BYTES:
+                    if position - last_indexed >= INDEX_EVERY_BYTES:
+                        if new_index is None:
+                            new_index = []
+                        new_index.append((key, position))
+                        last_indexed = position
+                    if new_fine is None:
+                        new_fine = []
+                    new_fine.append((key, position))
+                    last_fine = position
+                prefix = _CRC_PREFIX.pack(length, tx, op)
+                encoded += _LENGTH_CRC.pack(length, zlib.crc32(message, zlib.crc32(prefix)))
+                encoded += prefix[4:]
                 encoded += message
-                last = offset
-            self._buffer += encoded
-            self._pending_index.extend(new_index)
-            # Only ever cut the run at its front, so what is kept stays contiguous up to the newest record.
-            if len(new_tail) >= TAIL_INDEX_ENTRIES:
-                self._pending_tail = new_tail[-TAIL_INDEX_ENTRIES:]
-            else:
-                self._pending_tail.extend(new_tail)
-                if len(self._pending_tail) > 2 * TAIL_INDEX_ENTRIES:
-                    del self._pending_tail[:-TAIL_INDEX_ENTRIES]
-            self._last_index_position = last_indexed
-            self._last_offset = last
-            if len(self._buffer) >= FLUSH_BUFFER_BYTES:
-                self._flush_buffer_locked()
+                position += _RECORD_SIZE + length
+                last_key = key
+            if last_key is not self._last_key:  # something was appended
+                if new_index is not None:
+                    if self._pending_index is None:
+                        self._pending_index = new_index
+                    else:
+                        self._pending_index += new_index
+                if new_fine is not None:
+                    if self._pending_fine is None:
+                        self._pending_fine = new_fine
+                    else:
+                        self._pending_fine += new_fine
+                self._last_index_position = last_indexed
+                self._last_fine_position = last_fine
+                self._last_key = last_key
+                if show and not self._buffer:
+                    self._unwritten += (encoded,)  # never changed again: readers may hold it
+                    self._buffer_start += len(encoded)
+                else:
+                    self._buffer += encoded
+                    if len(self._buffer) >= FLUSH_BUFFER_BYTES:
+                        self._write_file_locked()
+            if show:
+                published = self._show_locked()
+        if published is not None:
+            self._notify(published)
 
     def flush(self) -> LogOffset:
-        """Write everything appended so far to the file and wake readers, without waiting for the disk; returns
-        the visible offset.
+        """Show everything appended so far to readers (from memory) and wake them, without writing or waiting
+        for the disk; returns the visible offset. Cheap: the engine flushes every log a batch touched.
 
-        Readers may now see entries a machine crash would lose: whoever feeds the log must be able to feed
-        them again after one (the engine confirms to Postgres only what `sync()` has made durable, Postgres
-        sends the rest again, and entries at or below `last_offset` are skipped as already there).
+        Readers may now see entries a crash (of the process, or of the machine) would lose: whoever feeds the
+        log must be able to feed them again after one (the engine confirms to Postgres only what `sync()`
+        has made durable, Postgres sends the rest again, and entries at or below `last_offset` are skipped as
+        already there).
         """
-        with self._sync_lock:
-            pending = self._write_out_locked()
-            if pending.end != self._visible_end:
-                self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
-            return self._visible_offset
+        with self._append_lock:
+            self._check_writable()
+            published = self._show_locked()
+            shown = self._view.key
+        if published is not None:
+            self._notify(published)
+        return LogOffset(*shown)
+
+    def _show_locked(self) -> _Published | None:
+        """flush() under _append_lock."""
+        if self._buffer:
+            self._unwritten += (self._buffer,)  # never changed again: readers may hold it
+            self._buffer_start += len(self._buffer)
+            self._buffer = bytearray()
+        return self._publish_locked()
 
     def sync(self) -> LogOffset:
-        """Write and fdatasync everything appended so far, then wake readers; returns the durable offset.
+        """Write and fdatasync everything appended so far, showing it to readers; returns the durable offset.
 
         When it returns, every entry appended before the call survives a crash or power loss.
         """
@@ -515,28 +658,26 @@ class ShapeLog:
 
     def _sync_locked(self) -> LogOffset:
         pending = self._prepare_sync_locked()
-        if pending is None:
-            return self._synced_offset
-        try:
-            os.fdatasync(self._fd)
-        except BaseException as exc:
-            self._sync_failed(exc, "fdatasync")
-        return self._complete_sync_locked(pending)
-
-    def _write_out_locked(self) -> _PendingSync:
-        """Write the buffer to the file; what it adds to what readers see."""
-        with self._append_lock:
-            self._check_writable()
-            self._flush_buffer_locked()
-            pending = _PendingSync(self._buffer_start, self._last_offset, self._pending_index, self._pending_tail)
-            self._pending_index = []
-            self._pending_tail = []
-        return pending
+        if pending is not None:
+            try:
+                os.fdatasync(self._fd)
+            except BaseException as exc:
+                self._sync_failed(exc, "fdatasync")
+            self._complete_sync_locked(pending, time.monotonic())
+        return LogOffset(*self._synced_key)
 
     def _prepare_sync_locked(self) -> _PendingSync | None:
-        """Write out the buffer; what a sync would make durable (None: nothing new since the last one)."""
-        pending = self._write_out_locked()
-        return None if pending.end == self._synced_end else pending
+        """Write everything appended to the file and show it; what an fsync now makes durable (None: nothing
+        new since the last sync). The caller holds _sync_lock, not _append_lock: appends and flushes go on
+        while it waits for the disk."""
+        with self._append_lock:
+            self._check_writable()
+            self._write_file_locked()
+            published = self._publish_locked()
+            end, last = self._file_end, self._last_key
+        if published is not None:
+            self._notify(published)
+        return None if end == self._synced_end else _PendingSync(end, last)
 
     def _sync_failed(self, exc: BaseException, what: str) -> NoReturn:
         # After a failed fsync the page cache may hold data the disk never got, so nothing written since the
@@ -544,20 +685,16 @@ class ShapeLog:
         self._fail(exc)
         raise ShapeLogFailed(f"{self.directory}: {what} failed: {exc}") from exc
 
-    def _complete_sync_locked(self, pending: _PendingSync) -> LogOffset:
-        now = time.monotonic()
+    def _complete_sync_locked(self, pending: _PendingSync, now: float) -> None:
         if now - self._watermark_written_at >= WATERMARK_INTERVAL_S:
             self._write_watermark(pending.end)
             self._watermark_written_at = now
-        if pending.end != self._visible_end:  # not already shown by flush()
-            self._publish(pending.end, pending.last, pending.new_index, pending.new_tail)
-        # After publishing: what is durable is always visible too.
-        self._synced_end, self._synced_offset = pending.end, pending.last
-        return pending.last
+        # Shown when it was written (_prepare_sync_locked), so what is durable is always visible too.
+        self._synced_end, self._synced_key = pending.end, pending.last
 
     def _write_watermark(self, end: int) -> None:
         try:
-            fd = os.open(self._watermark_path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(self.directory / WATERMARK_FILE, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 _pwrite_all(fd, _encode_watermark(end), 0)
             finally:
@@ -566,16 +703,28 @@ class ShapeLog:
             # Only a hint for telling damage from a torn tail on open; the data itself is durable.
             log.warning("%s: cannot update the durable mark: %s", self.directory, exc)
 
-    def _flush_buffer_locked(self) -> None:
-        if not self._buffer:
+    def _write_file_locked(self) -> None:
+        """Write the unwritten and the appended bytes to the file, no fsync (caller holds _append_lock)."""
+        if not self._unwritten and not self._buffer:
             return
+        if not self._unwritten:
+            data: bytes | bytearray = self._buffer
+        elif len(self._unwritten) == 1 and not self._buffer:
+            data = self._unwritten[0]
+        else:
+            data = b"".join([*self._unwritten, self._buffer])
         try:
-            _pwrite_all(self._fd, self._buffer, self._buffer_start)
+            _pwrite_all(self._fd, data, self._file_end)
         except BaseException as exc:
             self._fail(exc)
             raise ShapeLogFailed(f"{self.directory}: write failed: {exc}") from exc
-        self._buffer_start += len(self._buffer)
-        self._buffer.clear()
+        self._file_end += len(data)
+        self._buffer_start = self._file_end
+        self._buffer = bytearray()
+        self._unwritten = ()
+        view = self._view
+        if view.memory:  # what was shown from memory is in the file now
+            self._view = tuple.__new__(_View, (view.end, view.key, self._file_end, ()))
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc
@@ -586,37 +735,54 @@ class ShapeLog:
         if self._failure is not None:
             raise ShapeLogFailed(f"{self.directory}: a write failed ({self._failure}); reopen the log")
 
-    def _publish(
-        self,
-        end: int,
-        last: LogOffset,
-        new_index: list[tuple[tuple[int, int], int]],
-        new_tail: list[tuple[tuple[int, int], int]],
-    ) -> None:
+    def _publish_locked(self) -> _Published | None:
+        """Show readers everything up to _buffer_start (caller holds _append_lock, so publications are in
+        order). Returns who must be told, to be told without the lock: None when nothing new was shown or
+        nobody waits or listens."""
+        end = self._buffer_start
+        if end == self._view.end:  # the view only ever changes under _append_lock
+            return None
+        last = self._last_key
+        view = tuple.__new__(_View, (end, last, self._file_end, self._unwritten))  # without _View.__new__
+        new_index, new_fine = self._pending_index, self._pending_fine
+        if new_index is None and new_fine is None:
+            self._view = view  # readers see the old view or this one, and the same index with either
+        else:
+            self._pending_index = self._pending_fine = None
+            if new_index is not None:
+                # The fine index starts again at the newest sparse-index point (which is a fine point too).
+                cut = new_index[-1][1]
+                new_fine = [point for point in new_fine or () if point[1] >= cut]
+            with self._state:
+                if new_index is not None:
+                    for key, position in new_index:
+                        self._index_keys.append(key)
+                        self._index_positions.append(position)
+                    self._fine_keys.clear()
+                    self._fine_positions.clear()
+                if new_fine:
+                    for key, position in new_fine:
+                        self._fine_keys.append(key)
+                        self._fine_positions.append(position)
+                self._view = view
+        # After the view: a waiter registers and then looks at the view (wait_for_data), so it either sees
+        # this one or is seen here.
+        if not self._waiters and not self._listeners:
+            return None
         with self._state:
-            self._visible_end = end
-            self._visible_offset = last
-            for key, position in new_index:
-                self._index_keys.append(key)
-                self._index_positions.append(position)
-            if len(new_tail) >= TAIL_INDEX_ENTRIES:
-                # The pending run may have been cut at its front, so it cannot extend the old one.
-                self._tail_keys.clear()
-                self._tail_positions.clear()
-            for key, position in new_tail:
-                self._tail_keys.append(key)
-                self._tail_positions.append(position)
-            if len(self._tail_keys) > 2 * TAIL_INDEX_ENTRIES:
-                del self._tail_keys[:-TAIL_INDEX_ENTRIES]
-                del self._tail_positions[:-TAIL_INDEX_ENTRIES]
-            woken = [waiter for waiter in self._waiters if waiter.after < last]
-            self._waiters.difference_update(woken)
-            listeners = list(self._listeners)
-        for waiter in woken:
+            woken = [waiter for waiter in self._waiters or () if (waiter.after.tx, waiter.after.op) < last]
+            if woken:
+                assert self._waiters is not None
+                self._waiters.difference_update(woken)
+            listeners = list(self._listeners or ())
+        return _Published(LogOffset(*last), woken, listeners)
+
+    def _notify(self, published: _Published) -> None:
+        for waiter in published.woken:
             _wake(waiter)
-        for listener in listeners:
+        for listener in published.listeners:
             try:
-                listener(last)
+                listener(published.last)
             except Exception:
                 log.exception("%s: listener failed", self.directory)
 
@@ -630,17 +796,19 @@ class ShapeLog:
         """
         with self._state:
             self._check_open()
-            end = self._visible_end
-            if after >= self._visible_offset:
+            view = self._view
+            end = view.end
+            if (after.tx, after.op) >= view.key:
                 return LogRead([], after)
-            start = self._start_position_locked(after, inclusive=False)
+            start = self._start_position_locked(after)
+            source = _Bytes(self._fd, view.memory_start, view.memory)
             self._active_reads += 1
         try:
             messages: list[bytes] = []
             total = 0
             after_key = (after.tx, after.op)
             last_key = after_key
-            for _position, tx, op, payload in self._records(start, end):
+            for _position, tx, op, payload in self._records(source, start, end):
                 if (tx, op) <= after_key:
                     continue
                 if messages and total + len(payload) > max_bytes:
@@ -659,39 +827,36 @@ class ShapeLog:
             return True
         with self._state:
             self._check_open()
-            if offset >= self._visible_offset:
-                return offset == self._visible_offset
+            view = self._view
             key = (offset.tx, offset.op)
-            if self._tail_keys and key >= self._tail_keys[0]:
-                slot = bisect.bisect_left(self._tail_keys, key)
-                return self._tail_keys[slot] == key  # slot is in range: key < visible offset = last tail key
-            end = self._visible_end
-            start = self._start_position_locked(offset, inclusive=True)
+            if key >= view.key:
+                return key == view.key
+            end = view.end
+            start = self._start_position_locked(offset)
+            source = _Bytes(self._fd, view.memory_start, view.memory)
             self._active_reads += 1
         try:
             target = (offset.tx, offset.op)
-            for _position, tx, op, _payload in self._records(start, end):
+            for _position, tx, op, _payload in self._records(source, start, end):
                 if (tx, op) >= target:
                     return (tx, op) == target
             return False
         finally:
             self._end_read()
 
-    def _start_position_locked(self, offset: LogOffset, *, inclusive: bool) -> int:
-        """A byte position at or before the first record > `offset` (>= when inclusive)."""
+    def _start_position_locked(self, offset: LogOffset) -> int:
+        """A byte position at or before the first record >= `offset`: the last index point whose first
+        record is <= offset (every record > offset lies beyond it), from the fine index when it covers it."""
         key = (offset.tx, offset.op)
-        if self._tail_keys and key >= self._tail_keys[0]:
-            # Exact: the tail run covers every record from its first key to the visible end.
-            find = bisect.bisect_left if inclusive else bisect.bisect_right
-            slot = find(self._tail_keys, key)
-            return self._tail_positions[slot] if slot < len(self._tail_positions) else self._visible_end
-        # The last index point whose first record is <= offset: every record > offset lies beyond it.
+        if self._fine_keys and key >= self._fine_keys[0]:
+            slot = bisect.bisect_right(self._fine_keys, key) - 1
+            return self._fine_positions[slot]
         slot = bisect.bisect_right(self._index_keys, key) - 1
         return self._index_positions[slot] if slot >= 0 else HEADER_SIZE
 
-    def _records(self, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
+    def _records(self, source: _Bytes, start: int, end: int) -> Iterator[tuple[int, int, int, memoryview]]:
         try:
-            yield from _iter_records(self._fd, start, end)
+            yield from _iter_records(source, start, end)
         except _BadRecord as bad:
             raise ShapeLogCorrupt(f"{self.directory / LOG_FILE}: {bad}") from None
 
@@ -702,8 +867,8 @@ class ShapeLog:
     def _end_read(self) -> None:
         with self._state:
             self._active_reads -= 1
-            if self._active_reads == 0:
-                self._state.notify_all()
+            if self._active_reads == 0 and self._reads_done is not None:
+                self._reads_done.set()
 
     # -- waiting for new data ----------------------------------------------------------------------------
 
@@ -714,9 +879,13 @@ class ShapeLog:
         with self._state:
             if self._closed:
                 return False
-            if self._visible_offset > after:
-                return True
+            if self._waiters is None:
+                self._waiters = set()
             self._waiters.add(waiter)
+            # Looked at after registering: a publication either shows its view here or sees this waiter.
+            if self._view.key > (after.tx, after.op):
+                self._waiters.discard(waiter)
+                return True
         try:
             async with asyncio.timeout(timeout):
                 await waiter.future
@@ -724,8 +893,9 @@ class ShapeLog:
             pass
         finally:
             with self._state:
-                self._waiters.discard(waiter)
-        return not self._closed and self._visible_offset > after
+                if self._waiters is not None:
+                    self._waiters.discard(waiter)
+        return not self._closed and self._view.key > (after.tx, after.op)
 
     def add_listener(self, listener: Callable[[LogOffset], None]) -> Callable[[], None]:
         """Call `listener(visible_offset)` after each flush or sync that shows new data; returns an unsubscriber.
@@ -733,10 +903,13 @@ class ShapeLog:
         It runs in the syncing thread and must be quick (e.g. `loop.call_soon_threadsafe(...)`).
         """
         with self._state:
+            if self._listeners is None:
+                self._listeners = []
             self._listeners.append(listener)
 
         def remove() -> None:
             with self._state, contextlib.suppress(ValueError):
+                assert self._listeners is not None  # made by add_listener
                 self._listeners.remove(listener)
 
         return remove
@@ -756,11 +929,16 @@ class ShapeLog:
                     self._sync_locked()
                     self._write_watermark(self._synced_end)
             finally:
-                with self._append_lock, self._state:
-                    self._closed = True
-                    woken = list(self._waiters)
-                    self._waiters.clear()
-                    self._state.wait_for(lambda: self._active_reads == 0)
+                with self._append_lock:
+                    with self._state:
+                        self._closed = True  # no read starts from now on
+                        woken = list(self._waiters or ())
+                        self._waiters = None
+                        if self._active_reads:
+                            self._reads_done = threading.Event()
+                        reads_done = self._reads_done
+                    if reads_done is not None:
+                        reads_done.wait()
                     os.close(self._fd)  # also drops the flock
                 for waiter in woken:
                     _wake(waiter)

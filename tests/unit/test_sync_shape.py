@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.sync import messages
 from appliance.sync.catalog import ColumnMeta, TableInfo
 from appliance.sync.engine import full_xid, visible_in
 from appliance.sync.registry import ShapeDefinition, SnapshotInfo
@@ -87,6 +91,58 @@ def test_message_headers() -> None:
         "txids": [7],
         "last": True,
     }
+
+
+texts = st.one_of(st.none(), st.text(), st.sampled_from(['a"b', "a\\b", "\x00\x1f\u2028", "é/日本", "/"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    old_name=texts,
+    new_name=texts,
+    new_id=st.sampled_from([1, 9]),
+    replica=st.sampled_from(["default", "full"]),
+    kind=st.sampled_from(["insert", "update", "delete"]),
+    lsn=st.integers(1, 2**64 - 1),
+    op=st.integers(0, 2**32),
+    xid=st.integers(0, 2**32 - 1),
+    last=st.booleans(),
+)
+def test_encoded_messages_are_byte_for_byte_what_the_json_encoder_writes(
+    old_name: str | None,
+    new_name: str | None,
+    new_id: int,
+    replica: str,
+    kind: str,
+    lsn: int,
+    op: int,
+    xid: int,
+    last: bool,
+) -> None:
+    compiled = shape(replica=replica)
+    old = {"id": "1", "house_id": "1", "name": old_name}
+    new = {"id": str(new_id), "house_id": "1", "name": new_name}
+    change = {"insert": Change("insert", RELATION, new=new), "delete": Change("delete", RELATION, old=old),
+              "update": update(old, new)}[kind]
+    for message in compiled.convert(change):
+        assert message.encode(compiled.relation_json, str(lsn), op, str(xid), last) == messages.encode(
+            message.to_json(compiled.relation, lsn, op, xid, last)
+        )
+
+
+def test_variants_of_one_shape_share_what_they_have_in_common() -> None:
+    """Thousands of shapes are mostly a few wheres over one table with other columns or params: what they have in
+    common is one object, not one per shape (memory, and a change reaching ten variants finds it in cache)."""
+    narrow = shape(where="house_id = $1", params=("7",), columns=("id", "name"))
+    same_table = TableInfo(TABLE.oid, TABLE.schema, TABLE.table, TABLE.columns, TABLE.primary_key)
+    wide = CompiledShape(ShapeDefinition("public", "items", where="house_id = $1", params=("7",)), same_table)
+    other_house = shape(where="house_id = $1", params=("8",), columns=("id", "name"))
+    assert narrow.where is wide.where and narrow.where is not other_house.where
+    assert narrow.table is wide.table  # an equal table from the catalog, one object
+    assert narrow.columns is other_house.columns and narrow.relation_json is wide.relation_json
+    assert narrow.convert(Change("insert", RELATION, new=row(1, 7, "a")))[0].value == {"id": "1", "name": "a"}
+    assert wide.convert(Change("insert", RELATION, new=row(1, 7, "a")))[0].value == row(1, 7, "a")
+    assert other_house.convert(Change("insert", RELATION, new=row(1, 7, "a"))) == []
 
 
 def test_snapshot_rows_carry_only_operation_and_relation() -> None:
