@@ -194,6 +194,8 @@ class GatewaySettings(_Settings):
     max_body_bytes: int = Field(ge=1024)
     rate_limit_per_minute: int = Field(ge=1)
     outbox_retention_days: int = Field(ge=1)
+    read_grant_window_s: float = Field(ge=0, le=3600)
+    access_cache_ttl_s: float = Field(ge=0, le=3600)
     cors_origins: tuple[str, ...]
 
     @field_validator("cors_origins")

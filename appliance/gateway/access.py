@@ -11,12 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 
 from appliance.audit.chain import AuditEvent, append_events_async
+from appliance.gateway.access_cache import AccessCache
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.errors import ApiError
@@ -75,23 +76,12 @@ MEMBERSHIP_SQL = (
     "WHERE m.principal_id = %s AND m.house_id = %s AND m.deleted_at IS NULL"
 )
 
-HOUSES_SQL = (
-    "SELECT m.house_id FROM public.members m "
-    "JOIN public.houses h ON h.id = m.house_id AND h.deleted_at IS NULL "
-    "WHERE m.principal_id = %s AND m.deleted_at IS NULL ORDER BY m.house_id"
-)
-
 
 async def membership(conn: psycopg.AsyncConnection[Any], principal_id: uuid.UUID, house_id: uuid.UUID
                      ) -> Membership | None:
     cur = await conn.execute(MEMBERSHIP_SQL, (principal_id, house_id))
     row = await cur.fetchone()
     return Membership(house_id, row[0], row[1]) if row else None
-
-
-async def houses_of(conn: psycopg.AsyncConnection[Any], principal_id: uuid.UUID) -> list[uuid.UUID]:
-    cur = await conn.execute(HOUSES_SQL, (principal_id,))
-    return [row[0] for row in await cur.fetchall()]
 
 
 async def require(conn: psycopg.AsyncConnection[Any], principal: Principal, house_id: uuid.UUID, role: str,
@@ -130,15 +120,29 @@ class WriteContext:
         self.events.append(AuditEvent(self.principal.actor, action, house_id, subject, detail))
 
 
+# Mutations after which what this process remembers about access may be wrong (access_cache.py): memberships
+# (houses bring their owner's, agents their own), threads moved or deleted, API keys revoked.
+_ACCESS_ACTIONS = ("house.", "member.", "agent.", "invite.accept", "thread.update", "thread.delete", "api_key.")
+
+
+class Writer(Protocol):
+    db: Database
+    audit: AuditLog
+    access: AccessCache
+
+
 @asynccontextmanager
-async def write_transaction(db: Database, audit: AuditLog, principal: Principal) -> AsyncIterator[WriteContext]:
+async def write_transaction(writer: Writer, principal: Principal) -> AsyncIterator[WriteContext]:
     """One transaction for a mutation and its audit events (appended last, just before commit). A `Refused`
-    raised inside rolls everything back, is audited on its own and becomes the 404/403 answer."""
+    raised inside rolls everything back, is audited on its own and becomes the 404/403 answer. A mutation that
+    changes who may read what is forgotten by this process's access cache before the answer is sent."""
     try:
-        async with db.connection() as conn, conn.transaction():
-            context = WriteContext(conn, principal, audit)
+        async with writer.db.connection() as conn, conn.transaction():
+            context = WriteContext(conn, principal, writer.audit)
             yield context
             await append_events_async(conn, context.events)
     except Refused as refused:
-        await audit.now(refused.event(principal))
+        await writer.audit.now(refused.event(principal))
         raise refused.api_error() from None
+    if any(event.action.startswith(_ACCESS_ACTIONS) for event in context.events):
+        writer.access.forget_all()

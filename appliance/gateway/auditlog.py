@@ -9,13 +9,20 @@
   chain head. The request does not wait for the commit; the queue is bounded (a full queue makes requests
   wait), flushed at shutdown, and can lose at most the events of the last few milliseconds if the gateway is
   killed with SIGKILL.
+* The same grant repeated (`granted`): a live client re-issues its long-poll every few seconds, each one the
+  same caller reading the same thing with the same access. The first is recorded at once; identical ones within
+  `gateway.read_grant_window_s` are counted, and the count is recorded (`detail.repeats`) with the next identical
+  grant after the window, or by a sweep once the window has passed, or at shutdown. Any difference (another
+  house set after a membership change, another live mode) is a new grant, recorded at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -30,13 +37,23 @@ MAX_BATCH = 500
 BATCH_LINGER_S = 0.01
 
 
+@dataclasses.dataclass
+class _Grant:
+    event: AuditEvent
+    recorded_at: float
+    repeats: int = 0
+
+
 class AuditLog:
-    def __init__(self, db: Database, queue_size: int = 10_000) -> None:
+    def __init__(self, db: Database, queue_size: int = 10_000, grant_window_s: float = 0.0) -> None:
         self.db = db
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._grant_window_s = grant_window_s
+        self._grants: dict[tuple[str, ...], _Grant] = {}
 
     async def in_transaction(self, conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> None:
         """Append within `conn`'s open transaction; call it last, just before commit (it locks the chain head)."""
@@ -57,8 +74,42 @@ class AuditLog:
         self._idle.clear()
         await self._queue.put(event)
 
+    async def granted(self, event: AuditEvent) -> None:
+        """A read grant, coalesced with identical ones within the window (see the module's docstring)."""
+        if self._grant_window_s <= 0:
+            await self.soon(event)
+            return
+        key = (event.actor, event.action, str(event.house_id), event.subject or "",
+               canonical_json(dict(event.detail)).decode())
+        now = time.monotonic()
+        seen = self._grants.get(key)
+        if seen is not None and now - seen.recorded_at < self._grant_window_s:
+            seen.repeats += 1
+            return
+        repeats = seen.repeats if seen is not None else 0
+        self._grants[key] = _Grant(event, now)
+        await self.soon(_with_repeats(event, repeats) if repeats else event)
+
+    async def _record_repeats(self, everything: bool) -> None:
+        """Record the counts of grants whose window has passed (all of them when `everything`), and forget
+        grants whose window has passed with nothing to add."""
+        now = time.monotonic()
+        for key, grant in list(self._grants.items()):
+            if not everything and now - grant.recorded_at < self._grant_window_s:
+                continue
+            del self._grants[key]
+            if grant.repeats:
+                await self.soon(_with_repeats(grant.event, grant.repeats))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._grant_window_s)
+            await self._record_repeats(everything=False)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        if self._grant_window_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep(), name="audit-grant-sweeper")
 
     async def _run(self) -> None:
         while True:
@@ -92,6 +143,11 @@ class AuditLog:
     async def stop(self) -> None:
         if self._task is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._record_repeats(everything=True)
         try:
             await self.flush(timeout=10.0)
         except TimeoutError:
@@ -99,3 +155,7 @@ class AuditLog:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _with_repeats(event: AuditEvent, repeats: int) -> AuditEvent:
+    return dataclasses.replace(event, detail={**event.detail, "repeats": repeats})

@@ -69,8 +69,10 @@ def create_app(tenant: TenantConfig) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
-    for module in (health, auth, login, me, houses, members, environments, agents, threads, configs, secrets, invites,
-                   api_keys, shapes):
+    # Routes are matched in the order they are included, each a regular expression tried in turn: the reads every
+    # live client repeats (shapes, thread streams) go first, so they are found after one or two tries, not twenty.
+    for module in (shapes, threads, health, auth, login, me, houses, members, environments, agents, configs, secrets,
+                   invites, api_keys):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=tenant.gateway.max_body_bytes)
     if tenant.gateway.cors_origins:

@@ -64,7 +64,7 @@ def _response_headers(upstream: list[tuple[str, str]], vary_authorization: bool)
     return headers
 
 
-async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]], headers: dict[str, str],
+async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]] | str, headers: dict[str, str],
                     read_timeout: float | None, upstream_name: str, vary_authorization: bool = True,
                     open_ended: bool = False, *, method: str = "GET", body: bytes | None = None
                     ) -> StreamingResponse:

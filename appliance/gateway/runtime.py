@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from appliance.config import EMBEDDED_ISSUER_NAME, TenantConfig
+from appliance.gateway.access_cache import AccessCache
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
@@ -30,7 +31,8 @@ class Gateway:
         self.db = Database(settings.db_conninfo, lambda: tenant.read_secret("db_gateway_password"),
                            settings.db_pool_size)
         self.keyring = Keyring.for_tenant(tenant)
-        self.audit = AuditLog(self.db)
+        self.access = AccessCache(self.db, self.db.dedicated, settings.access_cache_ttl_s)
+        self.audit = AuditLog(self.db, grant_window_s=settings.read_grant_window_s)
         bind = tenant.common.bind_address
         self.streams = StreamsClient(bind, tenant.port("streams"))
         self.sync = Upstream(bind, tenant.port("sync"))
@@ -46,7 +48,7 @@ class Gateway:
         self.anonymous_limiter = RateLimiter(max(60, settings.rate_limit_per_minute // 10))
         # People's logins: the tenant's OIDC issuers, and their tokens used as bearer tokens.
         self.issuers = Issuers(tenant)
-        self.issuer_bearers = IssuerBearers(self.db)
+        self.issuer_bearers = IssuerBearers(self.db, self.access.forget_principal)
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -60,6 +62,7 @@ class Gateway:
         # Kept for callers outside the event loop (tests, diagnostics) that need to run something on it.
         self.loop = asyncio.get_running_loop()
         self.audit.start()
+        self.access.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox-dispatcher"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_leases(), name="outbox-leases"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_pruned(), name="outbox-prune"))
@@ -78,6 +81,7 @@ class Gateway:
                 await task
         await self.dispatcher.close()
         await self.issuers.close()
+        await self.access.stop()
         await self.audit.stop()
         await self.streams.close()
         await self.sync.close()

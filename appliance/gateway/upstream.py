@@ -191,10 +191,13 @@ class Upstream:
         for connection in idle:
             connection.close()
 
-    async def request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
+    async def request(self, method: str, path: str, *, params: list[tuple[str, str]] | str | None = None,
                       headers: dict[str, str] | None = None, body: bytes | None = None,
                       read_timeout: float | None = 30.0) -> UpstreamResponse:
-        target = path + ("?" + urlencode(params) if params else "")
+        """`params`: name/value pairs, or a query string already encoded (a caller that sends the same
+        parameters many times encodes them once)."""
+        query = params if isinstance(params, str) else urlencode(params) if params else ""
+        target = path + ("?" + query if query else "")
         lines = [f"{method} {target} HTTP/1.1", f"host: {self._host_header}"]
         for name, value in (headers or {}).items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:

@@ -21,7 +21,9 @@ gateway (`appliance gateway serve`, its own process, as deployed), then measures
   change carrying its txid.
 
 Targets (issue 4): added p50 < 2 ms; appends through the gateway >= 80% of direct throughput; write -> txid
-visible p50 < 15 ms.
+visible p50 < 15 ms. Targets (issue 21), each a ratio to the floor measured in the same run: gateway CPU per shape
+GET at the tip and per thread read <= 3x the floor's, per append <= 4x; append throughput through the gateway
+>= 0.6 of direct and machine CPU per append through it <= 2.0 ms (printed last, PASS/FAIL).
 """
 
 from __future__ import annotations
@@ -164,6 +166,28 @@ def main() -> None:
     finally:
         remove_base(base)
     print(json.dumps(results, indent=2))
+    print()
+    targets(results)
+
+
+def targets(results: dict[str, Any]) -> None:
+    """Issue 21's targets, each against the floor (or direct access) measured in this run."""
+    floor = results["floor"]["gateway_cpu_ms_per_request"]
+    throughput = results["append_throughput"]
+    checks = [
+        ("gateway CPU, shape GET at tip", results["shape_tip"]["gateway_cpu_ms_per_request"] / floor, 3.0, "x floor"),
+        ("gateway CPU, thread read", results["read"]["gateway_cpu_ms_per_request"] / floor, 3.0, "x floor"),
+        ("gateway CPU, thread append", results["append"]["gateway_cpu_ms_per_request"] / floor, 4.0, "x floor"),
+    ]
+    print(f"floor: GET /healthz costs {floor:.3f} ms of gateway CPU")
+    for name, value, limit, unit in checks:
+        print(f"{name:<40} {value:5.2f} {unit} (target <= {limit:.1f}): {'PASS' if value <= limit else 'FAIL'}")
+    ratio = throughput["ratio"]
+    print(f"{'append throughput, gateway / direct':<40} {ratio:5.2f} (target >= 0.60): "
+          f"{'PASS' if ratio >= 0.6 else 'FAIL'}")
+    machine = throughput["machine_cpu_ms_per_append"]["gateway"]
+    print(f"{'machine CPU per append through gateway':<40} {machine:5.2f} ms (target <= 2.00; direct "
+          f"{throughput['machine_cpu_ms_per_append']['direct']:.2f}): {'PASS' if machine <= 2.0 else 'FAIL'}")
 
 
 def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pids: dict[str, int]) -> None:

@@ -31,6 +31,8 @@ class Settings:
     db_pool_size: int
     outbox_retention_days: int
     dispatch_concurrency: int
+    read_grant_window_s: float = 0.0
+    access_cache_ttl_s: float = 0.0
     # How often the dispatcher looks for due activations besides being woken by new entries.
     dispatch_poll_s: float = 1.0
     dispatch_backoff_max_s: float = 60.0
@@ -51,4 +53,6 @@ class Settings:
             db_pool_size=max(4, min(20, tenant.postgres.max_connections // 5)),
             dispatch_concurrency=tenant.agents.max_concurrency,
             outbox_retention_days=tenant.gateway.outbox_retention_days,
+            read_grant_window_s=tenant.gateway.read_grant_window_s,
+            access_cache_ttl_s=tenant.gateway.access_cache_ttl_s,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Final, TypeVar
 
 from appliance.gateway.core.db import Database
@@ -24,8 +25,9 @@ K = TypeVar("K")
 
 
 class IssuerBearers:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, roles_changed: Callable[[uuid.UUID], None]) -> None:
         self.db = db
+        self._roles_changed = roles_changed
         self._tokens: dict[str, tuple[uuid.UUID, float]] = {}
         self._people: dict[tuple[str, str], tuple[uuid.UUID, float]] = {}
 
@@ -46,6 +48,8 @@ class IssuerBearers:
         if person is None or now >= person[1]:
             async with self.db.connection() as conn:
                 found = await person_for(conn, verified, client, interactive=False)
+            if found.roles_changed:
+                self._roles_changed(found.principal_id)
             person = (found.principal_id, now + REMEMBER_S)
             _remember(self._people, person_key, person, now)
         _remember(self._tokens, token, (person[0], min(verified.expires_at, now + REMEMBER_S)), now)

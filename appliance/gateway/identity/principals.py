@@ -27,6 +27,8 @@ class Disabled(Exception):
 class Person:
     principal_id: uuid.UUID
     created: bool
+    # The claims added, changed or removed a membership: whoever remembers this principal's access forgets it.
+    roles_changed: bool = False
 
 
 def _text_claim(claims: dict[str, Any], name: str, limit: int) -> str:
@@ -84,10 +86,11 @@ async def _person(conn: psycopg.AsyncConnection[Any], token: VerifiedToken, clie
                 "last_login_at = CASE WHEN %s THEN now() ELSE last_login_at END "
                 "WHERE principal_id = %s AND (display_name <> %s OR email <> %s OR %s)",
                 (display_name, email, interactive, principal, display_name, email, interactive))
-        events.extend(await _apply_roles(conn, principal, token, client))
+        role_events = await _apply_roles(conn, principal, token, client)
+        events.extend(role_events)
         if events:
             await append_events_async(conn, events)
-    return Person(principal, created)
+    return Person(principal, created, bool(role_events))
 
 
 def _matches(grant: RoleGrant, claims: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/agents", tags=["agents"], responses=error_respon
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
 async def create_agent(body: AgentCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     agent_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "agent.create", f"house:{body.house_id}")
         await environment_in_house(tx.conn, body.environment_id, body.house_id)
         # An agent is a principal: its (client-chosen) id must not be anyone's already.
@@ -58,7 +58,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: Curren
     changes = body.model_dump(exclude_unset=True)
     # An explicit null unsets the environment; null for the other fields means "unchanged".
     changes = {k: v for k, v in changes.items() if v is not None or k == "environment_id"}
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "agents", agent_id, "admin", "agent.update")
         if changes.get("environment_id") is not None:
             await environment_in_house(tx.conn, changes["environment_id"], row["house_id"])
@@ -71,7 +71,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: Curren
 
 @router.delete("/{agent_id}", response_model=WriteResult)
 async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "agents", agent_id, "admin", "agent.delete")
         row = await soft_delete(tx.conn, "agents", agent_id)
         await tx.conn.execute(

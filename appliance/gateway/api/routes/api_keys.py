@@ -43,7 +43,7 @@ async def create_api_key(body: ApiKeyCreate, principal: CurrentPrincipal, gatewa
     key_id = body.id or uuid.uuid4()
     key = new_api_key(key_id)
     expires = datetime.now(UTC) + timedelta(seconds=body.ttl_s) if body.ttl_s else None
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         if body.agent_id is not None:
             agent = await load_live(tx.conn, "agents", body.agent_id, lock=False)
             if agent is None:
@@ -66,7 +66,7 @@ async def create_api_key(body: ApiKeyCreate, principal: CurrentPrincipal, gatewa
 
 @router.delete("/{key_id}", response_model=WriteResult)
 async def revoke_api_key(key_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row = await load_live(tx.conn, "api_keys", key_id)
         if row is None:
             raise not_found("api key")

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api/configs", tags=["configs"], responses=error_resp
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
 async def create_config(body: ConfigCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     config_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "config.create", f"house:{body.house_id}")
         await environment_in_house(tx.conn, body.environment_id, body.house_id)
         row = await insert_row(tx.conn, "configs", {
@@ -43,7 +43,7 @@ async def create_config(body: ConfigCreate, principal: CurrentPrincipal, gateway
 @router.patch("/{config_id}", response_model=WriteResult)
 async def update_config(config_id: uuid.UUID, body: ConfigUpdate, principal: CurrentPrincipal,
                         gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.update")
         row = await update_row(tx.conn, "configs", config_id, {"value": body.value})
         tx.record("config.update", row["house_id"], subject, key=row["key"])
@@ -53,7 +53,7 @@ async def update_config(config_id: uuid.UUID, body: ConfigUpdate, principal: Cur
 
 @router.delete("/{config_id}", response_model=WriteResult)
 async def delete_config(config_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.delete")
         row = await soft_delete(tx.conn, "configs", config_id)
         tx.record("config.delete", row["house_id"], subject, key=row["key"])

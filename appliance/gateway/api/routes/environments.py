@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/environments", tags=["environments"],
 async def create_environment(body: EnvironmentCreate, principal: CurrentPrincipal, gateway: GatewayDep
                              ) -> dict[str, Any]:
     environment_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "environment.create", f"house:{body.house_id}")
         row = await insert_row(tx.conn, "environments", {
             "id": environment_id, "house_id": body.house_id, "name": body.name, "description": body.description,
@@ -36,7 +36,7 @@ async def create_environment(body: EnvironmentCreate, principal: CurrentPrincipa
 async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate, principal: CurrentPrincipal,
                              gateway: GatewayDep) -> dict[str, Any]:
     changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "environments", environment_id, "admin",
                                               "environment.update")
         if changes:
@@ -49,7 +49,7 @@ async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate,
 @router.delete("/{environment_id}", response_model=WriteResult)
 async def delete_environment(environment_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep
                              ) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "environments", environment_id, "admin",
                                               "environment.delete")
         row = await soft_delete(tx.conn, "environments", environment_id)

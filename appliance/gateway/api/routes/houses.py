@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/houses", tags=["houses"], responses=error_respon
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
 async def create_house(body: HouseCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     house_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         if await principal_kind(tx.conn, principal.id) == "agent":
             raise Refused(None, "house.create", "agents_cannot_create_houses", 403)
         row = await insert_row(tx.conn, "houses", {
@@ -38,7 +38,7 @@ async def create_house(body: HouseCreate, principal: CurrentPrincipal, gateway: 
 async def update_house(house_id: uuid.UUID, body: HouseUpdate, principal: CurrentPrincipal,
                        gateway: GatewayDep) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, house_id, "admin", "house.update", f"house:{house_id}")
         row = await load_live(tx.conn, "houses", house_id)
         if row is None:
@@ -52,7 +52,7 @@ async def update_house(house_id: uuid.UUID, body: HouseUpdate, principal: Curren
 
 @router.delete("/{house_id}", response_model=WriteResult)
 async def delete_house(house_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, house_id, "owner", "house.delete", f"house:{house_id}")
         row = await soft_delete(tx.conn, "houses", house_id)
         tx.record("house.delete", house_id, f"house:{house_id}")

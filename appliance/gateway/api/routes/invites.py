@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/invites", tags=["invites"], responses=error_resp
 async def create_invite(body: InviteCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     invite_id = body.id or uuid.uuid4()
     code = new_invite_code(invite_id)
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "invite.create", f"house:{body.house_id}")
         row = await insert_row(tx.conn, "invites", {
             "id": invite_id, "house_id": body.house_id, "role": body.role, "code_hash": secret_hash(code),
@@ -39,7 +39,7 @@ async def accept_invite(body: InviteAccept, principal: CurrentPrincipal, gateway
     invite_id = parse_invite_code(body.code)
     if invite_id is None:
         raise ApiError(404, "invalid_invite", "unknown, used or expired invite")
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row = await load_live(tx.conn, "invites", invite_id)
         if (row is None or not hash_matches(body.code, row["code_hash"]) or row["accepted_at"] is not None
                 or row["expires_at"] <= datetime.now(UTC)):
@@ -72,7 +72,7 @@ async def accept_invite(body: InviteAccept, principal: CurrentPrincipal, gateway
 
 @router.delete("/{invite_id}", response_model=WriteResult)
 async def revoke_invite(invite_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "invites", invite_id, "admin", "invite.delete")
         row = await soft_delete(tx.conn, "invites", invite_id)
         tx.record("invite.delete", row["house_id"], subject)

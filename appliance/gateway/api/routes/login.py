@@ -104,6 +104,8 @@ async def finish_login(
                 str(person.principal_id), "auth.login", None, f"principal:{person.principal_id}",
                 {"issuer": issuer.config.issuer, "client": client, "session": str(session.id),
                  "first_login": person.created}))
+        if person.roles_changed:
+            gateway.access.forget_principal(person.principal_id)
     except login.LoginError as exc:
         await gateway.audit.now(AuditEvent("anonymous", "auth.login_refused", None, None,
                                            {"reason": exc.reason, "issuer": issuer_name, "client": client}))

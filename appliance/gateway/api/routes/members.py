@@ -33,7 +33,7 @@ async def _owners_left(conn: Any, house_id: uuid.UUID, without: uuid.UUID) -> in
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
 async def add_member(body: MemberCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     member_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         mine = await require(tx.conn, principal, body.house_id, "admin", "member.create", f"house:{body.house_id}")
         if body.role == "owner" and not mine.at_least("owner"):
             raise Refused(body.house_id, "member.create", "needs_owner", 403, f"principal:{body.principal_id}")
@@ -62,7 +62,7 @@ async def add_member(body: MemberCreate, principal: CurrentPrincipal, gateway: G
 @router.patch("/{member_id}", response_model=WriteResult, responses=error_responses(409))
 async def change_role(member_id: uuid.UUID, body: MemberUpdate, principal: CurrentPrincipal,
                       gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row = await load_live(tx.conn, "members", member_id)
         if row is None:
             raise not_found("member")
@@ -83,7 +83,7 @@ async def change_role(member_id: uuid.UUID, body: MemberUpdate, principal: Curre
 
 @router.delete("/{member_id}", response_model=WriteResult, responses=error_responses(409))
 async def remove_member(member_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row = await load_live(tx.conn, "members", member_id)
         if row is None:
             raise not_found("member")

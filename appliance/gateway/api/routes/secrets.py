@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/secrets", tags=["secrets"], responses=error_resp
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
 async def create_secret(body: SecretCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     secret_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "admin", "secret.create", f"house:{body.house_id}")
         await environment_in_house(tx.conn, body.environment_id, body.house_id)
         sealed = encrypt_secret(gateway.encryption_key(), secret_id, body.house_id, body.value)
@@ -43,7 +43,7 @@ async def create_secret(body: SecretCreate, principal: CurrentPrincipal, gateway
 @router.patch("/{secret_id}", response_model=WriteResult)
 async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: CurrentPrincipal,
                         gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "secrets", secret_id, "admin", "secret.update")
         sealed = encrypt_secret(gateway.encryption_key(), secret_id, row["house_id"], body.value)
         row = await update_row(tx.conn, "secrets", secret_id, {"value": sealed})
@@ -54,7 +54,7 @@ async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: Cur
 
 @router.delete("/{secret_id}", response_model=WriteResult)
 async def delete_secret(secret_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "secrets", secret_id, "admin", "secret.delete")
         row = await soft_delete(tx.conn, "secrets", secret_id)
         tx.record("secret.delete", row["house_id"], subject, name=row["name"])

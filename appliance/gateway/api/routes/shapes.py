@@ -12,15 +12,15 @@ other parameter is dropped. Responses stream through unbuffered with status and 
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
-from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from appliance.audit.chain import AuditEvent
-from appliance.gateway.access import houses_of
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.proxy import forwarded_headers, proxy_get
@@ -51,6 +51,15 @@ def shape_where(houses: list[uuid.UUID]) -> tuple[str, list[tuple[str, str]]]:
     placeholders = ", ".join(f"${i}" for i in range(1, len(houses) + 1))
     params = [(f"params[{i}]", str(house)) for i, house in enumerate(sorted(houses, key=str), start=1)]
     return f"house_id IN ({placeholders}) AND deleted_at IS NULL", params
+
+
+@functools.lru_cache(maxsize=4096)
+def shape_query(table: str, houses: tuple[uuid.UUID, ...], secret: str) -> str:
+    """The engine's query string for the gateway's part of a shape (table, columns, WHERE and its params, secret),
+    encoded once per table and house set: a live client asks for the same shape every few seconds."""
+    where, where_params = shape_where(list(houses))
+    return urlencode([("table", table), ("columns", ",".join(SYNCED_TABLES[table])), ("where", where),
+                      *where_params, ("secret", secret)])
 
 
 def client_params(request: Request) -> list[tuple[str, str]]:
@@ -92,19 +101,15 @@ async def post_shape(table: str, request: Request, principal: CurrentPrincipal, 
 
 async def _shape(table: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep,
                  body: bytes | None) -> Response:
-    columns = SYNCED_TABLES.get(table)
-    if columns is None:
+    if table not in SYNCED_TABLES:
         raise ApiError(404, "unknown_table", "no such shape table")
     protocol = client_params(request)
-    async with gateway.db.connection() as conn:
-        houses = await houses_of(conn, principal.id)
-    await gateway.audit.soon(AuditEvent(principal.actor, "auth.granted", None, f"shape:{table}",
+    houses = sorted(await gateway.access.roles(principal.id))
+    await gateway.audit.granted(AuditEvent(principal.actor, "auth.granted", None, f"shape:{table}",
                                         {"access": "shape.read", "houses": [str(h) for h in houses]}))
-    where, where_params = shape_where(houses)
-    params: list[tuple[str, Any]] = [
-        ("table", table), ("columns", ",".join(columns)), ("where", where), *where_params,
-        ("secret", gateway.sync_secret()), *protocol,
-    ]
+    query = shape_query(table, tuple(houses), gateway.sync_secret())
+    if protocol:
+        query += "&" + urlencode(protocol)
     live = dict(protocol)
     sse = live.get("live_sse") == "true" or live.get("experimental_live_sse") == "true"
     if sse:
@@ -116,5 +121,5 @@ async def _shape(table: str, request: Request, principal: CurrentPrincipal, gate
     headers = forwarded_headers(request.headers)
     if body is not None:
         headers["content-type"] = "application/json"
-    return await proxy_get(gateway.sync, "/v1/shape", params, headers, read_timeout, "sync service",
+    return await proxy_get(gateway.sync, "/v1/shape", query, headers, read_timeout, "sync service",
                            open_ended=sse and body is None, method="GET" if body is None else "POST", body=body)

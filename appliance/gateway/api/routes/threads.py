@@ -28,18 +28,11 @@ router = APIRouter(prefix="/api/threads", tags=["threads"], responses=error_resp
 OFFSET_PATTERN = r"^(-1|now|[0-9]{1,20}_[0-9]{1,20})$"
 CURSOR_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
-_THREAD_READ = (
-    "SELECT t.house_id, m.role FROM public.threads t "
-    "JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
-    "LEFT JOIN public.members m ON m.house_id = t.house_id AND m.principal_id = %s AND m.deleted_at IS NULL "
-    "WHERE t.id = %s AND t.deleted_at IS NULL"
-)
-
 
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409, 503))
 async def create_thread(body: ThreadCreate, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     thread_id = body.id or uuid.uuid4()
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         await require(tx.conn, principal, body.house_id, "member", "thread.create", f"house:{body.house_id}")
         row = await insert_row(tx.conn, "threads", {
             "id": thread_id, "house_id": body.house_id, "title": body.title, "created_by": principal.id,
@@ -60,7 +53,7 @@ async def create_thread(body: ThreadCreate, principal: CurrentPrincipal, gateway
 async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: CurrentPrincipal,
                         gateway: GatewayDep) -> dict[str, Any]:
     changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, _ = await load_for_role(tx.conn, principal, "threads", thread_id, "member", "thread.update")
         if changes:
             row = await update_row(tx.conn, "threads", thread_id, changes)
@@ -71,7 +64,7 @@ async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: Cur
 
 @router.delete("/{thread_id}", response_model=WriteResult)
 async def delete_thread(thread_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
-    async with write_transaction(gateway.db, gateway.audit, principal) as tx:
+    async with write_transaction(gateway, principal) as tx:
         row, subject, mine = await load_for_role(tx.conn, principal, "threads", thread_id, "member", "thread.delete")
         if row["created_by"] != principal.id and not mine.at_least("admin"):
             raise Refused(row["house_id"], "thread.delete", "needs_admin_or_creator", 403, subject)
@@ -103,18 +96,15 @@ async def read_stream(
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
 ) -> Response:
     subject = f"thread:{thread_id}"
-    async with gateway.db.connection() as conn:
-        cur = await conn.execute(_THREAD_READ, (principal.id, thread_id))
-        access = await cur.fetchone()
-    if access is None or access[1] is None:
-        house_id = access[0] if access else None
+    house_id = await gateway.access.thread_house(thread_id)
+    if house_id is None or house_id not in await gateway.access.roles(principal.id):
         await gateway.audit.now(AuditEvent(principal.actor, "auth.refused", house_id, subject, {
-            "attempted": "thread.read", "reason": "not_a_member" if access else "no_such_thread",
+            "attempted": "thread.read", "reason": "not_a_member" if house_id else "no_such_thread",
             "client": principal.client,
         }))
         raise not_found("thread")
-    await gateway.audit.soon(AuditEvent(principal.actor, "auth.granted", access[0], subject,
-                                        {"access": "thread.read", "live": live or "no"}))
+    await gateway.audit.granted(AuditEvent(principal.actor, "auth.granted", house_id, subject,
+                                           {"access": "thread.read", "live": live or "no"}))
     params = [("offset", offset)]
     if live:
         params.append(("live", live))

@@ -1,0 +1,268 @@
+"""What reads decide access on, remembered by each gateway process: a principal's memberships (house -> role),
+which house a live thread is in, and which API keys are live. A read whose facts are remembered makes no round
+trip to Postgres; writes keep checking inside their own transaction (`access.require`), as before.
+
+Forgetting, so that nothing stale is ever allowed:
+* Postgres announces every change to these facts on channel `access_changed` at commit (triggers of migration
+  0012_access_notify.sql). A listening connection of this process hears it: its socket is watched by the event
+  loop, and every lookup first takes whatever notifications are already waiting on it, so a change committed
+  before a request reaches this process is known when the request is decided, unless Postgres's own delivery
+  of the notification (a signal to the listening backend, then a write to its socket, well under a
+  millisecond on one host) is still under way.
+* A change this process commits itself (a member removed through the API, a house deleted, claims that changed
+  a person's roles at login) is forgotten before its answer is sent, without waiting for the notification.
+* While the listening connection is not up (at start, or after Postgres restarted) nothing is remembered: every
+  read asks Postgres, and whatever was remembered is dropped when the connection goes.
+* A lookup's answer is only kept if no notification arrived while it was being fetched (a generation count), and
+  every entry expires after `gateway.access_cache_ttl_s` regardless (a backstop, not the mechanism).
+Only facts that grant something are remembered: "no such thread" and "no such key" are asked every time, so an
+insert never needs announcing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, TypeVar
+
+import psycopg
+
+from appliance.gateway.core.db import Database
+
+log = logging.getLogger("appliance.gateway")
+
+CHANNEL: Final = "access_changed"
+# Entries per kind; the least recently used go first. A principal's memberships are a few dozen bytes.
+MAX_ENTRIES: Final = 50_000
+RECONNECT_MAX_S: Final = 5.0
+
+ROLES_SQL: Final = (
+    "SELECT m.house_id, m.role FROM public.members m "
+    "JOIN public.houses h ON h.id = m.house_id AND h.deleted_at IS NULL "
+    "WHERE m.principal_id = %s AND m.deleted_at IS NULL"
+)
+THREAD_SQL: Final = (
+    "SELECT t.house_id FROM public.threads t JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
+    "WHERE t.id = %s AND t.deleted_at IS NULL"
+)
+# Expiry is decided at each use (it passes without a change to announce); revocation is what is announced.
+API_KEY_SQL: Final = "SELECT principal_id, expires_at FROM public.api_keys WHERE id = %s AND deleted_at IS NULL"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Entries(Generic[K, V]):
+    """A bounded map whose entries expire: (value, deadline), least recently used evicted first."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[1] < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = (value, time.monotonic() + self._ttl_s)
+        self._entries.move_to_end(key)
+        if len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    principal_id: uuid.UUID
+    expires_at: datetime | None
+
+    def live_for(self, principal_id: uuid.UUID) -> bool:
+        return self.principal_id == principal_id and (self.expires_at is None or self.expires_at > datetime.now(UTC))
+
+
+class AccessCache:
+    def __init__(self, db: Database, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+                 ttl_s: float) -> None:
+        self._db = db
+        self._connect = connect
+        self.enabled = ttl_s > 0
+        self._roles: _Entries[uuid.UUID, dict[uuid.UUID, str]] = _Entries(ttl_s)
+        self._threads: _Entries[uuid.UUID, uuid.UUID] = _Entries(ttl_s)
+        self._keys: _Entries[uuid.UUID, ApiKey] = _Entries(ttl_s)
+        self._generation = 0
+        self._asked = 0  # lookups that went to Postgres (for tests and diagnostics)
+        self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    # -- lookups ------------------------------------------------------------------------------------------------
+
+    async def roles(self, principal_id: uuid.UUID) -> dict[uuid.UUID, str]:
+        """The principal's live memberships of live houses: house id -> role."""
+        remembered = self._remembered(self._roles, principal_id)
+        if remembered is not None:
+            return remembered
+        generation = self._asking()
+        rows = await self._db.fetchall(ROLES_SQL, (principal_id,))
+        found = {row["house_id"]: row["role"] for row in rows}
+        self._keep(self._roles, principal_id, found, generation)
+        return found
+
+    async def thread_house(self, thread_id: uuid.UUID) -> uuid.UUID | None:
+        """The house of a live thread in a live house, or None."""
+        remembered = self._remembered(self._threads, thread_id)
+        if remembered is not None:
+            return remembered
+        generation = self._asking()
+        row = await self._db.fetchrow(THREAD_SQL, (thread_id,))
+        if row is None:
+            return None
+        house_id: uuid.UUID = row["house_id"]
+        self._keep(self._threads, thread_id, house_id, generation)
+        return house_id
+
+    async def api_key(self, key_id: uuid.UUID) -> ApiKey | None:
+        """A live (not revoked) API key; whether it has expired is the caller's to check (`live_for`)."""
+        remembered = self._remembered(self._keys, key_id)
+        if remembered is not None:
+            return remembered
+        generation = self._asking()
+        row = await self._db.fetchrow(API_KEY_SQL, (key_id,))
+        if row is None:
+            return None
+        key = ApiKey(row["principal_id"], row["expires_at"])
+        self._keep(self._keys, key_id, key, generation)
+        return key
+
+    def _remembered(self, entries: _Entries[K, V], key: K) -> V | None:
+        if self._listener is None:
+            return None
+        self._take_notifications()
+        return entries.get(key) if self._listener is not None else None
+
+    def _asking(self) -> int:
+        """Count a lookup that goes to Postgres; the generation it starts in."""
+        self._asked += 1
+        return self._generation
+
+    def _keep(self, entries: _Entries[K, V], key: K, value: V, generation: int) -> None:
+        # A notification that arrived while the value was fetched may be about it: then it may be stale already.
+        if self._listener is not None and generation == self._generation:
+            entries.put(key, value)
+
+    # -- forgetting ---------------------------------------------------------------------------------------------
+
+    def forget_all(self) -> None:
+        self._generation += 1
+        self._roles.clear()
+        self._threads.clear()
+        self._keys.clear()
+
+    def forget_principal(self, principal_id: uuid.UUID) -> None:
+        self._generation += 1
+        self._roles.forget(principal_id)
+
+    def _changed(self, payload: str) -> None:
+        kind, _, ident = payload.partition(":")
+        try:
+            key = uuid.UUID(ident) if ident else None
+        except ValueError:
+            key = None
+        if kind == "p" and key is not None:
+            self.forget_principal(key)
+        elif kind == "t" and key is not None:
+            self._generation += 1
+            self._threads.forget(key)
+        elif kind == "k" and key is not None:
+            self._generation += 1
+            self._keys.forget(key)
+        else:
+            self.forget_all()
+
+    def _take_notifications(self) -> None:
+        """Everything already on the listener's socket, without waiting (a non-blocking read)."""
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener.pgconn.consume_input()
+            while (notice := listener.pgconn.notifies()) is not None:
+                self._changed(notice.extra.decode())
+        except psycopg.Error as exc:
+            self._drop(f"{type(exc).__name__}")
+        else:
+            if listener.pgconn.status != psycopg.pq.ConnStatus.OK:
+                self._drop("connection closed")
+
+    def _drop(self, why: str) -> None:
+        """The listener is gone: from now until it is back, nothing is remembered."""
+        listener, self._listener = self._listener, None
+        self.forget_all()
+        if listener is not None:
+            log.warning("access cache off until Postgres can be listened to again: %s", why)
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(listener.pgconn.socket)
+        self._lost.set()
+
+    # -- the listening connection -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._keep_listening(), name="access-cache-listener")
+
+    async def _keep_listening(self) -> None:
+        delay = 0.2
+        while True:
+            listener: psycopg.AsyncConnection[Any] | None = None
+            try:
+                listener = await self._connect()
+                await listener.execute(f"LISTEN {CHANNEL}")
+                self._lost.clear()
+                self.forget_all()
+                self._listener = listener
+                asyncio.get_running_loop().add_reader(listener.pgconn.socket, self._take_notifications)
+                delay = 0.2
+                await self._lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("access cache listener not connected yet: %s", type(exc).__name__)
+            finally:
+                if self._listener is listener and listener is not None:
+                    self._drop("stopped")
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def stats(self) -> dict[str, Any]:
+        return {"listening": self._listener is not None, "principals": len(self._roles),
+                "threads": len(self._threads), "api_keys": len(self._keys), "asked": self._asked}
