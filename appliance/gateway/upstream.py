@@ -245,20 +245,24 @@ class Upstream:
 
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, list[tuple[str, str]]]:
-        status_line = await reader.readline()
+        """The status line and headers, read in one go (one await, not one per line: this runs for every
+        proxied request)."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return b"", []  # closed before answering
+            raise UpstreamError("upstream closed the connection in the headers") from None
+        except asyncio.LimitOverrunError:
+            raise UpstreamError("upstream headers too large") from None
+        status_line, _, rest = head[:-4].partition(b"\r\n")
         headers: list[tuple[str, str]] = []
-        if not status_line:
-            return status_line, headers
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b"\n"):
-                return status_line, headers
-            if not line:
-                raise UpstreamError("upstream closed the connection in the headers")
-            name, sep, value = line.decode("latin-1").partition(":")
+        for line in rest.decode("latin-1").split("\r\n") if rest else ():
+            name, sep, value = line.partition(":")
             if not sep:
                 raise UpstreamError("malformed header line")
             headers.append((name.strip(), value.strip()))
+        return status_line, headers
 
     def _response(self, connection: _Connection, method: str, version: str, status: int,
                   headers: list[tuple[str, str]], read_timeout: float | None) -> UpstreamResponse:
