@@ -333,6 +333,9 @@ def test_a_deleted_agent_or_a_permanent_refusal_is_given_up_and_audited(
     first = entry("@gone are you there")
     user.post(f"/api/threads/{thread}/entries", first)
     user.delete(f"/api/agents/{gone['id']}")
+    # The dispatcher may have tried the mention before the delete, found no worker listening and backed off (up
+    # to a minute on a loaded machine): make it due again, so what is tested is what it does with a deleted agent.
+    stack.sql("UPDATE appliance.outbox SET next_attempt_at = now() WHERE entry_id = %s", [first["id"]])
     with agent_worker(stack, statuses=[404]):
         second = entry("@picky hello")
         user.post(f"/api/threads/{thread}/entries", second)
