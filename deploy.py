@@ -6,10 +6,19 @@ runs it, then one stack per tenant on its own substrate. `--data only_tenants=ac
 """
 
 from pyinfra import host, inventory
+from pyinfra.facts.server import Which
 
 from appliance.deploys.backup import tenant_audit_and_backup
 from appliance.deploys.bootstrap import host_bootstrap
-from appliance.deploys.facts import DockerServerVersion, InitProcess
+from appliance.deploys.facts import (
+    Accounts,
+    DockerServerVersion,
+    InitProcess,
+    appliance_facts_key,
+    plan_facts,
+    record_accounts,
+    start_early,
+)
 from appliance.deploys.firewall import port_firewall
 from appliance.deploys.frontdoor import frontdoor_base, host_frontdoor, remove_frontdoor
 from appliance.deploys.objectstore import (
@@ -19,19 +28,28 @@ from appliance.deploys.objectstore import (
     vault_ca,
     vault_served_tenants,
 )
-from appliance.deploys.plan import all_hosts_reach, resolve, selected_tenants
-from appliance.deploys.source import tarball
+from appliance.deploys.plan import all_hosts_reach, known_to_inspect, resolve, selected_tenants
+from appliance.deploys.source import source_digest
 from appliance.deploys.tenant import record_deploy, tenant_stack
 from appliance.supervision import detect
 
-config = resolve(
-    host, inventory, docker_engine=bool(host.get_fact(DockerServerVersion)), source_digest=tarball()[1]
+known_to_inspect(__file__)
+# What the plan needs of the host, asked in one command: the operations' facts come later, in one more.
+docker_version, init_process, accounts, npm = plan_facts(
+    (DockerServerVersion, {}), (InitProcess, {}), (Accounts, {}), (Which, {"command": "npm"})
 )
+config = resolve(host, inventory, docker_engine=bool(docker_version), source_digest=source_digest())
 manager = detect(config.common.service_manager) if config.common.service_manager != "auto" else (
-    "systemd" if host.get_fact(InitProcess) == "systemd" else "supervisor"
+    "systemd" if init_process == "systemd" else "supervisor"
 )
+record_accounts(config, accounts)
+# The host's own report (a Python start and a round of Postgres logins and S3 requests there: about a second) starts
+# now, in the background there, while the rest of this file is read; the operations read it as they read their
+# other facts (facts.py). The other slow ones (supervisorctl, weed: a fifth of a second each) wait for the snapshot,
+# when the controller has nothing else to do: run now they would only slow this down on a busy host.
+start_early(appliance_facts_key(config))
 
-host_bootstrap(config=config, manager=manager)
+host_bootstrap(config=config, manager=manager, npm=bool(npm))
 if config.objectstore.mode == "embedded" and not config.objectstore.loopback:
     store_name_resolves(name=f"{config.objectstore.dns_name} resolves to the vault's store", config=config)
 if config.runs_objectstore:

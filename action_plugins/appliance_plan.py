@@ -41,7 +41,7 @@ class ActionModule(ActionBase):
         config = HostConfig.model_validate_json(decided["config"])
         paths = [item.path for item in all_parts(config, decided["manager"], decided["tenants_with_users"],
                                                  decided["selected"])]
-        decided["path_states"] = parse_path_states(self._ask(path_states_command(paths)))
+        decided["path_states"] = parse_path_states(paths, self._ask(path_states_command(paths)))
         decided["probe"] = parse_probes(self._ask(probes_command(decided)))
         # The appliance's own OS users as they are (home:shell), so an unchanged one costs no module run.
         decided["accounts"] = {user: f"{fields[5]}:{fields[6]}" for user, fields in accounts.items()

@@ -9,6 +9,7 @@ Nothing here touches a host.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,46 @@ def directory(name: str, path: Path | str, mode: str, user: str = "root", group:
 
 def file(name: str, path: Path | str, content: str, mode: str, user: str = "root", group: str = "root") -> Managed:
     return Managed(name, str(path), mode, user, group, content)
+
+
+# -- reading the state of managed paths -------------------------------------------------------------------------
+
+_HASHES = "@@sha1"
+
+
+def path_states_command(paths: Iterable[str]) -> str:
+    """One shell command for the state of every path, whatever their number: one `stat` of them all, then one
+    `sha1sum` of those that are regular files (a loop over the paths started four processes per path: 0.2-0.45 s
+    for a host's ~150 managed paths)."""
+    listed = list(paths)
+    if not all(p.startswith("/") for p in listed):
+        raise ValueError(f"managed paths are absolute: {[p for p in listed if not p.startswith('/')]}")
+    quoted = " ".join(shlex.quote(p) for p in listed)
+    return (
+        f"stat -c '%F|%U|%G|%a|%n' -- {quoted} 2>/dev/null; echo {_HASHES}; "
+        f"find {quoted} -maxdepth 0 -type f -exec sha1sum {{}} + 2>/dev/null; true"
+    )
+
+
+def parse_path_states(paths: Iterable[str], lines: Iterable[str]) -> dict[str, list[str]]:
+    """path -> [kind, user, group, mode, sha1] from `path_states_command(paths)`'s output lines: kind as `stat`
+    names it ("directory", "regular file", ...) or "absent"; sha1 of a regular file's content, else ''."""
+    states = {path: ["absent", "", "", "", ""] for path in paths}
+    hashes: dict[str, str] = {}
+    in_hashes = False
+    for line in lines:
+        if line == _HASHES:
+            in_hashes = True
+        elif in_hashes:
+            digest, _, path = line.partition("  ")
+            hashes[path] = digest
+        elif line.count("|") >= 4:
+            kind, user, group, mode, path = line.split("|", 4)
+            states[path] = [kind, user, group, mode, ""]
+    for path, digest in hashes.items():
+        if path in states:
+            states[path][4] = digest
+    return states
 
 
 # -- the host's config as a deploy run resolves it ---------------------------------------------------------------

@@ -50,6 +50,14 @@ def venv_command(config: HostConfig) -> str:
     return f"{HOST_PYTHON} -m venv {venv} && {venv}/bin/pip install --quiet -U pip setuptools"
 
 
+def host_facts_command(config: HostConfig) -> str:
+    """What the host and its tenants are, as JSON (`appliance.host.facts`); `{}` before the package is installed.
+    The module itself rather than `appliance host facts`: the CLI imports every command first. Isolated (-I): run
+    from a checkout (a deploy to @local), `-m` would otherwise import the checkout's package, not the installed one."""
+    venv = venv_dir(config)
+    return f"if [ -x {venv}/bin/appliance ]; then {venv}/bin/python -I -m appliance.host.facts; else echo '{{}}'; fi"
+
+
 def sources_marker(config: HostConfig) -> Path:
     """Holds the sha256 of the sources installed; a deploy ships sources whose digest differs."""
     return config.common.install_root / "src" / ".source-sha256"

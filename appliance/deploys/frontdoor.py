@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
 from appliance import desired
 from appliance.config import HostConfig
+from appliance.deploys import facts
 from appliance.deploys.facts import host_command, host_step, tenants_with_users
-from appliance.deploys.managed import apply_desired
+from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.services import install_services
 from appliance.frontdoor.service import frontdoor_service, reload_command
 from appliance.supervision import ManagerName
@@ -29,16 +29,14 @@ from appliance.supervision import ManagerName
 def frontdoor_base(config: HostConfig, manager_name: ManagerName) -> None:
     if manager_name == "systemd":
         # Debian's caddy package enables its own caddy.service (a default site on :80); ours replaces it.
+        enabled = facts.expected(Command, command="systemctl is-enabled caddy.service caddy-api.service 2>/dev/null"
+                                                  " || true")
         server.shell(
             name="Debian's own caddy.service off (the appliance runs its front door)",
             commands=["systemctl disable --now caddy.service caddy-api.service"],
-            _if=lambda: "enabled" in (host.get_fact(
-                Command, "systemctl is-enabled caddy.service caddy-api.service 2>/dev/null || true") or ""),
+            _if=lambda: "enabled" in (enabled() or ""),
         )
-    server.user(
-        name=f"OS user {config.frontdoor_user}", user=config.frontdoor_user, home=str(config.frontdoor_root),
-        shell="/usr/sbin/nologin", system=True, create_home=False,
-    )
+    os_user(name=f"OS user {config.frontdoor_user}", user=config.frontdoor_user, home=str(config.frontdoor_root))
     apply_desired(desired.frontdoor_base(config, tenants_with_users(config)))
 
 

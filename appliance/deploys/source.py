@@ -29,8 +29,8 @@ def _files() -> list[Path]:
 
 
 @functools.cache
-def tarball() -> tuple[bytes, str]:
-    """(gzip tar bytes, sha256 hex). Fixed mtimes and owners make the hash depend on content only."""
+def _tar() -> tuple[bytes, str]:
+    """(tar bytes, sha256 hex). Fixed mtimes and owners make the hash depend on content only."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _files():
@@ -40,10 +40,22 @@ def tarball() -> tuple[bytes, str]:
             info.mode = 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
-    digest = hashlib.sha256(raw.getvalue()).hexdigest()
+    return raw.getvalue(), hashlib.sha256(raw.getvalue()).hexdigest()
+
+
+def source_digest() -> str:
+    """What a host's installed sources are compared with (the sha256 of the uncompressed tarball): every run needs
+    it, only a run that ships the sources needs them compressed (0.15 s of a no-op redeploy)."""
+    return _tar()[1]
+
+
+@functools.cache
+def tarball() -> tuple[bytes, str]:
+    """(gzip tar bytes, sha256 hex of the uncompressed tar, as `source_digest`)."""
     import gzip
 
-    return gzip.compress(raw.getvalue(), mtime=0), digest
+    raw, digest = _tar()
+    return gzip.compress(raw, mtime=0), digest
 
 
 def requirements_digest() -> str:

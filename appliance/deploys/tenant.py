@@ -13,7 +13,7 @@ from appliance import desired
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
 from appliance.deploys.facts import appliance_facts, host_command, tenants_with_users
-from appliance.deploys.managed import apply_desired
+from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.sync import tenant_sync
 from appliance.supervision import ManagerName
@@ -31,14 +31,7 @@ def tenant_secrets(config: HostConfig, tenant: TenantConfig):
 
 @deploy("Tenant substrate")
 def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
-    server.user(
-        name=f"OS user {tenant.user}",
-        user=tenant.user,
-        home=str(tenant.root),
-        shell="/usr/sbin/nologin",
-        system=True,
-        create_home=False,
-    )
+    os_user(name=f"OS user {tenant.user}", user=tenant.user, home=str(tenant.root))
     apply_desired(desired.tenant_substrate(tenant))
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
     # What the tenant's own services read (they cannot read host.json): a tenant new to this host gets it here,

@@ -1,7 +1,13 @@
-"""What a host and its tenants *are*, reported as JSON to the deploy's facts (never what to do)."""
+"""What a host and its tenants *are*, reported as JSON to the deploy's facts (never what to do).
+
+The deploy asks with `python -m appliance.host.facts` (appliance.install_steps.host_facts_command): the same
+report as `appliance host facts` without the CLI's imports of every command (a third of a second).
+"""
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from appliance.config import HostConfig, TenantConfig
@@ -10,19 +16,52 @@ from appliance.identity.issuer_secrets import issuer_secrets_ok
 from appliance.secrets import missing_secrets
 
 
-def tenant_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
-    missing = missing_secrets(tenant) if tenant.secrets_dir.is_dir() else ["*"]
+def report(host: HostConfig) -> dict[str, Any]:
+    """The host's facts and each tenant's, as the deploy reads them.
+
+    Mostly waiting (Postgres logins, S3 requests, pgBackRest, each a round trip or a process): each tenant's
+    local checks run in a thread of their own beside one thread for everything that talks S3, which runs its
+    requests in turn (boto3 makes clients from one shared session, which is not safe across threads)."""
+    with ThreadPoolExecutor(max_workers=1 + len(host.tenants)) as pool:
+        remote = pool.submit(_remote_facts, host)
+        local = {tenant.id: pool.submit(tenant_local_facts, host, tenant) for tenant in host.tenants}
+        host_part, tenants_remote = remote.result()
+        return {
+            "host": host_part,
+            "tenants": {tenant.id: {**local[tenant.id].result(), **tenants_remote[tenant.id]}
+                        for tenant in host.tenants},
+        }
+
+
+def _remote_facts(host: HostConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    return host_facts(host), {tenant.id: tenant_remote_facts(host, tenant) for tenant in host.tenants}
+
+
+def _missing(tenant: TenantConfig) -> list[str]:
+    return missing_secrets(tenant) if tenant.secrets_dir.is_dir() else ["*"]
+
+
+def tenant_local_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
+    """What the tenant's files, Postgres and pgBackRest say."""
+    missing = _missing(tenant)
     initialized = postgres.is_initialized(tenant)
     return {
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
         "schema_current": bool(initialized and not missing and postgres.schema_current(tenant)),
-        "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
         **_sync_facts(tenant, missing),
         **_backup_facts(host, tenant, missing),
-        "audit_bucket_ours": bool(not missing and _audit_bucket_ours(host, tenant)),
         "identity_issuers_ok": bool(not missing and issuer_secrets_ok(tenant)),
+    }
+
+
+def tenant_remote_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
+    """What the tenant's buckets say (S3)."""
+    missing = _missing(tenant)
+    return {
+        "objectstore_ok": bool(not missing and objectstore.tenant_ok(host, tenant)),
+        "audit_bucket_ours": bool(not missing and _audit_bucket_ours(host, tenant)),
     }
 
 
@@ -72,3 +111,9 @@ def host_facts(host: HostConfig) -> dict[str, Any]:
         facts["objectstore_setup_ok"] = objectstore.setup_ok(host)
         facts["served_tenants"] = objectstore.served_tenant_facts(host)
     return facts
+
+
+if __name__ == "__main__":
+    from appliance.config import load_host_config
+
+    print(json.dumps(report(load_host_config()), sort_keys=True))
