@@ -60,6 +60,18 @@ def test_redeploy_with_nothing_changed_changes_and_restarts_nothing(deployed: Ho
     assert pids(after) == pids(before)
 
 
+def test_a_redeploy_with_nothing_changed_asks_the_host_three_times(deployed: HostConfig) -> None:
+    """What keeps a no-op redeploy under 3 s (issue 21): the plan's facts, the host's report started early and one
+    snapshot of everything the operations check (appliance/deploys/facts.py); an operation that asked the host
+    on its own again would cost a process start and a round trip at every redeploy, or far more (pyinfra's
+    Users fact took up to 0.8 s)."""
+    output = deploy_or_fail(LOCAL_INVENTORY, "--debug")
+    assert changed_operations(output) == 0, changed_operation_names(output)
+    asked = re.findall(r"Getting fact: (\S+)", output)
+    assert asked == ["appliance.deploys.facts.Batch", "appliance.deploys.facts.StartEarly",
+                     "appliance.deploys.facts.Batch"], asked
+
+
 def test_changing_one_setting_restarts_only_what_depends_on_it(deployed: HostConfig, tmp_path: Path) -> None:
     _, before = status_json()
     original = LOCAL_INVENTORY.read_text()
