@@ -15,6 +15,11 @@ A single event goes in one statement where the database has `audit.append_event`
 sends the event's canonical JSON around its seq and time (`split_body`), and the database locks the head,
 stamps the time (clock_timestamp(), under the lock, so times follow seqs), hashes and inserts. Inside the
 caller's transaction no savepoint is taken. Together that is one round trip under the head lock instead of four.
+
+Two drivers: the synchronous functions take psycopg connections (the CLI, operator actions, the shipper, tests),
+where libpq's conveniences matter more than CPU per statement; `append_events_async` takes the gateway's
+asyncpg connections (appliance/gateway/core/db.py), on the request path, where statements prepared once per
+connection and parameters encoded in C are what an audited request costs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import asyncpg
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -188,42 +194,58 @@ def append_event(conn: psycopg.Connection[Any], event: AuditEvent) -> tuple[int,
     return append_events(conn, [event])[0]
 
 
-async def append_events_async(conn: psycopg.AsyncConnection[Any], events: Sequence[AuditEvent]
-                              ) -> list[tuple[int, str]]:
-    """`append_events` for asyncio callers (the gateway)."""
+# The asyncio side (the gateway) runs on asyncpg: `$n` placeholders, jsonb as Python values (the gateway's
+# connections carry a jsonb codec, appliance/gateway/core/db.py), the statements prepared once per connection.
+_LOCK_HEAD_ASYNC: Final = _LOCK_HEAD
+_INSERT_EVENT_ASYNC: Final = (
+    "INSERT INTO audit.events (seq, ts, actor, action, house_id, subject, detail, prev_hash, hash) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
+_APPEND_ONE_ASYNC: Final = "SELECT seq, hash FROM audit.append_event($1, $2, $3, $4, $5, $6, $7)"
+_HAS_APPEND_ONE_ASYNC: Final = "SELECT to_regprocedure($1) IS NOT NULL"
+
+
+async def append_events_async(conn: asyncpg.Connection, events: Sequence[AuditEvent]) -> list[tuple[int, str]]:
+    """`append_events` for asyncio callers (the gateway, on asyncpg)."""
     if not events:
         return []
-    if _in_transaction(conn):
+    if conn.is_in_transaction():
         return await _append_async(conn, events)
     async with conn.transaction():
         return await _append_async(conn, events)
 
 
-async def _append_async(conn: psycopg.AsyncConnection[Any], events: Sequence[AuditEvent]) -> list[tuple[int, str]]:
-    async with conn.cursor() as cur:
-        if len(events) == 1:
-            if conn not in _HAS_APPEND_ONE:
-                await cur.execute(_HAS_APPEND_ONE_SQL, (_APPEND_ONE_SIGNATURE,))
-                found = await cur.fetchone()
-                _HAS_APPEND_ONE[conn] = bool(found and found[0])
-            if _HAS_APPEND_ONE[conn]:
-                await cur.execute(_APPEND_ONE, _append_one_params(events[0]))
-                appended = await cur.fetchone()
-                assert appended is not None
-                return [(int(appended[0]), str(appended[1]))]
-        await cur.execute(_LOCK_HEAD)
-        head = await cur.fetchone()
-        if head is None:
-            raise RuntimeError("audit.chain_head has no row: the audit migration has not run")
-        rows = build_rows(int(head[0]), str(head[1]), events)
-        if len(rows) == 1:
-            await cur.execute(_INSERT_EVENT, _params(rows[0]))
-        else:
-            await cur.executemany(_INSERT_EVENT, [_params(row) for row in rows])
+async def _append_async(conn: asyncpg.Connection, events: Sequence[AuditEvent]) -> list[tuple[int, str]]:
+    if len(events) == 1:
+        # The gateway's connections learn this once when they are made; others ask each time.
+        append_one = getattr(conn, "audit_append_one", None)
+        if append_one is None:
+            append_one = bool(await conn.fetchval(_HAS_APPEND_ONE_ASYNC, _APPEND_ONE_SIGNATURE))
+        if append_one:
+            actor, action, house_id, subject, detail, before, middle = _append_one_values(events[0])
+            appended = await conn.fetchrow(_APPEND_ONE_ASYNC, actor, action, house_id, subject, detail, before,
+                                           middle)
+            assert appended is not None
+            return [(int(appended[0]), str(appended[1]))]
+    head = await conn.fetchrow(_LOCK_HEAD_ASYNC)
+    if head is None:
+        raise RuntimeError("audit.chain_head has no row: the audit migration has not run")
+    rows = build_rows(int(head[0]), str(head[1]), events)
+    values = [(row.seq, row.ts, row.actor, row.action, row.house_id, row.subject, row.detail,
+               row.prev_hash, row.hash) for row in rows]
+    if len(values) == 1:
+        await conn.execute(_INSERT_EVENT_ASYNC, *values[0])
+    else:
+        await conn.executemany(_INSERT_EVENT_ASYNC, values)
     return [(row.seq, row.hash) for row in rows]
 
 
-async def append_event_async(conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> tuple[int, str]:
+def _append_one_values(event: AuditEvent) -> tuple[Any, ...]:
+    before, middle, house_id, detail = split_body(event)
+    return (event.actor, event.action, house_id, event.subject, detail, before, middle)
+
+
+async def append_event_async(conn: asyncpg.Connection, event: AuditEvent) -> tuple[int, str]:
     return (await append_events_async(conn, [event]))[0]
 
 

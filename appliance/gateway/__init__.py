@@ -3,4 +3,8 @@
 Entry points: `create_app(tenant)` (main.py), `migrate`/`ensure_publication` (migrate.py), `gateway_service`
 (service.py), `rotate_signing_key` (core/security.py). The activation contract for agent workers is in
 ACTIVATION.md.
+
+While serving, every database access goes through asyncpg (`core/db.py`: prepared statements, binary codecs,
+no Python-level query conversion on the request path); `migrate.py` runs at deploy time on psycopg, like the
+CLI and replication, where per-statement CPU does not matter.
 """

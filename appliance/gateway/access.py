@@ -13,13 +13,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import psycopg
-from psycopg.rows import dict_row
-
 from appliance.audit.chain import AuditEvent, append_events_async
 from appliance.gateway.access_cache import AccessCache
 from appliance.gateway.auditlog import AuditLog
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import Connection, Database, Record
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.schema import ROLE_RANK
 
@@ -73,18 +70,16 @@ class Refused(Exception):
 MEMBERSHIP_SQL = (
     "SELECT m.role, m.principal_kind FROM public.members m "
     "JOIN public.houses h ON h.id = m.house_id AND h.deleted_at IS NULL "
-    "WHERE m.principal_id = %s AND m.house_id = %s AND m.deleted_at IS NULL"
+    "WHERE m.principal_id = $1 AND m.house_id = $2 AND m.deleted_at IS NULL"
 )
 
 
-async def membership(conn: psycopg.AsyncConnection[Any], principal_id: uuid.UUID, house_id: uuid.UUID
-                     ) -> Membership | None:
-    cur = await conn.execute(MEMBERSHIP_SQL, (principal_id, house_id))
-    row = await cur.fetchone()
+async def membership(conn: Connection, principal_id: uuid.UUID, house_id: uuid.UUID) -> Membership | None:
+    row = await conn.fetchrow(MEMBERSHIP_SQL, principal_id, house_id)
     return Membership(house_id, row[0], row[1]) if row else None
 
 
-async def require(conn: psycopg.AsyncConnection[Any], principal: Principal, house_id: uuid.UUID, role: str,
+async def require(conn: Connection, principal: Principal, house_id: uuid.UUID, role: str,
                   attempted: str, subject: str | None = None) -> Membership:
     """The caller's membership of `house_id` with at least `role`, or Refused (404 non-member, 403 role)."""
     found = await membership(conn, principal.id, house_id)
@@ -95,23 +90,18 @@ async def require(conn: psycopg.AsyncConnection[Any], principal: Principal, hous
     return found
 
 
-async def fetch_one(conn: psycopg.AsyncConnection[Any], query: str, params: Any) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchone()
+async def fetch_one(conn: Connection, query: str, *args: Any) -> Record | None:
+    return await conn.fetchrow(query, *args)
 
 
-async def current_txid(conn: psycopg.AsyncConnection[Any]) -> int:
+async def current_txid(conn: Connection) -> int:
     """The running transaction's id as Electric reports it in change messages (32-bit xid)."""
-    cur = await conn.execute("SELECT pg_current_xact_id()::xid::text::bigint")
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(await conn.fetchval("SELECT pg_current_xact_id()::xid::text::bigint"))
 
 
 @dataclass
 class WriteContext:
-    conn: psycopg.AsyncConnection[Any]
+    conn: Connection
     principal: Principal
     audit: AuditLog
     events: list[AuditEvent] = field(default_factory=list)

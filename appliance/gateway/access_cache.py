@@ -4,11 +4,12 @@ trip to Postgres; writes keep checking inside their own transaction (`access.req
 
 Forgetting, so that nothing stale is ever allowed:
 * Postgres announces every change to these facts on channel `access_changed` at commit (triggers of migration
-  0012_access_notify.sql). A listening connection of this process hears it: its socket is watched by the event
-  loop, and every lookup first takes whatever notifications are already waiting on it, so a change committed
-  before a request reaches this process is known when the request is decided, unless Postgres's own delivery
-  of the notification (a signal to the listening backend, then a write to its socket, well under a
-  millisecond on one host) is still under way.
+  0012_access_notify.sql). A listening connection of this process hears it (asyncpg delivers it to a listener
+  callback when the event loop reads the connection's socket), and every lookup first looks whether anything is
+  already waiting on that socket and, if so, lets the loop read it and run the callbacks before deciding, so a
+  change committed before a request reaches this process is known when the request is decided, unless
+  Postgres's own delivery of the notification (a signal to the listening backend, then a write to its socket,
+  well under a millisecond on one host) is still under way.
 * A change this process commits itself (a member removed through the API, a house deleted, claims that changed
   a person's roles at login) is forgotten before its answer is sent, without waiting for the notification.
 * While the listening connection is not up (at start, or after Postgres restarted) nothing is remembered: every
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 import uuid
 from collections import OrderedDict
@@ -32,9 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
-import psycopg
-
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import Database, GatewayConnection
 
 log = logging.getLogger("appliance.gateway")
 
@@ -42,18 +42,22 @@ CHANNEL: Final = "access_changed"
 # Entries per kind; the least recently used go first. A principal's memberships are a few dozen bytes.
 MAX_ENTRIES: Final = 50_000
 RECONNECT_MAX_S: Final = 5.0
+# Loop turns a lookup gives the listener to read what is waiting on its socket (one suffices unless a burst of
+# notifications arrives in pieces); past that the lookup goes on with what is known.
+MAX_TURNS: Final = 20
+_GONE: Final = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 ROLES_SQL: Final = (
     "SELECT m.house_id, m.role FROM public.members m "
     "JOIN public.houses h ON h.id = m.house_id AND h.deleted_at IS NULL "
-    "WHERE m.principal_id = %s AND m.deleted_at IS NULL"
+    "WHERE m.principal_id = $1 AND m.deleted_at IS NULL"
 )
 THREAD_SQL: Final = (
     "SELECT t.house_id FROM public.threads t JOIN public.houses h ON h.id = t.house_id AND h.deleted_at IS NULL "
-    "WHERE t.id = %s AND t.deleted_at IS NULL"
+    "WHERE t.id = $1 AND t.deleted_at IS NULL"
 )
 # Expiry is decided at each use (it passes without a change to announce); revocation is what is announced.
-API_KEY_SQL: Final = "SELECT principal_id, expires_at FROM public.api_keys WHERE id = %s AND deleted_at IS NULL"
+API_KEY_SQL: Final = "SELECT principal_id, expires_at FROM public.api_keys WHERE id = $1 AND deleted_at IS NULL"
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -102,8 +106,7 @@ class ApiKey:
 
 
 class AccessCache:
-    def __init__(self, db: Database, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
-                 ttl_s: float) -> None:
+    def __init__(self, db: Database, connect: Callable[[], Awaitable[GatewayConnection]], ttl_s: float) -> None:
         self._db = db
         self._connect = connect
         self.enabled = ttl_s > 0
@@ -112,7 +115,8 @@ class AccessCache:
         self._keys: _Entries[uuid.UUID, ApiKey] = _Entries(ttl_s)
         self._generation = 0
         self._asked = 0  # lookups that went to Postgres (for tests and diagnostics)
-        self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._listener: GatewayConnection | None = None
+        self._socket: select.poll | None = None  # the listener's socket, to look at without reading it
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
 
@@ -120,22 +124,22 @@ class AccessCache:
 
     async def roles(self, principal_id: uuid.UUID) -> dict[uuid.UUID, str]:
         """The principal's live memberships of live houses: house id -> role."""
-        remembered = self._remembered(self._roles, principal_id)
+        remembered = await self._remembered(self._roles, principal_id)
         if remembered is not None:
             return remembered
         generation = self._asking()
-        rows = await self._db.fetchall(ROLES_SQL, (principal_id,))
+        rows = await self._db.fetchall(ROLES_SQL, principal_id)
         found = {row["house_id"]: row["role"] for row in rows}
         self._keep(self._roles, principal_id, found, generation)
         return found
 
     async def thread_house(self, thread_id: uuid.UUID) -> uuid.UUID | None:
         """The house of a live thread in a live house, or None."""
-        remembered = self._remembered(self._threads, thread_id)
+        remembered = await self._remembered(self._threads, thread_id)
         if remembered is not None:
             return remembered
         generation = self._asking()
-        row = await self._db.fetchrow(THREAD_SQL, (thread_id,))
+        row = await self._db.fetchrow(THREAD_SQL, thread_id)
         if row is None:
             return None
         house_id: uuid.UUID = row["house_id"]
@@ -144,21 +148,21 @@ class AccessCache:
 
     async def api_key(self, key_id: uuid.UUID) -> ApiKey | None:
         """A live (not revoked) API key; whether it has expired is the caller's to check (`live_for`)."""
-        remembered = self._remembered(self._keys, key_id)
+        remembered = await self._remembered(self._keys, key_id)
         if remembered is not None:
             return remembered
         generation = self._asking()
-        row = await self._db.fetchrow(API_KEY_SQL, (key_id,))
+        row = await self._db.fetchrow(API_KEY_SQL, key_id)
         if row is None:
             return None
         key = ApiKey(row["principal_id"], row["expires_at"])
         self._keep(self._keys, key_id, key, generation)
         return key
 
-    def _remembered(self, entries: _Entries[K, V], key: K) -> V | None:
+    async def _remembered(self, entries: _Entries[K, V], key: K) -> V | None:
         if self._listener is None:
             return None
-        self._take_notifications()
+        await self._take_notifications()
         return entries.get(key) if self._listener is not None else None
 
     def _asking(self) -> int:
@@ -200,29 +204,39 @@ class AccessCache:
         else:
             self.forget_all()
 
-    def _take_notifications(self) -> None:
-        """Everything already on the listener's socket, without waiting (a non-blocking read)."""
-        listener = self._listener
-        if listener is None:
+    async def _take_notifications(self) -> None:
+        """Everything already on the listener's socket, heard before the caller decides.
+
+        asyncpg reads the socket when the event loop finds it readable and hands each notification to `_heard`
+        through the loop's ready queue. So: if the socket has data waiting (a zero-timeout poll, no read), give
+        the loop turns until it has been read, then one more, which runs after the callbacks that read queued."""
+        socket = self._socket
+        if socket is None:
             return
-        try:
-            listener.pgconn.consume_input()
-            while (notice := listener.pgconn.notifies()) is not None:
-                self._changed(notice.extra.decode())
-        except psycopg.Error as exc:
-            self._drop(f"{type(exc).__name__}")
-        else:
-            if listener.pgconn.status != psycopg.pq.ConnStatus.OK:
+        turns = 0
+        while (events := socket.poll(0)) and turns < MAX_TURNS:
+            if any(revents & _GONE for _, revents in events):
                 self._drop("connection closed")
+                return
+            await asyncio.sleep(0)
+            turns += 1
+        if turns:
+            await asyncio.sleep(0)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._changed(payload)
+
+    def _terminated(self, conn: object) -> None:
+        if conn is self._listener:  # not an earlier listener whose end is reported late
+            self._drop("connection closed")
 
     def _drop(self, why: str) -> None:
         """The listener is gone: from now until it is back, nothing is remembered."""
         listener, self._listener = self._listener, None
+        self._socket = None
         self.forget_all()
         if listener is not None:
             log.warning("access cache off until Postgres can be listened to again: %s", why)
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(listener.pgconn.socket)
         self._lost.set()
 
     # -- the listening connection -------------------------------------------------------------------------------
@@ -234,14 +248,16 @@ class AccessCache:
     async def _keep_listening(self) -> None:
         delay = 0.2
         while True:
-            listener: psycopg.AsyncConnection[Any] | None = None
+            listener: GatewayConnection | None = None
             try:
                 listener = await self._connect()
-                await listener.execute(f"LISTEN {CHANNEL}")
+                watched = select.poll()
+                watched.register(_socket_of(listener), select.POLLIN)
+                await listener.add_listener(CHANNEL, self._heard)
+                listener.add_termination_listener(self._terminated)
                 self._lost.clear()
                 self.forget_all()
-                self._listener = listener
-                asyncio.get_running_loop().add_reader(listener.pgconn.socket, self._take_notifications)
+                self._listener, self._socket = listener, watched
                 delay = 0.2
                 await self._lost.wait()
             except asyncio.CancelledError:
@@ -252,8 +268,7 @@ class AccessCache:
                 if self._listener is listener and listener is not None:
                     self._drop("stopped")
                 if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close()
+                    listener.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
@@ -266,3 +281,11 @@ class AccessCache:
     def stats(self) -> dict[str, Any]:
         return {"listening": self._listener is not None, "principals": len(self._roles),
                 "threads": len(self._threads), "api_keys": len(self._keys), "asked": self._asked}
+
+
+def _socket_of(conn: GatewayConnection) -> int:
+    """The file descriptor of the connection's socket (asyncpg keeps its transport; there is no public accessor)."""
+    sock = conn._transport.get_extra_info("socket")
+    if sock is None:
+        raise RuntimeError("the listening connection has no socket")
+    return int(sock.fileno())

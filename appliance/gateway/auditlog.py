@@ -23,13 +23,10 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any
-
-import psycopg
 
 from appliance.audit.canonical import canonical_json
 from appliance.audit.chain import AuditEvent, append_events_async
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import Connection, Database
 
 log = logging.getLogger("appliance.gateway")
 
@@ -55,11 +52,11 @@ class AuditLog:
         self._grant_window_s = grant_window_s
         self._grants: dict[tuple[str, ...], _Grant] = {}
 
-    async def in_transaction(self, conn: psycopg.AsyncConnection[Any], event: AuditEvent) -> None:
+    async def in_transaction(self, conn: Connection, event: AuditEvent) -> None:
         """Append within `conn`'s open transaction; call it last, just before commit (it locks the chain head)."""
         await append_events_async(conn, [event])
 
-    async def now(self, event: AuditEvent, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+    async def now(self, event: AuditEvent, conn: Connection | None = None) -> None:
         """Append in a transaction of its own; pass the caller's idle connection rather than take a second one
         from the pool (a request holding one connection while waiting for another could starve the pool)."""
         if conn is not None:

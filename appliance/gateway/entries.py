@@ -38,14 +38,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
 from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, split_body
 from appliance.gateway.access import Principal, Refused, fetch_one
 from appliance.gateway.auditlog import AuditLog
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import DATABASE_ERRORS, Connection, Database
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.entry_groups import MARK_APPENDED, Group, GroupRecorder, Recorded
 from appliance.gateway.models import EntryCreate
@@ -59,7 +56,7 @@ MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9][A-Za-z0-9_-]{0,62})")
 MAX_MENTIONS = 20
 
 # Lends the connection that holds an entry's lock, for a block (a group's, or the one step 5 runs on).
-LendsConnection = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+LendsConnection = Callable[[], contextlib.AbstractAsyncContextManager[Connection]]
 # Who may post an entry of each kind.
 _POSTERS = {"system": [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK["admin"]]}
 _ANY_ROLE = list(ROLE_RANK)
@@ -122,8 +119,8 @@ def record_params(principal: Principal, thread_id: uuid.UUID, entry: EntryCreate
     audit, middle = audit_pieces(principal.actor, subject, detail)
     return {
         "key": lock_key(entry.id), "id": entry.id, "thread": thread_id, "author": principal.id,
-        "message": Jsonb(message), "hash": request_hash(entry), "roles": _POSTERS.get(entry.kind, _ANY_ROLE),
-        "mentions": names, "actor": principal.actor, "subject": subject, "detail": Jsonb(detail), "audit": audit,
+        "message": message, "hash": request_hash(entry), "roles": _POSTERS.get(entry.kind, _ANY_ROLE),
+        "mentions": names, "actor": principal.actor, "subject": subject, "detail": detail, "audit": audit,
         "middle": middle,
     }
 
@@ -252,30 +249,29 @@ class Entries:
             raise ApiError(502, "append_refused", "the thread's stream refused the entry") from None
         return next_offset
 
-    async def _mark_appended(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, next_offset: str
+    async def _mark_appended(self, conn: Connection, entry_id: uuid.UUID, next_offset: str
                              ) -> None:
         """Step 4 for one entry completed by step 5 (groups do theirs together, see entry_groups.py)."""
-        cursor = await conn.execute(MARK_APPENDED, {"ids": [entry_id], "offsets": [next_offset]})
-        row = await cursor.fetchone()
+        row = await conn.fetchrow(MARK_APPENDED, [entry_id], [next_offset])
         if row and row[0]:
             self.on_ready()
 
-    async def _mark_failed(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, reason: str) -> None:
+    async def _mark_failed(self, conn: Connection, entry_id: uuid.UUID, reason: str) -> None:
         async with conn.transaction():
-            await conn.execute("UPDATE appliance.thread_entries SET state = 'failed' WHERE id = %s", (entry_id,))
+            await conn.execute("UPDATE appliance.thread_entries SET state = 'failed' WHERE id = $1", entry_id)
             await conn.execute(
-                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now() "
-                "WHERE entry_id = %s AND state = 'held'",
-                (reason, entry_id),
+                "UPDATE appliance.outbox SET state = 'gave_up', last_error = $1, finished_at = now() "
+                "WHERE entry_id = $2 AND state = 'held'",
+                reason, entry_id,
             )
 
-    async def _complete(self, conn: psycopg.AsyncConnection[Any], entry_id: uuid.UUID, duplicate: bool
+    async def _complete(self, conn: Connection, entry_id: uuid.UUID, duplicate: bool
                         ) -> EntryOutcome:
         """Step 5 (the caller holds the entry's lock)."""
         row = await fetch_one(
             conn,
-            "SELECT thread_id, state, message, floor_offset, next_offset FROM appliance.thread_entries WHERE id = %s",
-            (entry_id,),
+            "SELECT thread_id, state, message, floor_offset, next_offset FROM appliance.thread_entries WHERE id = $1",
+            entry_id,
         )
         if row is None:
             raise ApiError(404, "not_found", "no such entry")
@@ -300,33 +296,31 @@ class Entries:
         await self._mark_appended(conn, entry_id, next_offset)
         return EntryOutcome(entry_id, thread_id, next_offset, duplicate)
 
-    async def _unlock(self, conn: psycopg.AsyncConnection[Any], key: int) -> None:
+    async def _unlock(self, conn: Connection, key: int) -> None:
         """Release the entry lock; a connection that cannot say it did is closed (which releases it), never
         handed back to the pool still holding it."""
-        if conn.broken or conn.closed:
+        if conn.is_closed():
             return
         try:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await conn.rollback()
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
 
     async def recover_pending(self, older_than_s: float = 1.0, limit: int = 100) -> int:
         """Complete entries left pending by attempts that died (the recovery sweep); returns how many."""
         rows = await self.db.fetchall(
             "SELECT id FROM appliance.thread_entries WHERE state = 'pending' "
-            "AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s",
-            (older_than_s, limit),
+            "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+            float(older_than_s), limit,
         )
         done = 0
         for row in rows:
             key = lock_key(row["id"])
             async with self.db.connection() as conn:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-                locked = await cur.fetchone()
-                if not locked or not locked[0]:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                     continue  # its attempt is alive and will finish it
                 try:
                     await self._complete(conn, row["id"], duplicate=False)
@@ -341,6 +335,6 @@ class Entries:
         while True:
             try:
                 await self.recover_pending()
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("entry recovery sweep failed: %s", type(exc).__name__)
             await asyncio.sleep(interval_s)

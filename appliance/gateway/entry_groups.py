@@ -32,9 +32,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
-import psycopg
+import asyncpg
 
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import Connection, Database
 
 log = logging.getLogger("appliance.gateway")
 
@@ -42,8 +42,11 @@ log = logging.getLogger("appliance.gateway")
 # audited write's wait (and the first member's) to a few milliseconds and takes most of the saving.
 MAX_GROUP: Final = 8
 
-_COLUMNS = "SELECT o_status, o_house_id, o_message FROM appliance.{}(%(key)s, %(id)s, %(thread)s, %(author)s," \
-    " %(message)s, %(hash)s, %(roles)s, %(mentions)s, %(actor)s, %(subject)s, %(detail)s, %(audit)s, %(middle)s)"
+# record_entry's parameters, in order (entries.record_params builds them by name).
+RECORD_PARAMS: Final = ("key", "id", "thread", "author", "message", "hash", "roles", "mentions", "actor", "subject",
+                        "detail", "audit", "middle")
+_COLUMNS = "SELECT o_status, o_house_id, o_message FROM appliance.{}(" + \
+    ", ".join(f"${n}" for n in range(1, len(RECORD_PARAMS) + 1)) + ")"
 # In a group: never waits for an entry lock (answers 'locked'). Alone: waits for it.
 _TRY_RECORD = _COLUMNS.format("try_record_entry")
 _RECORD = _COLUMNS.format("record_entry")
@@ -54,7 +57,7 @@ _RECORD = _COLUMNS.format("record_entry")
 # this transaction only).
 MARK_APPENDED = (
     "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting), "
-    "done AS (SELECT * FROM unnest(%(ids)s::uuid[], %(offsets)s::text[]) AS d (id, next_offset)), "
+    "done AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS d (id, next_offset)), "
     "entry AS (UPDATE appliance.thread_entries e SET state = 'appended', next_offset = d.next_offset, "
     " appended_at = now() FROM done d WHERE e.id = d.id AND e.state = 'pending' RETURNING e.id), "
     "released AS (UPDATE appliance.outbox o SET state = 'ready', next_attempt_at = now() FROM done d "
@@ -80,7 +83,7 @@ class Recorded:
 class Group:
     """The connection holding a group's entry locks, lent to one member at a time."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], members: int) -> None:
+    def __init__(self, conn: Connection, members: int) -> None:
         self._conn = conn
         self._turn = asyncio.Lock()
         self._members = members
@@ -90,7 +93,7 @@ class Group:
             self._everyone_left.set()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(self) -> AsyncIterator[Connection]:
         """The group's connection (holding this entry's lock), for a block; autocommit, idle when handed back."""
         async with self._turn:
             yield self._conn
@@ -112,6 +115,9 @@ class _Waiting:
     key: int
     params: dict[str, Any]
     outcome: asyncio.Future[Recorded]
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(self.params[name] for name in RECORD_PARAMS)
 
 
 class GroupRecorder:
@@ -184,7 +190,7 @@ class GroupRecorder:
             async with self.db.connection() as conn:
                 try:
                     rows = await self._record(conn, members, wait_for_lock)
-                except psycopg.Error as exc:
+                except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     # Nothing was recorded, but locks may have been taken before the error.
                     if not await self._release_all(conn) or len(members) == 1:
                         raise
@@ -208,7 +214,7 @@ class GroupRecorder:
                 try:
                     await group.everyone_left()
                 except BaseException:
-                    await conn.close()  # holding the group's locks: never back to the pool
+                    conn.terminate()  # holding the group's locks: never back to the pool
                     raise
                 await self._finish(conn, group)
         except BaseException as exc:
@@ -228,43 +234,40 @@ class GroupRecorder:
             for waiting in alone:
                 self._start(self._run([waiting], None, wait_for_lock=True))
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], members: list[_Waiting], wait_for_lock: bool
+    async def _record(self, conn: Connection, members: list[_Waiting], wait_for_lock: bool
                       ) -> list[tuple[Any, ...]]:
         query = _RECORD if wait_for_lock else _TRY_RECORD
         if len(members) == 1:
             # Its own transaction: one statement, one round trip.
-            cursor = await conn.execute(query, members[0].params)
-            row = await cursor.fetchone()
+            row = await conn.fetchrow(query, *members[0].values())
             assert row is not None
-            return [row]
-        async with conn.pipeline():
-            async with conn.transaction():
-                cursors = [await conn.execute(query, waiting.params) for waiting in members]
-            rows = [await cursor.fetchone() for cursor in cursors]
-        assert all(row is not None for row in rows)
-        return rows  # type: ignore[return-value]
+            return [tuple(row)]
+        # All of them in one round trip ending in a single Sync: Postgres runs them as one implicit transaction
+        # (one commit, one WAL flush; an error in any rolls back all).
+        rows = await conn.fetchmany(query, [waiting.values() for waiting in members])
+        assert len(rows) == len(members)
+        return [tuple(row) for row in rows]
 
-    async def _release_all(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+    async def _release_all(self, conn: Connection) -> bool:
         """After a failed group: drop every lock its connection took (session locks outlive the rollback)."""
         try:
-            if conn.broken or conn.closed:
+            if conn.is_closed():
                 return True  # a closed session holds nothing
             await conn.execute("SELECT pg_advisory_unlock_all()")
             return True
-        except psycopg.Error:
-            await conn.close()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            conn.terminate()
             return False
 
-    async def _finish(self, conn: psycopg.AsyncConnection[Any], group: Group) -> None:
+    async def _finish(self, conn: Connection, group: Group) -> None:
         """Step 4 for the group's appended entries, and every lock released; a connection that cannot say it
         released them is closed (which releases them), never handed back to the pool still holding them."""
         ids = [entry_id for entry_id, _ in group.appended]
         offsets = [offset for _, offset in group.appended]
         try:
-            cursor = await conn.execute(_FINISH, {"ids": ids, "offsets": offsets})
-            row = await cursor.fetchone()
+            row = await conn.fetchrow(_FINISH, ids, offsets)
         except BaseException as exc:
-            await conn.close()
+            conn.terminate()
             if ids and not isinstance(exc, asyncio.CancelledError):
                 # In the stream but still pending: the recovery sweep (or a retry) records them.
                 log.warning("%d entries appended but not yet recorded: %s", len(ids), type(exc).__name__)

@@ -15,15 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
-
-import psycopg
 
 from appliance.audit.chain import AuditEvent
 from appliance.gateway.api.crud import to_json
 from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import DATABASE_ERRORS, Database, Record
 from appliance.gateway.streams import stream_name
 from appliance.gateway.upstream import Upstream, UpstreamError
 
@@ -35,12 +34,12 @@ PERMANENT_STATUSES = frozenset({400, 404, 410, 413, 422})
 LEASE_S = 10.0
 
 _CLAIM = (
-    "UPDATE appliance.outbox o SET leased_until = now() + make_interval(secs => %s), attempts = o.attempts + 1 "
+    "UPDATE appliance.outbox o SET leased_until = now() + make_interval(secs => $1), attempts = o.attempts + 1 "
     "FROM appliance.thread_entries e "
     "WHERE e.id = o.entry_id AND o.id IN ("
     " SELECT id FROM appliance.outbox WHERE state = 'ready' AND next_attempt_at <= now()"
     " AND (leased_until IS NULL OR leased_until < now())"
-    " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+    " ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
     "RETURNING o.id, o.entry_id, o.thread_id, o.house_id, o.agent_id, o.agent_name, o.mentioned_by, o.attempts, "
     "e.next_offset"
 )
@@ -78,12 +77,12 @@ class Dispatcher:
             if not self._leased:
                 continue
             try:
-                await self.db.fetchall(
-                    "UPDATE appliance.outbox SET leased_until = now() + make_interval(secs => %s) "
-                    "WHERE id = ANY(%s) AND leased_until IS NOT NULL RETURNING id",
-                    (LEASE_S, list(self._leased)),
+                await self.db.execute(
+                    "UPDATE appliance.outbox SET leased_until = now() + make_interval(secs => $1) "
+                    "WHERE id = ANY($2) AND leased_until IS NOT NULL",
+                    LEASE_S, list(self._leased),
                 )
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("outbox lease renewal failed: %s", type(exc).__name__)
 
     async def prune(self) -> int:
@@ -92,9 +91,9 @@ class Dispatcher:
         while True:
             rows = await self.db.fetchall(
                 "DELETE FROM appliance.outbox WHERE id IN (SELECT id FROM appliance.outbox "
-                "WHERE state IN ('delivered', 'gave_up') AND finished_at < now() - make_interval(days => %s) "
-                "LIMIT %s) RETURNING id",
-                (self.settings.outbox_retention_days, self.settings.outbox_prune_batch),
+                "WHERE state IN ('delivered', 'gave_up') AND finished_at < now() - make_interval(days => $1) "
+                "LIMIT $2) RETURNING id",
+                self.settings.outbox_retention_days, self.settings.outbox_prune_batch,
             )
             removed += len(rows)
             if len(rows) < self.settings.outbox_prune_batch:
@@ -106,7 +105,7 @@ class Dispatcher:
                 removed = await self.prune()
                 if removed:
                     log.info("outbox: deleted %d finished activations past their retention", removed)
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("outbox prune failed: %s", type(exc).__name__)
             await asyncio.sleep(self.settings.outbox_prune_interval_s)
 
@@ -114,7 +113,7 @@ class Dispatcher:
         while True:
             try:
                 claimed = await self.claim()
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("outbox claim failed: %s", type(exc).__name__)
                 claimed = []
             for row in claimed:
@@ -131,36 +130,36 @@ class Dispatcher:
     def _capacity(self) -> int:
         return max(0, self.settings.dispatch_concurrency - len(self._inflight))
 
-    async def claim(self) -> list[dict[str, Any]]:
+    async def claim(self) -> list[Record]:
         capacity = self._capacity()
         if capacity == 0:
             return []
-        claimed = await self.db.fetchall(_CLAIM, (LEASE_S, capacity))
+        claimed = await self.db.fetchall(_CLAIM, LEASE_S, capacity)
         self._leased.update(int(row["id"]) for row in claimed)
         return claimed
 
-    async def deliver(self, row: dict[str, Any]) -> None:
+    async def deliver(self, row: Record) -> None:
         try:
             await self._deliver(row)
-        except (psycopg.Error, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             # The lease brings the row back; nothing is lost.
             log.warning("activation %s not settled: %s", row["id"], type(exc).__name__)
         finally:
             self._leased.discard(int(row["id"]))
 
-    async def _deliver(self, row: dict[str, Any]) -> None:
+    async def _deliver(self, row: Record) -> None:
         agent = await self.db.fetchrow(
             "SELECT id, house_id, name, handler, environment_id, config, deleted_at, updated_at "
-            "FROM public.agents WHERE id = %s",
-            (row["agent_id"],),
+            "FROM public.agents WHERE id = $1",
+            row["agent_id"],
         )
         if agent is None or agent["deleted_at"] is not None or agent["house_id"] != row["house_id"]:
             await self._give_up(row, "agent deleted" if agent is not None else "unknown agent")
             return
         configs = await self.db.fetchall(
-            "SELECT key, value, environment_id FROM public.configs WHERE house_id = %s AND deleted_at IS NULL "
-            "AND (environment_id IS NULL OR environment_id = %s) ORDER BY key, environment_id NULLS FIRST",
-            (row["house_id"], agent["environment_id"]),
+            "SELECT key, value, environment_id FROM public.configs WHERE house_id = $1 AND deleted_at IS NULL "
+            "AND (environment_id IS NULL OR environment_id = $2) ORDER BY key, environment_id NULLS FIRST",
+            row["house_id"], agent["environment_id"],
         )
         payload = activation_payload(row, agent, configs)
         try:
@@ -175,30 +174,30 @@ class Dispatcher:
             return
         status = response.status
         if 200 <= status < 300:
-            await self.db.fetchall(
+            await self.db.execute(
                 "UPDATE appliance.outbox SET state = 'delivered', finished_at = now(), last_error = NULL, "
-                "leased_until = NULL WHERE id = %s RETURNING id",
-                (row["id"],),
+                "leased_until = NULL WHERE id = $1",
+                row["id"],
             )
         elif status in PERMANENT_STATUSES:
             await self._give_up(row, f"refused by the agent workers ({status})")
         else:
             await self._retry(row, f"agent workers answered {status}")
 
-    async def _retry(self, row: dict[str, Any], reason: str) -> None:
+    async def _retry(self, row: Record, reason: str) -> None:
         delay = backoff_s(int(row["attempts"]), self.settings.dispatch_backoff_max_s)
-        await self.db.fetchall(
-            "UPDATE appliance.outbox SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s, "
-            "leased_until = NULL WHERE id = %s AND state = 'ready' RETURNING id",
-            (delay, reason, row["id"]),
+        await self.db.execute(
+            "UPDATE appliance.outbox SET next_attempt_at = now() + make_interval(secs => $1), last_error = $2, "
+            "leased_until = NULL WHERE id = $3 AND state = 'ready'",
+            delay, reason, row["id"],
         )
 
-    async def _give_up(self, row: dict[str, Any], reason: str) -> None:
+    async def _give_up(self, row: Record, reason: str) -> None:
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE appliance.outbox SET state = 'gave_up', last_error = %s, finished_at = now(), "
-                "leased_until = NULL WHERE id = %s",
-                (reason, row["id"]),
+                "UPDATE appliance.outbox SET state = 'gave_up', last_error = $1, finished_at = now(), "
+                "leased_until = NULL WHERE id = $2",
+                reason, row["id"],
             )
             await self.audit.in_transaction(conn, AuditEvent(
                 "system", "agent.activation.gave_up", row["house_id"], f"agent:{row['agent_id']}",
@@ -207,7 +206,8 @@ class Dispatcher:
             ))
 
 
-def activation_payload(row: dict[str, Any], agent: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any]:
+def activation_payload(row: Record | Mapping[str, Any], agent: Record | Mapping[str, Any],
+                       configs: list[Record] | list[dict[str, Any]]) -> dict[str, Any]:
     """The body of POST /activate/{agent_id} (ACTIVATION.md): the agent's current config and the event."""
     merged: dict[str, Any] = {}
     for item in configs:  # house-wide first, then the agent's environment overrides

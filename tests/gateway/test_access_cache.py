@@ -141,7 +141,8 @@ def test_a_revoked_api_key_is_refused(stack: Stack, shared: tuple[User, User, st
 def test_while_the_listener_is_down_nothing_is_remembered(stack: Stack, shared: tuple[User, User, str, str]
                                                            ) -> None:
     _, member, house, thread = shared
-    stack.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN access_changed%%'")
+    # asyncpg's add_listener quotes the channel (LISTEN "access_changed"), psycopg's text did not.
+    stack.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %%access_changed%%'")
     deadline = time.monotonic() + 10
     # The loss is noticed at the next lookup at the latest (the socket is read before each).
     while cache_of(stack).stats()["listening"]:

@@ -5,54 +5,71 @@ Table and column names come from the routes' own constants, never from requests;
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
 from appliance.gateway.access import Membership, Principal, require
+from appliance.gateway.core.db import Connection, Record
 from appliance.gateway.core.errors import ApiError, not_found
 
+# jsonb columns: their values go as Python values, which the connection's jsonb codec encodes (core/db.py).
 JSON_COLUMNS = frozenset({"config", "value"})
 
 
-def _adapt(column: str, value: Any) -> Any:
-    return Jsonb(value) if column in JSON_COLUMNS and not isinstance(value, bytes) else value
+def _ident(name: str) -> str:
+    # Names come from the routes' constants; quoted anyway, as psycopg.sql.Identifier did.
+    return '"' + name.replace('"', '""') + '"'
 
 
-async def insert_row(conn: psycopg.AsyncConnection[Any], table: str, values: dict[str, Any]) -> dict[str, Any]:
+# The statements are built once per table and column set and reused as the same string, so each connection
+# prepares each of them once (asyncpg's statement cache is keyed by the text).
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    return (f"INSERT INTO public.{_ident(table)} ({', '.join(_ident(c) for c in columns)}) VALUES ({placeholders}) "
+            "ON CONFLICT (id) DO NOTHING RETURNING *")
+
+
+@functools.lru_cache(maxsize=64)
+def _load_sql(table: str, lock: bool) -> str:
+    return f"SELECT * FROM public.{_ident(table)} WHERE id = $1 AND deleted_at IS NULL{' FOR UPDATE' if lock else ''}"
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    assignments = [f"{_ident(c)} = ${n}" for n, c in enumerate(columns, start=1)]
+    assignments.append("updated_at = now()")
+    return f"UPDATE public.{_ident(table)} SET {', '.join(assignments)} WHERE id = ${len(columns) + 1} RETURNING *"
+
+
+# Tables without an updated_at column (rows that are never edited, only revoked).
+_NO_UPDATED_AT = frozenset({"invites", "api_keys"})
+
+
+@functools.lru_cache(maxsize=64)
+def _delete_sql(table: str) -> str:
+    touch = "" if table in _NO_UPDATED_AT else ", updated_at = now()"
+    return f"UPDATE public.{_ident(table)} SET deleted_at = now(){touch} WHERE id = $1 RETURNING *"
+
+
+async def insert_row(conn: Connection, table: str, values: dict[str, Any]) -> Record:
     """INSERT with the row's (client-supplied or generated) id; 409 when that id exists."""
-    columns = list(values)
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING RETURNING *").format(
-        sql.Identifier("public", table),
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
-    )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, [_adapt(c, values[c]) for c in columns])
-        row = await cur.fetchone()
+    columns = tuple(values)
+    row = await conn.fetchrow(_insert_sql(table, columns), *values.values())
     if row is None:
         raise ApiError(409, "already_exists", f"a {table.rstrip('s')} with this id already exists")
     return row
 
 
-async def load_live(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid.UUID, *, lock: bool = True
-                    ) -> dict[str, Any] | None:
+async def load_live(conn: Connection, table: str, row_id: uuid.UUID, *, lock: bool = True) -> Record | None:
     """The live (not deleted) row, locked for the rest of the transaction."""
-    query = sql.SQL("SELECT * FROM {} WHERE id = %s AND deleted_at IS NULL{}").format(
-        sql.Identifier("public", table), sql.SQL(" FOR UPDATE") if lock else sql.SQL("")
-    )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, (row_id,))
-        return await cur.fetchone()
+    return await conn.fetchrow(_load_sql(table, lock), row_id)
 
 
-async def load_for_role(conn: psycopg.AsyncConnection[Any], principal: Principal, table: str, row_id: uuid.UUID,
-                        role: str, attempted: str) -> tuple[dict[str, Any], str, Membership]:
+async def load_for_role(conn: Connection, principal: Principal, table: str, row_id: uuid.UUID,
+                        role: str, attempted: str) -> tuple[Record, str, Membership]:
     """The live row of `table`, locked, once the caller holds at least `role` in its house: (row, its audit
     subject `<kind>:<id>`, the caller's membership). 404 when there is no such row; Refused otherwise."""
     kind = table.rstrip("s")
@@ -63,34 +80,14 @@ async def load_for_role(conn: psycopg.AsyncConnection[Any], principal: Principal
     return row, subject, await require(conn, principal, row["house_id"], role, attempted, subject)
 
 
-async def update_row(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid.UUID, changes: dict[str, Any]
-                     ) -> dict[str, Any]:
-    assignments: list[sql.Composable] = [
-        sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder()) for c in changes
-    ]
-    assignments.append(sql.SQL("updated_at = now()"))
-    query = sql.SQL("UPDATE {} SET {} WHERE id = %s RETURNING *").format(
-        sql.Identifier("public", table), sql.SQL(", ").join(assignments)
-    )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, [*(_adapt(c, v) for c, v in changes.items()), row_id])
-        row = await cur.fetchone()
+async def update_row(conn: Connection, table: str, row_id: uuid.UUID, changes: dict[str, Any]) -> Record:
+    row = await conn.fetchrow(_update_sql(table, tuple(changes)), *changes.values(), row_id)
     assert row is not None
     return row
 
 
-# Tables without an updated_at column (rows that are never edited, only revoked).
-_NO_UPDATED_AT = frozenset({"invites", "api_keys"})
-
-
-async def soft_delete(conn: psycopg.AsyncConnection[Any], table: str, row_id: uuid.UUID) -> dict[str, Any]:
-    touch = sql.SQL("") if table in _NO_UPDATED_AT else sql.SQL(", updated_at = now()")
-    query = sql.SQL("UPDATE {} SET deleted_at = now(){} WHERE id = %s RETURNING *").format(
-        sql.Identifier("public", table), touch
-    )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, (row_id,))
-        row = await cur.fetchone()
+async def soft_delete(conn: Connection, table: str, row_id: uuid.UUID) -> Record:
+    row = await conn.fetchrow(_delete_sql(table), row_id)
     assert row is not None
     return row
 
@@ -103,23 +100,22 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def row_json(row: dict[str, Any], hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+def row_json(row: Record | dict[str, Any], hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
     return {k: to_json(v) for k, v in row.items() if k not in hidden and not isinstance(v, bytes | memoryview)}
 
 
-async def environment_in_house(conn: psycopg.AsyncConnection[Any], environment_id: uuid.UUID | None,
-                               house_id: uuid.UUID) -> None:
+async def environment_in_house(conn: Connection, environment_id: uuid.UUID | None, house_id: uuid.UUID) -> None:
     if environment_id is None:
         return
-    cur = await conn.execute(
-        "SELECT 1 FROM public.environments WHERE id = %s AND house_id = %s AND deleted_at IS NULL",
-        (environment_id, house_id),
+    found = await conn.fetchval(
+        "SELECT 1 FROM public.environments WHERE id = $1 AND house_id = $2 AND deleted_at IS NULL",
+        environment_id, house_id,
     )
-    if await cur.fetchone() is None:
+    if found is None:
         raise ApiError(422, "invalid_environment", "environment_id is not an environment of this house")
 
 
-async def principal_kind(conn: psycopg.AsyncConnection[Any], principal_id: uuid.UUID) -> str:
+async def principal_kind(conn: Connection, principal_id: uuid.UUID) -> str:
     """'agent' when the principal is a live agent, else 'user'."""
-    cur = await conn.execute("SELECT 1 FROM public.agents WHERE id = %s AND deleted_at IS NULL", (principal_id,))
-    return "agent" if await cur.fetchone() else "user"
+    found = await conn.fetchval("SELECT 1 FROM public.agents WHERE id = $1 AND deleted_at IS NULL", principal_id)
+    return "agent" if found else "user"

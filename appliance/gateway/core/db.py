@@ -1,83 +1,189 @@
-"""A small asyncio connection pool for the gateway's role (psycopg 3 async connections, autocommit).
+"""The gateway's connections to the tenant's Postgres: an asyncpg pool for its role, sized per worker.
 
-Small on purpose: the gateway needs a bounded set of connections that are checked when handed out and replaced
-when broken; the password is read from the tenant's secret file at each connect, so a rotated password is
-picked up without a restart.
+Why asyncpg here and psycopg elsewhere: the gateway runs a handful of fixed statements on every request, where
+psycopg's Python-level query conversion and parameter dumping were a large share of its CPU; asyncpg prepares
+each statement once per connection (its statement cache) and encodes parameters in C, in the binary format.
+Replication, the CLI, migrations and the sync audit chain stay on psycopg (one connection helper each), where
+libpq's features (COPY, replication protocol, `%s` composition) serve better and CPU per statement does not
+matter.
+
+What stays as it was with the psycopg pool: a connection is checked when handed back, and one left inside a
+transaction (or holding anything a rollback would not undo) is closed, never reused; the password is read from
+the tenant's secret file at each new connection, so a rotated password is picked up without a restart; every
+connection says `application_name = appliance-gateway`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
-import psycopg
-from psycopg.rows import dict_row
+import asyncpg
+
+APPLICATION_NAME: Final = "appliance-gateway"
+# Distinct statements the gateway runs (fixed texts, the CRUD ones per table and column set) stay well under this.
+STATEMENT_CACHE_SIZE: Final = 256
+
+Record = asyncpg.Record
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres cannot be reached (or the gateway is shutting down): answered 503, retried by the client."""
+
+
+class GatewayConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection that remembers what it learned about the database once (set by `_init`)."""
+
+    # Whether the database has audit.append_event (migration 0006), asked once per connection: one opened before
+    # a deploy migrated its database keeps appending the older way (appliance/audit/chain.py).
+    audit_append_one: bool | None = None
+
+
+Connection = GatewayConnection | asyncpg.pool.PoolConnectionProxy
+
+
+def _dump_jsonb(value: Any) -> bytes:
+    # jsonb's binary format is a version byte and the text.
+    return b"\x01" + json.dumps(value).encode()
+
+
+def _load_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+async def _init(conn: GatewayConnection) -> None:
+    """Once per new connection: JSON codecs (Python values in and out, as psycopg's Jsonb and loaders gave) and
+    what the audit chain needs to know."""
+    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary", encoder=_dump_jsonb,
+                              decoder=_load_jsonb)
+    await conn.set_type_codec("json", schema="pg_catalog", format="text", encoder=json.dumps, decoder=json.loads)
+    conn.audit_append_one = bool(await conn.fetchval(
+        "SELECT to_regprocedure('audit.append_event(text,text,uuid,text,jsonb,text,text)') IS NOT NULL"))
+
+
+async def _keep_as_is(conn: GatewayConnection) -> None:
+    """The pool's reset when a connection is handed back: nothing to send. asyncpg's default runs
+    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` (a round trip per request); the gateway never
+    leaves session state behind on a connection it hands back (`Database.connection` closes one inside a
+    transaction; the entries' lock holders release their locks or close the connection)."""
+    del conn
+
+
+# Failures of the connection itself (not of a statement): the database is away, restarting, or refused us.
+_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InvalidAuthorizationSpecificationError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError)
+
+
+# What a background task that talks to Postgres expects to meet and retry: a statement refused, the connection
+# lost (asyncpg's InterfaceError), or no connection to be had.
+DATABASE_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable, OSError)
+
+
+def affected(status: str) -> int:
+    """Rows a command touched, from its status ("UPDATE 3", "INSERT 0 1"): psycopg's `rowcount`."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else 0
+
+
+def _released(conn: Connection) -> bool:
+    """Whether a pool's connection has been handed back already (asyncpg does so itself when it closes)."""
+    return isinstance(conn, asyncpg.pool.PoolConnectionProxy) and conn._con is None
 
 
 class Database:
     def __init__(self, conninfo: dict[str, Any], password: Callable[[], str], size: int,
                  connect_timeout: float = 5) -> None:
-        self._conninfo = conninfo
-        self._password = password
+        self._connect_args: dict[str, Any] = {
+            "host": conninfo["host"], "port": conninfo["port"], "user": conninfo["user"],
+            "database": conninfo["dbname"],
+            # A callable: asyncpg calls it at every connect, so a rotated password is used from then on.
+            "password": password,
+            "timeout": connect_timeout,
+            "server_settings": {"application_name": APPLICATION_NAME},
+            "statement_cache_size": STATEMENT_CACHE_SIZE,
+            "connection_class": GatewayConnection,
+        }
         self._size = size
-        self._connect_timeout = connect_timeout
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._slots = asyncio.Semaphore(size)
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
         self._closed = False
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            **self._conninfo, password=self._password(), autocommit=True,
-            connect_timeout=max(1, int(self._connect_timeout)), application_name="appliance-gateway",
-        )
+    async def _open(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self._pool is None:
+                # min_size 0: nothing is connected until a request needs it (the gateway starts while Postgres
+                # may still be starting); idle connections are kept (a new one costs a SCRAM handshake).
+                self._pool = await asyncpg.create_pool(
+                    min_size=0, max_size=self._size, max_inactive_connection_lifetime=0, init=_init,
+                    reset=_keep_as_is, **self._connect_args)
+            return self._pool
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection for the duration of the block (autocommit; open `conn.transaction()` for writes)."""
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection for the duration of the block (autocommit; open `conn.transaction()` for writes)."""
         if self._closed:
-            raise psycopg.OperationalError("the gateway is shutting down")
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else None
-            if conn is not None and (conn.closed or conn.broken):
-                conn = None
-            if conn is None:
-                conn = await self._connect()
-            try:
-                yield conn
-            finally:
+            raise DatabaseUnavailable("the gateway is shutting down")
+        pool = self._pool or await self._open()
+        try:
+            conn = await pool.acquire()
+        except _UNREACHABLE as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+        try:
+            yield conn
+        finally:
+            # A connection that closed (or was terminated) while lent has already gone back to the pool, which
+            # replaces it; asyncpg then refuses every call on it.
+            if not _released(conn):
                 # Reused after an error too (a refused write is common and a new connection costs a SCRAM
                 # handshake), but only when it is idle outside any transaction; users that hold session state
                 # (the entries' advisory locks) release it or close the connection themselves.
-                reusable = (not self._closed and not conn.closed and not conn.broken
-                            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
-                if reusable:
-                    self._idle.append(conn)
-                else:
-                    await conn.close()
+                if not conn.is_closed() and (self._closed or conn.is_in_transaction()):
+                    conn.terminate()
+                await pool.release(conn)
 
-    async def dedicated(self) -> psycopg.AsyncConnection[Any]:
+    async def dedicated(self) -> GatewayConnection:
         """A connection of its own, outside the pool (a LISTEN), closed by the caller."""
-        return await self._connect()
+        try:
+            conn: GatewayConnection = await asyncpg.connect(**self._connect_args)
+        except _UNREACHABLE as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+        try:
+            await _init(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
-    async def fetchrow(self, query: str, params: Any = None) -> dict[str, Any] | None:
-        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, params)  # type: ignore[arg-type]
-            return await cur.fetchone()
+    async def fetchrow(self, query: str, *args: Any) -> Record | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(query, *args)
 
-    async def fetchall(self, query: str, params: Any = None) -> list[dict[str, Any]]:
-        async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, params)  # type: ignore[arg-type]
-            return await cur.fetchall()
+    async def fetchall(self, query: str, *args: Any) -> list[Record]:
+        async with self.connection() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.connection() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.connection() as conn:
+            return await conn.execute(query, *args)
 
     async def close(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
+        if self._pool is not None:
+            try:
+                # Waits for connections still lent (an entry group finishing); then cuts what is left.
+                await asyncio.wait_for(self._pool.close(), 10)
+            except TimeoutError:
+                self._pool.terminate()

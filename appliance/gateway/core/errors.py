@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from appliance.gateway.core.db import DatabaseUnavailable
 
 log = logging.getLogger("appliance.gateway")
 
@@ -63,6 +65,31 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# SQLSTATE classes answered the way psycopg's exception classes were: integrity (23) a conflict, data (22) a bad
+# value; connection (08), authorization (28), transaction rollback (40: deadlock, serialization), insufficient
+# resources (53), program limits (54), object state (55: lock not available), operator intervention (57: admin
+# shutdown, cannot connect now) and system errors (58) an outage to retry (psycopg's OperationalError).
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "40", "53", "54", "55", "57", "58"})
+
+
+def _unavailable(exc: BaseException) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "1"})
+
+
+def database_error_response(exc: asyncpg.PostgresError) -> JSONResponse | None:
+    """The answer to a Postgres error a route let through, or None for an internal error (500)."""
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    if sqlstate.startswith("23"):
+        # A race the route's own checks could not see (two creates of one name at once): a conflict, not a 500.
+        return error_response(409, "conflict", "the change conflicts with existing data")
+    if sqlstate.startswith("22"):
+        return error_response(400, "bad_request", "a value is out of range or malformed")
+    if sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        return _unavailable(exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -78,19 +105,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _validation_message(exc))
 
-    @app.exception_handler(psycopg.errors.IntegrityError)
-    async def _integrity(_: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
-        # A race the route's own checks could not see (two creates of one name at once): a conflict, not a 500.
-        return error_response(409, "conflict", "the change conflicts with existing data")
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _postgres_error(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        answer = database_error_response(exc)
+        if answer is None:
+            return await _unexpected(request, exc)
+        return answer
 
-    @app.exception_handler(psycopg.errors.DataError)
-    async def _data_error(_: Request, exc: psycopg.errors.DataError) -> JSONResponse:
-        return error_response(400, "bad_request", "a value is out of range or malformed")
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def _db_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "1"})
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
+    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

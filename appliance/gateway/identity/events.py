@@ -14,13 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
-
-import psycopg
+from typing import Final
 
 from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, append_events_async
-from appliance.gateway.core.db import Database
+from appliance.gateway.core.db import Database, GatewayConnection
 
 log = logging.getLogger("appliance.gateway")
 
@@ -33,7 +31,7 @@ BATCH: Final = 500
 
 # One mover at a time per database (arbitrary constant: "identity.events" as ASCII-ish digits).
 MOVER_LOCK: Final = 0x6964656E74657673
-_TAKE: Final = "SELECT id, at, actor, action, subject, detail FROM identity.events ORDER BY id LIMIT %s"
+_TAKE: Final = "SELECT id, at, actor, action, subject, detail FROM identity.events ORDER BY id LIMIT $1"
 
 
 async def move_events(db: Database) -> int:
@@ -41,10 +39,9 @@ async def move_events(db: Database) -> int:
     moved = 0
     while True:
         async with db.connection() as conn, conn.transaction():
-            locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (MOVER_LOCK,))).fetchone()
-            if not locked or not locked[0]:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MOVER_LOCK):
                 return moved
-            rows = await (await conn.execute(_TAKE, (BATCH,))).fetchall()
+            rows = await conn.fetch(_TAKE, BATCH)
             if not rows:
                 return moved
             events = [
@@ -52,30 +49,52 @@ async def move_events(db: Database) -> int:
                 for _id, at, actor, action, subject, detail in rows
             ]
             await append_events_async(conn, events)
-            await conn.execute("DELETE FROM identity.events WHERE id = ANY(%s)", ([r[0] for r in rows],))
+            await conn.execute("DELETE FROM identity.events WHERE id = ANY($1)", [r[0] for r in rows])
         moved += len(rows)
         if len(rows) < BATCH:
             return moved
 
 
-async def run(db: Database, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+class _Wakeup:
+    """What one listening connection heard (asyncpg calls these from the event loop)."""
+
+    def __init__(self, keys_rotated: Callable[[], None]) -> None:
+        self.keys_rotated = keys_rotated
+        self.notified = asyncio.Event()
+        self.lost = False
+
+    def heard(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+        if channel == KEYS_CHANNEL:
+            self.keys_rotated()
+        self.notified.set()
+
+    def ended(self, _conn: object) -> None:
+        self.lost = True
+        self.notified.set()
+
+
+async def run(db: Database, connect: Callable[[], Awaitable[GatewayConnection]],
               keys_rotated: Callable[[], None]) -> None:
     """Forever: move events when notified, and every SWEEP_S seconds regardless; tell `keys_rotated` when the
     provider's keys change."""
     delay = 0.5
     while True:
-        listener: psycopg.AsyncConnection[Any] | None = None
+        listener: GatewayConnection | None = None
+        wakeup = _Wakeup(keys_rotated)
         try:
             listener = await connect()
-            await listener.execute(f"LISTEN {CHANNEL}")
-            await listener.execute(f"LISTEN {KEYS_CHANNEL}")
+            listener.add_termination_listener(wakeup.ended)
+            await listener.add_listener(CHANNEL, wakeup.heard)
+            await listener.add_listener(KEYS_CHANNEL, wakeup.heard)
             delay = 0.5
             await move_events(db)
             while True:
                 # Any notification (or none within the sweep) means: look at the outbox.
-                async for notice in listener.notifies(timeout=SWEEP_S, stop_after=1):
-                    if notice.channel == KEYS_CHANNEL:
-                        keys_rotated()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.notified.wait(), SWEEP_S)
+                wakeup.notified.clear()
+                if wakeup.lost or listener.is_closed():
+                    raise ConnectionError("the listening connection ended")
                 await move_events(db)
         except asyncio.CancelledError:
             raise
@@ -85,5 +104,4 @@ async def run(db: Database, connect: Callable[[], Awaitable[psycopg.AsyncConnect
             delay = min(delay * 2, 10.0)
         finally:
             if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
+                listener.terminate()

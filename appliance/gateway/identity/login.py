@@ -15,13 +15,12 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlencode, urlsplit
-
-import psycopg
 
 from appliance.config import TenantConfig
 from appliance.gateway.access import fetch_one
+from appliance.gateway.core.db import Connection
 from appliance.gateway.identity.issuers import Issuer, IssuerError, VerifiedToken
 from appliance.identity.provider import CALLBACK_PATH, tenant_origins
 
@@ -75,7 +74,7 @@ class Started:
     binding: str
 
 
-async def start(conn: psycopg.AsyncConnection[Any], issuer: Issuer, *, return_to: str, redirect_uri: str,
+async def start(conn: Connection, issuer: Issuer, *, return_to: str, redirect_uri: str,
                 client: str, ttl_s: int) -> Started:
     try:
         metadata = await issuer.metadata()
@@ -90,8 +89,8 @@ async def start(conn: psycopg.AsyncConnection[Any], issuer: Issuer, *, return_to
         await conn.execute("DELETE FROM appliance.login_states WHERE expires_at < now()")
         await conn.execute(
             "INSERT INTO appliance.login_states (state_hash, binding_hash, issuer_name, nonce, code_verifier, "
-            "return_to, client, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
-            (_hash(state), _hash(binding), issuer.config.name, nonce, verifier, return_to, client, ttl_s))
+            "return_to, client, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))",
+            _hash(state), _hash(binding), issuer.config.name, nonce, verifier, return_to, client, float(ttl_s))
     query = urlencode({
         "response_type": "code", "client_id": issuer.config.client_id, "redirect_uri": redirect_uri,
         "scope": LOGIN_SCOPES, "state": state, "nonce": nonce, "code_challenge": challenge,
@@ -109,15 +108,15 @@ class Pending:
     return_to: str
 
 
-async def take_state(conn: psycopg.AsyncConnection[Any], state: str | None, binding: str | None) -> Pending:
+async def take_state(conn: Connection, state: str | None, binding: str | None) -> Pending:
     """The login a callback finishes, taken once (a state is good for one callback), or LoginError."""
     if not state or len(state) > 200:
         raise LoginError(400, "invalid_state", "this login is unknown or was used already; start again",
                          "missing_state")
     row = await fetch_one(
-        conn, "DELETE FROM appliance.login_states WHERE state_hash = %s "
+        conn, "DELETE FROM appliance.login_states WHERE state_hash = $1 "
               "RETURNING binding_hash, issuer_name, nonce, code_verifier, return_to, expires_at < now() AS expired",
-        (_hash(state),))
+        _hash(state))
     if row is None:
         raise LoginError(400, "invalid_state", "this login is unknown or was used already; start again",
                          "unknown_state")

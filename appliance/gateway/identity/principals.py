@@ -10,11 +10,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from appliance.audit.chain import AuditEvent, append_events_async
 from appliance.config import RoleGrant
 from appliance.gateway.access import fetch_one
+from appliance.gateway.core.db import Connection, affected
 from appliance.gateway.identity.issuers import VerifiedToken
 from appliance.gateway.schema import ROLE_RANK
 
@@ -36,7 +35,7 @@ def _text_claim(claims: dict[str, Any], name: str, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
-async def person_for(conn: psycopg.AsyncConnection[Any], token: VerifiedToken, client: str, *,
+async def person_for(conn: Connection, token: VerifiedToken, client: str, *,
                      interactive: bool) -> Person:
     """`_person`, once more if another first login of the same person raced this one."""
     try:
@@ -49,7 +48,7 @@ class _Retry(Exception):
     pass
 
 
-async def _person(conn: psycopg.AsyncConnection[Any], token: VerifiedToken, client: str, *,
+async def _person(conn: Connection, token: VerifiedToken, client: str, *,
                   interactive: bool) -> Person:
     """The principal of a verified token's person (made at their first login), with their directory entry and
     claimed roles brought up to date, and the changes audited, in one transaction. Disabled if disabled."""
@@ -60,18 +59,18 @@ async def _person(conn: psycopg.AsyncConnection[Any], token: VerifiedToken, clie
     async with conn.transaction():
         row = await fetch_one(
             conn, "SELECT i.principal_id, u.disabled FROM public.identities i "
-                  "JOIN public.users u USING (principal_id) WHERE i.issuer = %s AND i.subject = %s",
-            (issuer, token.subject))
+                  "JOIN public.users u USING (principal_id) WHERE i.issuer = $1 AND i.subject = $2",
+            issuer, token.subject)
         created = False
         if row is None:
             principal = uuid.uuid4()
             await conn.execute(
                 "INSERT INTO public.users (principal_id, display_name, email, last_login_at) "
-                "VALUES (%s, %s, %s, CASE WHEN %s THEN now() END)", (principal, display_name, email, interactive))
+                "VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END)", principal, display_name, email, interactive)
             inserted = await conn.execute(
-                "INSERT INTO public.identities (issuer, subject, principal_id) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING", (issuer, token.subject, principal))
-            if inserted.rowcount == 0:
+                "INSERT INTO public.identities (issuer, subject, principal_id) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING", issuer, token.subject, principal)
+            if affected(inserted) == 0:
                 # Another first login of the same person won the race: theirs is the principal.
                 raise _Retry()
             created = True
@@ -82,10 +81,10 @@ async def _person(conn: psycopg.AsyncConnection[Any], token: VerifiedToken, clie
             if row["disabled"]:
                 raise Disabled()
             await conn.execute(
-                "UPDATE public.users SET display_name = %s, email = %s, updated_at = now(), "
-                "last_login_at = CASE WHEN %s THEN now() ELSE last_login_at END "
-                "WHERE principal_id = %s AND (display_name <> %s OR email <> %s OR %s)",
-                (display_name, email, interactive, principal, display_name, email, interactive))
+                "UPDATE public.users SET display_name = $1, email = $2, updated_at = now(), "
+                "last_login_at = CASE WHEN $3 THEN now() ELSE last_login_at END "
+                "WHERE principal_id = $4 AND (display_name <> $1 OR email <> $2 OR $3)",
+                display_name, email, interactive, principal)
         role_events = await _apply_roles(conn, principal, token, client)
         events.extend(role_events)
         if events:
@@ -112,7 +111,7 @@ def desired_roles(grants: tuple[RoleGrant, ...], claims: dict[str, Any]) -> dict
     return desired
 
 
-async def _apply_roles(conn: psycopg.AsyncConnection[Any], principal: uuid.UUID, token: VerifiedToken,
+async def _apply_roles(conn: Connection, principal: uuid.UUID, token: VerifiedToken,
                        client: str) -> list[AuditEvent]:
     """Memberships in the houses the issuer's claims manage, made to match the claims (added, re-roled, removed).
     A house named by the settings that does not exist (or was deleted) is skipped."""
@@ -120,11 +119,11 @@ async def _apply_roles(conn: psycopg.AsyncConnection[Any], principal: uuid.UUID,
     if not desired:
         return []
     houses = list(desired)
-    live = {r[0] for r in await (await conn.execute(
-        "SELECT id FROM public.houses WHERE id = ANY(%s) AND deleted_at IS NULL", (houses,))).fetchall()}
-    current = {r[1]: (r[0], r[2]) for r in await (await conn.execute(
-        "SELECT id, house_id, role FROM public.members WHERE principal_id = %s AND house_id = ANY(%s) "
-        "AND deleted_at IS NULL FOR UPDATE", (principal, houses))).fetchall()}
+    live = {r[0] for r in await conn.fetch(
+        "SELECT id FROM public.houses WHERE id = ANY($1) AND deleted_at IS NULL", houses)}
+    current = {r[1]: (r[0], r[2]) for r in await conn.fetch(
+        "SELECT id, house_id, role FROM public.members WHERE principal_id = $1 AND house_id = ANY($2) "
+        "AND deleted_at IS NULL FOR UPDATE", principal, houses)}
     events = []
     actor = str(principal)
     detail = {"issuer": token.issuer.issuer, "client": client, "by": "claims"}
@@ -135,16 +134,16 @@ async def _apply_roles(conn: psycopg.AsyncConnection[Any], principal: uuid.UUID,
         if role is not None and existing is None:
             await conn.execute(
                 "INSERT INTO public.members (id, house_id, principal_id, principal_kind, role, created_by) "
-                "VALUES (%s, %s, %s, 'user', %s, %s)", (uuid.uuid4(), house, principal, role, principal))
+                "VALUES ($1, $2, $3, 'user', $4, $5)", uuid.uuid4(), house, principal, role, principal)
             events.append(AuditEvent(actor, "member.create", house, f"principal:{principal}", {**detail, "role": role}))
         elif role is not None and existing is not None and existing[1] != role:
-            await conn.execute("UPDATE public.members SET role = %s, updated_at = now() WHERE id = %s",
-                               (role, existing[0]))
+            await conn.execute("UPDATE public.members SET role = $1, updated_at = now() WHERE id = $2",
+                               role, existing[0])
             events.append(AuditEvent(actor, "member.update", house, f"principal:{principal}",
                                      {**detail, "role": role, "was": existing[1]}))
         elif role is None and existing is not None:
-            await conn.execute("UPDATE public.members SET deleted_at = now(), updated_at = now() WHERE id = %s",
-                               (existing[0],))
+            await conn.execute("UPDATE public.members SET deleted_at = now(), updated_at = now() WHERE id = $1",
+                               existing[0])
             events.append(AuditEvent(actor, "member.delete", house, f"principal:{principal}",
                                      {**detail, "was": existing[1]}))
     return events

@@ -13,11 +13,10 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final
-
-import psycopg
+from typing import Final
 
 from appliance.gateway.access import fetch_one
+from appliance.gateway.core.db import Connection
 
 _TOKEN: Final = re.compile(r"^rt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 
@@ -52,17 +51,17 @@ def parse(token: str | None) -> uuid.UUID | None:
     return uuid.UUID(match.group(1)) if match else None
 
 
-async def create(conn: psycopg.AsyncConnection[Any], principal_id: uuid.UUID, issuer: str, ttl_s: int) -> Session:
+async def create(conn: Connection, principal_id: uuid.UUID, issuer: str, ttl_s: int) -> Session:
     session_id = uuid.uuid4()
     token = _new_token(session_id)
     await conn.execute(
         "INSERT INTO appliance.auth_sessions (id, principal_id, issuer, current_hash, expires_at) "
-        "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
-        (session_id, principal_id, issuer, _hash(token), ttl_s))
+        "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        session_id, principal_id, issuer, _hash(token), float(ttl_s))
     return Session(session_id, principal_id, issuer, token)
 
 
-async def rotate(conn: psycopg.AsyncConnection[Any], token: str | None) -> Session:
+async def rotate(conn: Connection, token: str | None) -> Session:
     """The session's next token, or SessionRefused (reuse ends the session). Call inside a transaction."""
     session_id = parse(token)
     if session_id is None or token is None:
@@ -70,7 +69,7 @@ async def rotate(conn: psycopg.AsyncConnection[Any], token: str | None) -> Sessi
     row = await fetch_one(
         conn, "SELECT s.principal_id, s.issuer, s.current_hash, s.previous_hash, s.revoked_at IS NOT NULL AS revoked, "
               "s.expires_at <= now() AS expired, u.disabled FROM appliance.auth_sessions s "
-              "JOIN public.users u USING (principal_id) WHERE s.id = %s FOR UPDATE OF s", (session_id,))
+              "JOIN public.users u USING (principal_id) WHERE s.id = $1 FOR UPDATE OF s", session_id)
     if row is None:
         raise SessionRefused("unknown")
     principal = row["principal_id"]
@@ -88,26 +87,26 @@ async def rotate(conn: psycopg.AsyncConnection[Any], token: str | None) -> Sessi
         raise SessionRefused("user_disabled", session_id, principal)
     fresh = _new_token(session_id)
     await conn.execute(
-        "UPDATE appliance.auth_sessions SET previous_hash = current_hash, current_hash = %s, "
-        "generation = generation + 1, refreshed_at = now() WHERE id = %s", (_hash(fresh), session_id))
+        "UPDATE appliance.auth_sessions SET previous_hash = current_hash, current_hash = $1, "
+        "generation = generation + 1, refreshed_at = now() WHERE id = $2", _hash(fresh), session_id)
     return Session(session_id, principal, row["issuer"], fresh)
 
 
-async def end(conn: psycopg.AsyncConnection[Any], token: str | None) -> Session | None:
+async def end(conn: Connection, token: str | None) -> Session | None:
     """Log out: the session of a token that is (or was) one of its tokens ends; the session, or None."""
     session_id = parse(token)
     if session_id is None or token is None:
         return None
     row = await fetch_one(
         conn, "SELECT principal_id, issuer, current_hash, previous_hash FROM appliance.auth_sessions "
-              "WHERE id = %s AND revoked_at IS NULL", (session_id,))
+              "WHERE id = $1 AND revoked_at IS NULL", session_id)
     if row is None or _hash(token) not in (bytes(row["current_hash"]), bytes(row["previous_hash"] or b"")):
         return None
     await _revoke(conn, session_id, "logout")
     return Session(session_id, row["principal_id"], row["issuer"], "")
 
 
-async def _revoke(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID, why: str) -> None:
+async def _revoke(conn: Connection, session_id: uuid.UUID, why: str) -> None:
     await conn.execute(
-        "UPDATE appliance.auth_sessions SET revoked_at = now(), revoked_why = %s WHERE id = %s AND revoked_at IS NULL",
-        (why, session_id))
+        "UPDATE appliance.auth_sessions SET revoked_at = now(), revoked_why = $1 WHERE id = $2 AND revoked_at IS NULL",
+        why, session_id)

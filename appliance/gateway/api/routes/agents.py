@@ -20,6 +20,7 @@ from appliance.gateway.api.crud import (
     update_row,
 )
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
+from appliance.gateway.core.db import affected
 from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.models import AgentCreate, AgentUpdate, WriteResult
 
@@ -33,11 +34,11 @@ async def create_agent(body: AgentCreate, principal: CurrentPrincipal, gateway: 
         await require(tx.conn, principal, body.house_id, "admin", "agent.create", f"house:{body.house_id}")
         await environment_in_house(tx.conn, body.environment_id, body.house_id)
         # An agent is a principal: its (client-chosen) id must not be anyone's already.
-        cur = await tx.conn.execute(
-            "SELECT 1 FROM public.members WHERE principal_id = %s UNION ALL "
-            "SELECT 1 FROM public.api_keys WHERE principal_id = %s LIMIT 1", (agent_id, agent_id)
+        taken = await tx.conn.fetchval(
+            "SELECT 1 FROM public.members WHERE principal_id = $1 UNION ALL "
+            "SELECT 1 FROM public.api_keys WHERE principal_id = $1 LIMIT 1", agent_id
         )
-        if await cur.fetchone():
+        if taken:
             raise ApiError(409, "already_exists", "this id is already a principal's")
         row = await insert_row(tx.conn, "agents", {
             "id": agent_id, "house_id": body.house_id, "name": body.name, "handler": body.handler,
@@ -76,13 +77,13 @@ async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, gateway
         row = await soft_delete(tx.conn, "agents", agent_id)
         await tx.conn.execute(
             "UPDATE public.members SET deleted_at = now(), updated_at = now() "
-            "WHERE principal_id = %s AND deleted_at IS NULL",
-            (agent_id,),
+            "WHERE principal_id = $1 AND deleted_at IS NULL",
+            agent_id,
         )
-        cur = await tx.conn.execute(
-            "UPDATE public.api_keys SET deleted_at = now() WHERE principal_id = %s AND deleted_at IS NULL",
-            (agent_id,),
+        revoked = await tx.conn.execute(
+            "UPDATE public.api_keys SET deleted_at = now() WHERE principal_id = $1 AND deleted_at IS NULL",
+            agent_id,
         )
-        tx.record("agent.delete", row["house_id"], subject, api_keys_revoked=cur.rowcount)
+        tx.record("agent.delete", row["house_id"], subject, api_keys_revoked=affected(revoked))
         txid = await current_txid(tx.conn)
     return {"data": row_json(row), "txid": txid}

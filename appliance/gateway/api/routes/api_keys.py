@@ -30,10 +30,10 @@ async def list_api_keys(principal: CurrentPrincipal, gateway: GatewayDep) -> dic
     """The caller's own keys, and the keys of agents in houses the caller administers (never the keys)."""
     rows = await gateway.db.fetchall(
         "SELECT k.id, k.principal_id, k.principal_kind, k.house_id, k.name, k.created_by, k.created_at, "
-        "k.expires_at, k.last_used_at FROM public.api_keys k WHERE k.deleted_at IS NULL AND (k.principal_id = %s "
-        " OR k.house_id IN (SELECT m.house_id FROM public.members m WHERE m.principal_id = %s"
+        "k.expires_at, k.last_used_at FROM public.api_keys k WHERE k.deleted_at IS NULL AND (k.principal_id = $1 "
+        " OR k.house_id IN (SELECT m.house_id FROM public.members m WHERE m.principal_id = $1"
         "  AND m.deleted_at IS NULL AND m.role IN ('owner', 'admin'))) ORDER BY k.created_at",
-        (principal.id, principal.id),
+        principal.id,
     )
     return {"data": [row_json(r) for r in rows]}
 

@@ -24,7 +24,7 @@ _KEY = (
     "(k.expires_at IS NULL OR k.expires_at > now()) AS valid, "
     "(k.principal_kind = 'user' OR EXISTS (SELECT 1 FROM public.agents a WHERE a.id = k.principal_id "
     " AND a.deleted_at IS NULL)) AS principal_live "
-    "FROM public.api_keys k WHERE k.id = %s AND k.deleted_at IS NULL FOR UPDATE OF k"
+    "FROM public.api_keys k WHERE k.id = $1 AND k.deleted_at IS NULL FOR UPDATE OF k"
 )
 
 
@@ -39,7 +39,7 @@ async def exchange_api_key(body: TokenRequest, request: Request, gateway: Gatewa
                                            {"reason": "malformed", "client": client}))
         raise refused
     async with gateway.db.connection() as conn, conn.transaction():
-        row = await fetch_one(conn, _KEY, (key_id,))
+        row = await fetch_one(conn, _KEY, key_id)
         reason = None
         if row is None:
             reason = "unknown_or_revoked"
@@ -50,7 +50,7 @@ async def exchange_api_key(body: TokenRequest, request: Request, gateway: Gatewa
         elif not row["principal_live"]:
             reason = "principal_deleted"
         if reason is None and row is not None:
-            await conn.execute("UPDATE public.api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
+            await conn.execute("UPDATE public.api_keys SET last_used_at = now() WHERE id = $1", key_id)
             await gateway.audit.in_transaction(conn, AuditEvent(
                 str(row["principal_id"]), "auth.api_key_exchanged", row["house_id"], f"api_key:{key_id}",
                 {"client": client, "ttl_s": gateway.settings.token_ttl_s},

@@ -47,19 +47,19 @@ async def accept_invite(body: InviteAccept, principal: CurrentPrincipal, gateway
         if await principal_kind(tx.conn, principal.id) == "agent":
             raise ApiError(403, "forbidden", "agents cannot accept invites")
         house_id = row["house_id"]
-        cur = await tx.conn.execute(
-            "SELECT 1 FROM public.houses WHERE id = %s AND deleted_at IS NULL", (house_id,)
+        house_live = await tx.conn.fetchval(
+            "SELECT 1 FROM public.houses WHERE id = $1 AND deleted_at IS NULL", house_id
         )
-        if await cur.fetchone() is None:
+        if house_live is None:
             raise ApiError(404, "invalid_invite", "unknown, used or expired invite")
-        cur = await tx.conn.execute(
-            "SELECT 1 FROM public.members WHERE house_id = %s AND principal_id = %s AND deleted_at IS NULL",
-            (house_id, principal.id),
+        already = await tx.conn.fetchval(
+            "SELECT 1 FROM public.members WHERE house_id = $1 AND principal_id = $2 AND deleted_at IS NULL",
+            house_id, principal.id,
         )
-        if await cur.fetchone():
+        if already:
             raise ApiError(409, "already_member", "you are already a member of this house")
         await tx.conn.execute(
-            "UPDATE public.invites SET accepted_by = %s, accepted_at = now() WHERE id = %s", (principal.id, invite_id)
+            "UPDATE public.invites SET accepted_by = $1, accepted_at = now() WHERE id = $2", principal.id, invite_id
         )
         member = await insert_row(tx.conn, "members", {
             "id": uuid.uuid4(), "house_id": house_id, "principal_id": principal.id, "principal_kind": "user",

@@ -19,8 +19,8 @@ async def me(principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]
     rows = await gateway.db.fetchall(
         "SELECT m.house_id, m.role, m.principal_kind, h.name FROM public.members m "
         "JOIN public.houses h ON h.id = m.house_id AND h.deleted_at IS NULL "
-        "WHERE m.principal_id = %s AND m.deleted_at IS NULL ORDER BY h.name, m.house_id",
-        (principal.id,),
+        "WHERE m.principal_id = $1 AND m.deleted_at IS NULL ORDER BY h.name, m.house_id",
+        principal.id,
     )
     kind = rows[0]["principal_kind"] if rows else "user"
     return {

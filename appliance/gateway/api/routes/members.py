@@ -21,13 +21,12 @@ router = APIRouter(prefix="/api/members", tags=["members"], responses=error_resp
 
 
 async def _owners_left(conn: Any, house_id: uuid.UUID, without: uuid.UUID) -> int:
-    cur = await conn.execute(
-        "SELECT count(*) FROM public.members WHERE house_id = %s AND role = 'owner' AND deleted_at IS NULL "
-        "AND id <> %s",
-        (house_id, without),
+    count = await conn.fetchval(
+        "SELECT count(*) FROM public.members WHERE house_id = $1 AND role = 'owner' AND deleted_at IS NULL "
+        "AND id <> $2",
+        house_id, without,
     )
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    return int(count or 0)
 
 
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409))
@@ -39,15 +38,15 @@ async def add_member(body: MemberCreate, principal: CurrentPrincipal, gateway: G
             raise Refused(body.house_id, "member.create", "needs_owner", 403, f"principal:{body.principal_id}")
         kind = await principal_kind(tx.conn, body.principal_id)
         if kind == "agent":
-            cur = await tx.conn.execute("SELECT house_id FROM public.agents WHERE id = %s", (body.principal_id,))
-            agent = await cur.fetchone()
-            if agent is None or agent[0] != body.house_id:
+            agent_house = await tx.conn.fetchval("SELECT house_id FROM public.agents WHERE id = $1",
+                                                 body.principal_id)
+            if agent_house is None or agent_house != body.house_id:
                 raise ApiError(422, "invalid_principal", "an agent can only be a member of its own house")
-        cur = await tx.conn.execute(
-            "SELECT 1 FROM public.members WHERE house_id = %s AND principal_id = %s AND deleted_at IS NULL",
-            (body.house_id, body.principal_id),
+        already = await tx.conn.fetchval(
+            "SELECT 1 FROM public.members WHERE house_id = $1 AND principal_id = $2 AND deleted_at IS NULL",
+            body.house_id, body.principal_id,
         )
-        if await cur.fetchone():
+        if already:
             raise ApiError(409, "already_member", "this principal is already a member of the house")
         row = await insert_row(tx.conn, "members", {
             "id": member_id, "house_id": body.house_id, "principal_id": body.principal_id, "principal_kind": kind,
