@@ -1,0 +1,200 @@
+"""The gateway's connection helper on asyncpg (appliance/gateway/core/db.py) against a real tenant database: a
+rotated password is used by the next new connection, a connection left in a transaction or broken is never lent
+again, and Postgres errors are answered with the statuses they had under psycopg."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from appliance.gateway.core.config import Settings
+from appliance.gateway.core.db import APPLICATION_NAME, Database, DatabaseUnavailable
+from appliance.gateway.core.errors import install_error_handlers
+from appliance.secrets import write_private
+from tests.gateway.support import TenantEnv, make_tenant, provision, remove_base, temp_base
+from tests.support.pg import PgCluster
+from tests.support.ports import free_port
+
+
+@pytest.fixture(scope="module")
+def env(pg_module: PgCluster) -> Iterator[TenantEnv]:
+    base = temp_base()
+    try:
+        env = make_tenant(base, pg=pg_module)
+        provision(env)
+        yield env
+    finally:
+        remove_base(base)
+
+
+def database(env: TenantEnv, size: int = 2) -> Database:
+    secret = env.tenant.secret_path("db_gateway_password")
+    return Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), size)
+
+
+def set_gateway_password(env: TenantEnv, password: str) -> None:
+    with env.superuser() as conn:
+        conn.execute(f"ALTER ROLE gateway PASSWORD '{password}'")
+
+
+def replace_secret(path: Path, value: str) -> None:
+    stat = path.stat()
+    path.unlink()
+    write_private(path, value, stat.st_uid, stat.st_gid)
+
+
+def test_a_rotated_password_is_used_by_the_next_new_connection(env: TenantEnv) -> None:
+    secret: Path = env.tenant.secret_path("db_gateway_password")
+    original = secret.read_text().strip()
+
+    async def scenario() -> None:
+        db = database(env)
+        try:
+            async with db.connection() as held:
+                assert await held.fetchval("SELECT current_user") == "gateway"
+                rotated = f"rotated-{uuid.uuid4().hex}"
+                set_gateway_password(env, rotated)
+                replace_secret(secret, rotated)
+                # A second connection is a new one (the first is lent): made with the password now in the file.
+                async with db.connection() as fresh:
+                    assert fresh is not held
+                    assert await fresh.fetchval("SELECT current_setting('application_name')") == APPLICATION_NAME
+                # The database no longer takes what the file said before: a new connection with it is refused.
+                set_gateway_password(env, f"other-{uuid.uuid4().hex}")
+                with pytest.raises(DatabaseUnavailable):
+                    await db.dedicated()
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        set_gateway_password(env, original)
+        replace_secret(secret, original)
+
+
+def test_a_connection_left_in_a_transaction_is_closed_not_lent_again(env: TenantEnv) -> None:
+    async def scenario() -> None:
+        db = database(env, size=1)
+        try:
+            async with db.connection() as conn:
+                first = conn.get_server_pid()
+                await conn.execute("BEGIN")
+                await conn.execute("SELECT pg_advisory_xact_lock(42)")
+            async with db.connection() as conn:
+                assert conn.get_server_pid() != first
+                assert not conn.is_in_transaction()
+                # The lock went with the closed session: a fresh session takes it at once.
+                assert await conn.fetchval("SELECT pg_try_advisory_lock(42)")
+                await conn.execute("SELECT pg_advisory_unlock(42)")
+                reused = conn.get_server_pid()
+            async with db.connection() as conn:
+                assert conn.get_server_pid() == reused  # an idle connection is lent again
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_whose_backend_died_is_replaced(env: TenantEnv) -> None:
+    async def scenario() -> None:
+        db = database(env, size=1)
+        try:
+            async with db.connection() as conn:
+                victim = conn.get_server_pid()
+            with env.superuser() as su:
+                su.execute("SELECT pg_terminate_backend(%s)", (victim,))
+            # asyncpg hears the connection close (its socket's end) and the pool drops it: the next request gets
+            # a working connection, not the dead one.
+            await asyncio.sleep(0.2)
+            async with db.connection() as conn:
+                assert conn.get_server_pid() != victim
+                assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_jsonb_goes_in_and_out_as_python_values(env: TenantEnv) -> None:
+    async def scenario() -> None:
+        db = database(env)
+        try:
+            value = {"a": [1, 2.5, None, True], "b": "ü"}
+            assert await db.fetchval("SELECT $1::jsonb", value) == value
+            assert await db.fetchval("SELECT $1::jsonb ->> 'b'", value) == "ü"
+            assert await db.fetchval("SELECT '\"text\"'::jsonb") == "text"
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def _app(db: Database) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/{what}")
+    async def fail(what: str) -> dict[str, Any]:
+        async with db.connection() as conn:
+            if what == "unique":
+                await conn.execute("CREATE TEMP TABLE t (id int PRIMARY KEY)")
+                await conn.execute("INSERT INTO t VALUES (1)")
+                await conn.execute("INSERT INTO t VALUES (1)")
+            elif what == "data":
+                await conn.fetchval("SELECT 'not a number'::int")
+            elif what == "check":
+                await conn.execute("SELECT 1/0")
+            elif what == "terminated":
+                await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            elif what == "syntax":
+                await conn.execute("SELEKT 1")
+        return {}
+
+    return app
+
+
+@pytest.mark.parametrize(("what", "status", "code"), [
+    ("unique", 409, "conflict"),            # psycopg's IntegrityError
+    ("data", 400, "bad_request"),           # psycopg's DataError (invalid text representation)
+    ("check", 400, "bad_request"),          # division by zero is class 22 too
+    ("terminated", 503, "unavailable"),     # psycopg's OperationalError (admin shutdown)
+    ("syntax", 500, "internal"),            # a programming error stays an internal one
+])
+def test_postgres_errors_answer_as_they_did(env: TenantEnv, what: str, status: int, code: str) -> None:
+    async def scenario() -> httpx.Response:
+        db = database(env)
+        try:
+            transport = httpx.ASGITransport(app=_app(db), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.get(f"/{what}")
+        finally:
+            await db.close()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_an_unreachable_database_answers_503(env: TenantEnv) -> None:
+    async def scenario() -> httpx.Response:
+        conninfo = {**Settings.from_tenant(env.tenant).db_conninfo, "port": free_port()}
+        db = Database(conninfo, lambda: "irrelevant", 1, connect_timeout=2)
+        try:
+            transport = httpx.ASGITransport(app=_app(db), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.get("/nothing")
+        finally:
+            await db.close()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "irrelevant" not in response.text
