@@ -1,6 +1,6 @@
 """Gateway overhead against direct access, in one run on one machine.
 
-Run: `.venv/bin/python -m tests.bench.bench_gateway [--n 400] [--writers 16] [--seconds 5]`
+Run: `.venv/bin/python -m tests.bench.bench_gateway [--n 400] [--writers 16] [--seconds 5] [--baseline-ref REF]`
 
 Starts a throwaway Postgres, the streams server, the embedded sync engine (`appliance sync serve`) and the
 gateway (`appliance gateway serve`, its own process, as deployed), then measures:
@@ -24,28 +24,48 @@ Targets (issue 4): added p50 < 2 ms; appends through the gateway >= 80% of direc
 visible p50 < 15 ms. Targets (issue 21), each a ratio to the floor measured in the same run: gateway CPU per shape
 GET at the tip and per thread read <= 3x the floor's, per append <= 4x; append throughput through the gateway
 >= 0.6 of direct and machine CPU per append through it <= 2.0 ms (printed last, PASS/FAIL).
+
+Before and after in the same run: the tree of `--baseline-ref` (default: where this branch left main, `git
+merge-base HEAD main`; `--baseline-ref none` skips it) is exported into a temporary directory (`git archive`, the
+repository itself is not touched) and its gateway runs as a second process, with the same venv and
+PYTHONPATH pointing at that tree, on another port, against the same Postgres, streams server and sync engine
+(a second config dir whose host.json differs only in the gateway port; secrets and data are the tenant's).
+Every measurement alternates the two gateways request by request (throughput: run by run), so both see the
+same machine; the comparison is printed per request and as ratios after/before. The targets refer to the
+gateway of this tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import socket
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from appliance.gateway.api.routes.shapes import shape_where
+from appliance.gateway.core.security import Keyring
 from appliance.gateway.schema import SYNCED_TABLES
 from tests.bench.loadgen import post_throughput
 from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile
 from tests.gateway.support import (
+    REPO,
+    TenantEnv,
     make_tenant,
     provision,
     remove_base,
@@ -54,8 +74,10 @@ from tests.gateway.support import (
     streams_server,
     sync_server,
     temp_base,
+    wait_http,
 )
 from tests.support.pg import pg_cluster
+from tests.support.ports import free_port
 
 SYNC_LONG_POLL_MS = 300
 
@@ -81,22 +103,24 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return percentile(samples, 50) * 1000, percentile(samples, 99) * 1000
 
 
-def paired(n: int, direct: Callable[[int], httpx.Response], gateway: Callable[[int], httpx.Response],
-           expect_direct: tuple[int, ...], expect_gateway: tuple[int, ...]) -> tuple[list[float], list[float]]:
-    """Alternate direct and gateway requests, so both see the same machine (others may be busy on it)."""
+Call = Callable[[int], httpx.Response]
+
+
+def alternated(n: int, calls: dict[str, tuple[Call, tuple[int, ...]]]) -> dict[str, list[float]]:
+    """Each call in turn, request by request (after 20 warm-up rounds), so all see the same machine (others may be
+    busy on it); latency samples by name."""
     for i in range(min(20, n)):
-        direct(-1 - i)
-        gateway(-1 - i)
-    direct_samples, gateway_samples = [], []
+        for call, _ in calls.values():
+            call(-1 - i)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(n):
-        for call, samples, expect in ((direct, direct_samples, expect_direct),
-                                      (gateway, gateway_samples, expect_gateway)):
+        for name, (call, expect) in calls.items():
             started = time.perf_counter()
             response = call(i)
-            samples.append(time.perf_counter() - started)
+            samples[name].append(time.perf_counter() - started)
             if response.status_code not in expect:
-                raise RuntimeError(f"unexpected {response.status_code}: {response.text[:300]}")
-    return direct_samples, gateway_samples
+                raise RuntimeError(f"unexpected {response.status_code} from {name}: {response.text[:300]}")
+    return samples
 
 
 def report(name: str, direct: list[float], gateway: list[float], cpu_ms: float | None = None) -> dict[str, float]:
@@ -140,35 +164,131 @@ class CpuMeter:
         return {name: seconds * 1000 / count for name, seconds in self.used.items()}
 
 
+def default_baseline() -> str:
+    """Where this branch left main: the tree whose gateway the run compares against."""
+    return subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str) -> Iterator[Path]:
+    """The files of `ref` in a temporary directory (git archive: no worktree registered, nothing checked out)."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="appliance-baseline-") as where:
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(where, filter="data")
+        yield Path(where)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The baseline tree's gateway: where it answers, its process, and its issuer (its URL: tokens name it)."""
+
+    url: str
+    pid: int
+    keyring: Keyring
+
+
+def start_baseline_gateway(env: TenantEnv, tree: Path, port: int) -> subprocess.Popen[bytes]:
+    """The baseline tree's `appliance gateway serve` for the same tenant on `port`: a config dir of its own whose
+    host.json differs from the tenant's only in the gateway port (same secrets, database, streams, sync)."""
+    config_dir = env.base / "etc-baseline"
+    config_dir.mkdir(exist_ok=True)
+    host = json.loads((env.config_dir / "host.json").read_text())
+    tenant = next(t for t in host["tenants"] if t["id"] == env.tenant.id)
+    tenant["port_overrides"]["gateway"] = port
+    (config_dir / "host.json").write_text(json.dumps(host, indent=2))
+    # The tree first on sys.path (and as the working directory, which `-c` puts before it): its `appliance`
+    # package shadows the one this venv has installed (editable, found after the path).
+    run_env = {**os.environ, "APPLIANCE_CONFIG_DIR": str(config_dir), "PYTHONPATH": str(tree)}
+    where = subprocess.run([sys.executable, "-c", "import appliance.gateway; print(appliance.gateway.__file__)"],
+                           cwd=tree, env=run_env, check=True, capture_output=True, text=True).stdout.strip()
+    if not where.startswith(str(tree)):
+        raise RuntimeError(f"the baseline gateway would run {where}, not the tree of the baseline ref")
+    log = open(env.base / "bench-gateway-baseline.log", "ab")  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from appliance.cli import main; main()", "gateway", "serve", "--tenant",
+         env.tenant.id, "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=run_env,
+    )
+    wait_http(f"http://127.0.0.1:{port}/healthz", process=process)
+    return process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=400, help="sequential requests per latency measurement")
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--gateway-workers", type=int, default=1, help="gateway.workers (uvicorn processes)")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="git ref whose gateway to compare against in the same run (default: git merge-base "
+                             "HEAD main; 'none' to skip)")
     args = parser.parse_args()
+    ref = args.baseline_ref or default_baseline()
 
     results: dict[str, Any] = {}
     base = temp_base("appliance-gw-bench-")
     try:
-        with pg_cluster() as pg:
+        with pg_cluster() as pg, contextlib.ExitStack() as stack:
+            tree = stack.enter_context(baseline_tree(ref)) if ref != "none" else None
             env = make_tenant(base, pg=pg, gateway={"workers": args.gateway_workers})
             provision(env)
             with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams, \
                     sync_server(env, long_poll_ms=SYNC_LONG_POLL_MS):
                 gateway_process = start_gateway_process(env, "bench-gateway.log")
+                baseline: Baseline | None = None
+                baseline_process: subprocess.Popen[bytes] | None = None
                 assert streams.process is not None
                 try:
-                    run(env, streams.url, args, results, {"gateway": gateway_process.pid, "postgres": pg.process.pid,
-                                                          "streams": streams.process.pid})
+                    if tree is not None:
+                        port = free_port()
+                        baseline_process = start_baseline_gateway(env, tree, port)
+                        tenant = env.tenant.model_copy(
+                            update={"port_overrides": {**env.tenant.port_overrides, "gateway": port}})
+                        baseline = Baseline(f"http://127.0.0.1:{port}", baseline_process.pid,
+                                            Keyring.for_tenant(tenant))
+                        results["baseline_ref"] = ref
+                    pids = {"gateway": gateway_process.pid, "postgres": pg.process.pid,
+                            "streams": streams.process.pid}
+                    run(env, streams.url, args, results, pids, baseline)
                 finally:
                     stop_process(gateway_process)
+                    if baseline_process is not None:
+                        stop_process(baseline_process)
     finally:
         remove_base(base)
     print(json.dumps(results, indent=2))
     print()
+    if "baseline" in results:
+        compare(results)
+        print()
     targets(results)
 
+
+def compare(results: dict[str, Any]) -> None:
+    """This tree's gateway against the baseline's, measured alternately in this run."""
+    before = results["baseline"]
+    print(f"before ({results['baseline_ref'][:12]}) / after (this tree), same run:")
+    rows = [("gateway CPU, GET /healthz (floor)", "floor"), ("gateway CPU, shape GET at tip", "shape_tip"),
+            ("gateway CPU, thread read", "read"), ("gateway CPU, thread append (1 writer)", "append")]
+    for name, key in rows:
+        b, a = before[key]["gateway_cpu_ms_per_request"], results[key]["gateway_cpu_ms_per_request"]
+        print(f"{name:<40} before {b:5.3f} ms  after {a:5.3f} ms  after/before {a / b:4.2f}")
+    b_rate, a_rate = before["append_throughput"]["per_s"], results["append_throughput"]["gateway_per_s"]
+    print(f"{'append throughput':<40} before {b_rate:5.0f}/s  after {a_rate:5.0f}/s  after/before "
+          f"{a_rate / b_rate:4.2f} (direct {results['append_throughput']['direct_per_s']:.0f}/s)")
+    b_cpu = before["append_throughput"]["machine_cpu_ms_per_append"]
+    a_cpu = results["append_throughput"]["machine_cpu_ms_per_append"]["gateway"]
+    print(f"{'machine CPU per append':<40} before {b_cpu:5.2f} ms  after {a_cpu:5.2f} ms  after/before "
+          f"{a_cpu / b_cpu:4.2f}")
+    b_gw = before["append_throughput"]["cpu_ms_per_append"]["baseline"]
+    a_gw = results["append_throughput"]["cpu_ms_per_append"]["gateway"]["gateway"]
+    print(f"{'gateway CPU per append (concurrent)':<40} before {b_gw:5.2f} ms  after {a_gw:5.2f} ms  after/before "
+          f"{a_gw / b_gw:4.2f}")
 
 def targets(results: dict[str, Any]) -> None:
     """Issue 21's targets, each against the floor (or direct access) measured in this run."""
@@ -190,54 +310,76 @@ def targets(results: dict[str, Any]) -> None:
           f"{throughput['machine_cpu_ms_per_append']['direct']:.2f}): {'PASS' if machine <= 2.0 else 'FAIL'}")
 
 
-def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pids: dict[str, int]) -> None:
-    gateway_only = {"gateway": pids["gateway"]}
+def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str, Any], pids: dict[str, int],
+        baseline: Baseline | None) -> None:
+    """Every measurement, this tree's gateway ("gateway") alternated with direct access and, when given, with the
+    baseline tree's gateway ("baseline": its URL and PID); the baseline's figures go to results["baseline"]."""
+    gateways = {"gateway": pids["gateway"], **({"baseline": baseline.pid} if baseline else {})}
     gateway = env.gateway_url()
     principal = uuid.uuid4()
     auth = {"Authorization": f"Bearer {env.token(principal, ttl=3600)}"}
     api = client(base_url=gateway, headers=auth)
+    old_auth = {"Authorization": f"Bearer {baseline.keyring.issue(principal, 3600)}"} if baseline else {}
+    old = client(base_url=baseline.url, headers=old_auth) if baseline else None
     direct = client(base_url=streams_url)
+    before: dict[str, Any] = {}
+    if baseline:
+        results["baseline"] = before
     house = api.post("/api/houses", json={"name": "bench"}).json()["data"]["id"]
-    print(f"gateway {gateway} ({args.gateway_workers} worker(s)), streams {streams_url}, {args.n} requests per "
-          f"latency figure, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(f"gateway {gateway} ({args.gateway_workers} worker(s)){f', baseline {baseline.url}' if baseline else ''}, "
+          f"streams {streams_url}, {args.n} requests per latency figure, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs\n")
 
-    # -- the floor: what any request through this gateway process costs (uvicorn, FastAPI, no auth, no I/O) -----
-    floor: list[float] = []
-    with CpuMeter(gateway_only) as meter:
-        for _ in range(args.n):
-            started = time.perf_counter()
-            api.get("/healthz").raise_for_status()
-            floor.append(time.perf_counter() - started)
-    f50, f99 = percentiles(floor)
-    floor_cpu = meter.per_request(args.n)["gateway"]
-    print(f"{'GET /healthz (floor, no auth/I/O)':<34} {'':<32}| gateway p50 {f50:6.2f} ms p99 {f99:6.2f} | "
-          f"{'':<19}| gateway CPU {floor_cpu:4.2f} ms/req")
-    results["floor"] = {"gateway_p50_ms": f50, "gateway_cpu_ms_per_request": floor_cpu}
+    def through(path: Callable[[int], str], send: Callable[[httpx.Client, str, int], httpx.Response],
+                expect: tuple[int, ...]) -> dict[str, tuple[Call, tuple[int, ...]]]:
+        """The same request through each gateway."""
+        calls: dict[str, tuple[Call, tuple[int, ...]]] = {"gateway": (lambda i: send(api, path(i), i), expect)}
+        if old is not None:
+            calls["baseline"] = (lambda i: send(old, path(i), i), expect)
+        return calls
+
+    def measured(name: str, key: str, calls: dict[str, tuple[Call, tuple[int, ...]]], n: int
+                 ) -> dict[str, list[float]]:
+        with CpuMeter(gateways) as meter:
+            samples = alternated(n, calls)
+        cpu = meter.per_request(n + min(20, n))
+        results[key] = report(name, samples["direct"], samples["gateway"], cpu["gateway"])
+        if "baseline" in samples:
+            before[key] = report("  the same, baseline gateway", samples["direct"], samples["baseline"],
+                                 cpu["baseline"])
+        return samples
+
+    # -- the floor: what any request through a gateway process costs (uvicorn, FastAPI, no auth, no I/O) --------
+    with CpuMeter(gateways) as meter:
+        floor = alternated(args.n, through(lambda i: "/healthz", lambda c, p, i: c.get(p), (200,)))
+    for name, samples in floor.items():
+        f50, f99 = percentiles(samples)
+        floor_cpu = meter.per_request(args.n + min(20, args.n))[name]
+        label = "GET /healthz (floor, no auth/I/O)" if name == "gateway" else "  the same, baseline gateway"
+        print(f"{label:<34} {'':<32}| gateway p50 {f50:6.2f} ms p99 {f99:6.2f} | "
+              f"{'':<19}| gateway CPU {floor_cpu:4.2f} ms/req")
+        (results if name == "gateway" else before)["floor"] = {"gateway_p50_ms": f50,
+                                                                "gateway_cpu_ms_per_request": floor_cpu}
 
     # -- thread append, 1 writer ------------------------------------------------------------------------
     direct_stream = f"/thread-{uuid.uuid4()}"
     direct.put(direct_stream, headers={"content-type": "application/json"}).raise_for_status()
     thread = api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
-    warm = min(20, args.n)
-    with CpuMeter(gateway_only) as meter:
-        direct_append, gateway_append = paired(
-            args.n, lambda i: direct.post(direct_stream, json=message(i)),
-            lambda i: api.post(f"/api/threads/{thread}/entries",
-                               json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}), (200, 204), (201,))
-    results["append"] = report("thread append (1 writer)", direct_append, gateway_append,
-                               meter.per_request(args.n + warm)["gateway"])
+    calls = {"direct": (lambda i: direct.post(direct_stream, json=message(i)), (200, 204)),
+             **through(lambda i: f"/api/threads/{thread}/entries",
+                       lambda c, p, i: c.post(p, json={"id": str(uuid.uuid4()), "text": f"message number {i:06d}"}),
+                       (201,))}
+    appends = measured("thread append (1 writer)", "append", calls, args.n)
 
     # -- thread read --------------------------------------------------------------------------------------
     tail = api.get(f"/api/threads/{thread}/stream", params={"offset": "-1"}).headers["stream-next-offset"]
     offset = tail.split("_")[0] + "_" + str(max(0, int(tail.split("_")[1]) - 2000)).zfill(len(tail.split("_")[1]))
-    with CpuMeter(gateway_only) as meter:
-        direct_read, gateway_read = paired(
-            args.n, lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}),
-            lambda i: api.get(f"/api/threads/{thread}/stream", params={"offset": offset}), (200,), (200,))
-    results["read"] = report("thread read (catch-up, ~2 KB)", direct_read, gateway_read,
-                             meter.per_request(args.n + warm)["gateway"])
-    pair_direct = [a + r for a, r in zip(direct_append, direct_read, strict=False)]
-    pair_gateway = [a + r for a, r in zip(gateway_append, gateway_read, strict=False)]
+    calls = {"direct": (lambda i: direct.get(f"/thread-{thread}", params={"offset": offset}), (200,)),
+             **through(lambda i: f"/api/threads/{thread}/stream",
+                       lambda c, p, i: c.get(p, params={"offset": offset}), (200,))}
+    reads = measured("thread read (catch-up, ~2 KB)", "read", calls, args.n)
+    pair_direct = [a + r for a, r in zip(appends["direct"], reads["direct"], strict=False)]
+    pair_gateway = [a + r for a, r in zip(appends["gateway"], reads["gateway"], strict=False)]
     results["append_plus_read"] = report("thread append + read", pair_direct, pair_gateway)
 
     # -- append throughput, concurrent writers (one thread each) ------------------------------------------
@@ -246,32 +388,41 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         direct.put(path, headers={"content-type": "application/json"}).raise_for_status()
     threads = [api.post("/api/threads", json={"house_id": house}).json()["data"]["id"]
                for _ in range(args.writers)]
-    rates: dict[str, list[float]] = {"direct": [], "gateway": []}
-    spent: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+
+    def entry(i: int, n: int) -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}
+
+    others = {"postgres": pids["postgres"], "streams": pids["streams"]}
     runs = {
         "direct": (streams_url, lambda i: direct_streams[i], lambda i, n: message(n), {}, {"streams": pids["streams"]}),
-        "gateway": (gateway, lambda i: f"/api/threads/{threads[i]}/entries",
-                    lambda i, n: {"id": str(uuid.uuid4()), "text": f"message number {n:06d}"}, auth, pids),
+        "gateway": (gateway, lambda i: f"/api/threads/{threads[i]}/entries", entry, auth,
+                    {"gateway": pids["gateway"], **others}),
     }
+    if baseline:
+        runs["baseline"] = (baseline.url, lambda i: f"/api/threads/{threads[i]}/entries", entry, old_auth,
+                            {"baseline": baseline.pid, **others})
+    rates: dict[str, list[float]] = {path: [] for path in runs}
+    spent: dict[str, list[dict[str, float]]] = {path: [] for path in runs}
     commits: list[float] = []  # Postgres commits per append through the gateway: how well entries are grouped
-    machine: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway": []}  # (busy share, CPU ms/append)
-    for _ in range(2):  # alternated, so both see the same machine
-        for path, (base_url, path_for, body_for, headers, measured) in runs.items():
-            before = committed(env)
-            with CpuMeter(measured) as meter:
+    machine: dict[str, list[tuple[float, float]]] = {path: [] for path in runs}  # (busy share, CPU ms/append)
+    for _ in range(2):  # alternated, so all see the same machine
+        for path, (base_url, path_for, body_for, headers, pids_measured) in runs.items():
+            started = committed(env)
+            with CpuMeter(pids_measured) as meter:
                 rate, count = post_throughput(base_url, path_for, body_for, headers, args.writers, args.seconds / 2)
             rates[path].append(rate)
             spent[path].append(meter.per_request(count))
             machine[path].append((meter.machine_busy(), meter.machine * 1000 / count))
             if path == "gateway":
-                commits.append((committed(env) - before) / count)
-    direct_rates, gateway_rates = rates["direct"], rates["gateway"]
-    direct_rate, gateway_rate = statistics.mean(direct_rates), statistics.mean(gateway_rates)
+                commits.append((committed(env) - started) / count)
+    rate_of = {path: statistics.mean(r) for path, r in rates.items()}
+    direct_rate, gateway_rate = rate_of["direct"], rate_of["gateway"]
     ratio = gateway_rate / direct_rate
+    old_rate = f" | baseline gateway {rate_of['baseline']:7.0f}/s" if baseline else ""
     print(f"{'append throughput (' + str(args.writers) + ' writers)':<34} direct {direct_rate:7.0f}/s | "
-          f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f} (load average {os.getloadavg()[0]:.1f})")
-    cpu = {path: {name: statistics.mean(run[name] for run in measured) for name in measured[0]}
-           for path, measured in spent.items()}
+          f"gateway {gateway_rate:7.0f}/s | ratio {ratio:.2f}{old_rate} (load average {os.getloadavg()[0]:.1f})")
+    cpu = {path: {name: statistics.mean(run[name] for run in measured_) for name in measured_[0]}
+           for path, measured_ in spent.items()}
     for path, used in cpu.items():
         print(f"{'  CPU ms per append, ' + path:<34} " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()) +
               f" (total {sum(used.values()):.2f})")
@@ -280,17 +431,24 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     busy = {path: statistics.mean(b for b, _ in runs_) for path, runs_ in machine.items()}
     whole = {path: statistics.mean(ms for _, ms in runs_) for path, runs_ in machine.items()}
     cpus = os.cpu_count() or 1
-    print(f"{'  machine CPU busy (all processes)':<34} direct {busy['direct']:.0%}, gateway {busy['gateway']:.0%} "
-          f"of {cpus} CPUs; machine CPU ms per append: direct {whole['direct']:.2f}, gateway {whole['gateway']:.2f}")
+    print(f"{'  machine CPU busy (all processes)':<34} " + ", ".join(f"{p} {b:.0%}" for p, b in busy.items()) +
+          f" of {cpus} CPUs; machine CPU ms per append: " + ", ".join(f"{p} {w:.2f}" for p, w in whole.items()))
     # What the target asks of this machine at the gateway path's measured cost: when it is above the CPUs there
     # are, the ratio is bounded by the machine, not by waiting anywhere.
     needed = 0.8 * direct_rate * whole["gateway"] / 1000
     print(f"{'  CPUs needed for ratio 0.80':<34} {needed:.1f} (0.80 x {direct_rate:.0f}/s x "
           f"{whole['gateway']:.2f} ms of machine CPU per append through the gateway); this machine has {cpus}")
+    mine = ("direct", "gateway")
     results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio,
-                                    "cpu_ms_per_append": cpu, "commits_per_append": statistics.mean(commits),
-                                    "machine_busy": busy, "machine_cpu_ms_per_append": whole,
+                                    "cpu_ms_per_append": {p: cpu[p] for p in mine},
+                                    "commits_per_append": statistics.mean(commits),
+                                    "machine_busy": {p: busy[p] for p in mine},
+                                    "machine_cpu_ms_per_append": {p: whole[p] for p in mine},
                                     "cpus_needed_for_target": needed}
+    if baseline:
+        before["append_throughput"] = {"per_s": rate_of["baseline"], "ratio": rate_of["baseline"] / direct_rate,
+                                       "cpu_ms_per_append": cpu["baseline"], "machine_busy": busy["baseline"],
+                                       "machine_cpu_ms_per_append": whole["baseline"]}
 
     # -- shapes ---------------------------------------------------------------------------------------------
     sync = client(base_url=f"http://127.0.0.1:{env.tenant.port('sync')}")
@@ -303,19 +461,16 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
         first = api.get("/api/shapes/threads", params={"offset": tip, "handle": handle})
         tip = first.headers["electric-offset"]
     protocol = [("offset", tip), ("handle", handle)]
-    with CpuMeter(gateway_only) as meter:
-        direct_tip, gateway_tip = paired(
-            args.n, lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]),
-            lambda i: api.get("/api/shapes/threads", params=protocol), (200,), (200,))
-    results["shape_tip"] = report("shape GET at tip (up-to-date)", direct_tip, gateway_tip,
-                                  meter.per_request(args.n + warm)["gateway"])
+    calls = {"direct": (lambda i: sync.get("/v1/shape", params=[*engine_params, *protocol]), (200,)),
+             **through(lambda i: "/api/shapes/threads", lambda c, p, i: c.get(p, params=protocol), (200,))}
+    measured("shape GET at tip (up-to-date)", "shape_tip", calls, args.n)
     live = [*protocol, ("live", "true")]
     n_live = max(20, args.n // 10)
-    direct_live, gateway_live = paired(
-        n_live, lambda i: sync.get("/v1/shape", params=[*engine_params, *live]),
-        lambda i: api.get("/api/shapes/threads", params=live), (200, 204), (200, 204))
+    samples = alternated(n_live, {
+        "direct": (lambda i: sync.get("/v1/shape", params=[*engine_params, *live]), (200, 204)),
+        "gateway": (lambda i: api.get("/api/shapes/threads", params=live), (200, 204))})
     results["shape_live_no_change"] = report(f"shape GET live, no change ({SYNC_LONG_POLL_MS} ms)",
-                                             direct_live, gateway_live)
+                                             samples["direct"], samples["gateway"])
 
     # -- write -> txid visible through the gateway ----------------------------------------------------------
     results["write_to_txid_visible"] = txid_visibility(api, thread, handle, tip, max(30, args.n // 10))
