@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pwd
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -44,8 +44,9 @@ from tests.support.deployment import (
 
 
 def fresh_tenant_id() -> str:
-    """A fresh id per run: a destroyed tenant's audit trail stays locked (1 day for this one) and blocks its id."""
-    return f"bench{os.getpid()}"
+    """A fresh id per run: a destroyed tenant's audit trail stays locked (1 day for this one) and blocks its id.
+    Random, not the process id: ids are reused by the kernel, and a reused one hit an earlier run's locked trail."""
+    return f"bench{secrets.token_hex(4)}"
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]
