@@ -135,29 +135,26 @@ class AccessCache:
 
     async def thread_house(self, thread_id: uuid.UUID) -> uuid.UUID | None:
         """The house of a live thread in a live house, or None."""
-        remembered = await self._remembered(self._threads, thread_id)
-        if remembered is not None:
-            return remembered
-        generation = self._asking()
-        row = await self._db.fetchrow(THREAD_SQL, thread_id)
-        if row is None:
-            return None
-        house_id: uuid.UUID = row["house_id"]
-        self._keep(self._threads, thread_id, house_id, generation)
+        house_id: uuid.UUID | None = await self._one(self._threads, thread_id, THREAD_SQL, lambda row: row["house_id"])
         return house_id
 
     async def api_key(self, key_id: uuid.UUID) -> ApiKey | None:
         """A live (not revoked) API key; whether it has expired is the caller's to check (`live_for`)."""
-        remembered = await self._remembered(self._keys, key_id)
+        return await self._one(self._keys, key_id, API_KEY_SQL, lambda row: ApiKey(row["principal_id"],
+                                                                                  row["expires_at"]))
+
+    async def _one(self, entries: _Entries[K, V], key: K, query: str, build: Callable[[Any], V]) -> V | None:
+        """What `entries` remembers of `key`, or the row `query` finds for it (remembered), or None (not)."""
+        remembered = await self._remembered(entries, key)
         if remembered is not None:
             return remembered
         generation = self._asking()
-        row = await self._db.fetchrow(API_KEY_SQL, key_id)
+        row = await self._db.fetchrow(query, key)
         if row is None:
             return None
-        key = ApiKey(row["principal_id"], row["expires_at"])
-        self._keep(self._keys, key_id, key, generation)
-        return key
+        value = build(row)
+        self._keep(entries, key, value, generation)
+        return value
 
     async def _remembered(self, entries: _Entries[K, V], key: K) -> V | None:
         if self._listener is None:
