@@ -200,10 +200,20 @@ def start_baseline_gateway(env: TenantEnv, tree: Path, port: int) -> subprocess.
     host = json.loads((env.config_dir / "host.json").read_text())
     tenant = next(t for t in host["tenants"] if t["id"] == env.tenant.id)
     tenant["port_overrides"]["gateway"] = port
-    (config_dir / "host.json").write_text(json.dumps(host, indent=2))
     # The tree first on sys.path (and as the working directory, which `-c` puts before it): its `appliance`
     # package shadows the one this venv has installed (editable, found after the path).
     run_env = {**os.environ, "APPLIANCE_CONFIG_DIR": str(config_dir), "PYTHONPATH": str(tree)}
+    # Settings added since the baseline are unknown to it (its settings forbid extra keys): left out, so it runs
+    # with what it had, as it would have been deployed then.
+    known = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from appliance import config; print(json.dumps({c.role: "
+         "sorted(c.model_fields) for c in vars(config).values() if isinstance(c, type) and "
+         "issubclass(c, config._Settings) and c is not config._Settings}))"],
+        cwd=tree, env=run_env, check=True, capture_output=True, text=True).stdout)
+    for role, fields in known.items():
+        if isinstance(tenant.get(role), dict):
+            tenant[role] = {k: v for k, v in tenant[role].items() if k in fields}
+    (config_dir / "host.json").write_text(json.dumps(host, indent=2))
     where = subprocess.run([sys.executable, "-c", "import appliance.gateway; print(appliance.gateway.__file__)"],
                            cwd=tree, env=run_env, check=True, capture_output=True, text=True).stdout.strip()
     if not where.startswith(str(tree)):
