@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance import roles
 from appliance.config import HostConfig, TenantConfig
-from appliance.services import ServiceSpec
+from appliance.servicespec import ServiceSpec
 
 
 @dataclass(frozen=True)

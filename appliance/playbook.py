@@ -16,7 +16,7 @@ from appliance import desired, install_steps
 from appliance.config import CONNECTOR_KEY_PREFIXES, HOST_DATA_KEYS, HostConfig, TenantConfig
 from appliance.deploys.source import requirements_digest, tarball
 from appliance.frontdoor.service import reload_command
-from appliance.services import ServiceSpec, venv_bin
+from appliance.servicespec import ServiceSpec, venv_bin
 from appliance.supervision import ManagerName, detect, manager
 
 # A host's name in the appliance config when it differs from its Ansible inventory name (the embedded default is
@@ -272,7 +272,7 @@ def bundle_plan(config: HostConfig, packages: list[str]) -> dict[str, Any]:
 
 
 def _specs(config: HostConfig, tenant: TenantConfig | None, components: list[str]) -> list[ServiceSpec]:
-    from appliance.services import objectstore_service
+    from appliance.objectstore.service import objectstore_service
 
     if tenant is not None:
         return desired.tenant_service_specs(config, tenant, components)

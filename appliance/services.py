@@ -1,71 +1,25 @@
-"""Service definitions: what each supervised process of a host runs, as one spec rendered for any manager.
+"""The host's services: every supervised process of a host, in start order (`host_services`,
+`tenant_services`), and the definitions of the upstream programs that have no package of their own here
+(Postgres, the streams server) and of the embedded sync engine's process.
 
-A component plugs into the appliance by adding a `ServiceSpec` here; the deploy renders it into a supervisord
-program file or a systemd unit (same spec, templates in roles/services/templates/), `appliance status` probes
-it, and `appliance tenant destroy` stops it.
+Dependency direction: this module builds on `appliance.servicespec` (the spec) and on each component's own
+service module (appliance/<component>/service.py, backup/schedule.py), which build on `appliance.servicespec`
+only, never on this module. The deploy renders the list, `appliance status` probes it, and
+`appliance tenant destroy` stops it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
-from appliance.config import HostConfig, TenantConfig
-
-ProbeKind = Literal["postgres", "http", "s3", "tcp"]
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str  # unit/program name, unique on the host
-    component: str  # postgres, streams, sync, identity, gateway, agents, audit, backup, objectstore, frontdoor
-    command: tuple[str, ...]
-    user: str
-    working_dir: Path
-    log_file: Path
-    port: int | None = None
-    probe: ProbeKind = "tcp"
-    probe_path: str = ""  # for http probes
-    environment: dict[str, str] = field(default_factory=dict)  # never secrets: services read secret files
-    stop_signal: str = "TERM"
-    stop_wait_s: int = 30
-    tenant: str | None = None
-    # A /tmp of its own: under systemd PrivateTmp=yes; under supervisord a mount namespace with a tmpfs.
-    private_tmp: bool = False
-    # May bind ports below 1024 (the front door's 443 and 80) without running as root: CAP_NET_BIND_SERVICE
-    # and no other capability, ambient for the service's user.
-    bind_privileged_ports: bool = False
-
-    @property
-    def unit_name(self) -> str:
-        return f"{self.name}.service"
-
-
-def venv_bin(config: TenantConfig | HostConfig, program: str) -> str:
-    return str(config.common.install_root / "venv" / "bin" / program)
-
-
-def appliance_service(tenant: TenantConfig, component: str, verb: str, *, port: int | None = None,
-                      probe: ProbeKind = "tcp", probe_path: str = "", stop_wait_s: int = 30) -> ServiceSpec:
-    """A per-tenant process of the appliance's own code: `appliance <component> <verb> --tenant <id>` as the
-    tenant's user, in its root, logging to its component log. host.json's directory goes into the environment
-    so a host deployed with another `config_dir` still finds it; the sources' digest is added by
-    `tenant_services`. Nothing secret: each command reads the secret files it needs."""
-    return ServiceSpec(
-        name=f"appliance-{tenant.id}-{component}",
-        component=component,
-        command=(venv_bin(tenant, "appliance"), component, verb, "--tenant", tenant.id),
-        user=tenant.user,
-        working_dir=tenant.root,
-        log_file=tenant.log_file(component),
-        port=port,
-        probe=probe,
-        probe_path=probe_path,
-        environment={"APPLIANCE_CONFIG_DIR": str(tenant.common.config_dir)},
-        stop_wait_s=stop_wait_s,
-        tenant=tenant.id,
-    )
+from appliance.agents.service import agents_service
+from appliance.audit.service import audit_service
+from appliance.backup.schedule import backup_service
+from appliance.config import HostConfig, SyncRuntime, TenantConfig
+from appliance.gateway.service import gateway_service
+from appliance.identity.service import identity_service
+from appliance.servicespec import ServiceSpec, venv_bin
 
 
 def streams_dir(config: TenantConfig | HostConfig) -> Path:
@@ -77,7 +31,6 @@ STREAMS_SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
 # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
 # native packages; `install --no-save` still resolves from the lock file and never rewrites it.
 NPM_INSTALL = "npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"
-STREAMS_NPM_INSTALL = NPM_INSTALL
 
 
 def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[ServiceSpec]:
@@ -120,14 +73,7 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 
 
 def _application_services(tenant: TenantConfig) -> list[ServiceSpec]:
-    """The appliance's own per-tenant services, each defined beside its code (imported here, on use, because
-    those modules build on this one)."""
-    from appliance.agents.service import agents_service
-    from appliance.audit.service import audit_service
-    from appliance.backup.schedule import backup_service
-    from appliance.gateway.service import gateway_service
-    from appliance.identity.service import identity_service
-
+    """The appliance's own per-tenant services, each defined beside its code."""
     # The provider before the gateway: a login the gateway starts goes to it.
     identity = [identity_service(tenant)] if tenant.identity.embedded else []
     return [*identity, gateway_service(tenant), agents_service(tenant), audit_service(tenant),
@@ -144,8 +90,6 @@ def _ours(source_digest: str) -> dict[str, str]:
 
 def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec]:
     """The embedded sync engine as a supervised process; the official image runs as a container instead."""
-    from appliance.config import SyncRuntime
-
     if tenant.sync.runtime is SyncRuntime.electric:
         return []
     # The URL carries no password: the engine reads it from the secret file and merges it in.
@@ -179,32 +123,15 @@ def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec
     ]
 
 
-def objectstore_service(host: HostConfig) -> ServiceSpec:
-    from appliance.objectstore.seaweed import weed_argv, weed_binary, weed_environment
-
-    weed = Path(venv_bin(host, weed_binary().name))
-    # Exactly this environment and nothing inherited: AWS_* in weed's environment would add an admin identity
-    # and WEED_* would override security.toml.
-    clean_env = ["env", "-i", *(f"{k}={v}" for k, v in weed_environment(host).items())]
-    return ServiceSpec(
-        name="appliance-objectstore",
-        component="objectstore",
-        command=(*clean_env, *weed_argv(host, weed)),
-        user=host.objectstore_user,
-        # weed reads security.toml (the JWT keys) from its working directory.
-        working_dir=host.objectstore_conf_dir,
-        log_file=host.objectstore_root / "objectstore.log",
-        port=host.objectstore.s3_port,
-        probe="s3",
-        # weed mini puts its gRPC unix sockets in /tmp whatever TMPDIR says; another local user could
-        # otherwise claim those paths before the store starts.
-        private_tmp=True,
-    )
-
-
 def host_services(host: HostConfig) -> list[ServiceSpec]:
     """Every supervised process on a host: the shared store first, then each tenant's."""
-    services = [objectstore_service(host)] if host.runs_objectstore else []
+    # The store's and the front door's modules are imported on use: they pull in cryptography and the store's
+    # configuration, which a host running neither (and every caller of `tenant_services`) does not need.
+    services: list[ServiceSpec] = []
+    if host.runs_objectstore:
+        from appliance.objectstore.service import objectstore_service
+
+        services.append(objectstore_service(host))
     for tenant in host.tenants:
         services.extend(tenant_services(tenant, host.source_digest))
     if host.runs_frontdoor:

@@ -1,4 +1,11 @@
-"""`appliance status`: per tenant, per component — running, answering (a real probe), pid, port, uptime."""
+"""`appliance status`: per tenant, per component — running, answering (a real probe), pid, port, uptime.
+
+This module owns the report and its rows (`ComponentStatus`), the generic probes (TCP, HTTP) and which probe
+each component gets. Dependency direction: it builds on `appliance.services` (what runs) and on each
+component's own status module (appliance/<component>/status.py), which say what that component's health is as
+plain data and never import this module. Commands that wait for health (`appliance host wait`, restores) use
+`component_status`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from appliance.config import HostConfig, TenantConfig
-from appliance.services import ServiceSpec, host_services
+from appliance.config import HostConfig, SyncRuntime, TenantConfig
+from appliance.services import host_services
+from appliance.servicespec import ServiceSpec
 from appliance.supervision import ProcessState, detect, manager
 
 
@@ -104,8 +112,6 @@ def _sync_probe(spec: ServiceSpec, tenant: TenantConfig) -> tuple[bool, str]:
 
 def _electric_container(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatus]:
     """The official image's container, where it is the tenant's sync runtime."""
-    from appliance.config import SyncRuntime
-
     if tenant.sync.runtime is not SyncRuntime.electric:
         return {}
     from appliance.sync.container import container_state
@@ -134,7 +140,7 @@ def _buckets(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatu
 EXTRA_PROBES: list[ExtraProbe] = [_buckets, _electric_container]
 
 
-def _component(spec: ServiceSpec, state: ProcessState, host: HostConfig) -> ComponentStatus:
+def component_status(spec: ServiceSpec, state: ProcessState, host: HostConfig) -> ComponentStatus:
     if state.running:
         healthy, detail = _probe(spec, host)
     else:
@@ -147,7 +153,7 @@ def collect(host: HostConfig) -> dict[str, Any]:
     states = manager(detect(host.common.service_manager)).states(specs)
     report: dict[str, Any] = {"host": {"name": host.name, "components": {}}, "tenants": {}}
     for spec in specs:
-        status = asdict(_component(spec, states[spec.name], host))
+        status = asdict(component_status(spec, states[spec.name], host))
         if spec.component == "frontdoor":
             from appliance.frontdoor.status import frontdoor_details
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from appliance import roles
-from appliance.services import ServiceSpec
+from appliance.servicespec import ServiceSpec
 
 ManagerName = Literal["systemd", "supervisor"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from appliance.config import TenantConfig
-from appliance.services import ServiceSpec, appliance_service
+from appliance.servicespec import ServiceSpec, appliance_service
 
 
 def agents_service(tenant: TenantConfig) -> ServiceSpec:

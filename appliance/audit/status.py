@@ -11,15 +11,12 @@ batch ages, or when it halted (a break in the chain, a conflicting object in the
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from appliance.audit.db import connect_audit, event_ts, last_shipped_batch, watermark
-from appliance.config import HostConfig, TenantConfig
-
-if TYPE_CHECKING:
-    from appliance.status import ComponentStatus
+from appliance.config import TenantConfig
 
 HALTING_ERRORS = ("chain", "conflict")
 
@@ -70,12 +67,3 @@ def audit_status(tenant: TenantConfig, *, max_lag_s: float | None = None) -> dic
         "detail": "; ".join(parts),
     }
 
-
-def audit_probe(host: HostConfig, tenant: TenantConfig) -> dict[str, ComponentStatus]:
-    """An `appliance.status.EXTRA_PROBES` entry: the trail's lag as component `audit_trail` (apart from the
-    `audit` service's own process status, which this must not overwrite)."""
-    from appliance.status import ComponentStatus
-
-    status = audit_status(tenant)
-    return {"audit_trail": ComponentStatus(bool(status["healthy"]), bool(status["healthy"]), None, None, None,
-                                           str(status["detail"]))}

@@ -13,7 +13,7 @@ bundle of what the database does not hold, and drills that restore and compare i
 - `scratch`, `restore`: scratch instances on other ports/dirs, and restores into one or in place.
 - `verify`, `drill`, `report`: `pgbackrest verify` read properly, the drill, and its JSON/summary report.
 - `schedule`: cron schedules and the supervised scheduler (`backup_service`).
-- `status`: `backup_status(tenant)` and `backup_probe` for `appliance status`.
+- `status`: `backup_status(tenant)` and `describe` for `appliance status` and `appliance backup status`.
 
 Wiring into the deploy, per tenant, in this order:
 1. after the tenant's secrets: `appliance backup setup <id> --files-only` (`stanza.ensure_files`): the config,

@@ -274,7 +274,7 @@ def _flush_wal(tenant: TenantConfig, timeout_s: float = 120) -> str | None:
 
 def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> None:
     """Every service of the tenant answering its health probe."""
-    from appliance.status import _component
+    from appliance.status import component_status
 
     deadline = time.monotonic() + timeout_s
     mgr = _manager(host)
@@ -288,7 +288,7 @@ def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> N
                 if not states[spec.name].running:
                     unhealthy[spec.component] = f"not running ({states[spec.name].state})"
                 continue
-            status = _component(spec, states[spec.name], host)
+            status = component_status(spec, states[spec.name], host)
             if not status.healthy:
                 unhealthy[spec.component] = status.detail
         if not unhealthy:

@@ -25,7 +25,7 @@ from typing import Literal
 
 from appliance.backup.errors import BackupError
 from appliance.config import TenantConfig
-from appliance.services import ServiceSpec, appliance_service
+from appliance.servicespec import ServiceSpec, appliance_service
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")

@@ -1,7 +1,7 @@
 """What `appliance status` says about a tenant's backups: last full/differential, WAL archiving, last drill.
 
     >>> backup_status(tenant)["last_full"]["age_s"]
-    >>> EXTRA_PROBES.append(backup_probe)      # appliance/status.py: adds a "backup" row per tenant
+    >>> describe(backup_status(tenant))         # the "backup" row's detail in `appliance status`
 
 Healthy means: the stanza is there and has a backup younger than twice the longest gap of its schedule; the
 last archive attempt did not fail; no finished WAL segment has waited for archiving longer than
@@ -24,7 +24,7 @@ from appliance.backup.paths import backup_paths
 from appliance.backup.schedule import expected_interval
 from appliance.backup.stanza import STANZA_OK, status_of
 from appliance.backup.target import backup_sets
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import TenantConfig
 
 
 def _age(moment: dt.datetime | None, now: dt.datetime) -> float | None:
@@ -135,14 +135,6 @@ def _human(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.0f}h"
     return f"{seconds / 86400:.0f}d"
-
-
-def backup_probe(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]:
-    """An `appliance.status.EXTRA_PROBES` entry: one "backup" row per tenant."""
-    from appliance.status import ComponentStatus
-
-    status = backup_status(tenant)
-    return {"backup": ComponentStatus(status["healthy"], True, None, None, None, describe(status))}
 
 
 def drill_reports(tenant: TenantConfig) -> list[Path]:

@@ -242,7 +242,7 @@ def objectstore_check(tenant_id: str) -> None:
 def wait(tenant_id: str | None, timeout: float | None, components: tuple[str, ...]) -> None:
     """Wait until the named components answer their health probes; name the log to read if they do not."""
     from appliance.services import host_services
-    from appliance.status import _component
+    from appliance.status import component_status
     from appliance.supervision import detect, manager
 
     host_config = load_host_config()
@@ -258,7 +258,7 @@ def wait(tenant_id: str | None, timeout: float | None, components: tuple[str, ..
     while pending:
         states = mgr.states(list(pending.values()))
         for name, spec in list(pending.items()):
-            status = _component(spec, states[name], host_config)
+            status = component_status(spec, states[name], host_config)
             last_detail[name] = status.detail
             if status.healthy:
                 click.echo(f"{spec.name}: healthy after {time.monotonic() - started:.1f}s ({status.detail})")

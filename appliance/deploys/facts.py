@@ -23,7 +23,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.host import Host
 
 from appliance.config import HostConfig, TenantConfig
-from appliance.services import venv_bin
+from appliance.servicespec import venv_bin
 from appliance.supervision import SUPERVISORD_SHUTTING_DOWN
 
 T = TypeVar("T")

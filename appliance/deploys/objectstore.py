@@ -20,7 +20,8 @@ from appliance.deploys import bundle, facts
 from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.services import install_services
-from appliance.services import objectstore_service, venv_bin
+from appliance.objectstore.service import objectstore_service
+from appliance.servicespec import venv_bin
 from appliance.supervision import ManagerName
 
 

@@ -11,7 +11,7 @@ from appliance import desired
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.facts import host_command
 from appliance.deploys.managed import apply_desired
-from appliance.services import ServiceSpec
+from appliance.servicespec import ServiceSpec
 from appliance.supervision import ManagerName, manager
 
 

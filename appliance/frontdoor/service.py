@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.config import HostConfig
 from appliance.frontdoor.caddyfile import caddyfile_path, grace_period_s
-from appliance.services import ServiceSpec
+from appliance.servicespec import ServiceSpec
 
 CADDY = "/usr/bin/caddy"
 

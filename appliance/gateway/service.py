@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import replace
 
 from appliance.config import TenantConfig
-from appliance.services import ServiceSpec, appliance_service
+from appliance.servicespec import ServiceSpec, appliance_service
 
 
 def gateway_service(tenant: TenantConfig) -> ServiceSpec:

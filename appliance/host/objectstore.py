@@ -12,7 +12,7 @@ from appliance.config import HostConfig, TenantConfig
 from appliance.objectstore import seaweed
 from appliance.objectstore.credentials import S3Credentials, admin_credentials
 from appliance.objectstore.paths import store_paths
-from appliance.services import objectstore_service
+from appliance.objectstore.service import objectstore_service
 from appliance.supervision import detect, manager
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from appliance.config import TenantConfig
 from appliance.identity.provider import IDP_PATH, runtime_config
-from appliance.services import ServiceSpec, appliance_service
+from appliance.servicespec import ServiceSpec, appliance_service
 
 
 def identity_service(tenant: TenantConfig) -> ServiceSpec:

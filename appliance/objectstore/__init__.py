@@ -6,6 +6,7 @@
 - `client`: boto3 clients that verify the store's CA and always send checksums.
 - `buckets`: each tenant's COMPLIANCE-locked audit bucket and versioned backup bucket.
 - `probe`: health of a tenant's buckets (with the tenant's own keys) and of the store itself.
+- `service`: the store's supervised process (`objectstore_service`).
 
 Host-side functions are idempotent and report what they changed; the deploy decides what to restart.
 """

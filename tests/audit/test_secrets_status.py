@@ -1,13 +1,15 @@
 """Secrets never show: not in the shipper's command line or environment, not in its log (errors included),
-not in what status, verify or the database's error column say. And the status probe plugs into `appliance
-status` beside the service's own process status."""
+not in what status, verify or the database's error column say. And `appliance status` gives the shipper's row
+the trail's lag as its health."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from appliance.audit.status import audit_probe
+from appliance.audit.service import audit_service
+from appliance.status import component_status
+from appliance.supervision import ProcessState
 from tests.audit.support import AuditRig, stop, wait_for
 
 
@@ -43,12 +45,12 @@ def test_no_secret_in_argv_environment_logs_errors_or_reports(rig: AuditRig) -> 
             assert secret not in text, f"a secret shows in {where}"
 
 
-def test_status_probe_plugs_into_appliance_status(rig: AuditRig) -> None:
+def test_appliance_status_shows_the_trail_lag_as_the_shippers_health(rig: AuditRig) -> None:
+    shipper = audit_service(rig.tenant)
+    running = ProcessState(running=True, pid=1, uptime_s=5, state="RUNNING")
     rig.append(3)
-    components = audit_probe(rig.host, rig.tenant)
-    assert list(components) == ["audit_trail"]
-    status = components["audit_trail"]
+    status = component_status(shipper, running, rig.host)
     assert status.healthy and "3 event(s) waiting" in status.detail
     rig.ship_all()
-    assert "nothing waiting" in audit_probe(rig.host, rig.tenant)["audit_trail"].detail
+    assert "nothing waiting" in component_status(shipper, running, rig.host).detail
     assert json.loads(rig.cli("audit", "status", rig.tenant.id, "--json").stdout)["shipped_seq"] == 3

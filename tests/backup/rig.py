@@ -35,7 +35,8 @@ from appliance.desired import postgres_files
 from appliance.host.postgres import connect, ensure_roles, initdb, probe
 from appliance.host.processes import kill_user_processes
 from appliance.secrets import ensure_tenant_secrets
-from appliance.services import ServiceSpec, tenant_services
+from appliance.services import tenant_services
+from appliance.servicespec import ServiceSpec
 from appliance.supervision import Supervisor
 from tests.support.objectstore import ObjectStore, object_store
 from tests.support.ports import bindable
@@ -142,14 +143,14 @@ def rig_services(tenant: TenantConfig) -> list[ServiceSpec]:
 
 def wait_healthy(host: HostConfig, tenant: TenantConfig, timeout: float = 60) -> None:
     """Every service of the tenant answers its health probe (what `appliance host wait` checks)."""
-    from appliance.status import _component
+    from appliance.status import component_status
 
     specs = rig_services(tenant)
     mgr = Supervisor()
     deadline = time.monotonic() + timeout
     while True:
         states = mgr.states(specs)
-        statuses = {spec.component: _component(spec, states[spec.name], host) for spec in specs}
+        statuses = {spec.component: component_status(spec, states[spec.name], host) for spec in specs}
         unhealthy = {name: status.detail for name, status in statuses.items() if not status.healthy}
         if not unhealthy:
             return

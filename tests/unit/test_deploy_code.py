@@ -7,7 +7,8 @@ from pathlib import Path
 
 from appliance.config import host_config
 from appliance.desired import postgres_files
-from appliance.services import ServiceSpec, host_services
+from appliance.services import host_services
+from appliance.servicespec import ServiceSpec
 from appliance.supervision import Supervisor, Systemd
 
 DEPLOYS = Path(__file__).resolve().parents[2] / "appliance" / "deploys"

@@ -1,0 +1,70 @@
+"""What one supervised process is, as one spec rendered for any manager: `ServiceSpec`, and `appliance_service`
+for the per-tenant processes of the appliance's own code.
+
+A leaf: it builds on the config model only. Each component defines its service beside its code with these
+(appliance/<component>/service.py, backup/schedule.py), `appliance.services` lists a host's services from
+them, and the deploy renders each into a supervisord program file or a systemd unit (templates in
+roles/services/templates/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from appliance.config import HostConfig, TenantConfig
+
+ProbeKind = Literal["postgres", "http", "s3", "tcp"]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # unit/program name, unique on the host
+    component: str  # postgres, streams, sync, identity, gateway, agents, audit, backup, objectstore, frontdoor
+    command: tuple[str, ...]
+    user: str
+    working_dir: Path
+    log_file: Path
+    port: int | None = None
+    probe: ProbeKind = "tcp"
+    probe_path: str = ""  # for http probes
+    environment: dict[str, str] = field(default_factory=dict)  # never secrets: services read secret files
+    stop_signal: str = "TERM"
+    stop_wait_s: int = 30
+    tenant: str | None = None
+    # A /tmp of its own: under systemd PrivateTmp=yes; under supervisord a mount namespace with a tmpfs.
+    private_tmp: bool = False
+    # May bind ports below 1024 (the front door's 443 and 80) without running as root: CAP_NET_BIND_SERVICE
+    # and no other capability, ambient for the service's user.
+    bind_privileged_ports: bool = False
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.name}.service"
+
+
+def venv_bin(config: TenantConfig | HostConfig, program: str) -> str:
+    return str(config.common.install_root / "venv" / "bin" / program)
+
+
+def appliance_service(tenant: TenantConfig, component: str, verb: str, *, port: int | None = None,
+                      probe: ProbeKind = "tcp", probe_path: str = "", stop_wait_s: int = 30) -> ServiceSpec:
+    """A per-tenant process of the appliance's own code: `appliance <component> <verb> --tenant <id>` as the
+    tenant's user, in its root, logging to its component log. host.json's directory goes into the environment
+    so a host deployed with another `config_dir` still finds it; the sources' digest is added by
+    `appliance.services.tenant_services`. Nothing secret: each command reads the secret files it needs."""
+    return ServiceSpec(
+        name=f"appliance-{tenant.id}-{component}",
+        component=component,
+        command=(venv_bin(tenant, "appliance"), component, verb, "--tenant", tenant.id),
+        user=tenant.user,
+        working_dir=tenant.root,
+        log_file=tenant.log_file(component),
+        port=port,
+        probe=probe,
+        probe_path=probe_path,
+        environment={"APPLIANCE_CONFIG_DIR": str(tenant.common.config_dir)},
+        stop_wait_s=stop_wait_s,
+        tenant=tenant.id,
+    )
