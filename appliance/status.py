@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from appliance import pg
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.services import host_services
 from appliance.servicespec import ServiceSpec
@@ -93,12 +94,6 @@ def _probe(spec: ServiceSpec, host: HostConfig) -> tuple[bool, str]:
     return _tcp_probe(spec, bind)
 
 
-def _sync_dsn(tenant: TenantConfig) -> str:
-    from psycopg.conninfo import make_conninfo
-
-    return make_conninfo(**tenant.pg_conninfo("sync"), password=tenant.read_secret("db_sync_password"))
-
-
 def _sync_probe(spec: ServiceSpec, tenant: TenantConfig) -> tuple[bool, str]:
     """The engine answers /v1/health, and its slot exists, is not lost, streams, and shows its retained WAL."""
     from appliance.sync.status import sync_status
@@ -106,7 +101,7 @@ def _sync_probe(spec: ServiceSpec, tenant: TenantConfig) -> tuple[bool, str]:
     answering, said = _http_probe(spec, tenant.common.bind_address, "/v1/health")
     if not answering:
         return False, said
-    slot = sync_status(_sync_dsn(tenant), tenant.sync.slot, tenant.sync_data)
+    slot = sync_status(pg.dsn(tenant, "sync"), tenant.sync.slot, tenant.sync_data)
     return bool(slot["healthy"]), slot["detail"]
 
 

@@ -16,6 +16,7 @@ import psycopg
 
 from appliance.audit.chain import ChainRow
 from appliance.config import TenantConfig
+from appliance.pg import connect
 
 AUDIT_ROLE: Final = "audit"
 # One shipper per tenant database: a second one (a deploy overlapping a restart, an operator's manual run)
@@ -26,8 +27,6 @@ _ROW_COLUMNS: Final = "seq, ts, actor, action, house_id, subject, detail, prev_h
 
 def connect_audit(tenant: TenantConfig, timeout: float = 5) -> psycopg.Connection[Any]:
     """An autocommit connection as the `audit` role (password read from the tenant's secret file)."""
-    from appliance.host.postgres import connect
-
     return connect(tenant, AUDIT_ROLE, timeout=timeout)
 
 

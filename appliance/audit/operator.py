@@ -58,7 +58,7 @@ def record_operator_action(tenant: TenantConfig, action: str, detail: Mapping[st
     event = operator_event(tenant, action, detail, subject=subject)
     if conn is not None:
         return append_event(conn, event)[0]
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(tenant, DB_SUPERUSER) as own:
         return append_event(own, event)[0]

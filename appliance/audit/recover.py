@@ -51,7 +51,7 @@ class RecoverResult:
 
 
 def recover_from_store(host: HostConfig, tenant: TenantConfig) -> RecoverResult:
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     s3 = audit_client(host, tenant)
     with connect(tenant, DB_SUPERUSER) as conn, conn.transaction():

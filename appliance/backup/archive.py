@@ -39,7 +39,7 @@ def archive_command(tenant: TenantConfig) -> str:
 
 def archiver_status(tenant: TenantConfig) -> dict[str, Any]:
     """pg_stat_archiver of the tenant's live cluster, and whether archiving is configured at all."""
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(tenant, database="postgres", timeout=5) as conn:
         row = conn.execute(

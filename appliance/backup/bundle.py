@@ -175,7 +175,7 @@ def _private_dir(tenant: TenantConfig, parent: Path, prefix: str) -> Path:
 
 def _postgres_version(tenant: TenantConfig) -> str:
     try:
-        from appliance.host.postgres import connect
+        from appliance.pg import connect
 
         with connect(tenant, database="postgres", timeout=3) as conn:
             row = conn.execute("show server_version").fetchone()

@@ -46,7 +46,7 @@ from appliance.backup.scratch import Scratch
 from appliance.backup.target import backup_sets
 from appliance.backup.verify import Verification, verify
 from appliance.config import HostConfig, TenantConfig
-from appliance.host.postgres import connect
+from appliance.pg import connect
 
 MARKERS = "appliance_drill_markers"
 LOCK_TIMEOUT = "15s"

@@ -252,7 +252,7 @@ def _flush_wal(tenant: TenantConfig, timeout_s: float = 120) -> str | None:
     Postgres is down. Recovery to a time stops at the first commit after it, so a commit from now on makes any
     earlier time reachable; without one Postgres 13+ refuses ("recovery ended before configured recovery target
     was reached")."""
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     try:
         with connect(tenant, database="postgres", timeout=3) as conn:
@@ -300,7 +300,7 @@ def _wait_healthy(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> N
 
 def _wait_postgres(host: HostConfig, tenant: TenantConfig, timeout_s: float) -> None:
     """Postgres out of recovery (promoted); fail as soon as the service manager gives up on it."""
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     mgr = _manager(host)
     spec = next(s for s in _specs(tenant) if s.component == "postgres")
@@ -338,7 +338,7 @@ def _audit_after_restore(host: HostConfig, tenant: TenantConfig, at: dt.datetime
     chain must continue from what was shipped, never fork it), then record the restore itself."""
     from appliance.audit.operator import record_operator_action
     from appliance.audit.recover import RecoverError, recover_from_store
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(tenant, timeout=10) as conn:
         row = conn.execute("SELECT to_regclass('audit.events') IS NOT NULL").fetchone()

@@ -76,7 +76,7 @@ def rotate_keys(tenant_id: str) -> None:
         sys.exit(1)
     # Gateways learn of the new keys now, not when their refetch limit allows (appliance.gateway.identity.events).
     from appliance.gateway.identity.events import KEYS_CHANNEL
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(tenant) as conn:
         conn.execute(f"NOTIFY {KEYS_CHANNEL}")

@@ -37,7 +37,7 @@ def _tenant(tenant_id: str) -> TenantConfig:
 
 @contextmanager
 def _connection(tenant: TenantConfig) -> Iterator[psycopg.Connection[Any]]:
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     try:
         conn = connect(tenant)

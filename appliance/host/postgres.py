@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from appliance.config import DB_ROLES, DB_SUPERUSER, TenantConfig
+from appliance.pg import connect
 
 SCRAM_ITERATIONS = 4096
 
@@ -60,16 +61,6 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     server_key = hmac.digest(salted, b"Server Key", "sha256")
     b64 = base64.b64encode
     return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
-
-
-def connect(tenant: TenantConfig, role: str = DB_SUPERUSER, *, database: str | None = None,
-            timeout: float = 5) -> psycopg.Connection:
-    """Connect as `role` over the tenant's socket (superuser) or loopback (others) with its secret."""
-    info = tenant.pg_conninfo(role, database=database, via_socket=role == DB_SUPERUSER)
-    return psycopg.connect(
-        **info, password=tenant.read_secret(tenant.pg_password_secret(role)), connect_timeout=max(1, int(timeout)),
-        autocommit=True,
-    )
 
 
 def roles_ok(tenant: TenantConfig) -> bool:

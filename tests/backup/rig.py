@@ -32,8 +32,9 @@ from appliance.backup.archive import archive_command
 from appliance.backup.stanza import ensure_stanza
 from appliance.config import HostConfig, TenantConfig, host_config
 from appliance.desired import postgres_files
-from appliance.host.postgres import connect, ensure_roles, initdb, probe
+from appliance.host.postgres import ensure_roles, initdb, probe
 from appliance.host.processes import kill_user_processes
+from appliance.pg import connect
 from appliance.secrets import ensure_tenant_secrets
 from appliance.services import tenant_services
 from appliance.servicespec import ServiceSpec

@@ -69,7 +69,7 @@ def _thread(door: DoorClient) -> str:
 def _refusals_since(host: HostConfig, after_seq: int, count: int) -> list[str | None]:
     """`client` of acme's refused-token audit events after `after_seq`, once `count` of them are recorded (the
     gateway writes them shortly after answering)."""
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     deadline = time.monotonic() + 10
     while True:
@@ -82,7 +82,7 @@ def _refusals_since(host: HostConfig, after_seq: int, count: int) -> list[str | 
 
 
 def _last_audit_seq(host: HostConfig) -> int:
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(host.tenant("acme")) as conn:
         return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit.events").fetchone()[0])

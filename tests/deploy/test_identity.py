@@ -131,7 +131,7 @@ def test_an_operator_action_on_a_person_is_in_the_audit_trail(configured: dict[s
     email = new_person()
     assert appliance("user", "disable", "acme", email).returncode == 0
     assert appliance("user", "enable", "acme", email).returncode == 0
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(configured["host"].tenant("acme")) as conn:
         actions = [r[0] for r in conn.execute(
@@ -201,7 +201,7 @@ def test_a_person_signs_in_with_a_browser_and_uses_the_api_from_the_app(configur
     assert result["refreshed"] == 200 and result["created"] == 201 and result["house"] in result["rows"], result
     refresh = cookies["__Secure-appliance-refresh"]
     assert refresh["httpOnly"] and refresh["secure"] and refresh["sameSite"] == "Strict"
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(configured["host"].tenant("acme")) as conn:
         principal = conn.execute("SELECT principal_id FROM public.users WHERE email = %s", [email]).fetchone()
@@ -312,7 +312,7 @@ def test_rotated_keys_sign_new_tokens_and_old_tokens_still_verify(configured: di
         assert me.status_code == 200, me.text
         me = door.get("/api/me", headers={"Authorization": f"Bearer {_signed_by(acme, old)}"})
         assert me.status_code == 200, me.text
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     with connect(acme) as conn:
         event = conn.execute("SELECT detail FROM audit.events WHERE action = 'operator.identity.keys_rotated' "

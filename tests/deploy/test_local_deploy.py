@@ -109,7 +109,7 @@ def test_changing_one_setting_restarts_only_what_depends_on_it(deployed: HostCon
 
 
 def _superuser(host: HostConfig, tenant_id: str) -> psycopg.Connection:
-    from appliance.host.postgres import connect
+    from appliance.pg import connect
 
     return connect(host.tenant(tenant_id), database="postgres")
 
