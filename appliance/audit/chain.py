@@ -1,6 +1,6 @@
 """The audit hash chain: appending events without forking it, and verifying rows against it.
 
-Every event is a row of `audit.events` (schema in appliance/gateway/migrations/0002_audit.sql):
+Every event is a row of `audit.events` (schema in appliance/tenantdb/migrations/0002_audit.sql):
 `seq, ts, actor, action, house_id, subject, detail, prev_hash, hash`, with
 `hash = sha256(canonical_json(event) || prev_hash)` as specified in appliance/audit/canonical.py.
 

@@ -1,4 +1,4 @@
-"""What the audit code reads and writes in the tenant's database (schema: gateway migrations 0002 and 0004).
+"""What the audit code reads and writes in the tenant's database (schema: tenantdb migrations 0002 and 0004).
 
 The shipper, `verify` and `status` connect as the `audit` role: it reads events and the chain head, plans and
 records batches, and moves the watermark — it cannot insert, change or delete an event. Operator actions are

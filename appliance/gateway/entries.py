@@ -1,5 +1,5 @@
 """Thread entries: appended to the thread's stream exactly once per entry id, with their mentions dispatched
-through the outbox (migrations/0003_entries_outbox.sql).
+through the outbox (appliance/tenantdb/migrations/0003_entries_outbox.sql).
 
 The protocol, and why it never stores an entry twice nor loses one:
 
@@ -15,7 +15,7 @@ The protocol, and why it never stores an entry twice nor loses one:
    a crash) takes the same lock - so the first attempt is finished or dead - and reads the stream after
    `floor_offset`: if a message with the entry's id is there it only records that, else it appends.
 
-Steps 1 and 2 are one statement, `appliance.record_entry` (migrations/0008_record_entry.sql), and entries that
+Steps 1 and 2 are one statement, `appliance.record_entry` (tenantdb migration 0008_record_entry), and entries that
 arrive together share steps 1, 2 and 4 (one transaction, one chain-head lock, one WAL flush: see
 entry_groups.py). The client is answered as soon as its entry is in the stream, before step 4.
 

@@ -16,7 +16,7 @@ record) takes it in turn.
 An entry never waits for a lock inside a group (the group would hold the chain head while it waits):
 * the same entry id already waiting or in a group of this gateway (a retry racing its first attempt) is
   recorded in a group of its own, which waits for the lock the way record_entry always has;
-* a lock held by another session makes try_record_entry (migrations/0010) answer 'locked' without recording
+* a lock held by another session makes try_record_entry (tenantdb migration 0010) answer 'locked' without recording
   anything, and that entry too is recorded in a group of its own.
 If a group's transaction fails, nothing of it was recorded and each of its entries is recorded alone.
 """

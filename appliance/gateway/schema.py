@@ -1,6 +1,6 @@
 """Facts about the product schema that Python needs: which tables are synced and which columns a shape carries.
 
-The tables themselves are defined by the SQL migrations (migrations/*.sql); tests check the two agree.
+The tables themselves are defined by the SQL migrations (appliance/tenantdb/migrations/); tests check the two agree.
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:
 def schema_current(tenant: TenantConfig) -> bool:
     """Every packaged migration is applied, as packaged (same checksum: an edited one is found at the next deploy,
     which then stops with `migrate`'s error naming it), and the sync publication covers exactly the synced tables."""
-    from appliance.gateway.migrate import applied_migrations, migrations
     from appliance.gateway.schema import SYNCED_TABLES
+    from appliance.tenantdb.migrate import applied_migrations, migrations
 
     try:
         with connect(tenant, timeout=3) as conn:
@@ -145,7 +145,7 @@ def schema_current(tenant: TenantConfig) -> bool:
 
 def ensure_schema(tenant: TenantConfig) -> list[str]:
     """Apply the tenant's pending migrations and make the sync publication cover the synced tables."""
-    from appliance.gateway.migrate import ensure_publication, migrate
+    from appliance.tenantdb.migrate import ensure_publication, migrate
 
     with connect(tenant) as conn:
         changes = [f"migration {label}" for label in migrate(conn)]

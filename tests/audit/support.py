@@ -29,12 +29,12 @@ from appliance.audit.shipper import Shipper, ShipperSettings
 from appliance.audit.store import audit_client, list_versions
 from appliance.audit.verify import VerifyReport, verify_tenant
 from appliance.config import TENANT_SECRETS, HostConfig, TenantConfig, host_config
-from appliance.gateway.migrate import migrate
 from appliance.host.postgres import ensure_roles
 from appliance.objectstore.buckets import ensure_tenant_buckets
 from appliance.objectstore.client import S3Client
 from appliance.pg import connect
 from appliance.secrets import generate, write_private
+from appliance.tenantdb.migrate import migrate
 from tests.support.objectstore import ObjectStore
 from tests.support.pg import PgCluster, pg_cluster
 

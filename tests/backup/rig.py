@@ -197,7 +197,7 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig, *, product_schema: boo
         conn.execute(SCHEMA)
         conn.execute(f"alter role postgres in database {tenant.postgres.database} set search_path = rig, public")
         if product_schema:
-            from appliance.gateway.migrate import migrate
+            from appliance.tenantdb.migrate import migrate
 
             migrate(conn)
 
@@ -237,7 +237,7 @@ def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConf
 def backup_rig(tenant_ids: tuple[str, ...], settings: dict[str, dict[str, Any]] | None = None, *,
                product_schema: bool = False) -> Iterator[Rig]:
     """A store with `tenant_ids`, each a fully set-up tenant with a stanza; torn down afterwards. With
-    `product_schema`, the gateway's migrations (product tables, audit chain) are applied as the deploy does."""
+    `product_schema`, the tenant schema's migrations (product tables, audit chain) are applied as the deploy does."""
     assert all(t.startswith("bkt") for t in tenant_ids)
     with supervisord_running(), object_store(list(tenant_ids)) as store:
         os.chmod(store.base, 0o711)

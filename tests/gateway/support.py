@@ -29,10 +29,10 @@ import uvicorn
 from appliance.config import TENANT_SECRETS, HostConfig, TenantConfig, host_config
 from appliance.gateway.core.security import Keyring
 from appliance.gateway.main import create_app
-from appliance.gateway.migrate import ensure_publication, migrate
 from appliance.host.postgres import ensure_roles
 from appliance.pg import connect
 from appliance.secrets import generate, write_private
+from appliance.tenantdb.migrate import ensure_publication, migrate
 from tests.support.pg import PgCluster
 from tests.support.ports import free_port
 from tests.support.streams import streams_server_dir

@@ -3,7 +3,7 @@
 The deploy calls, as the tenant's superuser on the tenant's database, after the roles exist
 (`appliance.host.postgres.ensure_roles`):
 
-    with connect(tenant, "postgres") as conn:          # appliance.host.postgres.connect, autocommit
+    with connect(tenant, "postgres") as conn:          # appliance.pg.connect, autocommit
         applied = migrate(conn)                        # ["0001_product", ...] or [] when up to date
         changed = ensure_publication(conn, tenant.sync.publication)
 
@@ -11,6 +11,9 @@ Migrations are `migrations/NNNN_name.sql`, applied in order, each in one transac
 `appliance.schema_migrations`, under an advisory lock so two deploys never apply the same one twice. An applied
 migration is never edited: its checksum is recorded, and a mismatch stops `migrate` with an error naming it.
 Privileges (GRANTs) are part of the migrations.
+
+Dependency direction: builds on the config model (the roles) and on `appliance.gateway.schema` (which tables are
+synced, a fact the gateway's shape route reads too); the gateway's runtime never imports this module.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """The package's migrations, in version order."""
     found: list[Migration] = []
-    for entry in resources.files("appliance.gateway").joinpath("migrations").iterdir():
+    for entry in resources.files("appliance.tenantdb").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
