@@ -33,6 +33,8 @@ class _Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: ClassVar[str]
+    # Settings that no longer exist: a host.json (or inventory) that still names one loads, without it.
+    retired: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -40,7 +42,7 @@ class _Settings(BaseModel):
         # A host.json written before a setting existed still loads: the setting takes its role default, which is
         # what the deploy would have resolved (build() merges the defaults itself, so this only fills gaps).
         if isinstance(data, dict):
-            return {**cls.defaults(), **data}
+            return {**cls.defaults(), **{k: v for k, v in data.items() if k not in cls.retired}}
         return data
 
     @classmethod
@@ -163,7 +165,9 @@ class PostgresSettings(_Settings):
 
 class StreamsSettings(_Settings):
     role: ClassVar[str] = "streams"
-    server_version: str
+    # The server's version is what roles/streams/files/package.json pins (and npm's lock beside it), the one
+    # place npm reads it; a setting of that name changed nothing.
+    retired: ClassVar[frozenset[str]] = frozenset({"server_version"})
     port_offset: int = Field(ge=0)
     long_poll_timeout_ms: int = Field(ge=100, le=300_000)
 

@@ -145,6 +145,7 @@ class Scratch:
         self._spawn("streams", [
             NODE, str(server), "--host", self.tenant.common.bind_address,
             "--port", str(self.streams_port), "--data-dir", str(self.streams_data),
+            "--long-poll-timeout", str(self.tenant.streams.long_poll_timeout_ms),
         ])
 
     def alive(self, name: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from appliance.sync.limits import CHUNK_BYTES
+from appliance.sync.defaults import CHUNK_BYTES, LONG_POLL_TIMEOUT_MS, PUBLICATION, SLOT
 
 
 def _from_file(path: Path | None, value: str | None, what: str) -> str | None:
@@ -54,12 +54,12 @@ def sync() -> None:
     "--long-poll-timeout",
     "long_poll_ms",
     type=click.IntRange(100, 600_000),
-    default=20_000,
+    default=LONG_POLL_TIMEOUT_MS,
     show_default=True,
     help="Milliseconds a live request waits for changes.",
 )
-@click.option("--publication", default="electric_publication_default", show_default=True)
-@click.option("--slot", default="electric_slot_default", show_default=True)
+@click.option("--publication", default=PUBLICATION, show_default=True)
+@click.option("--slot", default=SLOT, show_default=True)
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )

@@ -50,7 +50,7 @@ from appliance.sync.catalog import (
     publication_covers,
     table_not_found_message,
 )
-from appliance.sync.limits import CHUNK_BYTES
+from appliance.sync.defaults import CHUNK_BYTES, PUBLICATION, SLOT
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import (
     ShapeDefinition,
@@ -77,8 +77,6 @@ from appliance.sync.subset import SubsetRequest, bind_subset
 log = logging.getLogger(__name__)
 
 TABLE_FILE: Final = "table.json"
-DEFAULT_PUBLICATION: Final = "electric_publication_default"
-DEFAULT_SLOT: Final = "electric_slot_default"
 # Transactions stored per fsync round at most: bounds the latency of the first one in a burst.
 MAX_BATCH: Final = 500
 # From this many shape logs touched in one round, one syncfs makes them durable instead of an fdatasync each
@@ -98,8 +96,8 @@ class SnapshotFailed(Exception):
 class EngineConfig:
     dsn: str
     data_dir: Path
-    publication: str = DEFAULT_PUBLICATION
-    slot: str = DEFAULT_SLOT
+    publication: str = PUBLICATION
+    slot: str = SLOT
     chunk_bytes: int = CHUNK_BYTES
     max_concurrent_snapshots: int = 4
     max_concurrent_subsets: int = 8

@@ -39,16 +39,15 @@ from starlette.routing import Route
 from appliance import __version__
 from appliance.sync import messages, subset
 from appliance.sync.catalog import CatalogError, electric_schema, parse_columns, parse_relation
+from appliance.sync.defaults import CHUNK_BYTES, LONG_POLL_TIMEOUT_MS
 from appliance.sync.engine import PublicationError, ShapeRuntime, SyncEngine
-from appliance.sync.limits import CHUNK_BYTES
 from appliance.sync.offsets import BEFORE_ALL, SNAPSHOT_END, LogOffset, parse_request_offset
 from appliance.sync.registry import ShapeDefinition
 from appliance.sync.where import WhereError
 
 log = logging.getLogger(__name__)
 
-# Electric's defaults.
-LONG_POLL_TIMEOUT_MS: Final = 20_000
+# Electric's defaults (the long-poll timeout, a setting, is in appliance/sync/defaults.py).
 SSE_TIMEOUT_MS: Final = 60_000
 SSE_KEEPALIVE_MS: Final = 21_000
 MAX_AGE: Final = 60

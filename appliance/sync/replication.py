@@ -1,10 +1,7 @@
 """Change capture: one publication + one logical replication slot (pgoutput v1), as committed transactions.
 
-    setup = ensure_publication_and_slot(dsn, "electric_publication_default", "electric_slot_default",
-                                        [("public", "items")])
-    async with ReplicationStream(dsn, slot="electric_slot_default",
-                                 publication="electric_publication_default",
-                                 resume_after=stored_lsn) as stream:
+    setup = ensure_publication_and_slot(dsn, PUBLICATION, SLOT, [("public", "items")])  # sync/defaults.py
+    async with ReplicationStream(dsn, slot=SLOT, publication=PUBLICATION, resume_after=stored_lsn) as stream:
         async for txn in stream:
             store(txn)                  # durably
             stream.confirm(txn.end_lsn)  # only now may Postgres forget it
@@ -138,8 +135,7 @@ def ensure_publication_and_slot(
     REPLICA IDENTITY FULL makes Postgres log whole old rows, so updates carry the values of unchanged TOASTed
     columns and deletes carry whole rows (Electric requires it for the same reason).
 
-        >>> ensure_publication_and_slot(dsn, "electric_publication_default", "electric_slot_default",
-        ...                             [("public", "items")])
+        >>> ensure_publication_and_slot(dsn, PUBLICATION, SLOT, [("public", "items")])
         ReplicationSetup(publication_created=False, tables_added=(('public', 'items'),), ...)
     """
     wanted = list(dict.fromkeys(tables))

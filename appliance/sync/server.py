@@ -20,9 +20,9 @@ from typing import Final
 import uvicorn
 
 from appliance.sync import gcpolicy
+from appliance.sync.defaults import CHUNK_BYTES, LONG_POLL_TIMEOUT_MS, PUBLICATION, SLOT
 from appliance.sync.engine import EngineConfig, SyncEngine
 from appliance.sync.http import ApiSettings, create_app
-from appliance.sync.limits import CHUNK_BYTES
 
 DATABASE_URL_ENV: Final = "APPLIANCE_SYNC_DATABASE_URL"
 SECRET_ENV: Final = "APPLIANCE_SYNC_SECRET"
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--long-poll-timeout", type=int, default=20_000)
-    parser.add_argument("--publication", default="electric_publication_default")
-    parser.add_argument("--slot", default="electric_slot_default")
+    parser.add_argument("--long-poll-timeout", type=int, default=LONG_POLL_TIMEOUT_MS)
+    parser.add_argument("--publication", default=PUBLICATION)
+    parser.add_argument("--slot", default=SLOT)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--enable-shape-delete", action="store_true")
     parser.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES)

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from appliance.sync import messages
-from appliance.sync.limits import CHUNK_BYTES
+from appliance.sync.defaults import CHUNK_BYTES
 from appliance.sync.lsn import parse_lsn
 from appliance.sync.offsets import LogOffset
 from appliance.sync.registry import SnapshotInfo

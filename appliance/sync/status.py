@@ -1,6 +1,6 @@
 """What `appliance status` shows about a tenant's sync engine: its slot's retained WAL and lag, and shapes.
 
-    >>> sync_status(dsn, "electric_slot_default", Path("/srv/tenants/t1/sync"))
+    >>> sync_status(dsn, tenant.sync.slot, tenant.sync_data)
     {'slot': {'exists': True, 'wal_status': 'reserved', 'retained_wal_bytes': 16384, ...}, 'shapes': 12, ...}
 
 Reads the slot through Postgres and the shape count from the engine's registry files (without taking the

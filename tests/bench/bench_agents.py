@@ -214,7 +214,8 @@ def main() -> None:
         with pg_cluster() as pg:
             env = agents_tenant(base, pg, agents=settings)
             provision(env)
-            with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams:
+            with streams_server(env.tenant.port("streams"), base / "streams",
+                                long_poll_ms=env.tenant.streams.long_poll_timeout_ms) as streams:
                 gateway = start_gateway_process(env)
                 worker = WorkerProcess(env, None)
                 try:

@@ -247,7 +247,8 @@ def main() -> None:
             tree = stack.enter_context(baseline_tree(ref)) if ref != "none" else None
             env = make_tenant(base, pg=pg, gateway={"workers": args.gateway_workers})
             provision(env)
-            with streams_server(env.tenant.port("streams"), base / "streams", long_poll_ms=20_000) as streams, \
+            with streams_server(env.tenant.port("streams"), base / "streams",
+                                long_poll_ms=env.tenant.streams.long_poll_timeout_ms) as streams, \
                     sync_server(env, long_poll_ms=SYNC_LONG_POLL_MS):
                 gateway_process = start_gateway_process(env, "bench-gateway.log")
                 baseline: Baseline | None = None

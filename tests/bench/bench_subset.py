@@ -80,7 +80,7 @@ def main() -> None:
         started = time.perf_counter()
         fill(pg.dsn, args.rows)
         print(f"table of {args.rows:,} rows with an index on rank filled in {time.perf_counter() - started:.1f} s")
-        server = SyncServer(pg.dsn, long_poll_ms=20_000).start()
+        server = SyncServer(pg.dsn).start()
         try:
             direct(pg.dsn, args.rows, args.limit, 5)  # warm both paths the same way
             through_engine(server, args.rows, args.limit, 5)

@@ -215,7 +215,7 @@ def main() -> None:
             conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, house_id int NOT NULL, name text NOT NULL)")
         fill(pg.dsn, "big", args.rows)
         fill(pg.dsn, "small", args.rows // 5)
-        server = SyncServer(pg.dsn, long_poll_ms=20_000).start()
+        server = SyncServer(pg.dsn).start()
         try:
             assert server.process is not None
             pid = server.process.pid

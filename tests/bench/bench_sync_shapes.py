@@ -198,7 +198,7 @@ class Engine:
             conn.execute("DROP TABLE IF EXISTS items")
             conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, house_id int NOT NULL, name text, a int,"
                          " b int, c text, deleted_at timestamptz)")
-        self.server = SyncServer(self.dsn, long_poll_ms=20_000).start()
+        self.server = SyncServer(self.dsn).start()
         started = time.perf_counter()
         asyncio.run(register(self.server, range(1, self.houses + 1)))
         self.registered_s = time.perf_counter() - started

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from appliance.sync.defaults import PUBLICATION
 from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster
 
@@ -19,7 +20,7 @@ def sync_role_dsn(pg: PgCluster) -> str:
         "CREATE TABLE houses (id int PRIMARY KEY, name text, deleted_at timestamptz)",
         "CREATE TABLE private_notes (id int PRIMARY KEY, body text)",
         "ALTER TABLE houses REPLICA IDENTITY FULL",
-        "CREATE PUBLICATION electric_publication_default FOR TABLE houses",
+        f"CREATE PUBLICATION {PUBLICATION} FOR TABLE houses",
         "CREATE ROLE sync LOGIN REPLICATION PASSWORD 'sync-pw'",
         "GRANT SELECT ON houses, private_notes TO sync",
         "INSERT INTO houses VALUES (1, 'one', NULL), (2, 'two', now())",
@@ -58,7 +59,7 @@ def test_unpublished_table_the_role_cannot_publish_is_a_clear_400(server: SyncSe
     response = server.get(table="private_notes", offset="-1")
     assert response.status_code == 400
     [message] = response.json()["errors"]["table"]
-    assert '"public"."private_notes"' in message and "electric_publication_default" in message
+    assert '"public"."private_notes"' in message and PUBLICATION in message
     assert server.healthy()
 
 

@@ -10,12 +10,11 @@ from collections.abc import Callable
 
 import psycopg
 
+from appliance.sync.defaults import SLOT
 from appliance.sync.lsn import parse_lsn
 from appliance.sync.status import sync_status
 from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster, pg_cluster
-
-SLOT = "electric_slot_default"
 
 
 def query(dsn: str, sql: str) -> tuple[object, ...]:

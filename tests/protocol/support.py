@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from appliance.sync.defaults import LONG_POLL_TIMEOUT_MS
 from tests.support.ports import free_port
 
 PROTOCOL_DIR = Path(__file__).resolve().parent
@@ -41,7 +42,7 @@ class SyncServer:
     Everything it uses lives under one temporary root (state, log, and the secret and database URL, passed as
     files as the deployed service does, so neither shows in the process listing); `remove()` deletes it."""
 
-    def __init__(self, dsn: str, *, long_poll_ms: int = 20_000, allow_delete: bool = False,
+    def __init__(self, dsn: str, *, long_poll_ms: int = LONG_POLL_TIMEOUT_MS, allow_delete: bool = False,
                  chunk_bytes: int | None = None) -> None:
         self.dsn = dsn
         self.root = Path(tempfile.mkdtemp(prefix="appliance-sync-"))

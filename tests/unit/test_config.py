@@ -153,6 +153,15 @@ def test_a_host_json_from_before_a_setting_existed_loads_with_its_default(tmp_pa
         "gateway_outbox_retention_days"]
 
 
+def test_a_host_json_naming_a_retired_setting_loads_without_it(tmp_path: Any) -> None:
+    data = json.loads(host_config("@local", _local()).model_dump_json())
+    for tenant in data["tenants"]:
+        tenant["streams"]["server_version"] = "0.3.7"  # written when the streams version was a setting
+    (tmp_path / "host.json").write_text(json.dumps(data))
+    loaded = load_host_config(tmp_path)
+    assert "server_version" not in loaded.tenant("acme").streams.model_dump()
+
+
 def test_a_host_json_this_version_cannot_read_is_a_clear_error(tmp_path: Any) -> None:
     data = json.loads(host_config("@local", _local()).model_dump_json())
     data["tenants"][0]["gateway"]["setting_of_a_newer_version"] = 1

@@ -57,10 +57,3 @@ def test_cursor_is_the_next_interval_boundary_or_beyond_the_clients() -> None:
     assert 1021 <= bumped <= 1020 + 3600
     assert next_cursor(500, None, now) == 0  # under a second: Electric sends 0
 
-
-def test_the_deployed_chunk_default_is_the_engines_own() -> None:
-    # Two places name it (the role defaults a deploy reads, the engine's own for `appliance sync serve`).
-    from appliance.config import SyncSettings
-    from appliance.sync.limits import CHUNK_BYTES
-
-    assert SyncSettings.defaults()["chunk_bytes"] == CHUNK_BYTES

@@ -1,6 +1,8 @@
 // The tenant's Durable Streams server: the upstream Node server, file-backed, on loopback.
 // Run by the tenant's service manager as the tenant's OS user:
-//   node server.mjs --host 127.0.0.1 --port N --data-dir DIR [--long-poll-timeout MS]
+//   node server.mjs --host 127.0.0.1 --port N --data-dir DIR --long-poll-timeout MS
+// The long-poll timeout has no default here: its one default is the streams role's setting
+// (streams_long_poll_timeout_ms), which the service's command line always passes.
 import { DurableStreamTestServer } from "@durable-streams/server";
 import { parseArgs } from "node:util";
 
@@ -9,11 +11,11 @@ const { values } = parseArgs({
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string" },
     "data-dir": { type: "string" },
-    "long-poll-timeout": { type: "string", default: "20000" },
+    "long-poll-timeout": { type: "string" },
   },
 });
-if (!values.port || !values["data-dir"]) {
-  console.error("usage: server.mjs --port N --data-dir DIR [--host H] [--long-poll-timeout MS]");
+if (!values.port || !values["data-dir"] || !values["long-poll-timeout"]) {
+  console.error("usage: server.mjs --port N --data-dir DIR --long-poll-timeout MS [--host H]");
   process.exit(2);
 }
 
