@@ -54,7 +54,7 @@ MAX_AGE: Final = 60
 STALE_AGE: Final = 300
 STACK_READY_TIMEOUT: Final = 5.0
 CURSOR_EPOCH: Final = 1728432000  # 2024-10-09T00:00:00Z, Electric's cursor epoch
-# A where-clause is parsed by where.py, which refuses more than MAX_WHERE_BYTES itself; this only bounds
+# A where-clause is parsed by sync/where, which refuses more than MAX_WHERE_BYTES itself; this only bounds
 # what a request may make the server hold before that.
 MAX_QUERY_BYTES: Final = 64 * 1024
 # A POST body holds a subset's where, order_by and params: the same bound as a query string.

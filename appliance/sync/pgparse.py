@@ -3,8 +3,8 @@
 Electric parses a shape's `where` as `SELECT 1 WHERE <where>` with libpg_query and, when Postgres's grammar
 refuses it, answers with the parser's message and its cursor in that wrapped text:
 `At location 17: syntax error at or near "x"` for `1 x 1`. Clients (and people reading their errors) see
-Postgres's words, so syntax is checked here with the same parser before where.py's own analysis, which keeps
-its messages for what parses but is not supported (functions, unknown columns, types).
+Postgres's words, so syntax is checked here with the same parser before the where package's own analysis, which
+keeps its messages for what parses but is not supported (functions, unknown columns, types).
 
 An ORDER BY (a subset's `order_by`) is parsed the same way, as `SELECT 1 ORDER BY <order_by>`, and reduced to
 plain column references with a direction and a NULLS placement; the SQL the engine runs is rebuilt from those

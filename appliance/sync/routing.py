@@ -9,7 +9,7 @@ the index only skips shapes that cannot match.
 
 Values are compared in a canonical text form per type, and only for types whose equality is exactly that
 form's equality: integers (Postgres accepts '+7' and ' 7 ' for 7), uuid (any case, braces), text and varchar
-(Postgres's text equality is bytewise under deterministic collations, and where.py compares text in "C"). A
+(Postgres's text equality is bytewise under deterministic collations, and sync/where compares text in "C"). A
 conjunct over any other type, or with a constant this cannot read, leaves the shape unindexed. NULL equals
 nothing, so a row whose column is NULL reaches no indexed shape of that column. A change whose old row lacks
 the column (an identity other than FULL) is offered to every shape indexed on it, as convert() would count such

@@ -32,7 +32,8 @@ from psycopg.types.string import TextLoader
 
 from appliance.sync import pgtypes
 from appliance.sync.pgtypes import PgInputError
-from appliance.sync.where import WhereError, _compile_like, compile_where
+from appliance.sync.where import WhereError, compile_where
+from appliance.sync.where.like import compile_like
 from tests.support.pg import PgCluster
 
 SESSION_SETTINGS = {
@@ -654,7 +655,7 @@ def test_like_matches_like_postgres(dbs: Databases, subject: str, pattern: str, 
     operator = "ILIKE" if case_insensitive else "LIKE"
     output = _postgres_output(dbs, f'$1::text {operator} $2::text COLLATE "C"', [subject, pattern])
     try:
-        matcher = _compile_like(pattern, case_insensitive)
+        matcher = compile_like(pattern, case_insensitive)
     except ValueError:
         # Postgres only notices a trailing escape when matching gets that far, so whether it errors depends on
         # the row; refusing the pattern up front is the only answer consistent for every row.
