@@ -1,4 +1,4 @@
-"""Fixtures for agent worker tests: one real stack per module (see support.py)."""
+"""Fixtures for agent worker tests: one real stack per module (see tests/support/agents.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.agents.support import AgentStack, Member, agent_stack
+from tests.support.agents import AgentStack, Member, agent_stack
 from tests.support.pg import PgCluster
 
 

@@ -16,7 +16,7 @@ from appliance.agents.app import max_activation_bytes
 from appliance.agents.service import agents_service
 from appliance.agents.store import store_path
 from appliance.services import tenant_services
-from tests.agents.support import AgentStack, Member, activation_body, agents_tenant, wait_reply
+from tests.support.agents import AgentStack, Member, activation_body, agents_tenant, wait_reply
 
 
 @pytest.fixture

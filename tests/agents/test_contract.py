@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.agents.support import AgentStack, Member, agent_stack, replies_to, wait_for
+from tests.support.agents import AgentStack, Member, agent_stack, replies_to, wait_for
 from tests.support.pg import PgCluster
 
 MAX_BODY = 8192  # the gateway's request limit here; the worker takes activations up to 16 times that

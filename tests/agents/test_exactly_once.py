@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.agents.store import store_path
-from tests.agents.support import (
+from tests.support.agents import (
     AgentStack,
     Member,
     activation_body,

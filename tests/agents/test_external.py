@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.agents.support import AgentStack, Member, replies_to, wait_for, wait_reply
-from tests.gateway.support import REPO, stop_process
+from tests.support.agents import AgentStack, Member, replies_to, wait_for, wait_reply
+from tests.support.paths import REPO
+from tests.support.stack import stop_process
 
 EXAMPLE = REPO / "appliance" / "agents" / "examples" / "external_agent.py"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.agents.support import AgentStack, Member, expected_reply_id, replies_to, wait_reply
+from tests.support.agents import AgentStack, Member, expected_reply_id, replies_to, wait_reply
 
 
 def test_echo_replies_into_the_stream_tail(stack: AgentStack, member: Member) -> None:

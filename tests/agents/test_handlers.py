@@ -10,8 +10,8 @@ import time
 import uuid
 
 from appliance.agents.store import store_path
-from tests.agents.support import APPLIANCE_BIN, AgentStack, Member, replies_to, wait_for, wait_reply
-from tests.gateway.support import REPO
+from tests.support.agents import AgentStack, Member, replies_to, wait_for, wait_reply
+from tests.support.paths import APPLIANCE_BIN, REPO
 
 
 def error_of(member: Member, thread: str, entry_id: str) -> dict[str, str]:

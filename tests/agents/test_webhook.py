@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.agents.support import AgentStack, Member, expected_reply_id, wait_reply
-from tests.gateway.support import Recorded, RecordingServer, recording_server, send_json
+from tests.support.agents import AgentStack, Member, expected_reply_id, wait_reply
+from tests.support.stack import Recorded, RecordingServer, recording_server, send_json
 
 OPERATOR_TOKEN = "operator-model-token-123"
 

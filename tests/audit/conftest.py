@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.audit.support import AuditRig, audit_rig
+from tests.support.audit import AuditRig, audit_rig
 from tests.support.objectstore import ObjectStore, object_store
 
 

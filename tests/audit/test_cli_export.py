@@ -10,7 +10,7 @@ from pathlib import Path
 
 from appliance.audit.chain import GENESIS_HASH
 from appliance.audit.verify import line_hash
-from tests.audit.support import AuditRig
+from tests.support.audit import AuditRig
 
 
 def _recompute(lines: list[bytes], prev: str) -> str:

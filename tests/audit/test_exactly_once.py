@@ -14,7 +14,7 @@ import pytest
 
 from appliance.audit.batch import prefix
 from appliance.audit.store import list_versions
-from tests.audit.support import AuditRig, audit_rig, kill9, stop, wait_for
+from tests.support.audit import AuditRig, audit_rig, kill9, stop, wait_for
 from tests.support.objectstore import ObjectStore
 
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from appliance.audit.status import audit_status
-from tests.audit.support import audit_rig, stop, wait_for
+from tests.support.audit import audit_rig, stop, wait_for
 from tests.support.objectstore import ObjectStore
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.audit.status import audit_status
-from tests.audit.support import AuditRig, audit_rig, stop, wait_for
+from tests.support.audit import AuditRig, audit_rig, stop, wait_for
 from tests.support.objectstore import ObjectStore
 
 

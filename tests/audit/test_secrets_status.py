@@ -10,7 +10,7 @@ from pathlib import Path
 from appliance.audit.service import audit_service
 from appliance.status import component_status
 from appliance.supervision import ProcessState
-from tests.audit.support import AuditRig, stop, wait_for
+from tests.support.audit import AuditRig, stop, wait_for
 
 
 def _secrets(rig: AuditRig) -> list[str]:

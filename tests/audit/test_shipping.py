@@ -10,7 +10,7 @@ import json
 from appliance.audit.batch import MANIFEST_METADATA_KEY, build_batch, parse_key, parse_manifest, prefix
 from appliance.audit.db import fetch_range
 from appliance.audit.store import list_versions
-from tests.audit.support import AuditRig
+from tests.support.audit import AuditRig
 
 
 def test_round_trip_ships_every_event_once_locked_with_manifest_and_checksum(rig: AuditRig) -> None:

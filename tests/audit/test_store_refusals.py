@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from appliance.audit.batch import prefix
 from appliance.audit.store import list_versions
 from appliance.objectstore.client import put_object
-from tests.audit.support import AuditRig, audit_rig
+from tests.support.audit import AuditRig, audit_rig
 from tests.support.objectstore import ObjectStore
 
 

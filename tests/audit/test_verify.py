@@ -29,7 +29,7 @@ from appliance.audit.db import fetch_range
 from appliance.audit.status import audit_status
 from appliance.audit.store import list_versions
 from appliance.objectstore.client import put_object
-from tests.audit.support import AuditRig, audit_rig, stop, wait_for
+from tests.support.audit import AuditRig, audit_rig, stop, wait_for
 from tests.support.objectstore import ObjectStore
 
 

@@ -9,7 +9,7 @@ import uuid
 from appliance.audit.chain import AuditEvent, append_event, append_events
 from appliance.audit.db import fetch_range
 from appliance.audit.operator import OPERATOR_ACTIONS, record_operator_action, ship_now
-from tests.audit.support import AuditRig, stop
+from tests.support.audit import AuditRig, stop
 
 
 def test_concurrent_writers_and_operators_never_fork_the_chain(rig: AuditRig) -> None:

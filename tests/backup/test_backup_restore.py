@@ -1,6 +1,6 @@
 """Backups and restores of a real tenant: pgBackRest 2.45 into its own bucket on the embedded store over TLS.
 
-One tenant (`bkta`) serves the module, set up the way the deploy sets one up (tests/backup/rig.py); the tests
+One tenant (`bkta`) serves the module, set up the way the deploy sets one up (tests/support/backup.py); the tests
 drive the `appliance` CLI as an operator would.
 """
 
@@ -20,7 +20,8 @@ import pytest
 from appliance.backup import pgbackrest
 from appliance.backup.paths import backup_paths
 from appliance.config import TENANT_SECRETS
-from tests.backup.rig import APPLIANCE, Rig, add_house, add_thread, backup_rig, stream_body
+from tests.support.backup import Rig, add_house, add_thread, backup_rig, stream_body
+from tests.support.paths import APPLIANCE_BIN
 
 pytestmark = pytest.mark.slow
 T = "bkta"
@@ -175,7 +176,7 @@ def test_secrets_are_never_in_process_lists_logs_files_or_outputs(rig: Rig) -> N
     tenant = rig.tenant(T)
     secret_values = {name: tenant.read_secret(name) for name in TENANT_SECRETS}
     seen_argv: list[str] = []
-    backup = subprocess.Popen([str(APPLIANCE), "backup", T, "--json"], env=rig.env(), stdout=subprocess.PIPE,
+    backup = subprocess.Popen([str(APPLIANCE_BIN), "backup", T, "--json"], env=rig.env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     while backup.poll() is None:
         for proc in Path("/proc").iterdir():

@@ -18,7 +18,7 @@ import pytest
 
 from appliance.backup.paths import backup_paths
 from appliance.objectstore.client import put_object
-from tests.backup.rig import Rig, add_house, add_thread, backup_rig
+from tests.support.backup import Rig, add_house, add_thread, backup_rig
 
 pytestmark = pytest.mark.slow
 T = "bktb"

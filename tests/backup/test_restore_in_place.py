@@ -20,7 +20,7 @@ import pytest
 from appliance.backup import pgbackrest
 from appliance.backup.paths import backup_paths
 from appliance.config import TENANT_SECRETS
-from tests.backup.rig import Rig, add_house, add_thread, backup_rig, stream_body
+from tests.support.backup import Rig, add_house, add_thread, backup_rig, stream_body
 
 pytestmark = pytest.mark.slow
 T = "bktc"

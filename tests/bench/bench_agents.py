@@ -36,10 +36,10 @@ import httpx
 
 from appliance.agents.store import store_path
 from appliance.gateway.upstream import Upstream, UpstreamError
-from tests.agents.support import WorkerProcess, agents_tenant
 from tests.bench.measure import cpu_seconds, percentile
-from tests.gateway.support import provision, start_gateway_process, stop_process, streams_server, temp_base
+from tests.support.agents import WorkerProcess, agents_tenant
 from tests.support.pg import pg_cluster
+from tests.support.stack import provision, start_gateway_process, stop_process, streams_server, temp_base
 
 
 @dataclass

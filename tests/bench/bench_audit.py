@@ -33,8 +33,8 @@ from typing import Any
 import psycopg
 
 from appliance.audit.chain import AuditEvent, append_event, append_events
-from tests.audit.support import AuditRig, audit_rig, stop
 from tests.bench.measure import percentile
+from tests.support.audit import AuditRig, audit_rig, stop
 from tests.support.objectstore import object_store
 
 
@@ -108,8 +108,8 @@ def bench_gateway_writes(writes: int) -> None:
     import httpx
 
     import appliance.gateway.access as access
-    from tests.gateway.support import gateway_in_process, make_tenant, provision, remove_base, temp_base
     from tests.support.pg import pg_cluster
+    from tests.support.stack import gateway_in_process, make_tenant, provision, remove_base, temp_base
 
     real_append = access.append_events_async
 

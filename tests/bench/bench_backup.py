@@ -5,7 +5,7 @@ Run (root, supervisord running, as the backup tests need): `.venv/bin/python -m 
 [--gb 1.0] [--entries 10000] [--rate 100] [--rpo-seconds 150] [--archive-timeout 60]`.
 
 Targets (issue 7): drill (RTO) < 3 min on this machine; RPO <= archive_timeout. The tenant, its store and its
-files are the test rig's (tests/backup/rig.py): everything real, on loopback, removed at the end.
+files are the test rig's (tests/support/backup.py): everything real, on loopback, removed at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx
 from appliance.backup.archive import recovery_point
 from appliance.backup.drill import run_drill
 from appliance.backup.take import take_backup
-from tests.backup.rig import Rig, add_house, backup_rig
+from tests.support.backup import Rig, add_house, backup_rig
 
 T = "bktbench"
 ROWS_PER_GB = 4_200_000  # ~240 bytes per notes row with its index, measured by pg_database_size

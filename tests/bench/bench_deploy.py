@@ -34,13 +34,13 @@ from tests.bench.measure import status_kb, tree_memory
 from tests.support.deployment import (
     BIN,
     LOCAL_INVENTORY,
-    REPO,
     ansible_playbook,
     changed_operations,
     deploy_or_fail,
     pids,
     status_json,
 )
+from tests.support.paths import REPO
 
 
 def fresh_tenant_id() -> str:

@@ -63,8 +63,10 @@ from appliance.gateway.core.security import Keyring
 from appliance.gateway.schema import SYNCED_TABLES
 from tests.bench.loadgen import post_throughput
 from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile
-from tests.gateway.support import (
-    REPO,
+from tests.support.paths import REPO
+from tests.support.pg import pg_cluster
+from tests.support.ports import free_port
+from tests.support.stack import (
     TenantEnv,
     make_tenant,
     provision,
@@ -76,8 +78,6 @@ from tests.gateway.support import (
     temp_base,
     wait_http,
 )
-from tests.support.pg import pg_cluster
-from tests.support.ports import free_port
 
 SYNC_LONG_POLL_MS = 300
 

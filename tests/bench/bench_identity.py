@@ -38,9 +38,9 @@ import jwt
 from appliance.identity import accounts
 from appliance.identity.provider import runtime_config
 from tests.bench.measure import cpu_seconds, percentile, rss_bytes
-from tests.gateway.support import make_tenant, provision, remove_base, start_gateway_process, stop_process, temp_base
 from tests.support.identity import PASSWORD, Provider, TenantDoor, start_provider
 from tests.support.pg import pg_cluster
+from tests.support.stack import make_tenant, provision, remove_base, start_gateway_process, stop_process, temp_base
 
 
 def provider_token(provider: Provider, key: object, kid: str, subject: str) -> str:

@@ -23,8 +23,8 @@ import httpx
 import psycopg
 
 from tests.bench.measure import percentile
-from tests.protocol.support import SyncServer, execute
 from tests.support.pg import pg_cluster
+from tests.support.sync import SyncServer, execute
 
 QUERY = "SELECT id, rank, title FROM items WHERE rank >= %s ORDER BY rank LIMIT %s"
 

@@ -30,8 +30,8 @@ import httpx
 import psycopg
 
 from tests.bench.measure import percentile, rss_bytes
-from tests.protocol.support import SyncServer
 from tests.support.pg import pg_cluster
+from tests.support.sync import SyncServer
 
 
 @contextmanager

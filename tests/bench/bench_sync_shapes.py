@@ -56,8 +56,8 @@ import httpx
 import psycopg
 
 from tests.bench.measure import cpu_seconds, percentile, rss_bytes
-from tests.protocol.support import SyncServer
 from tests.support.pg import pg_cluster
+from tests.support.sync import SyncServer
 
 OPTIONAL = ("name", "a", "b", "c")
 # Ten distinct column selections: the base columns and a different subset of the optional ones each.

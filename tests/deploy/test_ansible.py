@@ -16,13 +16,13 @@ from tests.support import isolation
 from tests.support.deployment import (
     BIN,
     LOCAL_INVENTORY,
-    REPO,
     ansible_playbook,
     changed_operations,
     deploy_or_fail,
     pids,
     status_json,
 )
+from tests.support.paths import REPO
 
 pytestmark = [
     pytest.mark.deploy,

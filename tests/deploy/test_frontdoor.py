@@ -264,7 +264,7 @@ def test_a_thread_long_poll_delivers_an_append_within_100_ms(acme: DoorClient, d
 
 def test_the_official_electric_client_syncs_a_shape_through_the_front_door(acme: DoorClient, ca_file: Path,
                                                                           acme_token: str, tmp_path: Path) -> None:
-    from tests.protocol.support import PROTOCOL_DIR, require_node_modules
+    from tests.support.sync import PROTOCOL_DIR, require_node_modules
 
     require_node_modules()
     house = acme.post("/api/houses", json={"name": "electric through the door"}).json()["data"]["id"]

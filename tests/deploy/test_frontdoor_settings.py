@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.config import HostConfig, load_host_config
-from tests.protocol.support import PROTOCOL_DIR, require_node_modules
 from tests.support.browser import chromium
 from tests.support.deployment import BIN, LOCAL_INVENTORY, deploy_or_fail
 from tests.support.frontdoor import door_client, issue_token, printed_ca
+from tests.support.sync import PROTOCOL_DIR, require_node_modules
 
 pytestmark = [
     pytest.mark.deploy,

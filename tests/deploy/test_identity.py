@@ -23,10 +23,10 @@ import pytest
 
 from appliance.config import HostConfig, load_host_config
 from appliance.identity.provider import issuer_url
-from tests.protocol.support import PROTOCOL_DIR, require_node_modules
 from tests.support.browser import chromium
 from tests.support.deployment import BIN, LOCAL_INVENTORY, deploy_or_fail, status_json
 from tests.support.frontdoor import door_client, printed_ca
+from tests.support.sync import PROTOCOL_DIR, require_node_modules
 
 pytestmark = [
     pytest.mark.deploy,

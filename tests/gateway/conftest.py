@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.support import (
+from tests.support.pg import PgCluster
+from tests.support.stack import (
     InProcessGateway,
     StreamsServer,
     TenantEnv,
@@ -22,7 +23,6 @@ from tests.gateway.support import (
     streams_server,
     temp_base,
 )
-from tests.support.pg import PgCluster
 
 
 @dataclass

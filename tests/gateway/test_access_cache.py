@@ -15,8 +15,8 @@ import pytest
 
 from appliance.gateway.access_cache import AccessCache
 from tests.gateway.conftest import Stack, User, build_stack
-from tests.gateway.support import RecordingServer, recording_server, send_json
 from tests.support.pg import PgCluster
+from tests.support.stack import RecordingServer, recording_server, send_json
 
 
 def cache_of(stack: Stack) -> AccessCache:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import Stack, User
-from tests.gateway.support import make_tenant
+from tests.support.stack import make_tenant
 
 NASTY = [
     "'; DROP TABLE houses; --",

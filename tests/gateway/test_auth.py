@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.gateway.core.security import Keyring, TokenError, load_private_key, rotate_signing_key
 from tests.gateway.conftest import Stack
-from tests.gateway.support import APPLIANCE_BIN, REPO, make_tenant
+from tests.support.paths import APPLIANCE_BIN, REPO
+from tests.support.stack import make_tenant
 
 
 def b64(data: bytes) -> str:

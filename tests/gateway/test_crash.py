@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.support import (
+from tests.support.pg import PgCluster
+from tests.support.stack import (
     Recorded,
     RecordingServer,
     StreamsServer,
@@ -29,7 +30,6 @@ from tests.gateway.support import (
     streams_server,
     temp_base,
 )
-from tests.support.pg import PgCluster
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import APPLICATION_NAME, Database, DatabaseUnavailable
 from appliance.gateway.core.errors import install_error_handlers
 from appliance.secrets import write_private
-from tests.gateway.support import TenantEnv, make_tenant, provision, remove_base, temp_base
 from tests.support.pg import PgCluster
 from tests.support.ports import free_port
+from tests.support.stack import TenantEnv, make_tenant, provision, remove_base, temp_base
 
 
 @pytest.fixture(scope="module")

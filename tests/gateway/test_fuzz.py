@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from appliance.gateway.schema import SYNCED_TABLES
 from appliance.identity.provider import runtime_config
 from tests.gateway.conftest import Stack
-from tests.gateway.support import recording_server, stop_process
 from tests.gateway.test_shape_proxy import electric
 from tests.support.identity import start_provider
+from tests.support.stack import recording_server, stop_process
 
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "40"))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from appliance.gateway.core.config import Settings, gateway_url
 from appliance.gateway.service import gateway_service
-from tests.gateway.support import make_tenant
+from tests.support.stack import make_tenant
 
 
 def test_service_spec_runs_the_gateway_as_the_tenant_on_its_port(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from appliance.gateway.schema import SYNCED_TABLES
 from tests.gateway.conftest import Stack
-from tests.gateway.support import Recorded, RecordingServer, recording_server, send_json
+from tests.support.stack import Recorded, RecordingServer, recording_server, send_json
 
 ELECTRIC_HEADERS = {
     "electric-handle": "12345-1700000000000000",

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tests.gateway.conftest import Stack, build_stack
-from tests.gateway.support import sync_server
-from tests.protocol.support import PROTOCOL_DIR, NodeProcess, require_node_modules
 from tests.support.pg import PgCluster
+from tests.support.stack import sync_server
+from tests.support.sync import PROTOCOL_DIR, NodeProcess, require_node_modules
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_subsets_pass_through_and_stay_inside_the_callers_houses(e2e: Stack) -> 
     posted = alice.http.post("/api/shapes/threads", params=shape, json=body)
     assert _subset_titles(posted) == ["a", "b", "c"]
     # The shape-defining parameters stay the gateway's; a column the shape lacks is refused (the engine's
-    # tests check a column of the table the shape does not select: tests/integration/test_sync_subsets.py).
+    # tests check a column of the table the shape does not select: tests/sync/test_subsets.py).
     assert alice.get("/api/shapes/threads", params={**shape, "where": "true"}).status_code == 400
     assert alice.get("/api/shapes/threads", params={**shape, "subset__where": "x" * 9000}).status_code == 400
     unknown = alice.get("/api/shapes/houses", params={**shape, "subset__where": "no_such_column = 1"})

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from appliance.audit.chain import GENESIS_HASH, fetch_rows, verify_rows
 from tests.gateway.conftest import Stack, User
-from tests.gateway.support import Recorded, RecordingServer, recording_server, send_json
+from tests.support.stack import Recorded, RecordingServer, recording_server, send_json
 
 
 def read_all(user: User, thread: str) -> list[dict[str, Any]]:

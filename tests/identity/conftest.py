@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.identity.provider import runtime_config
-from tests.gateway.support import make_tenant, provision, remove_base, stop_process, temp_base
 from tests.support.identity import LOGIN_LIMITS, Provider, start_provider
 from tests.support.pg import PgCluster
 from tests.support.ports import free_port
+from tests.support.stack import make_tenant, provision, remove_base, stop_process, temp_base
 
 
 @pytest.fixture(scope="module")

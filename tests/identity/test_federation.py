@@ -30,7 +30,10 @@ from cryptography.x509.oid import NameOID
 
 from appliance.identity.issuer_secrets import issuer_secret_path
 from appliance.identity.provider import callback_urls, runtime_config
-from tests.gateway.support import (
+from tests.support.identity import PASSWORD, Provider, start_provider
+from tests.support.pg import PgCluster, pg_cluster
+from tests.support.ports import free_port
+from tests.support.stack import (
     InProcessGateway,
     TenantEnv,
     gateway_in_process,
@@ -40,9 +43,6 @@ from tests.gateway.support import (
     stop_process,
     temp_base,
 )
-from tests.support.identity import PASSWORD, Provider, start_provider
-from tests.support.pg import PgCluster, pg_cluster
-from tests.support.ports import free_port
 
 # Fixed, so the tenant's settings can name it before the house exists (a test creates it with this id).
 MANAGED_HOUSE = "5a1c0e9e-7b7d-4f3e-9b7a-0c2d4e6f8a10"

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.identity import accounts
 from appliance.identity.provider import runtime_config
-from tests.gateway.support import (
+from tests.support.identity import PASSWORD, Provider, TenantDoor, start_provider
+from tests.support.pg import PgCluster
+from tests.support.stack import (
     InProcessGateway,
     TenantEnv,
     gateway_in_process,
@@ -31,8 +33,6 @@ from tests.gateway.support import (
     stop_process,
     temp_base,
 )
-from tests.support.identity import PASSWORD, Provider, TenantDoor, start_provider
-from tests.support.pg import PgCluster
 
 REFRESH_COOKIE = "__Secure-appliance-refresh"
 APP_ORIGIN = "https://app.appliance.internal"

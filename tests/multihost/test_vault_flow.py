@@ -36,7 +36,6 @@ from appliance.config import HostConfig, inventory_configs
 from appliance.install_steps import apt_packages
 from tests.support.deployment import (
     BIN,
-    REPO,
     ansible_inventory,
     ansible_playbook,
     changed_operation_names,
@@ -44,6 +43,7 @@ from tests.support.deployment import (
     pids,
 )
 from tests.support.hosts import FakeHost, fake_hosts, prime_packages
+from tests.support.paths import REPO
 
 pytestmark = [
     pytest.mark.deploy,

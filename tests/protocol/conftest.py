@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.protocol.support import SyncServer, require_node_modules
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, require_node_modules
 
 _tables = itertools.count()
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.protocol.support import SyncServer, execute, shape_client
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute, shape_client
 
 THRESHOLD = 10_000
 

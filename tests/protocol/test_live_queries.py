@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.protocol.support import NodeProcess, SyncServer, execute
 from tests.support.pg import PgCluster
+from tests.support.sync import NodeProcess, SyncServer, execute
 
 ROWS = 200
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.protocol.support import SyncServer, execute, shape_client
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute, shape_client
 
 
 def up_to_date(event: dict[str, Any]) -> bool:

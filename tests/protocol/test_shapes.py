@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from tests.protocol.support import SyncServer, execute, shape_client
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute, shape_client
 
 
 def up_to_date(event: dict[str, Any]) -> bool:

@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from tests.protocol.support import SyncServer, execute, shape_client
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute, shape_client
 
 
 def up_to_date(event: dict[str, Any]) -> bool:

@@ -11,8 +11,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.protocol.support import NodeProcess, SyncServer, execute, shape_client
 from tests.support.pg import PgCluster
+from tests.support.sync import NodeProcess, SyncServer, execute, shape_client
 
 
 def make_things(dsn: str, table: str, rows: int = 40) -> None:

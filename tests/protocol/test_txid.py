@@ -3,8 +3,8 @@ returns `pg_current_xact_id()::xid::text`), through a change's `txids` and throu
 
 from __future__ import annotations
 
-from tests.protocol.support import NodeProcess, SyncServer, execute, write_returning_txid
 from tests.support.pg import PgCluster
+from tests.support.sync import NodeProcess, SyncServer, execute, write_returning_txid
 
 
 def collection(server: SyncServer, table: str) -> NodeProcess:

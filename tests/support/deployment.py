@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 BIN = Path(sys.executable).parent
 LOCAL_INVENTORY = REPO / "inventory" / "local.py"
 

@@ -25,7 +25,7 @@ import httpx
 from appliance.identity import accounts
 from appliance.identity.provider import NODE_ENVIRONMENT, NODE_FLAGS
 from appliance.roles import role_files
-from tests.gateway.support import TenantEnv
+from tests.support.stack import TenantEnv
 from tests.support.streams import node_program_dir
 
 # Small enough to reach in a test, as a tenant could set them.

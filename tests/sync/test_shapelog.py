@@ -434,7 +434,7 @@ CHILD = textwrap.dedent(
     import random, sys
     from appliance.sync.offsets import LogOffset
     from appliance.sync.shapelog import ShapeLog
-    from tests.unit.test_shapelog import message_for
+    from tests.sync.test_shapelog import message_for
 
     log = ShapeLog.open(sys.argv[1])
     rng = random.Random(int(sys.argv[2]))

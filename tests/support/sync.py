@@ -1,5 +1,6 @@
-"""Harness for protocol tests: the engine as a real `appliance sync serve` process, and the official Node
-clients as processes that report what they see as JSON lines."""
+"""Harness for the sync engine's and protocol tests: the engine as a real `appliance sync serve` process, and the
+official Node clients (scripts and node_modules in tests/protocol) as processes that report what they see as JSON
+lines."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,11 +22,11 @@ import httpx
 import psycopg
 
 from appliance.sync.defaults import LONG_POLL_TIMEOUT_MS
+from tests.support.paths import APPLIANCE_BIN, REPO
 from tests.support.ports import free_port
 
-PROTOCOL_DIR = Path(__file__).resolve().parent
-REPO = PROTOCOL_DIR.parents[1]
-APPLIANCE = Path(sys.executable).parent / "appliance"
+# The official Electric clients' node_modules and the Node scripts that drive them.
+PROTOCOL_DIR = REPO / "tests" / "protocol"
 
 Event = dict[str, Any]
 
@@ -80,7 +80,7 @@ class SyncServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [
-                str(APPLIANCE),
+                str(APPLIANCE_BIN),
                 "sync",
                 "serve",
                 "--database-url-file",

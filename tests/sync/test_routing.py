@@ -11,7 +11,7 @@ from appliance.sync.registry import ShapeDefinition
 from appliance.sync.replication import Change, ColumnInfo, RelationInfo
 from appliance.sync.routing import TableRoutes, routing_key
 from appliance.sync.shape import CompiledShape
-from tests.unit.test_sync_shape import meta
+from tests.sync.test_shape import meta
 
 TABLE = TableInfo(1, "public", "things", (meta("id", "int8", 0), meta("house_id", "uuid"), meta("n", "int4"),
                                           meta("name", "text"), meta("price", "numeric")), ("id",))

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.sync.defaults import PUBLICATION
-from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import psycopg
 from appliance.sync.defaults import SLOT
 from appliance.sync.lsn import parse_lsn
 from appliance.sync.status import sync_status
-from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster, pg_cluster
+from tests.support.sync import SyncServer, execute
 
 
 def query(dsn: str, sql: str) -> tuple[object, ...]:

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,8 +21,9 @@ import httpx
 from appliance.agents.models import reply_id
 from appliance.config import AgentsSettings, TenantConfig
 from appliance.gateway.outbox import activation_payload
-from tests.gateway.support import (
-    REPO,
+from tests.support.paths import APPLIANCE_BIN, REPO
+from tests.support.pg import PgCluster
+from tests.support.stack import (
     InProcessGateway,
     StreamsServer,
     TenantEnv,
@@ -36,9 +36,6 @@ from tests.gateway.support import (
     temp_base,
     wait_http,
 )
-from tests.support.pg import PgCluster
-
-APPLIANCE_BIN = Path(sys.executable).parent / "appliance"
 
 # Short bounds so failure paths finish quickly in tests; the defaults are in roles/agents/defaults/main.yml.
 TEST_AGENTS: dict[str, Any] = {

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from appliance.sync.snapshot import CHECK_IDLE_AFTER_S
-from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute
 
 ROWS = 200
 

@@ -1,6 +1,6 @@
 """Shape where-clauses: parsing, refusals, binding, evaluation over text-output rows, SQL rendering.
 
-Agreement with a real Postgres is proven in tests/integration/test_where_vs_postgres.py; these tests pin the
+Agreement with a real Postgres is proven in tests/sync/test_where_vs_postgres.py; these tests pin the
 behaviour and the error messages without a server.
 """
 

@@ -40,12 +40,11 @@ from appliance.services import tenant_services
 from appliance.servicespec import ServiceSpec
 from appliance.supervision import Supervisor
 from tests.support.objectstore import ObjectStore, object_store
+from tests.support.paths import APPLIANCE_BIN, REPO
 from tests.support.ports import bindable
 from tests.support.streams import streams_server_dir
 from tests.support.supervisord import supervisord_running
 
-REPO = Path(__file__).resolve().parents[2]
-APPLIANCE = Path(sys.executable).parent / "appliance"
 # The streams server the bootstrap deploy installed (node_modules included); the rig's install root links to it
 # and to this venv, so that the tenant's services run this checkout's code.
 
@@ -89,7 +88,7 @@ class Rig:
 
     def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """`appliance <args>` against this rig's host.json."""
-        return subprocess.run([str(APPLIANCE), *args], capture_output=True, text=True, env=self.env(),
+        return subprocess.run([str(APPLIANCE_BIN), *args], capture_output=True, text=True, env=self.env(),
                               timeout=timeout, cwd=REPO)
 
     def connect(self, tenant_id: str, database: str | None = None) -> psycopg.Connection:

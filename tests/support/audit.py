@@ -11,12 +11,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,10 +34,8 @@ from appliance.pg import connect
 from appliance.secrets import generate, write_private
 from appliance.tenantdb.migrate import migrate
 from tests.support.objectstore import ObjectStore
+from tests.support.paths import APPLIANCE_BIN, REPO
 from tests.support.pg import PgCluster, pg_cluster
-
-REPO = Path(__file__).resolve().parents[2]
-APPLIANCE_BIN = Path(sys.executable).parent / "appliance"
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition",

@@ -1,6 +1,7 @@
-"""Real services for gateway tests: a provisioned tenant on a throwaway cluster, the streams server, the
-gateway (in-process uvicorn or a separate process), and small recording HTTP servers standing in for services
-built elsewhere (agent workers, the sync engine) - each started and stopped by PID by its test."""
+"""A tenant's stack on loopback, for the gateway's, agents', identity and schema tests and the benchmarks: a
+provisioned tenant on a throwaway cluster, the streams server, the embedded sync engine, the gateway (in-process
+uvicorn or a separate process), and small recording HTTP servers standing in for services built elsewhere (agent
+workers, the sync engine) - each started and stopped by PID by its test."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,12 +33,10 @@ from appliance.host.postgres import ensure_roles
 from appliance.pg import connect
 from appliance.secrets import generate, write_private
 from appliance.tenantdb.migrate import ensure_publication, migrate
+from tests.support.paths import APPLIANCE_BIN, REPO
 from tests.support.pg import PgCluster
 from tests.support.ports import free_port
 from tests.support.streams import streams_server_dir
-
-REPO = Path(__file__).resolve().parents[2]
-APPLIANCE_BIN = Path(sys.executable).parent / "appliance"
 
 
 def wait_http(url: str, timeout: float = 30, process: subprocess.Popen[Any] | None = None) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.protocol.support import SyncServer, execute
 from tests.support.pg import PgCluster
+from tests.support.sync import SyncServer, execute
 
 
 @pytest.fixture(scope="module")
