@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from appliance.gateway.models import AgentName, Handler
+from appliance.gateway.domain.models import AgentName, Handler
 from appliance.gateway.streams import stream_name
 
 # Stream offsets as the streams server writes them ("<digits>_<digits>"), or -1 for "the beginning".

@@ -59,7 +59,7 @@ from appliance.agents.store import AgentState, AgentStore, InboxRow, QueueFull, 
 from appliance.agents.threads import Around, ThreadViews
 from appliance.audit.canonical import format_timestamp
 from appliance.config import TenantConfig
-from appliance.gateway.models import MAX_ENTRY_TEXT, clean_json, clean_text
+from appliance.gateway.domain.models import MAX_ENTRY_TEXT, clean_json, clean_text
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
 
 log = logging.getLogger("appliance.agents")

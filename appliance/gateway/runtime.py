@@ -7,17 +7,17 @@ import contextlib
 import logging
 
 from appliance.config import EMBEDDED_ISSUER_NAME, TenantConfig
-from appliance.gateway.access_cache import AccessCache
-from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
 from appliance.gateway.core.ratelimit import RateLimiter
 from appliance.gateway.core.security import Keyring
-from appliance.gateway.entries import Entries
+from appliance.gateway.domain.access_cache import AccessCache
+from appliance.gateway.domain.auditlog import AuditLog
+from appliance.gateway.domain.entries import Entries
+from appliance.gateway.domain.outbox import Dispatcher
 from appliance.gateway.identity import events as identity_events
 from appliance.gateway.identity.bearer import IssuerBearers
 from appliance.gateway.identity.issuers import Issuers
-from appliance.gateway.outbox import Dispatcher
 from appliance.gateway.streams import StreamsClient
 from appliance.gateway.upstream import Upstream
 

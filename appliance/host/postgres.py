@@ -124,8 +124,8 @@ def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:
 def schema_current(tenant: TenantConfig) -> bool:
     """Every packaged migration is applied, as packaged (same checksum: an edited one is found at the next deploy,
     which then stops with `migrate`'s error naming it), and the sync publication covers exactly the synced tables."""
-    from appliance.gateway.schema import SYNCED_TABLES
     from appliance.tenantdb.migrate import applied_migrations, migrations
+    from appliance.tenantdb.schema import SYNCED_TABLES
 
     try:
         with connect(tenant, timeout=3) as conn:

@@ -12,7 +12,7 @@ Migrations are `migrations/NNNN_name.sql`, applied in order, each in one transac
 migration is never edited: its checksum is recorded, and a mismatch stops `migrate` with an error naming it.
 Privileges (GRANTs) are part of the migrations.
 
-Dependency direction: builds on the config model (the roles) and on `appliance.gateway.schema` (which tables are
+Dependency direction: builds on the config model (the roles) and on `appliance.tenantdb.schema` (which tables are
 synced, a fact the gateway's shape route reads too); the gateway's runtime never imports this module.
 """
 
@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from appliance.config import DB_ROLES
-from appliance.gateway.schema import SYNCED_TABLES
+from appliance.tenantdb.schema import SYNCED_TABLES
 
 # One lock for every migrator of a database (arbitrary constant: "appliance.migrate" as ASCII-ish digits).
 MIGRATION_LOCK: Final = 0x6170706C6D696772

@@ -107,7 +107,7 @@ def bench_gateway_writes(writes: int) -> None:
 
     import httpx
 
-    import appliance.gateway.access as access
+    import appliance.gateway.domain.access as access
     from tests.support.pg import pg_cluster
     from tests.support.stack import gateway_in_process, make_tenant, provision, remove_base, temp_base
 

@@ -60,7 +60,7 @@ import httpx
 
 from appliance.gateway.api.routes.shapes import shape_where
 from appliance.gateway.core.security import Keyring
-from appliance.gateway.schema import SYNCED_TABLES
+from appliance.tenantdb.schema import SYNCED_TABLES
 from tests.bench.loadgen import post_throughput
 from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile
 from tests.support.paths import REPO

@@ -1,4 +1,4 @@
-"""The gateway's access cache (appliance/gateway/access_cache.py) and coalesced read grants, on a real stack:
+"""The gateway's access cache (appliance/gateway/domain/access_cache.py) and coalesced read grants, on a real stack:
 reads that change nothing are decided without Postgres; a change that takes access away made through the
 gateway is refused on the very next request after its commit, one made behind its back (psql) as soon as
 Postgres has delivered its notification (bounded here at NOTIFIED_WITHIN_S), and while the listening connection
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from appliance.gateway.access_cache import AccessCache
+from appliance.gateway.domain.access_cache import AccessCache
 from tests.gateway.conftest import Stack, User, build_stack
 from tests.support.pg import PgCluster
 from tests.support.stack import RecordingServer, recording_server, send_json

@@ -1,4 +1,4 @@
-"""Entries recorded in groups (appliance/gateway/entry_groups.py): concurrent entries share one transaction and
+"""Entries recorded in groups (appliance/gateway/domain/entry_groups.py): concurrent entries share one transaction and
 stay exactly-once; an entry whose lock is busy never holds up its group; a failed group records each entry
 alone; and no group leaves an entry lock behind.
 
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from appliance.gateway.entries import lock_key
+from appliance.gateway.domain.entries import lock_key
 from tests.gateway.conftest import Stack, User
 from tests.gateway.test_threads import entry, read_all, wait_for
 

@@ -16,8 +16,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.gateway.schema import SYNCED_TABLES
 from appliance.identity.provider import runtime_config
+from appliance.tenantdb.schema import SYNCED_TABLES
 from tests.gateway.conftest import Stack
 from tests.gateway.test_shape_proxy import electric
 from tests.support.identity import start_provider

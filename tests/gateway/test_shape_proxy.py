@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.gateway.schema import SYNCED_TABLES
+from appliance.tenantdb.schema import SYNCED_TABLES
 from tests.gateway.conftest import Stack
 from tests.support.stack import Recorded, RecordingServer, recording_server, send_json
 

@@ -135,8 +135,8 @@ def _pending_row(stack: Stack, user: User, house: str, thread: str, text: str) -
     message = {"type": "entry", "id": entry_id, "thread_id": thread, "kind": "message",
                "author": {"id": str(user.id), "kind": "user"}, "text": text, "mentions": [],
                "created_at": "2026-01-01T00:00:00.000000Z"}
-    from appliance.gateway.entries import request_hash
-    from appliance.gateway.models import EntryCreate
+    from appliance.gateway.domain.entries import request_hash
+    from appliance.gateway.domain.models import EntryCreate
 
     digest = request_hash(EntryCreate(id=uuid.UUID(entry_id), text=text))
     stack.sql(

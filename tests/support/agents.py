@@ -20,7 +20,7 @@ import httpx
 
 from appliance.agents.models import reply_id
 from appliance.config import AgentsSettings, TenantConfig
-from appliance.gateway.outbox import activation_payload
+from appliance.gateway.domain.outbox import activation_payload
 from tests.support.paths import APPLIANCE_BIN, REPO
 from tests.support.pg import PgCluster
 from tests.support.stack import (

@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from appliance.gateway.schema import PRODUCT_TABLES, SYNCED_TABLES
 from appliance.pg import connect
 from appliance.tenantdb import migrate as migrate_module
 from appliance.tenantdb.migrate import MigrationError, ensure_publication, migrate, migrations
+from appliance.tenantdb.schema import PRODUCT_TABLES, SYNCED_TABLES
 from tests.support.pg import PgCluster
 from tests.support.stack import TenantEnv, make_tenant, provision, remove_base, temp_base
 

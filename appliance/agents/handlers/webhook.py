@@ -28,7 +28,7 @@ import httpx
 
 from appliance.agents.handlers import HISTORY_LIMIT, HandlerContext, HandlerError, Reply
 from appliance.config import AgentsSettings
-from appliance.gateway.models import MAX_ENTRY_TEXT
+from appliance.gateway.domain.models import MAX_ENTRY_TEXT
 
 WEBHOOKS_FILE: Final = "webhooks.json"
 DEFAULT_HISTORY: Final = 20

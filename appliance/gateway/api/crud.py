@@ -1,4 +1,5 @@
-"""Row helpers the resource routes share: insert with a client-chosen id, update, soft delete, JSON rendering.
+"""Row helpers the resource routes share: insert with a client-chosen id, update, soft delete, JSON rendering,
+and the answer every write gives (`written`; `delete_for_role` for the plain soft delete).
 
 Table and column names come from the routes' own constants, never from requests; values are always parameters.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
-from appliance.gateway.access import Membership, Principal, require
 from appliance.gateway.core.db import Connection, Record
 from appliance.gateway.core.errors import ApiError, not_found
+from appliance.gateway.domain.access import Membership, Principal, WriteContext, current_txid, require
+from appliance.gateway.domain.models import to_json
 
 # jsonb columns: their values go as Python values, which the connection's jsonb codec encodes (core/db.py).
 JSON_COLUMNS = frozenset({"config", "value"})
@@ -92,14 +94,6 @@ async def soft_delete(conn: Connection, table: str, row_id: uuid.UUID) -> Record
     return row
 
 
-def to_json(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 def row_json(row: Record | dict[str, Any], hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
     return {k: to_json(v) for k, v in row.items() if k not in hidden and not isinstance(v, bytes | memoryview)}
 
@@ -119,3 +113,20 @@ async def principal_kind(conn: Connection, principal_id: uuid.UUID) -> str:
     """'agent' when the principal is a live agent, else 'user'."""
     found = await conn.fetchval("SELECT 1 FROM public.agents WHERE id = $1 AND deleted_at IS NULL", principal_id)
     return "agent" if found else "user"
+
+
+async def written(tx: WriteContext, data: dict[str, Any]) -> dict[str, Any]:
+    """What every create, update and delete answers: the row as written and the id of the transaction that
+    wrote it (a client waits for that txid in its shapes). Called last inside the transaction."""
+    return {"data": data, "txid": await current_txid(tx.conn)}
+
+
+async def delete_for_role(tx: WriteContext, table: str, row_id: uuid.UUID, role: str,
+                          detail: Callable[[Record], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The soft delete most resources have: the live row, by a caller with at least `role` in its house, audited
+    as `<kind>.delete` (with `detail` from the row) and answered as `written`."""
+    action = f"{table.rstrip('s')}.delete"
+    _, subject, _ = await load_for_role(tx.conn, tx.principal, table, row_id, role, action)
+    row = await soft_delete(tx.conn, table, row_id)
+    tx.record(action, row["house_id"], subject, **(detail(row) if detail else {}))
+    return await written(tx, row_json(row))

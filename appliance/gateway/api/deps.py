@@ -9,10 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from appliance.audit.chain import AuditEvent
-from appliance.gateway.access import Principal
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.core.ratelimit import retry_after_header
 from appliance.gateway.core.security import TokenError
+from appliance.gateway.domain.access import Principal
 from appliance.gateway.identity.issuers import Issuer
 from appliance.gateway.identity.principals import Disabled
 from appliance.gateway.runtime import Gateway

@@ -19,8 +19,8 @@ from typing import Final
 from urllib.parse import urlencode, urlsplit
 
 from appliance.config import TenantConfig
-from appliance.gateway.access import fetch_one
 from appliance.gateway.core.db import Connection
+from appliance.gateway.domain.access import fetch_one
 from appliance.gateway.identity.issuers import Issuer, IssuerError, VerifiedToken
 from appliance.identity.provider import CALLBACK_PATH, tenant_origins
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from appliance.audit.chain import AuditEvent, append_events_async
 from appliance.config import RoleGrant
-from appliance.gateway.access import fetch_one
 from appliance.gateway.core.db import Connection, affected
+from appliance.gateway.domain.access import fetch_one
 from appliance.gateway.identity.issuers import VerifiedToken
-from appliance.gateway.schema import ROLE_RANK
+from appliance.tenantdb.schema import ROLE_RANK
 
 
 class Disabled(Exception):

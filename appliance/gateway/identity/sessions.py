@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
-from appliance.gateway.access import fetch_one
 from appliance.gateway.core.db import Connection
+from appliance.gateway.domain.access import fetch_one
 
 _TOKEN: Final = re.compile(r"^rt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 

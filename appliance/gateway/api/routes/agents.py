@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import current_txid, require, write_transaction
 from appliance.gateway.api.crud import (
     environment_in_house,
     insert_row,
@@ -18,11 +17,13 @@ from appliance.gateway.api.crud import (
     row_json,
     soft_delete,
     update_row,
+    written,
 )
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.db import affected
 from appliance.gateway.core.errors import ApiError, error_responses
-from appliance.gateway.models import AgentCreate, AgentUpdate, WriteResult
+from appliance.gateway.domain.access import require, write_transaction
+from appliance.gateway.domain.models import AgentCreate, AgentUpdate, WriteResult
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -49,8 +50,7 @@ async def create_agent(body: AgentCreate, principal: CurrentPrincipal, gateway: 
             "role": "member", "created_by": principal.id,
         })
         tx.record("agent.create", body.house_id, f"agent:{agent_id}", name=body.name, handler=body.handler)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{agent_id}", response_model=WriteResult, responses=error_responses(409))
@@ -66,8 +66,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, principal: Curren
         if changes:
             row = await update_row(tx.conn, "agents", agent_id, changes)
         tx.record("agent.update", row["house_id"], subject, fields=sorted(changes))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{agent_id}", response_model=WriteResult)
@@ -85,5 +84,4 @@ async def delete_agent(agent_id: uuid.UUID, principal: CurrentPrincipal, gateway
             agent_id,
         )
         tx.record("agent.delete", row["house_id"], subject, api_keys_revoked=affected(revoked))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))

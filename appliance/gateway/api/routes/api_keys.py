@@ -13,12 +13,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import Refused, current_txid, membership, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete
+from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete, written
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses, not_found
 from appliance.gateway.core.security import new_api_key, secret_hash
-from appliance.gateway.models import ApiKeyCreate, WriteResult
+from appliance.gateway.domain.access import Refused, current_txid, membership, require, write_transaction
+from appliance.gateway.domain.models import ApiKeyCreate, WriteResult
 
 router = APIRouter(prefix="/api/api_keys", tags=["api_keys"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -79,7 +79,6 @@ async def revoke_api_key(key_id: uuid.UUID, principal: CurrentPrincipal, gateway
             raise Refused(row["house_id"], "api_key.delete", "not_owner_or_admin", 404, subject)
         row = await soft_delete(tx.conn, "api_keys", key_id)
         tx.record("api_key.delete", row["house_id"], subject)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row, HIDDEN), "txid": txid}
+        return await written(tx, row_json(row, HIDDEN))
 
 

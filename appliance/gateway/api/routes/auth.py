@@ -11,11 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from appliance.audit.chain import AuditEvent
-from appliance.gateway.access import fetch_one
 from appliance.gateway.api.deps import GatewayDep, client_address, limit_anonymous
 from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.core.security import hash_matches, parse_api_key
-from appliance.gateway.models import TokenRequest, TokenResult
+from appliance.gateway.domain.access import fetch_one
+from appliance.gateway.domain.models import TokenRequest, TokenResult
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 

@@ -7,18 +7,19 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import current_txid, require, write_transaction
 from appliance.gateway.api.crud import (
+    delete_for_role,
     environment_in_house,
     insert_row,
     load_for_role,
     row_json,
-    soft_delete,
     update_row,
+    written,
 )
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses
-from appliance.gateway.models import ConfigCreate, ConfigUpdate, WriteResult
+from appliance.gateway.domain.access import require, write_transaction
+from appliance.gateway.domain.models import ConfigCreate, ConfigUpdate, WriteResult
 
 router = APIRouter(prefix="/api/configs", tags=["configs"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -36,8 +37,7 @@ async def create_config(body: ConfigCreate, principal: CurrentPrincipal, gateway
         # Values are not copied into the audit trail (they may be large, and need not be integers).
         tx.record("config.create", body.house_id, f"config:{config_id}", key=body.key,
                   environment_id=None if body.environment_id is None else str(body.environment_id))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{config_id}", response_model=WriteResult)
@@ -47,15 +47,11 @@ async def update_config(config_id: uuid.UUID, body: ConfigUpdate, principal: Cur
         row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.update")
         row = await update_row(tx.conn, "configs", config_id, {"value": body.value})
         tx.record("config.update", row["house_id"], subject, key=row["key"])
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{config_id}", response_model=WriteResult)
 async def delete_config(config_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway, principal) as tx:
-        row, subject, _ = await load_for_role(tx.conn, principal, "configs", config_id, "admin", "config.delete")
-        row = await soft_delete(tx.conn, "configs", config_id)
-        tx.record("config.delete", row["house_id"], subject, key=row["key"])
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await delete_for_role(tx, "configs", config_id, "admin",
+                                     detail=lambda row: {"key": row["key"]})

@@ -7,11 +7,18 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import (
+    delete_for_role,
+    insert_row,
+    load_for_role,
+    row_json,
+    update_row,
+    written,
+)
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses
-from appliance.gateway.models import EnvironmentCreate, EnvironmentUpdate, WriteResult
+from appliance.gateway.domain.access import require, write_transaction
+from appliance.gateway.domain.models import EnvironmentCreate, EnvironmentUpdate, WriteResult
 
 router = APIRouter(prefix="/api/environments", tags=["environments"],
                    responses=error_responses(401, 403, 404, 422, 429))
@@ -28,8 +35,7 @@ async def create_environment(body: EnvironmentCreate, principal: CurrentPrincipa
             "created_by": principal.id,
         })
         tx.record("environment.create", body.house_id, f"environment:{environment_id}", name=body.name)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{environment_id}", response_model=WriteResult, responses=error_responses(409))
@@ -42,17 +48,11 @@ async def update_environment(environment_id: uuid.UUID, body: EnvironmentUpdate,
         if changes:
             row = await update_row(tx.conn, "environments", environment_id, changes)
         tx.record("environment.update", row["house_id"], subject, fields=sorted(changes))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{environment_id}", response_model=WriteResult)
 async def delete_environment(environment_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep
                              ) -> dict[str, Any]:
     async with write_transaction(gateway, principal) as tx:
-        row, subject, _ = await load_for_role(tx.conn, principal, "environments", environment_id, "admin",
-                                              "environment.delete")
-        row = await soft_delete(tx.conn, "environments", environment_id)
-        tx.record("environment.delete", row["house_id"], subject)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await delete_for_role(tx, "environments", environment_id, "admin")

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import Refused, current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete, update_row, written
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses, not_found
-from appliance.gateway.models import HouseCreate, HouseUpdate, WriteResult
+from appliance.gateway.domain.access import Refused, require, write_transaction
+from appliance.gateway.domain.models import HouseCreate, HouseUpdate, WriteResult
 
 router = APIRouter(prefix="/api/houses", tags=["houses"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -30,8 +30,7 @@ async def create_house(body: HouseCreate, principal: CurrentPrincipal, gateway: 
             "role": "owner", "created_by": principal.id,
         })
         tx.record("house.create", house_id, f"house:{house_id}", name=body.name)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{house_id}", response_model=WriteResult)
@@ -46,8 +45,7 @@ async def update_house(house_id: uuid.UUID, body: HouseUpdate, principal: Curren
         if changes:
             row = await update_row(tx.conn, "houses", house_id, changes)
         tx.record("house.update", house_id, f"house:{house_id}", changes=changes)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{house_id}", response_model=WriteResult)
@@ -56,5 +54,4 @@ async def delete_house(house_id: uuid.UUID, principal: CurrentPrincipal, gateway
         await require(tx.conn, principal, house_id, "owner", "house.delete", f"house:{house_id}")
         row = await soft_delete(tx.conn, "houses", house_id)
         tx.record("house.delete", house_id, f"house:{house_id}")
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))

@@ -8,12 +8,20 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_for_role, load_live, principal_kind, row_json, soft_delete
+from appliance.gateway.api.crud import (
+    insert_row,
+    load_for_role,
+    load_live,
+    principal_kind,
+    row_json,
+    soft_delete,
+    written,
+)
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.core.security import hash_matches, new_invite_code, parse_invite_code, secret_hash
-from appliance.gateway.models import InviteAccept, InviteCreate, WriteResult
+from appliance.gateway.domain.access import current_txid, require, write_transaction
+from appliance.gateway.domain.models import InviteAccept, InviteCreate, WriteResult
 
 router = APIRouter(prefix="/api/invites", tags=["invites"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -66,8 +74,7 @@ async def accept_invite(body: InviteAccept, principal: CurrentPrincipal, gateway
             "role": row["role"], "created_by": row["created_by"],
         })
         tx.record("invite.accept", house_id, f"invite:{invite_id}", role=row["role"])
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(member), "txid": txid}
+        return await written(tx, row_json(member))
 
 
 @router.delete("/{invite_id}", response_model=WriteResult)
@@ -76,6 +83,5 @@ async def revoke_invite(invite_id: uuid.UUID, principal: CurrentPrincipal, gatew
         row, subject, _ = await load_for_role(tx.conn, principal, "invites", invite_id, "admin", "invite.delete")
         row = await soft_delete(tx.conn, "invites", invite_id)
         tx.record("invite.delete", row["house_id"], subject)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 

@@ -22,10 +22,10 @@ from appliance.audit.chain import AuditEvent
 from appliance.config import EMBEDDED_ISSUER_NAME
 from appliance.gateway.api.deps import GatewayDep, client_address, limit_anonymous
 from appliance.gateway.core.errors import ApiError, error_responses
+from appliance.gateway.domain.models import TokenResult
 from appliance.gateway.identity import login, sessions
 from appliance.gateway.identity.issuers import IssuerError
 from appliance.gateway.identity.principals import Disabled, person_for
-from appliance.gateway.models import TokenResult
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 

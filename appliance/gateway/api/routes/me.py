@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from appliance.gateway.api.crud import to_json
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses
-from appliance.gateway.models import Me
+from appliance.gateway.domain.models import Me
 
 router = APIRouter(prefix="/api", tags=["me"], responses=error_responses(401, 429))
 

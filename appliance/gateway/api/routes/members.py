@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import Refused, current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import insert_row, load_live, principal_kind, row_json, soft_delete, update_row, written
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses, not_found
-from appliance.gateway.models import MemberCreate, MemberUpdate, WriteResult
+from appliance.gateway.domain.access import Refused, require, write_transaction
+from appliance.gateway.domain.models import MemberCreate, MemberUpdate, WriteResult
 
 router = APIRouter(prefix="/api/members", tags=["members"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -54,8 +54,7 @@ async def add_member(body: MemberCreate, principal: CurrentPrincipal, gateway: G
         })
         tx.record("member.create", body.house_id, f"principal:{body.principal_id}", role=body.role,
                   member_id=str(member_id))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{member_id}", response_model=WriteResult, responses=error_responses(409))
@@ -76,8 +75,7 @@ async def change_role(member_id: uuid.UUID, body: MemberUpdate, principal: Curre
             raise ApiError(422, "invalid_role", "agents cannot own houses")
         row = await update_row(tx.conn, "members", member_id, {"role": body.role})
         tx.record("member.update", house_id, subject, role=body.role, member_id=str(member_id))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{member_id}", response_model=WriteResult, responses=error_responses(409))
@@ -96,5 +94,4 @@ async def remove_member(member_id: uuid.UUID, principal: CurrentPrincipal, gatew
             raise ApiError(409, "last_owner", "a house needs at least one owner")
         row = await soft_delete(tx.conn, "members", member_id)
         tx.record("member.delete", house_id, subject, member_id=str(member_id))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))

@@ -7,19 +7,20 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.gateway.access import current_txid, require, write_transaction
 from appliance.gateway.api.crud import (
+    delete_for_role,
     environment_in_house,
     insert_row,
     load_for_role,
     row_json,
-    soft_delete,
     update_row,
+    written,
 )
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import error_responses
 from appliance.gateway.core.security import encrypt_secret
-from appliance.gateway.models import SecretCreate, SecretUpdate, WriteResult
+from appliance.gateway.domain.access import require, write_transaction
+from appliance.gateway.domain.models import SecretCreate, SecretUpdate, WriteResult
 
 router = APIRouter(prefix="/api/secrets", tags=["secrets"], responses=error_responses(401, 403, 404, 422, 429))
 
@@ -36,8 +37,7 @@ async def create_secret(body: SecretCreate, principal: CurrentPrincipal, gateway
             "value": sealed, "created_by": principal.id,
         })
         tx.record("secret.create", body.house_id, f"secret:{secret_id}", name=body.name)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{secret_id}", response_model=WriteResult)
@@ -48,15 +48,11 @@ async def update_secret(secret_id: uuid.UUID, body: SecretUpdate, principal: Cur
         sealed = encrypt_secret(gateway.encryption_key(), secret_id, row["house_id"], body.value)
         row = await update_row(tx.conn, "secrets", secret_id, {"value": sealed})
         tx.record("secret.update", row["house_id"], subject, name=row["name"])
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{secret_id}", response_model=WriteResult)
 async def delete_secret(secret_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any]:
     async with write_transaction(gateway, principal) as tx:
-        row, subject, _ = await load_for_role(tx.conn, principal, "secrets", secret_id, "admin", "secret.delete")
-        row = await soft_delete(tx.conn, "secrets", secret_id)
-        tx.record("secret.delete", row["house_id"], subject, name=row["name"])
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await delete_for_role(tx, "secrets", secret_id, "admin",
+                                     detail=lambda row: {"name": row["name"]})

@@ -24,7 +24,7 @@ from appliance.audit.chain import AuditEvent
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses
 from appliance.gateway.proxy import forwarded_headers, proxy_get
-from appliance.gateway.schema import SYNCED_TABLES
+from appliance.tenantdb.schema import SYNCED_TABLES
 
 router = APIRouter(prefix="/api/shapes", tags=["shapes"])
 

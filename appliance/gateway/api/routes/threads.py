@@ -14,11 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from appliance.audit.chain import AuditEvent
-from appliance.gateway.access import Refused, current_txid, require, write_transaction
-from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row
+from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row, written
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses, not_found
-from appliance.gateway.models import EntryCreate, EntryResult, ThreadCreate, ThreadUpdate, WriteResult
+from appliance.gateway.domain.access import Refused, require, write_transaction
+from appliance.gateway.domain.models import EntryCreate, EntryResult, ThreadCreate, ThreadUpdate, WriteResult
 from appliance.gateway.proxy import forwarded_headers, proxy_get
 from appliance.gateway.streams import StreamError, stream_path
 
@@ -45,8 +45,7 @@ async def create_thread(body: ThreadCreate, principal: CurrentPrincipal, gateway
             raise ApiError(503, "streams_unavailable", "the streams server is unavailable; retry",
                            {"Retry-After": "1"}) from None
         tx.record("thread.create", body.house_id, f"thread:{thread_id}")
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.patch("/{thread_id}", response_model=WriteResult)
@@ -58,8 +57,7 @@ async def update_thread(thread_id: uuid.UUID, body: ThreadUpdate, principal: Cur
         if changes:
             row = await update_row(tx.conn, "threads", thread_id, changes)
         tx.record("thread.update", row["house_id"], subject, fields=sorted(changes))
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.delete("/{thread_id}", response_model=WriteResult)
@@ -70,8 +68,7 @@ async def delete_thread(thread_id: uuid.UUID, principal: CurrentPrincipal, gatew
             raise Refused(row["house_id"], "thread.delete", "needs_admin_or_creator", 403, subject)
         row = await soft_delete(tx.conn, "threads", thread_id)
         tx.record("thread.delete", row["house_id"], subject)
-        txid = await current_txid(tx.conn)
-    return {"data": row_json(row), "txid": txid}
+        return await written(tx, row_json(row))
 
 
 @router.post("/{thread_id}/entries", status_code=201, response_model=EntryResult,

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.audit.chain import AuditEvent, append_events_async
-from appliance.gateway.access_cache import AccessCache
-from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import Connection, Database, Record
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.schema import ROLE_RANK
+from appliance.gateway.domain.access_cache import AccessCache
+from appliance.gateway.domain.auditlog import AuditLog
+from appliance.tenantdb.schema import ROLE_RANK
 
 
 @dataclass(frozen=True)

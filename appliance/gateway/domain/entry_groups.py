@@ -1,4 +1,4 @@
-"""Group commit for thread entries: steps 1, 2 and 4 of appliance/gateway/entries.py for many entries at once.
+"""Group commit for thread entries: steps 1, 2 and 4 of appliance/gateway/domain/entries.py for many entries at once.
 
 Every entry's record ends with its audit event, which holds the tenant's audit chain head from its append until
 the commit. Recorded one by one, concurrent entries queue on that lock, each commits its own WAL flush under it,

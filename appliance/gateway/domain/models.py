@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -205,3 +206,12 @@ class Me(BaseModel):
     principal_id: uuid.UUID
     principal_kind: Literal["user", "agent"]
     houses: list[dict[str, Any]]
+
+
+def to_json(value: Any) -> Any:
+    """A column value as JSON has it: UUIDs and timestamps as their text."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

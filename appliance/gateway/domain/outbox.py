@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from appliance.audit.chain import AuditEvent
-from appliance.gateway.api.crud import to_json
-from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import DATABASE_ERRORS, Database, Record
+from appliance.gateway.domain.auditlog import AuditLog
+from appliance.gateway.domain.models import to_json
 from appliance.gateway.streams import stream_name
 from appliance.gateway.upstream import Upstream, UpstreamError
 

@@ -40,14 +40,14 @@ from typing import Any
 
 from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, split_body
-from appliance.gateway.access import Principal, Refused, fetch_one
-from appliance.gateway.auditlog import AuditLog
 from appliance.gateway.core.db import DATABASE_ERRORS, Connection, Database
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.entry_groups import MARK_APPENDED, Group, GroupRecorder, Recorded
-from appliance.gateway.models import EntryCreate
-from appliance.gateway.schema import ROLE_RANK
+from appliance.gateway.domain.access import Principal, Refused, fetch_one
+from appliance.gateway.domain.auditlog import AuditLog
+from appliance.gateway.domain.entry_groups import MARK_APPENDED, Group, GroupRecorder, Recorded
+from appliance.gateway.domain.models import EntryCreate
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
+from appliance.tenantdb.schema import ROLE_RANK
 
 log = logging.getLogger("appliance.gateway")
 
