@@ -10,6 +10,8 @@ only, never on this module. The deploy renders the list, `appliance status` prob
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from appliance.backup.schedule import backup_service
 from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.gateway.service import gateway_service
 from appliance.identity.service import identity_service
+from appliance.roles import role_file
 from appliance.servicespec import ServiceSpec, venv_bin
 
 
@@ -31,6 +34,17 @@ STREAMS_SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
 # `npm ci` would be the natural choice, but npm 11 rejects lock files that omit other platforms' optional
 # native packages; `install --no-save` still resolves from the lock file and never rewrites it.
 NPM_INSTALL = "npm install --omit=dev --no-save --no-audit --no-fund --loglevel=error"
+
+
+@functools.cache
+def streams_server_digest() -> str:
+    """The streams server as installed (its script and the packages its lock pins), in its program's environment:
+    a new server changes the program file and restarts the tenants' streams servers, which the appliance's own
+    source digest does not (the streams server is not the appliance's code, and nothing else restarts it)."""
+    digest = hashlib.sha256()
+    for name in STREAMS_SERVER_FILES:
+        digest.update(name.encode() + b"\0" + role_file("streams", name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[ServiceSpec]:
@@ -66,6 +80,7 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
             log_file=tenant.log_file("streams"),
             port=tenant.port("streams"),
             probe="tcp",
+            environment={"APPLIANCE_STREAMS_SERVER": streams_server_digest()},
             **common,  # type: ignore[arg-type]
         ),
         *(_with_sources(spec, source_digest) for spec in _application_services(tenant)),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+from appliance import services
 from appliance.config import host_config
 from appliance.desired import postgres_files
+from appliance.roles import role_file
 from appliance.services import host_services
 from appliance.servicespec import ServiceSpec
 from appliance.supervision import Supervisor, Systemd
@@ -73,3 +77,24 @@ def test_every_tenant_service_runs_as_the_tenant_user_on_loopback() -> None:
             assert spec.user == f"tenant-{spec.tenant}"
             assert spec.working_dir == host.tenant(spec.tenant).root
             assert "0.0.0.0" not in " ".join(spec.command)
+
+
+def test_a_new_streams_server_changes_the_streams_programs_and_nothing_else(monkeypatch: pytest.MonkeyPatch,
+                                                                             tmp_path: Path) -> None:
+    """The streams server is not the appliance's code (no source digest in its program): its own files' digest
+    is, so a deploy that installs a new server.mjs or lock restarts the tenants' streams servers."""
+    host = host_config("@local", {"tenants": {"acme": {"slot": 1}, "globex": {"slot": 2}}})
+    before = {s.name: Supervisor().render(s) for s in host_services(host)}
+    files = tmp_path / "streams" / "files"
+    files.mkdir(parents=True)
+    for name in services.STREAMS_SERVER_FILES:
+        (files / name).write_bytes(role_file("streams", name).read_bytes())
+    (files / "server.mjs").write_bytes((files / "server.mjs").read_bytes() + b"\n// a new release\n")
+    monkeypatch.setattr(services, "role_file", lambda role, name: tmp_path / role / "files" / name)
+    services.streams_server_digest.cache_clear()
+    try:
+        after = {s.name: Supervisor().render(s) for s in host_services(host)}
+    finally:
+        services.streams_server_digest.cache_clear()
+    assert {name for name in before if before[name] != after[name]} == {"appliance-acme-streams",
+                                                                        "appliance-globex-streams"}
