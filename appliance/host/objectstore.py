@@ -136,18 +136,32 @@ def forget_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
     """Revoke a destroyed tenant's identity (a restart: SIGHUP keeps removed identities alive).
 
     Its backup bucket is emptied only by retention; its audit bucket is locked COMPLIANCE and stays."""
-    lines = [f"object store: emptied {tenant.backup_bucket} ({empty_bucket(host, tenant.backup_bucket)} versions)"]
+    emptied = empty_bucket(host, tenant.backup_bucket)
+    lines = [f"object store: no bucket {tenant.backup_bucket} (the tenant never got one)" if emptied is None
+             else f"object store: emptied {tenant.backup_bucket} ({emptied} versions)"]
     changes = _apply(host, seaweed.remove_tenant_identity(host, tenant.id, owner=host.objectstore_user))
     return lines + ([f"object store: {c}" for c in changes] or ["object store: no identity to revoke"])
 
 
-def empty_bucket(host: HostConfig, bucket: str) -> int:
+def empty_bucket(host: HostConfig, bucket: str) -> int | None:
     """Delete every version and delete marker of an unlocked bucket (the backup bucket of a destroyed tenant:
     its repository is encrypted with a passphrase that is gone with the tenant, and a tenant created later
-    under the same id must find an empty repository). Returns how many were deleted."""
+    under the same id must find an empty repository). Returns how many were deleted; None when there is no such
+    bucket (a tenant whose first deploy failed before its buckets were made)."""
+    from botocore.exceptions import ClientError
+
     from appliance.objectstore.client import s3_client
 
     admin = s3_client(host, admin_credentials(host))
+    try:
+        return _delete_versions(admin, bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return None
+        raise
+
+
+def _delete_versions(admin: Any, bucket: str) -> int:
     deleted = 0
     for page in admin.get_paginator("list_object_versions").paginate(Bucket=bucket):
         doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}

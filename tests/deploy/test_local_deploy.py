@@ -11,6 +11,7 @@ import re
 import socket
 import stat
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
@@ -388,3 +389,10 @@ def test_a_mention_through_the_deployed_gateway_gets_the_echo_agents_reply(deplo
         # another tenant's gateway refuses acme's token
         other = f"http://127.0.0.1:{deployed.tenant('globex').port('gateway')}"
         assert httpx.get(f"{other}/api/threads/{thread}/stream", headers=api.headers, timeout=10).status_code == 401
+
+
+def test_emptying_a_bucket_that_was_never_made_says_so(deployed: HostConfig) -> None:
+    """`tenant destroy` of a tenant whose first deploy failed before its buckets existed: no traceback."""
+    from appliance.host.objectstore import empty_bucket
+
+    assert empty_bucket(deployed, f"never-{uuid.uuid4().hex[:12]}-backup") is None

@@ -198,3 +198,24 @@ def test_an_unreachable_database_answers_503(env: TenantEnv) -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "irrelevant" not in response.text
+
+
+def test_a_connection_never_looks_in_home_for_a_client_certificate(env: TenantEnv,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """supervisord starts a tenant's gateway as the tenant's user with its own HOME (/root, which that user may
+    not enter): asyncpg's look for $HOME/.postgresql/postgresql.crt then fails with EACCES and no connection is
+    ever made. The gateway's connections are plain (loopback), so that look must not happen at all."""
+    import asyncpg.connect_utils
+
+    def looked(filename: str) -> None:
+        raise PermissionError(13, "Permission denied", f"/root/.postgresql/{filename}")
+
+    monkeypatch.setattr(asyncpg.connect_utils, "_dot_postgresql_path", looked)
+    assert asyncio.run(_one_value(database(env))) == 42
+
+
+async def _one_value(db: Database) -> Any:
+    try:
+        return await db.fetchval("SELECT 41 + 1")
+    finally:
+        await db.close()

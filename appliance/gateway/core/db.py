@@ -103,6 +103,11 @@ class Database:
             # A callable: asyncpg calls it at every connect, so a rotated password is used from then on.
             "password": password,
             "timeout": connect_timeout,
+            # The tenant's cluster is on loopback and serves plain connections. Without this asyncpg "prefers"
+            # TLS: an extra round trip per connect, and a look for a client certificate in $HOME/.postgresql that
+            # fails with EACCES when the service runs as the tenant's user with root's HOME (supervisord passes
+            # its own), so no connection was ever made on a deployed host.
+            "ssl": False,
             "server_settings": {"application_name": APPLICATION_NAME},
             "statement_cache_size": STATEMENT_CACHE_SIZE,
             "connection_class": GatewayConnection,
