@@ -68,6 +68,15 @@ def _render(template: str, spec: ServiceSpec, *, command: str | None = None, use
     )
 
 
+def supervisor_environment(spec: ServiceSpec) -> dict[str, str]:
+    """The program's environment: the spec's, over the user's own HOME, USER and LOGNAME. supervisord switches the
+    user but keeps its own environment (root's HOME): a library that looks in $HOME (asyncpg for a client
+    certificate, npm for its cache, botocore for its config) would look where the service's user may not go.
+    systemd sets these itself for User=. A service's home is its working directory (a tenant's root is its
+    user's home)."""
+    return {"HOME": str(spec.working_dir), "USER": spec.user, "LOGNAME": spec.user, **spec.environment}
+
+
 def supervisor_command(spec: ServiceSpec) -> tuple[str, str]:
     """(command, user) for a supervisord program. A private /tmp needs root to set up a mount namespace, and
     supervisord cannot hand a capability to a user it switches to, so such programs start as root and drop to
@@ -116,7 +125,8 @@ class Supervisor:
     def render(self, spec: ServiceSpec) -> str:
         command, user = supervisor_command(spec)
         # supervisord expands %(name)s in its values; a literal % must be doubled.
-        return _render("supervisor-program.conf.j2", spec, command=command.replace("%", "%%"), user=user)
+        return roles.render("services", "supervisor-program.conf.j2", spec=spec, command=command.replace("%", "%%"),
+                            user=user, environment=supervisor_environment(spec))
 
     def _rpc(self) -> xmlrpc.client.ServerProxy:
         # supervisord's own XML-RPC over its unix socket: one round trip for every process, where

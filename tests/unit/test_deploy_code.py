@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from appliance.desired import postgres_files
 from appliance.roles import role_file
 from appliance.services import host_services
 from appliance.servicespec import ServiceSpec
-from appliance.supervision import Supervisor, Systemd
+from appliance.supervision import Supervisor, Systemd, supervisor_environment
 
 DEPLOYS = Path(__file__).resolve().parents[2] / "appliance" / "deploys"
 FILE_OPS = {"put", "template", "directory", "file"}
@@ -98,3 +99,14 @@ def test_a_new_streams_server_changes_the_streams_programs_and_nothing_else(monk
         services.streams_server_digest.cache_clear()
     assert {name for name in before if before[name] != after[name]} == {"appliance-acme-streams",
                                                                         "appliance-globex-streams"}
+
+
+def test_a_supervised_program_gets_its_users_home_not_supervisords() -> None:
+    """supervisord keeps its own (root's) HOME when it switches user; each program sets its own, and a spec's
+    own value wins (the front door's Caddy state)."""
+    host = host_config("@local", {"tenants": {"acme": {"slot": 1}}})
+    gateway = next(s for s in host_services(host) if s.component == "gateway")
+    program = Supervisor().render(gateway)
+    assert 'environment=HOME="/srv/appliance/tenants/acme",USER="tenant-acme",LOGNAME="tenant-acme",' in program
+    assert program.count("HOME=") == 1
+    assert supervisor_environment(replace(gateway, environment={"HOME": "/elsewhere"}))["HOME"] == "/elsewhere"

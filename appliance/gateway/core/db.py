@@ -104,9 +104,8 @@ class Database:
             "password": password,
             "timeout": connect_timeout,
             # The tenant's cluster is on loopback and serves plain connections. Without this asyncpg "prefers"
-            # TLS: an extra round trip per connect, and a look for a client certificate in $HOME/.postgresql that
-            # fails with EACCES when the service runs as the tenant's user with root's HOME (supervisord passes
-            # its own), so no connection was ever made on a deployed host.
+            # TLS: an SSLRequest round trip per connect, and a look for a client certificate in $HOME/.postgresql
+            # (which failed with EACCES while supervisord still gave services root's HOME).
             "ssl": False,
             "server_settings": {"application_name": APPLICATION_NAME},
             "statement_cache_size": STATEMENT_CACHE_SIZE,
