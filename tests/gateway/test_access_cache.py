@@ -90,6 +90,22 @@ def test_a_member_removed_through_the_api_is_refused_at_the_next_request(
     assert read(member, thread) == 404
 
 
+def test_a_change_this_process_commits_is_forgotten_without_its_notification(
+        stack: Stack, shared: tuple[User, User, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every notification ignored, only the transaction's own mark (set by the same triggers) can make this
+    process forget: a member removed and a thread deleted through the API are refused at the next request."""
+    owner, member, house, thread = shared
+    monkeypatch.setattr(cache_of(stack), "_changed", lambda payload: None)
+    other = owner.thread(house)
+    assert read(member, other) == 200
+    assert owner.patch(f"/api/threads/{other}", {"title": "renamed"}).status_code == 200
+    assert cache_of(stack).stats()["threads"] > 0, "a title changes nobody's access: nothing to forget"
+    assert owner.delete(f"/api/threads/{other}").status_code == 200
+    assert read(member, other) == 404
+    assert owner.delete(f"/api/members/{membership_id(stack, member, house)}").status_code == 200
+    assert read(member, thread) == 404
+
+
 def test_a_member_removed_with_psql_is_refused_once_notified(
         stack: Stack, shared: tuple[User, User, str, str]) -> None:
     _, member, house, thread = shared

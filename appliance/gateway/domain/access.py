@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from appliance.audit.chain import AuditEvent, append_events_async
 from appliance.gateway.core.db import Connection, Database, Record
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.domain.access_cache import AccessCache
+from appliance.gateway.domain.access_cache import CHANGED_HERE_SQL, AccessCache
 from appliance.gateway.domain.auditlog import AuditLog
 from appliance.tenantdb.schema import ROLE_RANK
 
@@ -110,11 +110,6 @@ class WriteContext:
         self.events.append(AuditEvent(self.principal.actor, action, house_id, subject, detail))
 
 
-# Mutations after which what this process remembers about access may be wrong (access_cache.py): memberships
-# (houses bring their owner's, agents their own), threads moved or deleted, API keys revoked.
-_ACCESS_ACTIONS = ("house.", "member.", "agent.", "invite.accept", "thread.update", "thread.delete", "api_key.")
-
-
 class Writer(Protocol):
     db: Database
     audit: AuditLog
@@ -125,14 +120,16 @@ class Writer(Protocol):
 async def write_transaction(writer: Writer, principal: Principal) -> AsyncIterator[WriteContext]:
     """One transaction for a mutation and its audit events (appended last, just before commit). A `Refused`
     raised inside rolls everything back, is audited on its own and becomes the 404/403 answer. A mutation that
-    changes who may read what is forgotten by this process's access cache before the answer is sent."""
+    changes who may read what (the triggers that announce it to other processes mark the transaction too) is
+    forgotten by this process's access cache before the answer is sent."""
     try:
         async with writer.db.connection() as conn, conn.transaction():
             context = WriteContext(conn, principal, writer.audit)
             yield context
             await append_events_async(conn, context.events)
+            changed_access = await conn.fetchval(CHANGED_HERE_SQL)
     except Refused as refused:
         await writer.audit.now(refused.event(principal))
         raise refused.api_error() from None
-    if any(event.action.startswith(_ACCESS_ACTIONS) for event in context.events):
+    if changed_access:
         writer.access.forget_all()

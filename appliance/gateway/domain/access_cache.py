@@ -39,6 +39,8 @@ from appliance.gateway.core.db import Database, GatewayConnection
 log = logging.getLogger("appliance.gateway")
 
 CHANNEL: Final = "access_changed"
+# True inside a transaction whose changes those triggers announce (migration 0013): read just before its commit.
+CHANGED_HERE_SQL: Final = "SELECT coalesce(current_setting('appliance.access_changed', true) = 'on', false)"
 # Entries per kind; the least recently used go first. A principal's memberships are a few dozen bytes.
 MAX_ENTRIES: Final = 50_000
 RECONNECT_MAX_S: Final = 5.0
