@@ -66,6 +66,9 @@ class _Settings(BaseModel):
             raise ConfigError(f"{where or cls.role} settings: {_explain(exc)}") from None
 
 
+# systemd's MemoryMax= values the settings allow: bytes with an optional K/M/G/T suffix, or no limit.
+MEMORY_MAX_PATTERN = r"^(infinity|[1-9][0-9]*[KMGT]?)$"
+
 # A DNS name of lowercase labels (hostnames, the appliance's domain).
 DNS_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 # An origin as browsers send it: scheme, host and an optional port, nothing else.
@@ -151,6 +154,7 @@ class CommonSettings(_Settings):
 
 class PostgresSettings(_Settings):
     role: ClassVar[str] = "postgres"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     version: int
     port_offset: int = Field(ge=0)
     database: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
@@ -165,6 +169,7 @@ class PostgresSettings(_Settings):
 
 class StreamsSettings(_Settings):
     role: ClassVar[str] = "streams"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     # The server's version is what roles/streams/files/package.json pins (and npm's lock beside it), the one
     # place npm reads it; a setting of that name changed nothing.
     retired: ClassVar[frozenset[str]] = frozenset({"server_version"})
@@ -180,6 +185,7 @@ class SyncRuntime(StrEnum):
 
 class SyncSettings(_Settings):
     role: ClassVar[str] = "sync"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     runtime: SyncRuntime
     port_offset: int = Field(ge=0)
     long_poll_timeout_ms: int = Field(ge=100, le=300_000)
@@ -191,6 +197,7 @@ class SyncSettings(_Settings):
 
 class GatewaySettings(_Settings):
     role: ClassVar[str] = "gateway"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     port_offset: int = Field(ge=0)
     workers: int = Field(ge=1, le=64)
     token_ttl_s: int = Field(ge=30)
@@ -216,6 +223,7 @@ class GatewaySettings(_Settings):
 
 class AgentsSettings(_Settings):
     role: ClassVar[str] = "agents"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     port_offset: int = Field(ge=0)
     max_concurrency: int = Field(ge=1)
     max_concurrency_per_agent: int = Field(ge=1)
@@ -274,6 +282,7 @@ class IssuerSettings(BaseModel):
 
 class IdentitySettings(_Settings):
     role: ClassVar[str] = "identity"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     embedded: bool
     port_offset: int = Field(ge=0)
     issuers: tuple[IssuerSettings, ...]
@@ -306,6 +315,7 @@ class IdentitySettings(_Settings):
 
 class AuditSettings(_Settings):
     role: ClassVar[str] = "audit"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     retention_days: int = Field(ge=1)
     batch_max_events: int = Field(ge=1)
     batch_max_age_s: float = Field(gt=0)
@@ -313,6 +323,7 @@ class AuditSettings(_Settings):
 
 class BackupSettings(_Settings):
     role: ClassVar[str] = "backup"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     archive_timeout_s: int = Field(ge=1)
     full_schedule: str
     diff_schedule: str
@@ -330,6 +341,7 @@ class FrontdoorSettings(_Settings):
     """The host's front door; the fields in TENANT_FIELDS may differ per tenant, the rest are the host's."""
 
     role: ClassVar[str] = "frontdoor"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     TENANT_FIELDS: ClassVar[frozenset[str]] = frozenset({"hostnames", "tls", "cert_file", "key_file"})
     enabled: bool
     bind_address: str
@@ -381,6 +393,7 @@ SEAWEED_GRPC_PORT_OFFSET = 10000
 
 class ObjectStoreSettings(_Settings):
     role: ClassVar[str] = "objectstore"
+    memory_max: str = Field(pattern=MEMORY_MAX_PATTERN)
     mode: Literal["embedded", "external"]
     seaweedfs_version: str
     s3_port: int

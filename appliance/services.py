@@ -52,6 +52,17 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 
     `source_digest` (HostConfig.source_digest) goes into the environment of the services that run the
     appliance's own code, so new sources change their unit/program file and restart them — and only them."""
+    return [_confined(tenant, spec) for spec in _tenant_services(tenant, source_digest)]
+
+
+def _confined(tenant: TenantConfig, spec: ServiceSpec) -> ServiceSpec:
+    """What a tenant's process may write under systemd: its tenant's root (and the gateway its front-door socket
+    dir), nothing else; and its component's memory limit."""
+    sockets = (tenant.gateway_socket.parent,) if spec.component == "gateway" and tenant.frontdoor.enabled else ()
+    return replace(spec, writable=(tenant.root, *sockets), memory_max=getattr(tenant, spec.component).memory_max)
+
+
+def _tenant_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec]:
     bind = tenant.common.bind_address
     common = {"user": tenant.user, "working_dir": tenant.root, "tenant": tenant.id}
     return [

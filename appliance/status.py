@@ -10,6 +10,7 @@ plain data and never import this module. Commands that wait for health (`applian
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -143,12 +144,36 @@ def component_status(spec: ServiceSpec, state: ProcessState, host: HostConfig) -
     return ComponentStatus(healthy, state.running, state.pid, spec.port, state.uptime_s, detail)
 
 
+def wait_healthy(host: HostConfig, specs: list[ServiceSpec], timeout_s: float,
+                 on_healthy: Callable[[ServiceSpec, float, str], None] | None = None) -> dict[str, str]:
+    """Poll until every spec's component answers its probe or `timeout_s` passes; {name: last detail} of those
+    still unhealthy (empty when all are). `on_healthy(spec, seconds, detail)` reports each as it comes up."""
+    mgr = manager(detect(host.common.service_manager))
+    started = time.monotonic()
+    pending = {s.name: s for s in specs}
+    last: dict[str, str] = {}
+    while pending:
+        states = mgr.states(list(pending.values()))
+        for name, spec in list(pending.items()):
+            status = component_status(spec, states[name], host)
+            last[name] = status.detail
+            if status.healthy:
+                del pending[name]
+                if on_healthy:
+                    on_healthy(spec, time.monotonic() - started, status.detail)
+        if not pending or time.monotonic() - started > timeout_s:
+            break
+        time.sleep(0.1)
+    return {name: last[name] for name in pending}
+
+
 def collect(host: HostConfig) -> dict[str, Any]:
     specs = host_services(host)
     states = manager(detect(host.common.service_manager)).states(specs)
     report: dict[str, Any] = {"host": {"name": host.name, "components": {}}, "tenants": {}}
     for spec in specs:
-        status = asdict(component_status(spec, states[spec.name], host))
+        # The OS user it runs as: least privilege inside a tenant is visible, not assumed.
+        status = {**asdict(component_status(spec, states[spec.name], host)), "user": spec.user}
         if spec.component == "frontdoor":
             from appliance.frontdoor.status import frontdoor_details
 

@@ -59,6 +59,7 @@ def _register() -> None:
     main.add_command(__import__("appliance.cli.identity", fromlist=["identity"]).identity)
     main.add_command(__import__("appliance.cli.user", fromlist=["user"]).user)
     main.add_command(__import__("appliance.cli.bundle", fromlist=["bundle"]).bundle)
+    main.add_command(__import__("appliance.cli.secret", fromlist=["secret"]).secret)
 
 
 _register()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pwd
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -242,35 +241,23 @@ def objectstore_check(tenant_id: str) -> None:
 def wait(tenant_id: str | None, timeout: float | None, components: tuple[str, ...]) -> None:
     """Wait until the named components answer their health probes; name the log to read if they do not."""
     from appliance.services import host_services
-    from appliance.status import component_status
-    from appliance.supervision import detect, manager
+    from appliance.status import wait_healthy
 
     host_config = load_host_config()
     specs = [s for s in host_services(host_config) if s.tenant == tenant_id and s.component in components]
     missing = set(components) - {s.component for s in specs}
     if missing:
         raise click.UsageError(f"unknown components {sorted(missing)}")
-    mgr = manager(detect(host_config.common.service_manager))
-    deadline = time.monotonic() + (timeout or host_config.common.health_timeout_s)
-    pending = {s.name: s for s in specs}
-    last_detail: dict[str, str] = {}
-    started = time.monotonic()
-    while pending:
-        states = mgr.states(list(pending.values()))
-        for name, spec in list(pending.items()):
-            status = component_status(spec, states[name], host_config)
-            last_detail[name] = status.detail
-            if status.healthy:
-                click.echo(f"{spec.name}: healthy after {time.monotonic() - started:.1f}s ({status.detail})")
-                del pending[name]
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            for name, spec in pending.items():
-                click.echo(
-                    f"error: {spec.component}{' of ' + tenant_id if tenant_id else ''} is not healthy: "
-                    f"{last_detail[name]}; command: {' '.join(spec.command)}; log: {spec.log_file}",
-                    err=True,
-                )
-            sys.exit(1)
-        time.sleep(0.25)
+    timeout_s = timeout or host_config.common.health_timeout_s
+    by_name = {s.name: s for s in specs}
+    failed = wait_healthy(host_config, specs, timeout_s, lambda spec, seconds, detail: click.echo(
+        f"{spec.name}: healthy after {seconds:.1f}s ({detail})"))
+    for name, detail in failed.items():
+        spec = by_name[name]
+        click.echo(
+            f"error: {spec.component}{' of ' + tenant_id if tenant_id else ''} is not healthy: "
+            f"{detail}; command: {' '.join(spec.command)}; log: {spec.log_file}",
+            err=True,
+        )
+    if failed:
+        sys.exit(1)

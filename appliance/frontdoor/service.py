@@ -34,6 +34,8 @@ def frontdoor_service(host: HostConfig) -> ServiceSpec:
         # Caddy lets requests in flight finish on SIGTERM, for up to its grace period: wait that long and more.
         stop_wait_s=grace_period_s(host) + 10,
         bind_privileged_ports=True,
+        writable=(state,),
+        memory_max=host.frontdoor.memory_max,
     )
 
 

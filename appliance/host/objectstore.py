@@ -16,7 +16,7 @@ from appliance.objectstore.service import objectstore_service
 from appliance.supervision import detect, manager
 
 
-def _apply(host: HostConfig, change: seaweed.Change) -> list[str]:
+def apply_change(host: HostConfig, change: seaweed.Change) -> list[str]:
     """Make a running store pick up `change`; a store not running yet reads everything when it starts."""
     if not change:
         return []
@@ -40,7 +40,7 @@ def _extra_names(host: HostConfig) -> list[str]:
 
 def setup(host: HostConfig) -> list[str]:
     """TLS, admin keys, JWT keys, security.toml, s3.json — created once, then only re-rendered."""
-    return _apply(
+    return apply_change(
         host, seaweed.ensure_store_config(host, owner=host.objectstore_user, extra_names=_extra_names(host))
     )
 
@@ -71,15 +71,15 @@ def ensure_tenant(host: HostConfig, tenant: TenantConfig, credentials: S3Credent
     from appliance.objectstore.credentials import tenant_credentials
 
     keys = credentials or tenant_credentials(tenant)
-    changes = _apply(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user))
+    changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user))
     admin = s3_client(host, admin_credentials(host))
-    changes += _wait_for(lambda: ensure_tenant_buckets(admin, tenant))
+    changes += wait_for(lambda: ensure_tenant_buckets(admin, tenant))
     if changes:
-        _wait_for(lambda: _tenant_probe_ok(host, tenant, keys))
+        wait_for(lambda: tenant_probe_ok(host, tenant, keys))
     return changes
 
 
-def _tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: S3Credentials) -> list[str]:
+def tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: S3Credentials) -> list[str]:
     from appliance.objectstore.probe import probe_tenant
 
     result = probe_tenant(host, tenant, credentials=keys)
@@ -112,7 +112,7 @@ def served_tenant_facts(host: HostConfig) -> dict[str, dict[str, Any]]:
     return facts
 
 
-def _wait_for(step: Any, timeout: float = 30) -> list[str]:
+def wait_for(step: Any, timeout: float = 30) -> list[str]:
     """Retry a step while a just-(re)started or just-reloaded store comes up."""
     deadline = time.monotonic() + timeout
     while True:
@@ -139,7 +139,7 @@ def forget_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
     emptied = empty_bucket(host, tenant.backup_bucket)
     lines = [f"object store: no bucket {tenant.backup_bucket} (the tenant never got one)" if emptied is None
              else f"object store: emptied {tenant.backup_bucket} ({emptied} versions)"]
-    changes = _apply(host, seaweed.remove_tenant_identity(host, tenant.id, owner=host.objectstore_user))
+    changes = apply_change(host, seaweed.remove_tenant_identity(host, tenant.id, owner=host.objectstore_user))
     return lines + ([f"object store: {c}" for c in changes] or ["object store: no identity to revoke"])
 
 

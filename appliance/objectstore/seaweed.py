@@ -181,8 +181,11 @@ def store_ports(host: HostConfig, *, admin_port: int | None = None) -> dict[str,
 
 # --- identities (s3.json) -----------------------------------------------------------------------------------
 
-def _identity(name: str, creds: S3Credentials, actions: Iterable[str]) -> dict[str, Any]:
-    return {"name": name, "access_key": creds.access_key, "secret_key": creds.secret_key,
+def _identity(name: str, creds: S3Credentials, actions: Iterable[str],
+              previous: S3Credentials | None = None) -> dict[str, Any]:
+    """One identity; `previous` is a second key pair it is also known by while a rotation moves its readers."""
+    keys = [creds, *([previous] if previous else [])]
+    return {"name": name, "credentials": [{"accessKey": k.access_key, "secretKey": k.secret_key} for k in keys],
             "actions": list(actions)}
 
 
@@ -215,6 +218,7 @@ def render_s3_config(admin: S3Credentials, tenants: Iterable[dict[str, Any]]) ->
             tenant_identity_name(t["id"]),
             S3Credentials(t["access_key"], t["secret_key"]),
             tenant_actions(t["audit_bucket"], t["backup_bucket"]),
+            S3Credentials(t["previous_access_key"], t["previous_secret_key"]) if "previous_access_key" in t else None,
         )
         for t in tenants
     ]
@@ -252,16 +256,20 @@ def ensure_s3_config(host: HostConfig, owner: str | None = None) -> Change:
 
 
 def ensure_tenant_identity(
-    host: HostConfig, tenant: TenantConfig, creds: S3Credentials, owner: str | None = None
+    host: HostConfig, tenant: TenantConfig, creds: S3Credentials, owner: str | None = None,
+    previous: S3Credentials | None = None,
 ) -> Change:
     """Give `tenant` its identity on the store (idempotent). Per-tenant fragments keep per-tenant deploys
-    additive: rendering s3.json never depends on which tenants the current run happens to know about."""
+    additive: rendering s3.json never depends on which tenants the current run happens to know about.
+    `previous`: the pair being rotated out, accepted beside `creds` until the next call without it."""
     paths = store_paths(host)
     ids = owner_ids(owner)
     ensure_dir(paths.conf_dir / "tenants", 0o700, ids)
     fragment = {
         "id": tenant.id, "access_key": creds.access_key, "secret_key": creds.secret_key,
         "audit_bucket": tenant.audit_bucket, "backup_bucket": tenant.backup_bucket,
+        **({"previous_access_key": previous.access_key, "previous_secret_key": previous.secret_key}
+           if previous else {}),
     }
     body = (json.dumps(fragment, indent=2, sort_keys=True) + "\n").encode()
     write_if_changed(_fragment_path(paths, tenant.id), body, 0o600, ids)

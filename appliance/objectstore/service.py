@@ -28,4 +28,6 @@ def objectstore_service(host: HostConfig) -> ServiceSpec:
         # weed mini puts its gRPC unix sockets in /tmp whatever TMPDIR says; another local user could
         # otherwise claim those paths before the store starts.
         private_tmp=True,
+        writable=(host.objectstore_root,),
+        memory_max=host.objectstore.memory_max,
     )

@@ -531,6 +531,33 @@ def test_new_tenant_identity_applies_with_sighup_without_restart(store: ObjectSt
     assert not result.healthy and "credentials refused" in result.detail
 
 
+def test_a_rotation_is_accepted_under_both_pairs_then_only_the_new_one(store: ObjectStore) -> None:
+    """`appliance secret rotate <t> s3_keys`: the new pair beside the old (its readers restart meanwhile),
+    then the old taken away, each by SIGHUP alone: no store restart, no moment when neither pair works."""
+    pid = store.pid
+    yotta = store.tenant(A).model_copy(update={"id": "yotta", "slot": 11})
+    ensure_tenant_buckets(store.client(), yotta)
+    old = give_tenant_s3_keys(yotta)
+    seaweed.ensure_tenant_identity(store.host, yotta, old)
+    store.reload()
+    assert eventually(lambda: accepted(old, store, yotta.audit_bucket))
+    new = S3Credentials(old.access_key[::-1], old.secret_key + "-new")
+    both = seaweed.ensure_tenant_identity(store.host, yotta, new, previous=old)
+    assert (both.reload, both.restart) == (True, False)
+    store.reload()
+    assert eventually(lambda: accepted(new, store, yotta.audit_bucket))
+    assert accepted(old, store, yotta.audit_bucket)
+    settled = seaweed.ensure_tenant_identity(store.host, yotta, new)
+    assert (settled.reload, settled.restart) == (True, False)
+    store.reload()
+    assert eventually(lambda: not accepted(old, store, yotta.audit_bucket))
+    assert accepted(new, store, yotta.audit_bucket) and store.pid == pid
+    fragment = json.loads((store_paths(store.host).conf_dir / "tenants" / "yotta.json").read_text())
+    assert "previous_access_key" not in fragment
+    seaweed.remove_tenant_identity(store.host, "yotta")
+    store.restart()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill-9"])
 def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore, stop_signal: int) -> None:
     tenant = store.tenant(B)

@@ -1,0 +1,79 @@
+"""Per secret: its readers (restarted in this order after the new value is in place) and how it is replaced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from appliance.config import DB_ROLES, TENANT_SECRETS
+
+How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "refused"]
+
+
+@dataclass(frozen=True)
+class Rotation:
+    name: str
+    how: How
+    # Components that read the secret only when they start, restarted in this order: the one that checks the
+    # secret first, then the one that presents it, so the window where the two disagree is one restart long.
+    restarts: tuple[str, ...] = ()
+    # For `refused`: why it cannot be replaced in place, and what to do instead.
+    why: str = ""
+    # Secret files it replaces (the S3 key pair is one rotation of two files).
+    files: tuple[str, ...] = ()
+
+    @property
+    def secret_files(self) -> tuple[str, ...]:
+        return self.files or (self.name,)
+
+
+# Which component connects as each database role (and so restarts when its password changes). The gateway reads
+# its password at every new connection (appliance.gateway.core.db): it needs no restart. The superuser's is read
+# by whoever runs a host command, at that moment; the agents' role is never used to log in.
+_DB_READERS: dict[str, tuple[str, ...]] = {
+    "gateway": (), "sync": ("sync",), "agents": (), "audit": ("audit",), "identity": ("identity",),
+}
+
+ROTATIONS: dict[str, Rotation] = {
+    "db_superuser_password": Rotation("db_superuser_password", "db_password"),
+    **{f"db_{role}_password": Rotation(f"db_{role}_password", "db_password", _DB_READERS[role])
+       for role in DB_ROLES},
+    # The engine checks it on every request, the gateway presents it.
+    "sync_secret": Rotation("sync_secret", "file", ("sync", "gateway")),
+    # The agents check it on every activation, the gateway presents it (refused activations stay in the
+    # gateway's outbox and are delivered again: nothing is lost in between).
+    "agents_internal_token": Rotation("agents_internal_token", "file", ("agents", "gateway")),
+    # The gateway alone reads it; the secrets table is re-encrypted while the gateway is stopped.
+    "secrets_encryption_key": Rotation("secrets_encryption_key", "reencrypt", ("gateway",)),
+    # The gateway reloads its keyring by itself; the old key keeps verifying for gateway.key_rotation_grace_s.
+    "jwt_signing_key": Rotation("jwt_signing_key", "jwt"),
+    # `appliance identity rotate-keys`: new keys published beside the old ones for a week.
+    "identity_jwks": Rotation("identity_jwks", "identity_jwks", ("identity",)),
+    # The provider's session cookies: people signed in at the provider sign in there again (the gateway's own
+    # sessions are not affected).
+    "identity_cookie_keys": Rotation("identity_cookie_keys", "file", ("identity",)),
+    # The provider checks it at the code exchange, the gateway presents it.
+    "identity_gateway_client_secret": Rotation("identity_gateway_client_secret", "file", ("identity", "gateway")),
+    # A new key pair on the store beside the old one, the readers restarted, then the old pair removed.
+    "s3_keys": Rotation("s3_keys", "s3_keys", ("audit", "backup"), files=("s3_access_key", "s3_secret_key")),
+    "backup_cipher_passphrase": Rotation(
+        "backup_cipher_passphrase", "refused",
+        why="pgBackRest encrypts a repository with one passphrase for the repository's whole life, and every "
+            "backup and WAL segment in it needs that passphrase to be restored; replacing it means a new "
+            "repository with a new full backup while the old one is kept, with its passphrase, until its "
+            "retention ends. That is not done in place by this command.",
+    ),
+}
+
+# The names an operator may give: every rotation, and each S3 key file naming the pair it belongs to.
+ALIASES = {"s3_access_key": "s3_keys", "s3_secret_key": "s3_keys"}
+
+
+def rotation(name: str) -> Rotation:
+    return ROTATIONS[ALIASES.get(name, name)]
+
+
+def covers_every_secret() -> bool:
+    """Every secret file belongs to exactly one rotation (checked by a test: a new secret needs its rotation)."""
+    files = [f for r in ROTATIONS.values() for f in r.secret_files]
+    return sorted(files) == sorted(TENANT_SECRETS)

@@ -1,0 +1,166 @@
+"""Replacing one secret of a tenant on its host: the new value where it is checked and in its file, then its readers
+restarted (appliance.rotation.plan says which, in which order). Run as root by `appliance secret rotate`."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from appliance import pg
+from appliance.config import DB_SUPERUSER, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
+from appliance.objectstore.files import write_atomic
+from appliance.rotation.plan import Rotation
+from appliance.secrets import generate
+
+Say = Callable[[str], None]
+
+
+class RotationError(RuntimeError):
+    """A rotation that could not be done or finished; the message says what state the tenant is left in."""
+
+
+@dataclass
+class Outcome:
+    """What a rotation did, for the operator and the audit trail (never a value)."""
+
+    secret: str
+    restarted: list[str] = field(default_factory=list)
+    # Seconds between the new value taking effect and the last reader answering its health probe again.
+    window_s: float = 0.0
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+def _owner(tenant: TenantConfig) -> tuple[int, int]:
+    user = pwd.getpwnam(tenant.user)
+    return user.pw_uid, user.pw_gid
+
+
+def write_secret(tenant: TenantConfig, name: str, value: str) -> None:
+    """Replace a secret file in one rename: readers see the old value or the new one, never a torn file."""
+    write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), 0o600, _owner(tenant))
+
+
+def restart(host: HostConfig, tenant: TenantConfig, components: tuple[str, ...], say: Say) -> list[str]:
+    """Restart the tenant's `components` one after the other, each answering its probe before the next."""
+    from appliance.services import tenant_services
+    from appliance.status import wait_healthy
+    from appliance.supervision import detect, manager
+
+    specs = {s.component: s for s in tenant_services(tenant, host.source_digest)}
+    mgr = manager(detect(host.common.service_manager))
+    done = []
+    for component in components:
+        spec = specs.get(component)
+        if spec is None:  # e.g. identity on a tenant without an embedded provider
+            continue
+        started = time.monotonic()
+        result = subprocess.run(mgr.restart_command(spec), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RotationError(f"restarting {spec.name} failed: {(result.stderr or result.stdout).strip()}")
+        failed = wait_healthy(host, [spec], host.common.health_timeout_s)
+        if failed:
+            raise RotationError(f"{spec.name} is not healthy after the restart ({failed[spec.name]}); "
+                                f"log: {spec.log_file}")
+        say(f"  restarted {component} ({time.monotonic() - started:.1f}s to healthy)")
+        done.append(component)
+    return done
+
+
+def _role_of(secret: str) -> str:
+    return DB_SUPERUSER if secret == "db_superuser_password" else secret.removeprefix("db_").removesuffix("_password")
+
+
+def db_password(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """ALTER ROLE with the new password's SCRAM verifier (the clear password never reaches Postgres's logs),
+    then the file at once: a connection opened in between is the only one that can miss."""
+    from appliance.host.postgres import scram_verifier
+
+    role = _role_of(rotation.name)
+    new = generate(SecretKind.password)
+    with pg.connect(tenant, database="postgres") as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(new))))
+        write_secret(tenant, rotation.name, new)
+    started = time.monotonic()
+    restarted = restart(host, tenant, rotation.restarts, say)
+    return Outcome(rotation.name, restarted, time.monotonic() - started, {"role": role})
+
+
+def plain_file(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """A secret only files hold: write it, restart its readers (checker first, presenter second)."""
+    write_secret(tenant, rotation.name, generate(TENANT_SECRETS[rotation.name]))
+    started = time.monotonic()
+    restarted = restart(host, tenant, rotation.restarts, say)
+    return Outcome(rotation.name, restarted, time.monotonic() - started)
+
+
+def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """The secrets table under a new key, in one transaction, with the gateway (its only reader and writer)
+    stopped so no row is sealed with the old key after the re-encryption read it. The new key is staged in a
+    file of its own before the commit, so a failure at any point leaves a key for every row on disk."""
+    from appliance.gateway.core.security import decrypt_secret, encrypt_secret
+    from appliance.services import tenant_services
+    from appliance.supervision import detect, manager
+
+    old = tenant.read_secret(rotation.name)
+    new = generate(SecretKind.key32)
+    staged = tenant.secrets_dir / f".{rotation.name}.next"
+    write_atomic(staged, (new + "\n").encode(), 0o600, _owner(tenant))
+    gateway = next(s for s in tenant_services(tenant, host.source_digest) if s.component == "gateway")
+    mgr = manager(detect(host.common.service_manager))
+    started = time.monotonic()
+    subprocess.run(mgr.stop_command(gateway), capture_output=True, check=False)
+    try:
+        with pg.connect(tenant) as conn, conn.transaction():
+            rows = conn.execute("SELECT id, house_id, value FROM public.secrets FOR UPDATE").fetchall()
+            for secret_id, house_id, value in rows:
+                plain = decrypt_secret(old, secret_id, house_id, value)
+                conn.execute("UPDATE public.secrets SET value = %s WHERE id = %s",
+                             [encrypt_secret(new, secret_id, house_id, plain), secret_id])
+        staged.replace(tenant.secret_path(rotation.name))
+    except Exception:
+        staged.unlink(missing_ok=True)
+        restart(host, tenant, rotation.restarts, say)
+        raise
+    restarted = restart(host, tenant, rotation.restarts, say)
+    return Outcome(rotation.name, restarted, time.monotonic() - started, {"rows": len(rows)})
+
+
+def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """A new key pair on the store beside the old one; the key files replaced and their readers restarted; then
+    the old pair taken off the store. Only where this host runs the tenants' store."""
+    from appliance.host.objectstore import apply_change, tenant_probe_ok, wait_for
+    from appliance.objectstore import seaweed
+    from appliance.objectstore.credentials import S3Credentials, new_access_key, new_secret_key, tenant_credentials
+
+    if not host.runs_objectstore:
+        where = f"host {host.objectstore_host}" if host.objectstore_host else "an external store"
+        raise RotationError(
+            f"{tenant.id}'s buckets are on {where}: a new key pair must be made there (for an appliance vault "
+            "host: this command there is not implemented yet; for an external store: make the pair in it and "
+            f"install it with `appliance tenant s3-keys {tenant.id}`)")
+    old = tenant_credentials(tenant)
+    new = S3Credentials(new_access_key(), new_secret_key())
+    owner = host.objectstore_user
+    apply_change(host, seaweed.ensure_tenant_identity(host, tenant, new, owner=owner, previous=old))
+    wait_for(lambda: tenant_probe_ok(host, tenant, new))
+    write_secret(tenant, "s3_secret_key", new.secret_key)
+    write_secret(tenant, "s3_access_key", new.access_key)
+    started = time.monotonic()
+    restarted = restart(host, tenant, rotation.restarts, say)
+    changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, new, owner=owner))
+    say(f"  old key pair removed from the store ({', '.join(changes) or 'no change'})")
+    return Outcome(rotation.name, restarted, time.monotonic() - started)
+
+
+PROCEDURES: dict[str, Callable[[HostConfig, TenantConfig, Rotation, Say], Outcome]] = {
+    "db_password": db_password,
+    "file": plain_file,
+    "reencrypt": reencrypt,
+    "s3_keys": s3_keys,
+}
