@@ -448,13 +448,16 @@ PORTED_COMPONENTS = ("postgres", "streams", "sync", "gateway", "agents", "identi
 
 # Database roles every tenant cluster has (besides its superuser); sync needs REPLICATION for logical decoding.
 DB_ROLES: dict[str, dict[str, bool]] = {
-    "gateway": {"replication": False},
-    "sync": {"replication": True},
-    "agents": {"replication": False},
-    "audit": {"replication": False},
+    "gateway": {"replication": False, "login": True},
+    "sync": {"replication": True, "login": True},
+    # The agent workers read what they need from their activations and the streams server; their role keeps its
+    # grants (for a worker that would one day read the database) but cannot log in, and has no password.
+    "agents": {"replication": False, "login": False},
+    "audit": {"replication": False, "login": True},
     # The embedded OIDC provider: its own schema (accounts, grants, sessions) and nothing else.
-    "identity": {"replication": False},
+    "identity": {"replication": False, "login": True},
 }
+LOGIN_ROLES = tuple(role for role, attrs in DB_ROLES.items() if attrs["login"])
 DB_SUPERUSER = "postgres"
 
 
@@ -470,7 +473,7 @@ class SecretKind(StrEnum):
 # Every secret a tenant has, generated on the host at first deploy and reused forever after.
 TENANT_SECRETS: dict[str, SecretKind] = {
     "db_superuser_password": SecretKind.password,
-    **{f"db_{role}_password": SecretKind.password for role in DB_ROLES},
+    **{f"db_{role}_password": SecretKind.password for role in LOGIN_ROLES},
     "sync_secret": SecretKind.token,
     "agents_internal_token": SecretKind.token,
     "jwt_signing_key": SecretKind.ed25519,

@@ -2,7 +2,8 @@
 (liveness, what the service manager probes) and `GET /readyz` (the streams server and the agents dir).
 
 Only the tenant's gateway may activate: it sends `Authorization: Bearer <agents_internal_token>`, compared in
-constant time with the tenant's secret file, read at each request so a rotated token needs no restart. The check
+constant time with the tenant's secret file, followed across rotations (appliance.secretfile): a rotated token
+needs no restart. The check
 comes before the body is read or parsed, so an unauthenticated caller learns nothing about the body's format.
 
 Answers (appliance/gateway/ACTIVATION.md): 202 once the activation is committed to the agent's inbox (the
@@ -13,7 +14,6 @@ agent's queue is full (the gateway retries later).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import uuid
@@ -30,6 +30,7 @@ from appliance.agents.worker import Worker, WorkerBusy
 from appliance.config import TenantConfig, load_tenant
 from appliance.gateway.core.errors import error_response, install_error_handlers
 from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
+from appliance.secretfile import SecretFile
 
 log = logging.getLogger("appliance.agents")
 
@@ -43,21 +44,21 @@ def max_activation_bytes(tenant: TenantConfig) -> int:
     return 16 * tenant.gateway.max_body_bytes
 
 
-def _internal_token(tenant: TenantConfig) -> str:
-    """The credential the gateway presents, read once at start (generated at the first deploy, never changed);
-    '' when unreadable, which refuses every activation."""
+def _internal_token(tenant: TenantConfig) -> SecretFile | None:
+    """The credential the gateway presents, followed across rotations (appliance.secretfile); None when
+    unreadable, which refuses every activation."""
     try:
-        return tenant.read_secret(TOKEN_SECRET)
+        return SecretFile(tenant.secret_path(TOKEN_SECRET))
     except OSError:
         log.error("the internal token's secret file is unreadable: refusing activations")
-        return ""
+        return None
 
 
-def _bearer_matches(header: str | None, expected: str) -> bool:
+def _bearer_matches(header: str | None, expected: SecretFile | None) -> bool:
     scheme, _, credential = (header or "").partition(" ")
-    if not expected or scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
+    if expected is None or scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
         return False
-    return hmac.compare_digest(credential.strip().encode(), expected.encode())
+    return expected.accepts(credential.strip())
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -96,7 +96,8 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
             click.echo(f"error: rotating {name} of {tenant.id}: {exc}", err=True)
             failed = True
             continue
-        detail = {"secret": name, "restarted": outcome.restarted, "window_s": round(outcome.window_s, 2),
+        # Canonical audit JSON has no floats: the window in whole milliseconds.
+        detail = {"secret": name, "restarted": outcome.restarted, "window_ms": round(outcome.window_s * 1000),
                   **outcome.detail}
         try:
             record_operator_action(tenant, "secret.rotated", detail)

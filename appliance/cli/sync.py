@@ -95,7 +95,7 @@ def serve(
     chunk_bytes: int,
 ) -> None:
     """Run the sync engine in the foreground until SIGTERM/SIGINT."""
-    from appliance.sync.server import DATABASE_URL_ENV, SECRET_ENV
+    from appliance.sync.server import DATABASE_URL_ENV, SECRET_ENV, SECRET_FILE_ENV
 
     dsn = _from_file(database_url_file, database_url, "database-url")
     if dsn is None:
@@ -109,6 +109,9 @@ def serve(
         raise click.UsageError("--secret or --secret-file is required (or --insecure)")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     environment = {**os.environ, DATABASE_URL_ENV: dsn, SECRET_ENV: api_secret or ""}
+    if secret_file is not None:
+        # The engine follows the file (appliance.secretfile): a rotated secret needs no restart.
+        environment[SECRET_FILE_ENV] = str(secret_file.resolve())
     argv = [
         sys.executable,
         "-m",

@@ -20,6 +20,7 @@ from appliance.gateway.identity.bearer import IssuerBearers
 from appliance.gateway.identity.issuers import Issuers
 from appliance.gateway.streams import StreamsClient
 from appliance.gateway.upstream import Upstream
+from appliance.secretfile import SecretFile
 
 log = logging.getLogger("appliance.gateway")
 
@@ -36,11 +37,12 @@ class Gateway:
         bind = tenant.common.bind_address
         self.streams = StreamsClient(bind, tenant.port("streams"))
         self.sync = Upstream(bind, tenant.port("sync"))
-        # Read once: these secrets are generated at the first deploy and never change (only the JWT signing key
-        # rotates, and the keyring watches its file).
-        self._sync_secret = tenant.read_secret("sync_secret")
-        self._encryption_key = tenant.read_secret("secrets_encryption_key")
-        self.dispatcher = Dispatcher(self.db, self.audit, settings, tenant.read_secret("agents_internal_token"),
+        # Followed across rotations (`appliance secret rotate`, appliance.secretfile): no restart needed. The
+        # JWT signing key has its own keyring, which watches its file.
+        self._sync_secret = SecretFile(tenant.secret_path("sync_secret"))
+        self._encryption_key = SecretFile(tenant.secret_path("secrets_encryption_key"))
+        self.dispatcher = Dispatcher(self.db, self.audit, settings,
+                                     SecretFile(tenant.secret_path("agents_internal_token")).value,
                                      Upstream(bind, tenant.port("agents")))
         self.entries = Entries(self.db, self.streams, self.audit, self.dispatcher.wake)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
@@ -53,10 +55,10 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def sync_secret(self) -> str:
-        return self._sync_secret
+        return self._sync_secret.value()
 
     def encryption_key(self) -> str:
-        return self._encryption_key
+        return self._encryption_key.value()
 
     async def start(self) -> None:
         # Kept for callers outside the event loop (tests, diagnostics) that need to run something on it.

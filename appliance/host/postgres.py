@@ -16,11 +16,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from appliance.config import DB_ROLES, DB_SUPERUSER, TenantConfig
+from appliance.config import DB_ROLES, DB_SUPERUSER, LOGIN_ROLES, TenantConfig
 from appliance.pg import connect
 
 SCRAM_ITERATIONS = 4096
@@ -64,14 +65,18 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
 
 
 def roles_ok(tenant: TenantConfig) -> bool:
-    """Every role logs in with its current secret, and the application database exists."""
+    """Every login role logs in with its current secret, the application database exists, and the roles that
+    must not log in cannot."""
+    nologin = [role for role in DB_ROLES if role not in LOGIN_ROLES]
     try:
-        for role in DB_ROLES:
+        for role in LOGIN_ROLES:
             with connect(tenant, role, timeout=3):
                 pass
+        with connect(tenant, database="postgres", timeout=3) as conn:
+            return conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin",
+                                [nologin]).fetchone() == (0,)
     except (psycopg.Error, OSError):
         return False
-    return True
 
 
 def ensure_roles(tenant: TenantConfig) -> list[str]:
@@ -80,6 +85,9 @@ def ensure_roles(tenant: TenantConfig) -> list[str]:
     with connect(tenant, database="postgres") as conn:
         existing = {row[0] for row in conn.execute("select rolname from pg_roles")}
         for role, attrs in DB_ROLES.items():
+            if not attrs["login"]:
+                changed.extend(_without_login(conn, role, role in existing))
+                continue
             password = tenant.read_secret(tenant.pg_password_secret(role))
             options = sql.SQL("LOGIN REPLICATION" if attrs["replication"] else "LOGIN NOREPLICATION")
             if role not in existing:
@@ -110,6 +118,18 @@ def ensure_roles(tenant: TenantConfig) -> list[str]:
             )
         )
     return changed
+
+
+def _without_login(conn: psycopg.Connection[Any], role: str, exists: bool) -> list[str]:
+    """A role that holds grants but never logs in: NOLOGIN and no password (one deployed with both loses them)."""
+    if not exists:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        return [f"role {role} (no login)"]
+    row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
+        return [f"role {role} can no longer log in"]
+    return []
 
 
 def _password_matches(tenant: TenantConfig, role: str, password: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.config import DB_ROLES, TENANT_SECRETS
+from appliance.config import LOGIN_ROLES, TENANT_SECRETS
 
 How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "refused"]
 
@@ -14,8 +14,8 @@ How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jw
 class Rotation:
     name: str
     how: How
-    # Components that read the secret only when they start, restarted in this order: the one that checks the
-    # secret first, then the one that presents it, so the window where the two disagree is one restart long.
+    # Components that read the secret only when they start, restarted in this order (the others follow its file,
+    # appliance.secretfile).
     restarts: tuple[str, ...] = ()
     # For `refused`: why it cannot be replaced in place, and what to do instead.
     why: str = ""
@@ -29,22 +29,22 @@ class Rotation:
 
 # Which component connects as each database role (and so restarts when its password changes). The gateway reads
 # its password at every new connection (appliance.gateway.core.db): it needs no restart. The superuser's is read
-# by whoever runs a host command, at that moment; the agents' role is never used to log in.
-_DB_READERS: dict[str, tuple[str, ...]] = {
-    "gateway": (), "sync": ("sync",), "agents": (), "audit": ("audit",), "identity": ("identity",),
-}
+# by whoever runs a host command, at that moment. (The agents' role cannot log in: it has no password.)
+_DB_READERS: dict[str, tuple[str, ...]] = {"gateway": (), "sync": ("sync",), "audit": ("audit",),
+                                           "identity": ("identity",)}
 
 ROTATIONS: dict[str, Rotation] = {
     "db_superuser_password": Rotation("db_superuser_password", "db_password"),
     **{f"db_{role}_password": Rotation(f"db_{role}_password", "db_password", _DB_READERS[role])
-       for role in DB_ROLES},
-    # The engine checks it on every request, the gateway presents it.
-    "sync_secret": Rotation("sync_secret", "file", ("sync", "gateway")),
-    # The agents check it on every activation, the gateway presents it (refused activations stay in the
-    # gateway's outbox and are delivered again: nothing is lost in between).
-    "agents_internal_token": Rotation("agents_internal_token", "file", ("agents", "gateway")),
-    # The gateway alone reads it; the secrets table is re-encrypted while the gateway is stopped.
-    "secrets_encryption_key": Rotation("secrets_encryption_key", "reencrypt", ("gateway",)),
+       for role in LOGIN_ROLES},
+    # The engine checks it on every request, the gateway presents it; both follow the file (appliance.secretfile),
+    # the engine accepting the old value for a few seconds after it noticed: no restart, no refused request.
+    "sync_secret": Rotation("sync_secret", "file"),
+    # Likewise between the agents (checking every activation) and the gateway's outbox (presenting it).
+    "agents_internal_token": Rotation("agents_internal_token", "file"),
+    # The gateway alone seals with it and follows the file; rows sealed with the old key are re-sealed with the
+    # new one in one transaction once every gateway process has noticed.
+    "secrets_encryption_key": Rotation("secrets_encryption_key", "reencrypt"),
     # The gateway reloads its keyring by itself; the old key keeps verifying for gateway.key_rotation_grace_s.
     "jwt_signing_key": Rotation("jwt_signing_key", "jwt"),
     # `appliance identity rotate-keys`: new keys published beside the old ones for a week.
@@ -52,8 +52,9 @@ ROTATIONS: dict[str, Rotation] = {
     # The provider's session cookies: people signed in at the provider sign in there again (the gateway's own
     # sessions are not affected).
     "identity_cookie_keys": Rotation("identity_cookie_keys", "file", ("identity",)),
-    # The provider checks it at the code exchange, the gateway presents it.
-    "identity_gateway_client_secret": Rotation("identity_gateway_client_secret", "file", ("identity", "gateway")),
+    # The provider checks it at the code exchange (it reads it when it starts); the gateway reads the file at each
+    # exchange.
+    "identity_gateway_client_secret": Rotation("identity_gateway_client_secret", "file", ("identity",)),
     # A new key pair on the store beside the old one, the readers restarted, then the old pair removed.
     "s3_keys": Rotation("s3_keys", "s3_keys", ("audit", "backup"), files=("s3_access_key", "s3_secret_key")),
     "backup_cipher_passphrase": Rotation(

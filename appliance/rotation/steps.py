@@ -91,44 +91,67 @@ def db_password(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say:
     return Outcome(rotation.name, restarted, time.monotonic() - started, {"role": role})
 
 
+def _followed() -> None:
+    """Until every process that follows the file (appliance.secretfile) has the new value and its checkers no
+    longer accept the old one."""
+    from appliance.secretfile import GRACE_S, RECHECK_S
+
+    time.sleep(RECHECK_S + GRACE_S + 0.5)
+
+
 def plain_file(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
-    """A secret only files hold: write it, restart its readers (checker first, presenter second)."""
+    """A secret only files hold: write it; the processes following the file take it up (the checking side still
+    accepts the old value for a few seconds), the ones reading it at start restart. Returns once the old value is
+    refused everywhere."""
     write_secret(tenant, rotation.name, generate(TENANT_SECRETS[rotation.name]))
     started = time.monotonic()
     restarted = restart(host, tenant, rotation.restarts, say)
+    _followed()
     return Outcome(rotation.name, restarted, time.monotonic() - started)
 
 
-def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
-    """The secrets table under a new key, in one transaction, with the gateway (its only reader and writer)
-    stopped so no row is sealed with the old key after the re-encryption read it. The new key is staged in a
-    file of its own before the commit, so a failure at any point leaves a key for every row on disk."""
+def _reseal(tenant: TenantConfig, old: str, new: str) -> tuple[int, int]:
+    """Re-seal with `new` every row of the secrets table that does not open with it, in one transaction;
+    (rows, re-sealed)."""
     from appliance.gateway.core.security import decrypt_secret, encrypt_secret
-    from appliance.services import tenant_services
-    from appliance.supervision import detect, manager
 
+    resealed = 0
+    with pg.connect(tenant) as conn, conn.transaction():
+        rows = conn.execute("SELECT id, house_id, value FROM public.secrets FOR UPDATE").fetchall()
+        for secret_id, house_id, value in rows:
+            try:
+                decrypt_secret(new, secret_id, house_id, value)
+                continue
+            except ValueError:
+                plain = decrypt_secret(old, secret_id, house_id, value)
+            conn.execute("UPDATE public.secrets SET value = %s WHERE id = %s",
+                         [encrypt_secret(new, secret_id, house_id, plain), secret_id])
+            resealed += 1
+    return len(rows), resealed
+
+
+def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """The secrets table under a new key, with the gateway serving throughout: the new key goes into the file
+    (the old one kept beside it until the end, so no row can lose its key whatever fails), the gateways follow the
+    file within a second, then every row that does not open with the new key is re-sealed in one transaction. A
+    rotation that stopped half way (its old key still kept) is finished first."""
+    from appliance.secretfile import RECHECK_S
+
+    kept = tenant.secrets_dir / f"{rotation.name}.previous"
+    if kept.exists():
+        rows, resealed = _reseal(tenant, kept.read_text().strip(), tenant.read_secret(rotation.name))
+        kept.unlink()
+        say(f"  finished an earlier rotation: {resealed} of {rows} stored secrets re-sealed")
     old = tenant.read_secret(rotation.name)
     new = generate(SecretKind.key32)
-    staged = tenant.secrets_dir / f".{rotation.name}.next"
-    write_atomic(staged, (new + "\n").encode(), 0o600, _owner(tenant))
-    gateway = next(s for s in tenant_services(tenant, host.source_digest) if s.component == "gateway")
-    mgr = manager(detect(host.common.service_manager))
+    write_atomic(kept, (old + "\n").encode(), 0o600, _owner(tenant))
+    write_secret(tenant, rotation.name, new)
     started = time.monotonic()
-    subprocess.run(mgr.stop_command(gateway), capture_output=True, check=False)
-    try:
-        with pg.connect(tenant) as conn, conn.transaction():
-            rows = conn.execute("SELECT id, house_id, value FROM public.secrets FOR UPDATE").fetchall()
-            for secret_id, house_id, value in rows:
-                plain = decrypt_secret(old, secret_id, house_id, value)
-                conn.execute("UPDATE public.secrets SET value = %s WHERE id = %s",
-                             [encrypt_secret(new, secret_id, house_id, plain), secret_id])
-        staged.replace(tenant.secret_path(rotation.name))
-    except Exception:
-        staged.unlink(missing_ok=True)
-        restart(host, tenant, rotation.restarts, say)
-        raise
-    restarted = restart(host, tenant, rotation.restarts, say)
-    return Outcome(rotation.name, restarted, time.monotonic() - started, {"rows": len(rows)})
+    time.sleep(RECHECK_S + 0.5)  # every gateway process seals with the new key from now on
+    rows, resealed = _reseal(tenant, old, new)
+    kept.unlink()
+    say(f"  {resealed} of {rows} stored secrets re-sealed with the new key")
+    return Outcome(rotation.name, [], time.monotonic() - started, {"rows": rows, "resealed": resealed})
 
 
 def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:

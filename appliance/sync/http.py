@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import psycopg
@@ -37,6 +38,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from appliance import __version__
+from appliance.secretfile import SecretFile
 from appliance.sync import messages, subset
 from appliance.sync.catalog import CatalogError, electric_schema, parse_columns, parse_relation
 from appliance.sync.defaults import CHUNK_BYTES, LONG_POLL_TIMEOUT_MS
@@ -78,6 +80,8 @@ _TRUE_FALSE: Final = {"true": True, "false": False}
 @dataclass
 class ApiSettings:
     secret: str | None
+    # Where the secret came from, when it came from a file: followed across rotations (appliance.secretfile).
+    secret_file: Path | None = None
     long_poll_timeout_ms: int = LONG_POLL_TIMEOUT_MS
     sse_timeout_ms: int = SSE_TIMEOUT_MS
     sse_keepalive_ms: int = SSE_KEEPALIVE_MS
@@ -210,6 +214,7 @@ class ShapeApi:
     def __init__(self, engine: SyncEngine, settings: ApiSettings) -> None:
         self.engine = engine
         self.settings = settings
+        self._secret_file = SecretFile(settings.secret_file) if settings.secret_file and settings.secret else None
 
     # -- common headers ------------------------------------------------------------------------------------
 
@@ -247,6 +252,8 @@ class ShapeApi:
         if secret is None:
             return True
         given = request.query_params.get("secret") or request.query_params.get("api_secret") or ""
+        if self._secret_file is not None:
+            return self._secret_file.accepts(given)
         return secrets.compare_digest(given.encode(), secret.encode())
 
     # -- routes --------------------------------------------------------------------------------------------

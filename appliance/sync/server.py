@@ -26,6 +26,7 @@ from appliance.sync.http import ApiSettings, create_app
 
 DATABASE_URL_ENV: Final = "APPLIANCE_SYNC_DATABASE_URL"
 SECRET_ENV: Final = "APPLIANCE_SYNC_SECRET"
+SECRET_FILE_ENV: Final = "APPLIANCE_SYNC_SECRET_FILE"
 
 
 class _Server(uvicorn.Server):
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if not dsn:
         parser.error(f"{DATABASE_URL_ENV} is not set")
     secret = os.environ.pop(SECRET_ENV, None) or None
+    secret_file = os.environ.pop(SECRET_FILE_ENV, None) or None
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         dsn=dsn, data_dir=args.data_dir, publication=args.publication, slot=args.slot, chunk_bytes=args.chunk_bytes
     ))
     app = create_app(engine, ApiSettings(
-        secret=secret, long_poll_timeout_ms=args.long_poll_timeout, allow_delete=args.enable_shape_delete,
+        secret=secret, secret_file=Path(secret_file) if secret_file else None,
+        long_poll_timeout_ms=args.long_poll_timeout, allow_delete=args.enable_shape_delete,
         chunk_bytes=args.chunk_bytes,
     ))
     config = uvicorn.Config(

@@ -10,7 +10,7 @@ import subprocess
 import psycopg
 import pytest
 
-from appliance.config import DB_ROLES, HostConfig, TenantConfig
+from appliance.config import LOGIN_ROLES, HostConfig, TenantConfig
 
 
 def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -27,7 +27,7 @@ def cannot_read_directory(attacker: TenantConfig, victim: TenantConfig) -> None:
 
 
 def database_credentials_refused(attacker: TenantConfig, victim: TenantConfig) -> None:
-    for role in DB_ROLES:
+    for role in LOGIN_ROLES:
         info = victim.pg_conninfo(role)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(**info, password=attacker.read_secret(attacker.pg_password_secret(role)),

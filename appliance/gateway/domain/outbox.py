@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from appliance.audit.chain import AuditEvent
@@ -50,12 +50,12 @@ def backoff_s(attempts: int, cap: float) -> float:
 
 
 class Dispatcher:
-    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: str,
+    def __init__(self, db: Database, audit: AuditLog, settings: Settings, internal_token: Callable[[], str],
                  agents: Upstream) -> None:
         self.db = db
         self.audit = audit
         self.settings = settings
-        self.internal_token = internal_token
+        self.internal_token = internal_token  # read at each delivery: a rotated token is followed
         self._wake = asyncio.Event()
         self.agents = agents  # the tenant's agent workers, over the gateway's lean loopback client
         self._inflight: set[asyncio.Task[None]] = set()
@@ -165,7 +165,7 @@ class Dispatcher:
         try:
             response = await self.agents.request(
                 "POST", f"/activate/{agent['id']}", body=json.dumps(payload).encode(),
-                headers={"content-type": "application/json", "authorization": f"Bearer {self.internal_token}"},
+                headers={"content-type": "application/json", "authorization": f"Bearer {self.internal_token()}"},
                 read_timeout=self.settings.agents_timeout_s,
             )
             await response.read()

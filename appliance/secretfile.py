@@ -1,0 +1,77 @@
+"""A secret as its file holds it now, for long-running readers: followed across rotations without a restart.
+
+A leaf (standard library only): the sync engine's process, the agents and the gateway import it on their serving
+paths. `appliance secret rotate` replaces a secret file by renaming a new one into place
+(appliance.objectstore.files.write_atomic), so a changed inode or mtime is a new value. The two sides of a shared
+secret notice it each on its own schedule (at most `recheck_s` apart); the side that checks keeps accepting the
+value it replaced for `grace_s` after it noticed, so the side that presents it is never refused in between, and
+after that the old value is refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("appliance.secretfile")
+
+RECHECK_S = 1.0
+GRACE_S = 5.0
+
+
+class SecretFile:
+    def __init__(self, path: Path | str, *, recheck_s: float = RECHECK_S, grace_s: float = GRACE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.recheck_s = recheck_s
+        self.grace_s = grace_s
+        self._now = clock
+        self._signature = self._stat()
+        self._value = self._read()
+        self._checked = self._now()
+        self._previous: str | None = None
+        self._previous_until = 0.0
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_ino, st.st_mtime_ns
+
+    def _read(self) -> str:
+        return self.path.read_text().strip()
+
+    def _refresh(self) -> None:
+        now = self._now()
+        if now - self._checked < self.recheck_s:
+            return
+        self._checked = now
+        try:
+            signature = self._stat()
+            if signature == self._signature:
+                return
+            value = self._read()
+        except OSError as exc:
+            # Keep serving with the value in hand: a file briefly unreadable must not refuse every request.
+            log.warning("secret file %s unreadable (%s): keeping the value read before", self.path, exc.strerror)
+            return
+        self._signature = signature
+        if value != self._value:
+            self._previous, self._previous_until = self._value, now + self.grace_s
+            self._value = value
+            log.info("secret file %s changed: using the new value", self.path)
+
+    def value(self) -> str:
+        """The current value (what a presenting side sends)."""
+        self._refresh()
+        return self._value
+
+    def accepts(self, given: str) -> bool:
+        """Whether `given` is the current value, or the one it replaced less than `grace_s` ago (constant time)."""
+        self._refresh()
+        current = hmac.compare_digest(given.encode(), self._value.encode())
+        previous = self._previous is not None and self._now() < self._previous_until and hmac.compare_digest(
+            given.encode(), self._previous.encode())
+        return bool(self._value) and (current or previous)

@@ -1,0 +1,61 @@
+"""appliance.secretfile: long-running readers follow a rotated secret file without a restart, and the checking
+side accepts the replaced value only for its grace period."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.objectstore.files import write_atomic
+from appliance.secretfile import SecretFile
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rotate(path: Path, value: str) -> None:
+    write_atomic(path, (value + "\n").encode(), 0o600)  # as `appliance secret rotate` does: a rename
+
+
+def test_a_rotated_file_is_followed_within_the_recheck_interval(tmp_path: Path) -> None:
+    path = tmp_path / "sync_secret"
+    _rotate(path, "old")
+    clock = Clock()
+    secret = SecretFile(path, recheck_s=1.0, grace_s=5.0, clock=clock)
+    assert secret.value() == "old"
+    _rotate(path, "new")
+    clock.now += 0.5
+    assert secret.value() == "old"  # not looked at again yet: one stat per second at most
+    clock.now += 0.6
+    assert secret.value() == "new"
+
+
+def test_the_checker_accepts_the_replaced_value_for_its_grace_period_only(tmp_path: Path) -> None:
+    path = tmp_path / "agents_internal_token"
+    _rotate(path, "old")
+    clock = Clock()
+    secret = SecretFile(path, recheck_s=1.0, grace_s=5.0, clock=clock)
+    assert secret.accepts("old") and not secret.accepts("new") and not secret.accepts("")
+    _rotate(path, "new")
+    clock.now += 1.0
+    assert secret.accepts("new") and secret.accepts("old")
+    clock.now += 5.1
+    assert secret.accepts("new") and not secret.accepts("old")
+    assert not secret.accepts("new-ish") and not secret.accepts("ol")
+
+
+def test_an_unreadable_file_keeps_the_value_in_hand_and_an_empty_one_accepts_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _rotate(path, "v")
+    clock = Clock()
+    secret = SecretFile(path, clock=clock)
+    path.unlink()
+    clock.now += 2
+    assert secret.value() == "v" and secret.accepts("v")
+    _rotate(path, "")
+    clock.now += 2
+    assert secret.value() == "" and not secret.accepts("")
