@@ -564,7 +564,14 @@ class TenantConfig(BaseModel):
     # Identity and places --------------------------------------------------------------------------------
     @property
     def user(self) -> str:
+        """The tenant's own OS user and group: its cluster, its data and every component but the agents."""
         return f"tenant-{self.id}"
+
+    @property
+    def agents_user(self) -> str:
+        """The agent workers' own OS user (they run third-party handlers): its own agents dir, the internal
+        token, the streams port; nothing else of the tenant. At most 32 chars with the longest tenant id."""
+        return f"t-{self.id}-agent"
 
     @property
     def root(self) -> Path:

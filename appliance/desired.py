@@ -218,14 +218,18 @@ def caddyfile(config: HostConfig) -> Managed:
 
 
 def tenant_substrate(tenant: TenantConfig) -> list[Managed]:
-    """The tenant's 0700 root and its component directories, all its own user's."""
+    """The tenant's root and its component directories, its own user's; the agents' dir the agents' user's
+    (appliance.host.users says why each mode)."""
     return [
-        directory(f"Tenant root {tenant.root} (0700)", tenant.root, "700", tenant.user, tenant.user),
+        # 0710: the agents' user (in the tenant's group) passes through to its own dir and token, lists nothing.
+        directory(f"Tenant root {tenant.root} (0710)", tenant.root, "710", tenant.user, tenant.user),
+        directory(f"Tenant dir secrets of {tenant.id}", tenant.secrets_dir, "710", tenant.user, tenant.user),
         *(directory(f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path, "700", tenant.user,
                     tenant.user)
-          for path in (tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir,
-                       tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data,
-                       tenant.backup_dir)),
+          for path in (tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,
+                       tenant.streams_data, tenant.sync_data, tenant.backup_dir)),
+        directory(f"Agents dir of {tenant.id} ({tenant.agents_user}'s)", tenant.agents_data, "2770",
+                  tenant.agents_user, tenant.agents_user),
     ]
 
 
@@ -278,11 +282,15 @@ PRIVATE_COMPONENTS = ("postgres", "streams", "sync", "agents", "identity")
 
 
 def firewall_rules(config: HostConfig, existing_users: set[str]) -> str:
-    """The host's nftables ruleset: each tenant's loopback ports answer only its own user (and root)."""
+    """The host's nftables ruleset: each tenant's loopback ports answer only its own user (and root); its streams
+    server its agents' user too."""
     # nft resolves user names when it loads the rules, so only tenants whose user exists can be listed; a
     # tenant deployed later gets its rules on that deploy.
     tenants = [
-        {"user": t.user, "ports": [t.port(c) for c in PRIVATE_COMPONENTS]}
+        {"user": t.user, "ports": [t.port(c) for c in PRIVATE_COMPONENTS if c != "streams"],
+         # The agents' own user reaches the streams server and nothing else of its tenant (appliance.host.users).
+         "streams": t.port("streams"),
+         "streams_users": [t.user, *([t.agents_user] if t.agents_user in existing_users else [])]}
         for t in config.tenants if t.user in existing_users
     ]
     store_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]

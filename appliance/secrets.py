@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pwd
 import secrets
 import string
 from pathlib import Path
@@ -37,11 +38,13 @@ def generate(kind: SecretKind) -> str:
     raise ValueError(f"unknown secret kind {kind}")
 
 
-def write_private(path: Path, content: str, uid: int, gid: int) -> None:
-    """Create `path` 0600 with `content` without a window where it is readable by others; never overwrite."""
+def write_private(path: Path, content: str, uid: int, gid: int, mode: int = 0o600) -> None:
+    """Create `path` (0600 unless said) with `content` without a window where it is readable by others; never
+    overwrite."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
         os.write(fd, content.encode() if content.endswith("\n") else (content + "\n").encode())
         os.fsync(fd)
     finally:
@@ -52,22 +55,36 @@ def missing_secrets(tenant: TenantConfig) -> list[str]:
     return [name for name in TENANT_SECRETS if not tenant.secret_path(name).is_file()]
 
 
+def secret_access(tenant: TenantConfig, name: str, uid: int, gid: int) -> tuple[int, int, int]:
+    """(mode, uid, gid) a secret file has: the tenant user's alone, but for the agents' internal token, which the
+    agents' own user reads through its group (appliance.host.users) once that user exists."""
+    if name == "agents_internal_token":
+        try:
+            return 0o640, uid, pwd.getpwnam(tenant.agents_user).pw_gid
+        except KeyError:
+            pass
+    return 0o600, uid, gid
+
+
 def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]:
     """Generate the secrets the tenant lacks; return their names (empty when nothing changed)."""
-    tenant.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tenant.secrets_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
     os.chown(tenant.secrets_dir, uid, gid)
-    os.chmod(tenant.secrets_dir, 0o700)
+    # 0710: the agents' user passes through to its token (appliance.host.users); nobody lists the names.
+    os.chmod(tenant.secrets_dir, 0o710)
     created = []
     for name in missing_secrets(tenant):
-        write_private(tenant.secret_path(name), generate(TENANT_SECRETS[name]), uid, gid)
+        mode, owner, group = secret_access(tenant, name, uid, gid)
+        write_private(tenant.secret_path(name), generate(TENANT_SECRETS[name]), owner, group, mode)
         created.append(name)
     # Secrets that exist keep their value, but their modes are re-asserted every time.
     for name in TENANT_SECRETS:
         path = tenant.secret_path(name)
         st = path.stat()
-        if st.st_mode & 0o777 != 0o600 or st.st_uid != uid:
-            os.chown(path, uid, gid)
-            os.chmod(path, 0o600)
+        mode, owner, group = secret_access(tenant, name, uid, gid)
+        if (st.st_mode & 0o777, st.st_uid, st.st_gid) != (mode, owner, group):
+            os.chown(path, owner, group)
+            os.chmod(path, mode)
     if created:
         fd = os.open(tenant.secrets_dir, os.O_RDONLY)
         try:

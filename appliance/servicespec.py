@@ -38,6 +38,9 @@ class ServiceSpec:
     # May bind ports below 1024 (the front door's 443 and 80) without running as root: CAP_NET_BIND_SERVICE
     # and no other capability, ambient for the service's user.
     bind_privileged_ports: bool = False
+    # What it creates is its own alone, unless it shares with its group on purpose (the agents, with the tenant's
+    # backups: appliance.host.users).
+    umask: str = "077"
     # Under systemd (ProtectSystem=strict) the only paths it may write; everything else is read-only to it.
     writable: tuple[Path, ...] = ()
     # systemd's MemoryMax= (from the component's `<role>_memory_max` setting); "" = no limit.

@@ -120,8 +120,9 @@ class AgentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.exists():
-            # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            # Created 0660 before SQLite opens it (its -wal and -shm files inherit the mode); the umask and the
+            # agents dir's group decide who else: the tenant's user, for backups (appliance.host.users).
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o660))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

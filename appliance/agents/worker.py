@@ -93,7 +93,7 @@ class Outcome:
 
 
 def take_lock(path: Path) -> int:
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o660)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -147,7 +147,7 @@ class Worker:
         self._runner_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self.agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.agents_dir.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._lock_fd = take_lock(self.agents_dir / LOCK_FILE)
         # Activations accepted before a crash or restart are resumed.
         for path in sorted(self.agents_dir.glob("agent-*.sqlite3")):

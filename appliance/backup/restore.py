@@ -115,6 +115,16 @@ def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
     return restored
 
 
+def _has_account(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def ensure_tenant_dirs(tenant: TenantConfig) -> None:
     """The tenant's directory skeleton (as the deploy makes it), for a tenant whose directory is gone."""
     owner = pgbackrest.tenant_ids(tenant)
@@ -410,6 +420,13 @@ def restore_in_place(
                 _copy_tree(unpacked / name, live, owner)
                 steps.append(f"{name} data restored from {descriptor.key}")
         put_back_secrets(tenant, unpacked)
+        if os.geteuid() == 0:
+            # The agents' files back to their own user, and the secret and directory modes it relies on, when
+            # the host has it (a host deployed before the split does not).
+            from appliance.host.users import ensure_users, users_ok
+
+            if not users_ok(tenant) and _has_account(tenant.agents_user):
+                steps.extend(ensure_users(tenant))
     if tenant.sync_data.is_dir():
         for child in tenant.sync_data.iterdir():
             if child.is_dir():

@@ -44,6 +44,16 @@ def secrets(tenant_id: str) -> None:
     _report(ensure_tenant_secrets(tenant, user.pw_uid, user.pw_gid), f"secrets of {tenant_id}")
 
 
+@host.command()
+@click.argument("tenant_id")
+def users(tenant_id: str) -> None:
+    """The OS users inside the tenant: the agents' own (appliance.host.users), its files and groups."""
+    from appliance.host.users import ensure_users
+
+    _, tenant = load_tenant(tenant_id)
+    _report(ensure_users(tenant), f"OS users of {tenant_id}")
+
+
 @host.command("postgres-init")
 @click.argument("tenant_id")
 def postgres_init(tenant_id: str) -> None:

@@ -12,7 +12,7 @@ from pyinfra.operations import server
 from appliance import desired
 from appliance.config import HostConfig, TenantConfig
 from appliance.deploys.application import tenant_application
-from appliance.deploys.facts import appliance_facts, host_command, tenants_with_users
+from appliance.deploys.facts import appliance_facts, host_command, host_step, tenants_with_users
 from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.postgres import tenant_postgres
 from appliance.deploys.sync import tenant_sync
@@ -32,6 +32,9 @@ def tenant_secrets(config: HostConfig, tenant: TenantConfig):
 @deploy("Tenant substrate")
 def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
     os_user(name=f"OS user {tenant.user}", user=tenant.user, home=str(tenant.root))
+    # The agents' own user before the directories that name it.
+    host_step(name=f"OS users inside {tenant.id}", config=config, tenant=tenant, step="users", fact="users_ok",
+              current=f"{tenant.agents_user} and its files are as they should be")
     apply_desired(desired.tenant_substrate(tenant))
     tenant_secrets(name=f"Secrets of {tenant.id}", config=config, tenant=tenant)
     # What the tenant's own services read (they cannot read host.json): a tenant new to this host gets it here,

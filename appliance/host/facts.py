@@ -45,7 +45,10 @@ def tenant_local_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]
     """What the tenant's files, Postgres and pgBackRest say."""
     missing = _missing(tenant)
     initialized = postgres.is_initialized(tenant)
+    from appliance.host.users import users_ok
+
     return {
+        "users_ok": users_ok(tenant),
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),

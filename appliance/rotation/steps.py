@@ -41,8 +41,12 @@ def _owner(tenant: TenantConfig) -> tuple[int, int]:
 
 
 def write_secret(tenant: TenantConfig, name: str, value: str) -> None:
-    """Replace a secret file in one rename: readers see the old value or the new one, never a torn file."""
-    write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), 0o600, _owner(tenant))
+    """Replace a secret file in one rename: readers see the old value or the new one, never a torn file (with
+    the mode and owners the deploy gives it)."""
+    from appliance.secrets import secret_access
+
+    mode, uid, gid = secret_access(tenant, name, *_owner(tenant))
+    write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), mode, (uid, gid))
 
 
 def restart(host: HostConfig, tenant: TenantConfig, components: tuple[str, ...], say: Say) -> list[str]:

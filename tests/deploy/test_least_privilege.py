@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import os
+import pwd
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from appliance.config import DB_ROLES, LOGIN_ROLES, HostConfig
+from appliance.config import DB_ROLES, LOGIN_ROLES, TENANT_SECRETS, HostConfig
 from tests.support.deployment import status_json
+from tests.support.isolation import _PROBE, as_user
 
 pytestmark = [
     pytest.mark.deploy,
@@ -47,5 +50,40 @@ def test_status_says_which_os_user_each_component_runs_as(deployed: HostConfig) 
     assert code == 0
     for tenant_id, data in report["tenants"].items():
         users = {name: c.get("user") for name, c in data["components"].items() if c.get("pid")}
+        assert users.pop("agents") == f"t-{tenant_id}-agent"
         assert users and all(user == f"tenant-{tenant_id}" for user in users.values()), users
+        # and it is who the process really is
+        pid = data["components"]["agents"]["pid"]
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        uid = int(next(line for line in status if line.startswith("Uid:")).split()[1])
+        assert pwd.getpwuid(uid).pw_name == f"t-{tenant_id}-agent"
     assert report["host"]["components"]["frontdoor"]["user"] == deployed.frontdoor_user
+
+
+def test_the_agents_user_reaches_its_token_and_the_streams_server_and_nothing_else(deployed: HostConfig) -> None:
+    """What a handler plugin could try, as the agents' OS user: every other secret, the tenant's other data, its
+    other ports (Postgres under any role), another component's process, the other tenant."""
+    tenant, other = deployed.tenant("acme"), deployed.tenant("globex")
+    who = tenant.agents_user
+    assert as_user(who, "cat", str(tenant.secret_path("agents_internal_token"))).returncode == 0
+    assert as_user(who, "ls", str(tenant.agents_data)).returncode == 0
+    for name in TENANT_SECRETS:
+        if name != "agents_internal_token":
+            denied = as_user(who, "cat", str(tenant.secret_path(name)))
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr, name
+    assert as_user(who, "cat", str(other.secret_path("agents_internal_token"))).returncode != 0
+    for path in (tenant.root, tenant.secrets_dir, tenant.pg_data.parent, tenant.streams_data, tenant.backup_dir,
+                 tenant.logs_dir, other.root):
+        denied = as_user(who, "ls", str(path))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, path
+    assert as_user(who, "/usr/bin/python3", "-c", _PROBE, str(tenant.port("streams"))).stdout.startswith("open")
+    for component in ("postgres", "sync", "identity", "agents"):
+        probe = as_user(who, "/usr/bin/python3", "-c", _PROBE, str(tenant.port(component)))
+        assert probe.stdout.startswith("refused"), (component, probe.stdout, probe.stderr)
+    assert as_user(who, "/usr/bin/python3", "-c", _PROBE, str(other.port("streams"))).stdout.startswith("refused")
+    # Signals to the tenant's other processes (and so ptrace, /proc/<pid>/environ) are refused.
+    _, report = status_json()
+    gateway = report["tenants"]["acme"]["components"]["gateway"]["pid"]
+    denied = as_user(who, "kill", "-0", str(gateway))
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
+    assert as_user(who, "cat", f"/proc/{gateway}/environ").returncode != 0

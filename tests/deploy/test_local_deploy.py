@@ -166,15 +166,18 @@ def test_no_tenant_service_listens_on_a_non_loopback_address(deployed: HostConfi
 
 
 def test_secrets_are_0600_and_owned_by_their_tenant(deployed: HostConfig) -> None:
+    """All but the agents' internal token, which the agents' own user reads through its group (0640)."""
     import pwd
 
     for tenant in deployed.tenants:
         uid = pwd.getpwnam(tenant.user).pw_uid
-        assert stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o710
         for name in TENANT_SECRETS:
             st = tenant.secret_path(name).stat()
-            assert stat.S_IMODE(st.st_mode) == 0o600, name
+            shared = name == "agents_internal_token"
+            assert stat.S_IMODE(st.st_mode) == (0o640 if shared else 0o600), name
             assert st.st_uid == uid, name
+            assert st.st_gid == pwd.getpwnam(tenant.agents_user if shared else tenant.user).pw_gid, name
 
 
 def _secret_values(host: HostConfig) -> dict[str, str]:

@@ -18,7 +18,8 @@ def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def cannot_read_directory(attacker: TenantConfig, victim: TenantConfig) -> None:
-    assert stat.S_IMODE(victim.root.stat().st_mode) == 0o700
+    # 0710: the victim's own group (its agents' user) may pass through, the attacker is not in it.
+    assert stat.S_IMODE(victim.root.stat().st_mode) == 0o710
     denied = as_user(attacker.user, "ls", str(victim.root))
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
     denied = as_user(attacker.user, "cat", str(victim.secret_path("db_gateway_password")))

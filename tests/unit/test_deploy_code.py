@@ -72,11 +72,15 @@ def test_supervisor_and_systemd_render_the_same_spec() -> None:
 
 
 def test_every_tenant_service_runs_as_the_tenant_user_on_loopback() -> None:
+    """All but the agent workers, which run third-party handlers under their own user, in their own dir."""
     host = host_config("@local", {"tenants": {"acme": {"slot": 1}, "globex": {"slot": 2}}})
     for spec in host_services(host):
         if spec.tenant:
-            assert spec.user == f"tenant-{spec.tenant}"
-            assert spec.working_dir == host.tenant(spec.tenant).root
+            tenant = host.tenant(spec.tenant)
+            agents = spec.component == "agents"
+            assert spec.user == (f"t-{spec.tenant}-agent" if agents else f"tenant-{spec.tenant}")
+            assert spec.working_dir == (tenant.agents_data if agents else tenant.root)
+            assert spec.umask == ("007" if agents else "077")
             assert "0.0.0.0" not in " ".join(spec.command)
 
 
