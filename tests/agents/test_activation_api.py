@@ -186,14 +186,14 @@ def test_the_worker_listens_on_loopback_only(stack: AgentStack) -> None:
                    if ":" in addr)
 
 
-def test_service_spec_runs_the_worker_as_the_tenant_on_its_port(stack: AgentStack) -> None:
+def test_service_spec_runs_the_worker_as_its_own_user_on_its_port(stack: AgentStack) -> None:
     spec = agents_service(stack.tenant)
     assert spec.name == "appliance-acme-agents" and spec.component == "agents"
     assert spec.command[-4:] == ("agents", "serve", "--tenant", "acme")
     assert spec.command[0].endswith("/venv/bin/appliance")
-    assert spec.user == "tenant-acme" and spec.port == stack.tenant.port("agents")
+    assert spec.user == "t-acme-agent" and spec.port == stack.tenant.port("agents")
     assert (spec.probe, spec.probe_path) == ("http", "/healthz")
-    assert spec.working_dir == stack.tenant.root and spec.log_file == stack.tenant.log_file("agents")
+    assert spec.working_dir == stack.tenant.agents_data and spec.log_file == stack.tenant.log_file("agents")
     assert not any("token" in value.lower() or "secret" in value.lower()
                    for value in (*spec.command, *spec.environment.values()))
     by_name = {spec.name: spec for spec in tenant_services(stack.tenant, "abc123")}

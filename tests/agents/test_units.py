@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,15 @@ def store(tmp_path: Path) -> AgentStore:
 # -- the store -----------------------------------------------------------------------------------------------
 
 
-def test_the_store_file_is_private_and_named_by_the_agent(tmp_path: Path) -> None:
+def test_the_store_file_is_shared_with_its_group_alone_and_named_by_the_agent(tmp_path: Path) -> None:
+    """0660: the agents' dir's group is the tenant's user, whose backups read it (appliance.host.users); with
+    the deployed umask (007) nobody else gets a bit."""
     agent = uuid.uuid4()
     path = store_path(tmp_path, agent)
     assert path == tmp_path / f"agent-{agent}.sqlite3"
     AgentStore(path).close()
-    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o007 == 0
+    assert path.stat().st_mode & 0o660 == 0o660 & ~os.umask(os.umask(0))
     with pytest.raises(ValueError):
         store_path(tmp_path, "../../etc/passwd")  # type: ignore[arg-type]
 
