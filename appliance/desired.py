@@ -2,7 +2,7 @@
 owner, group, mode, content), computed from the resolved host config.
 
 Both deploy tools apply these same lists: pyinfra through `appliance/deploys/managed.py`, Ansible through the
-`appliance_paths` module (`library/`, fed by the `appliance_desired` action on the controller). So a setting
+`appliance_paths` module (`library/`, fed by the `appliance_role` action on the controller). So a setting
 reaches a file the same way in both: inventory -> `HostConfig` -> one function here -> the file on the host.
 Nothing here touches a host.
 """

@@ -120,3 +120,45 @@ def hosts_line_command(name: str, address: str) -> str:
 def resolves_command(name: str) -> str:
     """The addresses `name` resolves to, one a line (what `hosts_line_command` is needed for)."""
     return f"getent ahostsv4 {shlex.quote(name)} | awk '{{print $1}}' | sort -u"
+
+
+# -- slow facts started in the background on the host, collected later ------------------------------------------
+# pyinfra's StartEarly/collect_early (appliance/deploys/facts.py) and Ansible's plan and common role
+# (action_plugins/) start the host's report with these same commands while the controller plans.
+
+EARLY_DIR = "/tmp/appliance-facts."
+EARLY_WAIT_S = 60
+
+
+def start_early_command(commands: tuple[str, ...] | list[str]) -> str:
+    """Start `commands` in the background on the host and return at once, printing a fresh directory (0700) where
+    each one's output and exit status will be (`collect_early_command`)."""
+    lines = [
+        # Left behind only by a run that stopped before it collected them.
+        f"find /tmp -maxdepth 1 -name '{Path(EARLY_DIR).name}*' -mmin +30 -exec rm -rf {{}} + 2>/dev/null",
+        f'd=$(mktemp -d {EARLY_DIR}XXXXXX) || exit 1',
+    ]
+    lines += [f'( ( {command}\n) > "$d/{i}" 2>/dev/null; echo $? > "$d/{i}.tmp"; mv "$d/{i}.tmp" "$d/{i}.rc" )'
+              f' </dev/null >/dev/null 2>&1 & echo $! > "$d/{i}.pid"' for i, command in enumerate(commands)]
+    lines.append('echo "$d"')
+    return "\n".join(lines)
+
+
+def early_directory(output: str) -> str:
+    """The directory `start_early_command` printed ('' when it could not make one)."""
+    lines = output.strip().splitlines()
+    directory = lines[-1].strip() if lines else ""
+    return directory if directory.startswith(EARLY_DIR) else ""
+
+
+def collect_early_command(directory: str, index: int, command: str) -> str:
+    """The output and exit status of a command `start_early_command` started, once it ends; the command itself,
+    run now, when it ended without a status (killed: a hangup of the session that started it), its directory is
+    gone (a cleaner of /tmp), or it did not end in time."""
+    out, rc = shlex.quote(f"{directory}/{index}"), shlex.quote(f"{directory}/{index}.rc")
+    pid = shlex.quote(f"{directory}/{index}.pid")
+    return (
+        f"n=0; while [ ! -e {rc} ] && kill -0 \"$(cat {pid} 2>/dev/null)\" 2>/dev/null "
+        f"&& [ $n -lt {EARLY_WAIT_S * 50} ]; do sleep 0.02; n=$((n+1)); done; "
+        f"if [ -e {rc} ]; then cat {out}; exit \"$(cat {rc})\"; fi\n{command}"
+    )

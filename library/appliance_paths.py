@@ -1,7 +1,7 @@
 #!/usr/bin/python
 """Ansible module: directories and files with exactly this owner, group, mode and content.
 
-The list comes from `appliance.desired` (through the `appliance_desired` action on the controller), the same
+The list comes from `appliance.desired` (through the `appliance_role` action on the controller), the same
 list pyinfra applies; this module only brings the host to it, and says what it changed. Standard library only:
 it runs with the host's own python3, before the appliance is installed there.
 """

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pyinfra import host, state
@@ -23,6 +22,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.host import Host
 
 from appliance.config import HostConfig, TenantConfig
+from appliance.install_steps import collect_early_command, early_directory, start_early_command
 from appliance.servicespec import venv_bin
 from appliance.supervision import SUPERVISORD_SHUTTING_DOWN
 
@@ -146,42 +146,23 @@ class Batch(FactBase[list[tuple[int, list[str]]]]):
         return results
 
 
-_EARLY_DIR = "/tmp/appliance-facts."
-_EARLY_WAIT_S = 60
-
-
 class StartEarly(FactBase[str]):
     """Start commands in the background on the host and return at once: each one's output and exit status go to
     a fresh directory (0700, printed), where `collect_early` finds them. For the slow facts (a Python start each),
-    so they run while the controller is still reading deploy.py."""
+    so they run while the controller is still reading deploy.py. (`install_steps.start_early_command`: Ansible's
+    plan starts the host's report with the same command.)"""
 
     def command(self, commands: tuple[str, ...]) -> str:
-        lines = [
-            # Left behind only by a run that stopped before its first operation.
-            f"find /tmp -maxdepth 1 -name '{Path(_EARLY_DIR).name}*' -mmin +30 -exec rm -rf {{}} + 2>/dev/null",
-            f'd=$(mktemp -d {_EARLY_DIR}XXXXXX) || exit 1',
-        ]
-        lines += [f'( ( {command}\n) > "$d/{i}" 2>/dev/null; echo $? > "$d/{i}.tmp"; mv "$d/{i}.tmp" "$d/{i}.rc" )'
-                  f' </dev/null >/dev/null 2>&1 & echo $! > "$d/{i}.pid"' for i, command in enumerate(commands)]
-        lines.append('echo "$d"')
-        return "\n".join(lines)
+        return start_early_command(commands)
 
     def process(self, output: list[str]) -> str:
-        directory = output[-1].strip() if output else ""
-        return directory if directory.startswith(_EARLY_DIR) else ""
+        return early_directory("\n".join(output))
 
 
 def collect_early(directory: str, index: int, command: str) -> str:
-    """The output and exit status of a command `StartEarly` started, once it ends; the command itself, run now,
-    when it ended without a status (killed: a hangup of the session that started it), its directory is gone (a
-    cleaner of /tmp), or it did not end in time."""
-    out, rc = shlex.quote(f"{directory}/{index}"), shlex.quote(f"{directory}/{index}.rc")
-    pid = shlex.quote(f"{directory}/{index}.pid")
-    return (
-        f"n=0; while [ ! -e {rc} ] && kill -0 \"$(cat {pid} 2>/dev/null)\" 2>/dev/null "
-        f"&& [ $n -lt {_EARLY_WAIT_S * 50} ]; do sleep 0.02; n=$((n+1)); done; "
-        f"if [ -e {rc} ]; then cat {out}; exit \"$(cat {rc})\"; fi\n{command}"
-    )
+    """`install_steps.collect_early_command`: the output of a command `StartEarly` started, once it ends (or the
+    command itself, run now, when that cannot be had)."""
+    return collect_early_command(directory, index, command)
 
 
 FactKey = tuple[type[FactBase[Any]], tuple[tuple[str, Hashable], ...]]
