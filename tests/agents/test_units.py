@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import os
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
