@@ -281,11 +281,13 @@ class ActionModule(ActionBase):
         self._paths("Front door state, Caddy's own state, the sockets' and log directories", "frontdoor_base")
 
     def _tenants(self) -> None:
-        """Each selected tenant's stack on its own substrate (appliance/deploys/tenant.py): its OS user, 0700 root
+        """Each selected tenant's stack on its own substrate (appliance/deploys/tenant.py): its OS users, root
         and secrets, then its Postgres, its sync engine, its identity plane and its services."""
         plan = self._plan
         for tenant in plan["selected"]:
             self._user(plan["users"][tenant], plan["tenant_roots"][tenant])
+            # The agents' own user before the directories that name it (appliance/host/users.py).
+            self._host_step(f"OS users inside {tenant}", "users", "users_ok", tenant)
             self._paths(f"Tenant root and directories of {tenant}", "tenant", tenant)
             self._command(f"Secrets of {tenant} (generated on the host the first time, reused ever after)",
                           self._appliance("secrets", tenant),
