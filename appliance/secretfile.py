@@ -3,9 +3,10 @@
 A leaf (standard library only): the sync engine's process, the agents and the gateway import it on their serving
 paths. `appliance secret rotate` replaces a secret file by renaming a new one into place
 (appliance.objectstore.files.write_atomic), so a changed inode or mtime is a new value. The two sides of a shared
-secret notice it each on its own schedule (at most `recheck_s` apart); the side that checks keeps accepting the
-value it replaced for `grace_s` after it noticed, so the side that presents it is never refused in between, and
-after that the old value is refused.
+secret notice it each on its own schedule (a reader that has not looked for `recheck_s` looks at its next use); the
+side that checks keeps accepting the value it replaced until `grace_s` after the file changed (its mtime), so the
+side that presents it is never refused in between, and from then on the old value is refused, however late the
+checking side noticed.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ GRACE_S = 5.0
 
 class SecretFile:
     def __init__(self, path: Path | str, *, recheck_s: float = RECHECK_S, grace_s: float = GRACE_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.recheck_s = recheck_s
         self.grace_s = grace_s
         self._now = clock
         self._signature = self._stat()
         self._value = self._read()
+        # Wall-clock time (the file's mtime is): a clock step shifts one recheck or one grace period, no more.
         self._checked = self._now()
         self._previous: str | None = None
         self._previous_until = 0.0
@@ -59,7 +61,7 @@ class SecretFile:
             return
         self._signature = signature
         if value != self._value:
-            self._previous, self._previous_until = self._value, now + self.grace_s
+            self._previous, self._previous_until = self._value, signature[1] / 1e9 + self.grace_s
             self._value = value
             log.info("secret file %s changed: using the new value", self.path)
 

@@ -10,8 +10,12 @@ from appliance.secretfile import SecretFile
 
 
 class Clock:
+    """Wall-clock time under the test's control, starting now (the grace period runs from the file's mtime)."""
+
     def __init__(self) -> None:
-        self.now = 100.0
+        import time
+
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -41,11 +45,23 @@ def test_the_checker_accepts_the_replaced_value_for_its_grace_period_only(tmp_pa
     secret = SecretFile(path, recheck_s=1.0, grace_s=5.0, clock=clock)
     assert secret.accepts("old") and not secret.accepts("new") and not secret.accepts("")
     _rotate(path, "new")
-    clock.now += 1.0
+    changed = path.stat().st_mtime
+    clock.now = changed + 1.1  # mtimes come from a coarser clock than time.time()
     assert secret.accepts("new") and secret.accepts("old")
-    clock.now += 5.1
+    clock.now = changed + 5.1
     assert secret.accepts("new") and not secret.accepts("old")
     assert not secret.accepts("new-ish") and not secret.accepts("ol")
+
+
+def test_a_checker_that_notices_late_refuses_the_old_value_at_once(tmp_path: Path) -> None:
+    """The grace runs from the change, not from when a reader that was idle first looks again."""
+    path = tmp_path / "agents_internal_token"
+    _rotate(path, "old")
+    clock = Clock()
+    secret = SecretFile(path, recheck_s=1.0, grace_s=5.0, clock=clock)
+    _rotate(path, "new")
+    clock.now = path.stat().st_mtime + 60
+    assert not secret.accepts("old") and secret.accepts("new")
 
 
 def test_an_unreadable_file_keeps_the_value_in_hand_and_an_empty_one_accepts_nothing(tmp_path: Path) -> None:
