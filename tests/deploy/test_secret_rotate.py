@@ -164,8 +164,12 @@ def test_every_secret_rotates_under_load_and_the_old_value_is_refused(deployed: 
     assert len(ids) == len(set(ids)), "an entry was appended twice"
     verify = appliance("audit", "verify", TENANT)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    print(f"{load.requests} requests, {len(load.failed)} failed, in windows: "
-          + ", ".join(f"{n} {e - s:.1f}s" for n, (s, e, _) in windows.items()))
+    failed_in = {name: [f for f in load.failed if start <= f[0] <= end] for name, (start, end, _) in windows.items()}
+    print(f"{load.requests} requests, {len(load.failed)} failed; per rotation (command time, failed requests, "
+          "what failed): " + "; ".join(
+              f"{n} {e - s:.1f}s {len(failed_in[n])}" + (f" ({', '.join(sorted({f[1] + ' ' + f[2][:3] for f in failed_in[n]}))})"
+                                                       if failed_in[n] else "")
+              for n, (s, e, _) in windows.items()))
 
 
 def test_rotate_refuses_bad_input_and_changes_nothing(deployed: HostConfig) -> None:
