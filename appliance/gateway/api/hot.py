@@ -98,9 +98,10 @@ class HotPaths:
     def __init__(self, app: ASGIApp, gateway: Gateway, handlers: Mapping[Any, Any]) -> None:
         self.app = app
         self.gateway = gateway
-        # The app's exception handlers (FastAPI's dict, filled by install_error_handlers): 500/Exception belong to
-        # ServerErrorMiddleware, which sees whatever is raised from here.
-        self.handlers = handlers
+        # The app's exception handlers (install_error_handlers) by exception class, as ExceptionMiddleware has them;
+        # the one for everything else (500) is ServerErrorMiddleware's, which sees whatever is raised from here.
+        self.handlers = {key: handler for key, handler in handlers.items()
+                         if not isinstance(key, int) and key is not Exception}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -138,7 +139,7 @@ class HotPaths:
             await handling(sending)
         except Exception as exc:
             handler = _lookup_exception_handler(self.handlers, exc)  # type: ignore[arg-type]
-            if handler is None or handler is self.handlers.get(Exception) or started:
+            if handler is None or started:
                 raise
             response = await handler(Request(scope, receive), exc)
             await response(scope, receive, send)
