@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
 from appliance.config import TenantConfig, load_tenant
+from appliance.gateway.api.hot import HotPaths
 from appliance.gateway.api.routes import (
     agents,
     api_keys,
@@ -74,6 +75,8 @@ def create_app(tenant: TenantConfig) -> FastAPI:
     for module in (shapes, threads, health, auth, login, me, houses, members, environments, agents, configs, secrets,
                    invites, api_keys):
         app.include_router(module.router)
+    # Innermost of the app's middleware: the hot requests, answered without the router (appliance/gateway/api/hot.py).
+    app.add_middleware(HotPaths, gateway=gateway, handlers=app.exception_handlers)
     app.add_middleware(BodySizeLimit, max_bytes=tenant.gateway.max_body_bytes)
     if tenant.gateway.cors_origins:
         # Credentials allowed (bearer tokens, and the login cookie), so origins are listed, never '*'.

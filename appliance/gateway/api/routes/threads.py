@@ -7,6 +7,7 @@ through the gateway (membership checked, stream server hidden) with the protocol
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,9 +18,11 @@ from appliance.audit.chain import AuditEvent
 from appliance.gateway.api.crud import insert_row, load_for_role, row_json, soft_delete, update_row, written
 from appliance.gateway.api.deps import CurrentPrincipal, GatewayDep
 from appliance.gateway.core.errors import ApiError, error_responses, not_found
-from appliance.gateway.domain.access import Refused, require, write_transaction
+from appliance.gateway.domain.access import Principal, Refused, require, write_transaction
+from appliance.gateway.domain.entries import EntryOutcome
 from appliance.gateway.domain.models import EntryCreate, EntryResult, ThreadCreate, ThreadUpdate, WriteResult
 from appliance.gateway.proxy import forwarded_headers, proxy_get
+from appliance.gateway.runtime import Gateway
 from appliance.gateway.streams import StreamError, stream_path
 
 router = APIRouter(prefix="/api/threads", tags=["threads"], responses=error_responses(401, 403, 404, 422, 429))
@@ -27,6 +30,7 @@ router = APIRouter(prefix="/api/threads", tags=["threads"], responses=error_resp
 # Offsets are "-1", "now" or "<digits>_<digits>"; cursors are opaque tokens of the server.
 OFFSET_PATTERN = r"^(-1|now|[0-9]{1,20}_[0-9]{1,20})$"
 CURSOR_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+LIVE_PATTERN = r"^(long-poll|sse)$"
 
 
 @router.post("", status_code=201, response_model=WriteResult, responses=error_responses(409, 503))
@@ -77,8 +81,12 @@ async def delete_thread(thread_id: uuid.UUID, principal: CurrentPrincipal, gatew
 async def post_entry(thread_id: uuid.UUID, body: EntryCreate, principal: CurrentPrincipal,
                      gateway: GatewayDep) -> Response:
     outcome = await gateway.entries.post(principal, thread_id, body)
-    return JSONResponse({"data": outcome.as_json(), "duplicate": outcome.duplicate},
-                        status_code=200 if outcome.duplicate else 201)
+    return JSONResponse(entry_answer(outcome), status_code=200 if outcome.duplicate else 201)
+
+
+def entry_answer(outcome: EntryOutcome) -> dict[str, Any]:
+    """The body of an entry's answer (201, or 200 for a retry): the route's and the hot path's."""
+    return {"data": outcome.as_json(), "duplicate": outcome.duplicate}
 
 
 @router.get("/{thread_id}/stream", response_class=Response,
@@ -89,9 +97,16 @@ async def post_entry(thread_id: uuid.UUID, body: EntryCreate, principal: Current
 async def read_stream(
     request: Request, thread_id: uuid.UUID, principal: CurrentPrincipal, gateway: GatewayDep,
     offset: Annotated[str, Query(pattern=OFFSET_PATTERN)] = "-1",
-    live: Annotated[str | None, Query(pattern=r"^(long-poll|sse)$")] = None,
+    live: Annotated[str | None, Query(pattern=LIVE_PATTERN)] = None,
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
 ) -> Response:
+    return await stream_read(gateway, principal, thread_id, offset, live, cursor, request.headers)
+
+
+async def stream_read(gateway: Gateway, principal: Principal, thread_id: uuid.UUID, offset: str, live: str | None,
+                      cursor: str | None, request_headers: Mapping[str, str]) -> Response:
+    """A thread stream read for an authenticated caller with valid parameters: membership (404 otherwise, audited),
+    the read grant, then the streams server's answer passed through (the route's and the hot path's)."""
     subject = f"thread:{thread_id}"
     house_id = await gateway.access.thread_house(thread_id)
     if house_id is None or house_id not in await gateway.access.roles(principal.id):
@@ -110,7 +125,7 @@ async def read_stream(
     read_timeout = None if live == "sse" else gateway.settings.streams_long_poll_s + 15
     for attempt in range(2):
         response = await proxy_get(
-            gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request.headers),
+            gateway.streams.upstream, stream_path(thread_id), params, forwarded_headers(request_headers),
             read_timeout, "streams server", open_ended=live == "sse",
         )
         if response.status_code != 404 or attempt:
