@@ -1,8 +1,11 @@
 """What the benchmarks measure with, defined once so their figures mean the same thing.
 
 - `percentile`: nearest rank (the value at rank ceil(p/100 × n)), the definition every p50/p99 printed uses;
-- `cpu_seconds`: user + system CPU of a process and its direct children still running, from /proc;
-- `machine_cpu_seconds`: CPU time every CPU of the machine spent busy (any process, the kernel), from /proc/stat;
+- `cpu_seconds`: CPU time of a process (all its threads, those that ended too) and of its direct children still
+  running, in nanoseconds (the kernel's per-process CPU clock, what clock_gettime(CLOCK_PROCESS_CPUTIME_ID) reads
+  in the process itself), not in /proc/<pid>/stat's clock ticks: a ratio of two small figures is not quantised;
+- `machine_cpu_seconds`: CPU time every CPU of the machine spent busy (any process, the kernel), from /proc/stat,
+  in clock ticks: `MACHINE_TICK_ERROR` bounds the error of a difference of two readings;
 - `rss_bytes` / `tree_memory`: resident memory of a process, and RSS and PSS of a whole process tree.
 """
 
@@ -10,9 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+# The busy fields of /proc/stat's cpu line (user, nice, system, irq, softirq, steal): the kernel keeps them in ns and
+# prints each rounded down to a tick, so a difference of two readings is off by less than a tick per field.
+_BUSY_FIELDS = 6
+MACHINE_TICK_ERROR = _BUSY_FIELDS / _TICKS
+_CPUCLOCK_SCHED = 2  # the kernel's encoding of another process's CPU clock: MAKE_PROCESS_CPUCLOCK(pid, SCHED)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -27,17 +36,22 @@ def _stat_fields(proc: Path) -> list[str]:
     return (proc / "stat").read_text().rsplit(")", 1)[1].split()
 
 
+def process_cpu_ns(pid: int) -> int:
+    """CPU time so far of process `pid`, all its threads (live or ended), in ns: its CPU clock (as
+    clock_getcpuclockid(pid) names it; Python has no binding, the id is the kernel's encoding)."""
+    return time.clock_gettime_ns((~pid << 3) | _CPUCLOCK_SCHED)
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU so far of `pid` and its children (uvicorn workers, Postgres backends)."""
-    total = 0.0
+    """CPU so far of `pid` and its children still running (uvicorn workers, Postgres backends), ns resolution."""
+    total = 0
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = _stat_fields(proc)
-        except OSError:
+            if proc.name == str(pid) or _stat_fields(proc)[1] == str(pid):
+                total += process_cpu_ns(int(proc.name))
+        except OSError:  # gone meanwhile
             continue
-        if proc.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
-    return total
+    return total / 1e9
 
 
 def machine_cpu_seconds() -> float:
