@@ -172,3 +172,28 @@ def test_every_secret_rotates_under_load_and_the_old_value_is_refused(deployed: 
 
     print(f"{load.requests} requests, {len(load.failed)} failed; per rotation (command time, failed requests): "
           + "; ".join(summary(n, e - s) for n, (s, e, _) in windows.items()))
+
+
+def test_rotate_refuses_bad_input_and_changes_nothing(deployed: HostConfig) -> None:
+    tenant = deployed.tenant(TENANT)
+    before = {name: tenant.read_secret(name) for rotation in ROTATIONS.values() for name in rotation.secret_files}
+    unknown_tenant = appliance("secret", "rotate", "nosuchtenant", "sync_secret")
+    assert unknown_tenant.returncode == 2 and "nosuchtenant" in unknown_tenant.stderr
+    unknown_secret = appliance("secret", "rotate", TENANT, "root_password")
+    assert unknown_secret.returncode == 2 and "unknown secrets ['root_password']" in unknown_secret.stderr
+    assert appliance("secret", "rotate", TENANT).returncode == 2
+    assert appliance("secret", "rotate", TENANT, "sync_secret", "--all").returncode == 2
+    cipher = appliance("secret", "rotate", TENANT, "backup_cipher_passphrase")
+    assert cipher.returncode == 1 and "pgBackRest encrypts a repository" in cipher.stderr
+    after = {name: tenant.read_secret(name) for name in before}
+    assert after == before
+    listing = appliance("secret", "list", TENANT)
+    assert listing.returncode == 0
+    assert all(value not in listing.stdout for value in before.values())
+    assert "backup_cipher_passphrase" in listing.stdout
+
+
+def test_every_secret_file_has_a_rotation() -> None:
+    from appliance.rotation.plan import covers_every_secret
+
+    assert covers_every_secret()
