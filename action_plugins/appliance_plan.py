@@ -24,7 +24,9 @@ class ActionModule(ActionBase):
     def _ask(self, *commands: str) -> list[str]:
         """Each command's stdout, from one round trip (they run in order)."""
         joined = f"; echo {_MARK}; ".join(f"{{ {command}\n}}" for command in commands)
-        answer = self._low_level_execute_command(joined)
+        # Not "sudoable": over SSH that asks for a pseudo-terminal (-tt), which turns every "\n" of the answer
+        # into "\r\n" and so hides the marks (nothing here needs become).
+        answer = self._low_level_execute_command(joined, sudoable=False)
         parts = str(answer.get("stdout", "")).split(_MARK + "\n")
         if len(parts) != len(commands):
             raise AnsibleError(f"appliance_plan: {len(commands)} questions, {len(parts)} answers (exit "

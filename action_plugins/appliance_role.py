@@ -83,7 +83,9 @@ class ActionModule(ActionBase):
 
     def _run(self, name: str, command: str) -> str:
         """`command` on the host now (a shell line, even in check mode: callers decide), its stdout."""
-        answer = self._low_level_execute_command(command)
+        # Not "sudoable": over SSH that adds a pseudo-terminal (-tt), whose "\r\n" line ends would end up in the
+        # values read (S3 keys among them); nothing here needs become.
+        answer = self._low_level_execute_command(command, sudoable=False)
         if answer.get("rc") != 0:
             said = (str(answer.get("stderr", "")) + str(answer.get("stdout", "")))[-2000:]
             raise StepFailed(f"{name}: `{command}` exited {answer.get('rc')}: {said}")
