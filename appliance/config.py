@@ -406,6 +406,7 @@ class ObjectStoreSettings(_Settings):
     ca_file: str
     bind_address: str
     dns_name: str = Field(pattern=r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)?$")
+    max_volumes: int = Field(ge=16, le=100000)
 
     @model_validator(mode="after")
     def _external_needs_endpoint(self) -> ObjectStoreSettings:

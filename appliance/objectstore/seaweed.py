@@ -135,6 +135,8 @@ def weed_argv(host: HostConfig, weed: Path | None = None, *, admin_port: int | N
         f"-master.port={ports['master']}",
         f"-master.port.grpc={ports['master-grpc']}",
         f"-volume.port={ports['volume']}",
+        # Not weed's auto limit (free disk / volume size, computed at start): every bucket needs volumes of its own.
+        f"-volume.max={settings.max_volumes}",
         f"-volume.port.grpc={ports['volume-grpc']}",
         f"-filer.port={ports['filer']}",
         f"-filer.port.grpc={ports['filer-grpc']}",
