@@ -220,10 +220,12 @@ def caddyfile(config: HostConfig) -> Managed:
 def tenant_substrate(tenant: TenantConfig) -> list[Managed]:
     """The tenant's root and its component directories, its own user's; the agents' dir the agents' user's
     (appliance.host.users says why each mode)."""
+    from appliance.secrets import PASS_THROUGH_MODE
+
+    through = f"{PASS_THROUGH_MODE:o}"
     return [
-        # 0710: the agents' user (in the tenant's group) passes through to its own dir and token, lists nothing.
-        directory(f"Tenant root {tenant.root} (0710)", tenant.root, "710", tenant.user, tenant.user),
-        directory(f"Tenant dir secrets of {tenant.id}", tenant.secrets_dir, "710", tenant.user, tenant.user),
+        directory(f"Tenant root {tenant.root} (0{through})", tenant.root, through, tenant.user, tenant.user),
+        directory(f"Tenant dir secrets of {tenant.id}", tenant.secrets_dir, through, tenant.user, tenant.user),
         *(directory(f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path, "700", tenant.user,
                     tenant.user)
           for path in (tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,

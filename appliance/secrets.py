@@ -55,10 +55,16 @@ def missing_secrets(tenant: TenantConfig) -> list[str]:
     return [name for name in TENANT_SECRETS if not tenant.secret_path(name).is_file()]
 
 
+# The tenant root and its secrets dir: the agents' user (in the tenant's group) passes through to its own dir and
+# token, nobody but the tenant's user lists them (appliance.host.users).
+PASS_THROUGH_MODE = 0o710
+AGENTS_TOKEN = "agents_internal_token"
+
+
 def secret_access(tenant: TenantConfig, name: str, uid: int, gid: int) -> tuple[int, int, int]:
     """(mode, uid, gid) a secret file has: the tenant user's alone, but for the agents' internal token, which the
     agents' own user reads through its group (appliance.host.users) once that user exists."""
-    if name == "agents_internal_token":
+    if name == AGENTS_TOKEN:
         try:
             return 0o640, uid, pwd.getpwnam(tenant.agents_user).pw_gid
         except KeyError:
@@ -68,10 +74,9 @@ def secret_access(tenant: TenantConfig, name: str, uid: int, gid: int) -> tuple[
 
 def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]:
     """Generate the secrets the tenant lacks; return their names (empty when nothing changed)."""
-    tenant.secrets_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+    tenant.secrets_dir.mkdir(mode=PASS_THROUGH_MODE, parents=True, exist_ok=True)
     os.chown(tenant.secrets_dir, uid, gid)
-    # 0710: the agents' user passes through to its token (appliance.host.users); nobody lists the names.
-    os.chmod(tenant.secrets_dir, 0o710)
+    os.chmod(tenant.secrets_dir, PASS_THROUGH_MODE)
     created = []
     for name in missing_secrets(tenant):
         mode, owner, group = secret_access(tenant, name, uid, gid)

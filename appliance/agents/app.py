@@ -31,11 +31,11 @@ from appliance.config import TenantConfig, load_tenant
 from appliance.gateway.core.errors import error_response, install_error_handlers
 from appliance.gateway.core.middleware import NO_TELEMETRY, BodySizeLimit
 from appliance.secretfile import SecretFile
+from appliance.secrets import AGENTS_TOKEN
 
 log = logging.getLogger("appliance.agents")
 
 TENANT_ENV: Final = "APPLIANCE_AGENTS_TENANT"
-TOKEN_SECRET: Final = "agents_internal_token"
 
 
 def max_activation_bytes(tenant: TenantConfig) -> int:
@@ -48,7 +48,7 @@ def _internal_token(tenant: TenantConfig) -> SecretFile | None:
     """The credential the gateway presents, followed across rotations (appliance.secretfile); None when
     unreadable, which refuses every activation."""
     try:
-        return SecretFile(tenant.secret_path(TOKEN_SECRET))
+        return SecretFile(tenant.secret_path(AGENTS_TOKEN))
     except OSError:
         log.error("the internal token's secret file is unreadable: refusing activations")
         return None

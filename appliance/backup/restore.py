@@ -115,16 +115,6 @@ def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
     return restored
 
 
-def _has_account(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def ensure_tenant_dirs(tenant: TenantConfig) -> None:
     """The tenant's directory skeleton (as the deploy makes it), for a tenant whose directory is gone."""
     owner = pgbackrest.tenant_ids(tenant)
@@ -423,9 +413,9 @@ def restore_in_place(
         if os.geteuid() == 0:
             # The agents' files back to their own user, and the secret and directory modes it relies on, when
             # the host has it (a host deployed before the split does not).
-            from appliance.host.users import ensure_users, users_ok
+            from appliance.host.users import account, ensure_users
 
-            if not users_ok(tenant) and _has_account(tenant.agents_user):
+            if account(tenant.agents_user) is not None:
                 steps.extend(ensure_users(tenant))
     if tenant.sync_data.is_dir():
         for child in tenant.sync_data.iterdir():

@@ -23,13 +23,11 @@ import subprocess
 from pathlib import Path
 
 from appliance.config import TenantConfig
+from appliance.secrets import AGENTS_TOKEN, PASS_THROUGH_MODE, secret_access
 
 NOLOGIN = "/usr/sbin/nologin"
 AGENTS_DIR_MODE = 0o2770
 AGENTS_FILE_MODE = 0o660
-SHARED_DIR_MODE = 0o710
-TOKEN_MODE = 0o640
-TOKEN_SECRET = "agents_internal_token"
 
 
 def _members(group: str) -> set[str]:
@@ -39,7 +37,7 @@ def _members(group: str) -> set[str]:
         return set()
 
 
-def _account(name: str) -> pwd.struct_passwd | None:
+def account(name: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
     except KeyError:
@@ -74,7 +72,7 @@ def _tree_wrong(tenant: TenantConfig, uid: int, gid: int) -> bool:
 
 def users_ok(tenant: TenantConfig) -> bool:
     """The agents' user exists as above, and every file says what it may touch."""
-    agents, owner = _account(tenant.agents_user), _account(tenant.user)
+    agents, owner = account(tenant.agents_user), account(tenant.user)
     if agents is None or owner is None:
         return False
     if (agents.pw_dir, agents.pw_shell) != (str(tenant.agents_data), NOLOGIN):
@@ -82,10 +80,10 @@ def users_ok(tenant: TenantConfig) -> bool:
     if tenant.agents_user not in _members(tenant.user) or tenant.user not in _members(tenant.agents_user):
         return False
     for path in (tenant.root, tenant.secrets_dir):
-        if _mode_owner(path) not in (None, (SHARED_DIR_MODE, owner.pw_uid, owner.pw_gid)):
+        if _mode_owner(path) not in (None, (PASS_THROUGH_MODE, owner.pw_uid, owner.pw_gid)):
             return False
-    token = tenant.secret_path(TOKEN_SECRET)
-    if _mode_owner(token) not in (None, (TOKEN_MODE, owner.pw_uid, agents.pw_gid)):
+    token = tenant.secret_path(AGENTS_TOKEN)
+    if _mode_owner(token) not in (None, secret_access(tenant, AGENTS_TOKEN, owner.pw_uid, owner.pw_gid)):
         return False
     return not _tree_wrong(tenant, agents.pw_uid, agents.pw_gid)
 
@@ -100,7 +98,7 @@ def ensure_users(tenant: TenantConfig) -> list[str]:
     """Make it so (idempotent); what changed, in words."""
     changes: list[str] = []
     owner = pwd.getpwnam(tenant.user)  # made by the substrate just before
-    if _account(tenant.agents_user) is None:
+    if account(tenant.agents_user) is None:
         _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(tenant.agents_data),
              "--shell", NOLOGIN, "--groups", tenant.user, tenant.agents_user)
         changes.append(f"OS user {tenant.agents_user}")
@@ -115,15 +113,16 @@ def ensure_users(tenant: TenantConfig) -> list[str]:
         _run("usermod", "--append", "--groups", tenant.agents_user, tenant.user)
         changes.append(f"{tenant.user} reads the agents' files (backups)")
     for path in (tenant.root, tenant.secrets_dir):
-        if path.is_dir() and _mode_owner(path) != (SHARED_DIR_MODE, owner.pw_uid, owner.pw_gid):
+        if path.is_dir() and _mode_owner(path) != (PASS_THROUGH_MODE, owner.pw_uid, owner.pw_gid):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-            os.chmod(path, SHARED_DIR_MODE)
-            changes.append(f"{path} 0710")
-    token = tenant.secret_path(TOKEN_SECRET)
-    if token.is_file() and _mode_owner(token) != (TOKEN_MODE, owner.pw_uid, agents.pw_gid):
-        os.chown(token, owner.pw_uid, agents.pw_gid)
-        os.chmod(token, TOKEN_MODE)
-        changes.append(f"{TOKEN_SECRET} readable by {tenant.agents_user}")
+            os.chmod(path, PASS_THROUGH_MODE)
+            changes.append(f"{path} {PASS_THROUGH_MODE:o}")
+    token = tenant.secret_path(AGENTS_TOKEN)
+    mode, uid, gid = secret_access(tenant, AGENTS_TOKEN, owner.pw_uid, owner.pw_gid)
+    if token.is_file() and _mode_owner(token) != (mode, uid, gid):
+        os.chown(token, uid, gid)
+        os.chmod(token, mode)
+        changes.append(f"{AGENTS_TOKEN} readable by {tenant.agents_user}")
     if _tree_wrong(tenant, agents.pw_uid, agents.pw_gid):
         own_agents_tree(tenant)
         changes.append(f"{tenant.agents_data} is {tenant.agents_user}'s")

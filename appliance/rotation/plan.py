@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.config import LOGIN_ROLES, TENANT_SECRETS
+from appliance.config import LOGIN_ROLES
 
 How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "refused"]
 
@@ -72,9 +72,3 @@ ALIASES = {"s3_access_key": "s3_keys", "s3_secret_key": "s3_keys"}
 
 def rotation(name: str) -> Rotation:
     return ROTATIONS[ALIASES.get(name, name)]
-
-
-def covers_every_secret() -> bool:
-    """Every secret file belongs to exactly one rotation (checked by a test: a new secret needs its rotation)."""
-    files = [f for r in ROTATIONS.values() for f in r.secret_files]
-    return sorted(files) == sorted(TENANT_SECRETS)

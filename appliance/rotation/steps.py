@@ -3,7 +3,6 @@ restarted (appliance.rotation.plan says which, in which order). Run as root by `
 
 from __future__ import annotations
 
-import pwd
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from appliance import pg
+from appliance.backup.pgbackrest import tenant_ids
 from appliance.config import DB_SUPERUSER, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
 from appliance.objectstore.files import write_atomic
 from appliance.rotation.plan import Rotation
@@ -35,17 +35,12 @@ class Outcome:
     detail: dict[str, object] = field(default_factory=dict)
 
 
-def _owner(tenant: TenantConfig) -> tuple[int, int]:
-    user = pwd.getpwnam(tenant.user)
-    return user.pw_uid, user.pw_gid
-
-
 def write_secret(tenant: TenantConfig, name: str, value: str) -> None:
     """Replace a secret file in one rename: readers see the old value or the new one, never a torn file (with
     the mode and owners the deploy gives it)."""
     from appliance.secrets import secret_access
 
-    mode, uid, gid = secret_access(tenant, name, *_owner(tenant))
+    mode, uid, gid = secret_access(tenant, name, *tenant_ids(tenant))
     write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), mode, (uid, gid))
 
 
@@ -148,7 +143,7 @@ def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: S
         say(f"  finished an earlier rotation: {resealed} of {rows} stored secrets re-sealed")
     old = tenant.read_secret(rotation.name)
     new = generate(SecretKind.key32)
-    write_atomic(kept, (old + "\n").encode(), 0o600, _owner(tenant))
+    write_atomic(kept, (old + "\n").encode(), 0o600, tenant_ids(tenant))
     write_secret(tenant, rotation.name, new)
     started = time.monotonic()
     time.sleep(RECHECK_S + 0.5)  # every gateway process seals with the new key from now on
@@ -178,6 +173,10 @@ def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say
     wait_for(lambda: tenant_probe_ok(host, tenant, new))
     write_secret(tenant, "s3_secret_key", new.secret_key)
     write_secret(tenant, "s3_access_key", new.access_key)
+    # The root-only copy a restore of a deleted tenant dir reads: the old pair is about to stop working.
+    from appliance.backup.stanza import ensure_recovery_keys
+
+    ensure_recovery_keys(tenant)
     started = time.monotonic()
     restarted = restart(host, tenant, rotation.restarts, say)
     changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, new, owner=owner))
