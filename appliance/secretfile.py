@@ -4,9 +4,10 @@ A leaf (standard library only): the sync engine's process, the agents and the ga
 paths. `appliance secret rotate` replaces a secret file by renaming a new one into place
 (appliance.objectstore.files.write_atomic), so a changed inode or mtime is a new value. The two sides of a shared
 secret notice it each on its own schedule (a reader that has not looked for `recheck_s` looks at its next use); the
-side that checks keeps accepting the value it replaced until `grace_s` after the file changed (its mtime), so the
-side that presents it is never refused in between, and from then on the old value is refused, however late the
-checking side noticed.
+side that checks keeps accepting the value it replaced until `grace_s` after the file changed (its mtime), and looks
+at the file at once when given a value it does not know, so the side that presents it is never refused in
+between, whichever side notices first; from then on the old value is refused, however late the checking side
+noticed.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class SecretFile:
     def _read(self) -> str:
         return self.path.read_text().strip()
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, force: bool = False) -> None:
         now = self._now()
-        if now - self._checked < self.recheck_s:
+        if not force and now - self._checked < self.recheck_s:
             return
         self._checked = now
         try:
@@ -71,8 +72,18 @@ class SecretFile:
         return self._value
 
     def accepts(self, given: str) -> bool:
-        """Whether `given` is the current value, or the one it replaced less than `grace_s` ago (constant time)."""
+        """Whether `given` is the current value, or the one it replaced less than `grace_s` ago (constant time).
+
+        A value that matches neither makes it look at the file at once: the presenting side may have noticed a
+        rotation first (it rechecks on its own schedule), and its new value must not be refused in between.
+        """
         self._refresh()
+        if self._matches(given):
+            return True
+        self._refresh(force=True)
+        return self._matches(given)
+
+    def _matches(self, given: str) -> bool:
         current = hmac.compare_digest(given.encode(), self._value.encode())
         previous = self._previous is not None and self._now() < self._previous_until and hmac.compare_digest(
             given.encode(), self._previous.encode())

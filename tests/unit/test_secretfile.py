@@ -75,3 +75,17 @@ def test_an_unreadable_file_keeps_the_value_in_hand_and_an_empty_one_accepts_not
     _rotate(path, "")
     clock.now += 2
     assert secret.value() == "" and not secret.accepts("")
+
+
+def test_a_checker_given_the_new_value_before_its_recheck_looks_at_once(tmp_path: Path) -> None:
+    """The presenting side may notice a rotation first; its new value must not be refused until the checker's
+    own recheck comes round (a shape GET was answered 401 in CI this way)."""
+    path = tmp_path / "sync_secret"
+    _rotate(path, "old")
+    clock = Clock()
+    secret = SecretFile(path, recheck_s=1.0, grace_s=5.0, clock=clock)
+    assert secret.accepts("old")
+    _rotate(path, "new")
+    clock.now = max(clock.now, path.stat().st_mtime)  # no recheck due: the checker looked just now
+    assert secret.accepts("new") and secret.accepts("old")
+    assert not secret.accepts("other")
