@@ -459,6 +459,11 @@ DB_ROLES: dict[str, dict[str, bool]] = {
     "identity": {"replication": False, "login": True},
 }
 LOGIN_ROLES = tuple(role for role, attrs in DB_ROLES.items() if attrs["login"])
+
+# Components whose processes run under an OS user of their own, `t-<id>-<suffix>` (issue 20; at most 32 chars
+# with the longest tenant id): the agent workers run third-party handler code, the gateway faces every caller.
+# The others run as the tenant's user (`tenant-<id>`); Postgres and pgBackRest must share it (the cluster's owner).
+OWN_USER_COMPONENTS: dict[str, str] = {"agents": "agent", "gateway": "gw"}
 DB_SUPERUSER = "postgres"
 
 
@@ -568,11 +573,27 @@ class TenantConfig(BaseModel):
         """The tenant's own OS user and group: its cluster, its data and every component but the agents."""
         return f"tenant-{self.id}"
 
+    def os_user(self, component: str) -> str:
+        """The OS user `component`'s processes run as: its own (OWN_USER_COMPONENTS), or the tenant's."""
+        suffix = OWN_USER_COMPONENTS.get(component)
+        return f"t-{self.id}-{suffix}" if suffix else self.user
+
+    @property
+    def own_users(self) -> dict[str, str]:
+        """Component -> its own OS user, for the components that have one."""
+        return {component: self.os_user(component) for component in OWN_USER_COMPONENTS}
+
     @property
     def agents_user(self) -> str:
         """The agent workers' own OS user (they run third-party handlers): its own agents dir, the internal
         token, the streams port; nothing else of the tenant. At most 32 chars with the longest tenant id."""
-        return f"t-{self.id}-agent"
+        return self.os_user("agents")
+
+    @property
+    def gateway_user(self) -> str:
+        """The gateway's own OS user (it faces every caller): the secrets it uses, its front-door socket dir, the
+        ports it calls; nothing else of the tenant."""
+        return self.os_user("gateway")
 
     @property
     def root(self) -> Path:
@@ -632,10 +653,24 @@ class TenantConfig(BaseModel):
 
     @property
     def gateway_socket(self) -> Path:
-        """The gateway's socket for the front door: its directory is entered only by the tenant's user and the
+        """The gateway's socket for the front door: its directory is entered only by the gateway's user and the
         front door's group, which is how the gateway knows a caller there is the front door (loopback TCP
         cannot tell the front door from any other local user)."""
         return frontdoor_upstreams_dir(self.common) / self.id / "gateway.sock"
+
+    @property
+    def identity_socket(self) -> Path:
+        """The embedded provider's socket for the front door: in a directory of its own beside the gateway's (each
+        component's user owns its own; a tenant id has no dot, so `<id>.identity` is no other tenant's)."""
+        return frontdoor_upstreams_dir(self.common) / f"{self.id}.identity" / "identity.sock"
+
+    @property
+    def frontdoor_socket_dirs(self) -> dict[str, Path]:
+        """Component -> the directory of its front-door socket."""
+        dirs = {"gateway": self.gateway_socket.parent}
+        if self.identity.embedded:
+            dirs["identity"] = self.identity_socket.parent
+        return dirs
 
     def secret_path(self, name: str) -> Path:
         if name not in TENANT_SECRETS:

@@ -183,11 +183,21 @@ def objectstore(config: HostConfig) -> list[Managed]:
     ]
 
 
-def tenant_upstream_dir(config: HostConfig, tenant: TenantConfig) -> Managed:
-    """The directory of the tenant's front-door sockets: the tenant's user writes it, the front door's group
-    enters it, nobody else (setgid: the sockets made there belong to that group)."""
-    return directory(f"Front door socket dir of {tenant.id}", tenant.gateway_socket.parent, "2750", tenant.user,
-                     config.frontdoor_user)
+def settled_tenants(config: HostConfig, users: Iterable[str]) -> set[str]:
+    """The tenants whose OS users (the tenant's and its components' own) all exist among `users`: per-tenant files
+    that host-wide steps write name them. A tenant new to the host, or one deployed before a component had a user
+    of its own, gets those files in its own substrate, once its users step made them."""
+    present = set(users)
+    return {t.id for t in config.tenants if t.user in present and set(t.own_users.values()) <= present}
+
+
+def tenant_upstream_dirs(config: HostConfig, tenant: TenantConfig) -> list[Managed]:
+    """The directories of the tenant's front-door sockets (the gateway's, the embedded provider's): each
+    component's user writes its own, the front door's group enters them, nobody else (setgid: the sockets made
+    there belong to that group)."""
+    return [directory(f"Front door socket dir of {tenant.id}'s {component}", path, "2750",
+                      tenant.os_user(component), config.frontdoor_user)
+            for component, path in tenant.frontdoor_socket_dirs.items()]
 
 
 def frontdoor_base(config: HostConfig, tenants_with_users: Iterable[str]) -> list[Managed]:
@@ -203,7 +213,7 @@ def frontdoor_base(config: HostConfig, tenants_with_users: Iterable[str]) -> lis
         directory("Front door log dir (root only: it names every tenant's requests)", frontdoor_log(config).parent,
                   "700"),
         # Every existing tenant's socket dir, deployed by this run or not (a gateway restarted later needs it).
-        *(tenant_upstream_dir(config, t) for t in config.tenants if t.id in existing),
+        *(d for t in config.tenants if t.id in existing for d in tenant_upstream_dirs(config, t)),
     ]
 
 
@@ -279,21 +289,30 @@ def tenant_service_specs(config: HostConfig, tenant: TenantConfig, components: I
 
 # -- the firewall ----------------------------------------------------------------------------------------------
 
-# The gateway is the door every caller uses; everything else is private to its tenant.
-PRIVATE_COMPONENTS = ("postgres", "streams", "sync", "agents", "identity")
+# The gateway is the door every caller uses; every other port of a tenant answers only root and the components
+# that call it (by their OS users; those that run as the tenant's user are that user, which runs the cluster).
+PORT_CLIENTS: dict[str, tuple[str, ...]] = {
+    "postgres": ("postgres", "gateway", "sync", "audit", "identity", "backup"),
+    "sync": ("postgres", "gateway"),
+    "streams": ("postgres", "gateway", "agents"),
+    "agents": ("postgres", "gateway"),
+    "identity": ("postgres", "gateway"),
+}
+
+
+def port_users(tenant: TenantConfig, component: str, existing_users: set[str]) -> list[str]:
+    """The OS users that may open `component`'s port: its clients' (a client's own user only once it exists)."""
+    users = [tenant.os_user(c) for c in PORT_CLIENTS[component]]
+    return list(dict.fromkeys(u for u in users if u == tenant.user or u in existing_users))
 
 
 def firewall_rules(config: HostConfig, existing_users: set[str]) -> str:
-    """The host's nftables ruleset: each tenant's loopback ports answer only its own user (and root); its streams
-    server its agents' user too."""
+    """The host's nftables ruleset: each tenant's loopback ports answer only root and their clients' users."""
     # nft resolves user names when it loads the rules, so only tenants whose user exists can be listed; a
     # tenant deployed later gets its rules on that deploy.
-    tenants = [
-        {"user": t.user, "ports": [t.port(c) for c in PRIVATE_COMPONENTS if c != "streams"],
-         # The agents' own user reaches the streams server and nothing else of its tenant (appliance.host.users).
-         "streams": t.port("streams"),
-         "streams_users": [t.user, *([t.agents_user] if t.agents_user in existing_users else [])]}
-        for t in config.tenants if t.user in existing_users
+    tenant_ports = [
+        {"port": t.port(component), "users": port_users(t, component, existing_users)}
+        for t in config.tenants if t.user in existing_users for component in PORT_CLIENTS
     ]
     store_internal = [port for name, port in config.objectstore.ports().items() if name != "s3"]
     internal = store_internal if config.runs_objectstore and config.objectstore_user in existing_users else []
@@ -303,7 +322,7 @@ def firewall_rules(config: HostConfig, existing_users: set[str]) -> str:
     lan_internal = store_internal if exposed else []
     frontdoor = config.runs_frontdoor and config.frontdoor_user in existing_users
     return roles.render(
-        "common", "nftables.conf.j2", tenants=tenants, objectstore_ports=internal,
+        "common", "nftables.conf.j2", tenant_ports=tenant_ports, objectstore_ports=internal,
         objectstore_user=config.objectstore_user, objectstore_lan_ports=lan_internal,
         frontdoor_user=config.frontdoor_user,
         frontdoor_gateway_ports=[t.port("gateway") for t in config.tenants] if frontdoor else [],

@@ -163,8 +163,7 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "systemd" if init_process.strip() == "systemd" else "supervisor")
     packages = install_steps.apt_packages(config, manager_name)
     offline = bundle_plan(config, packages)
-    existing = set(users)
-    with_users = sorted(t.id for t in config.tenants if t.user in existing)
+    with_users = sorted(desired.settled_tenants(config, users))
     root = config.common.install_root
     return {
         "name": name,
@@ -313,7 +312,7 @@ def part(config: HostConfig, manager_name: ManagerName, name: str, *, tenant_id:
         if tenant.id not in existing:
             items.append(desired.tenant_view(config, tenant))
             if config.runs_frontdoor:
-                items.append(desired.tenant_upstream_dir(config, tenant))
+                items.extend(desired.tenant_upstream_dirs(config, tenant))
         return items, {}
     if tenant is not None and name == "postgres":
         return desired.postgres(tenant), {}

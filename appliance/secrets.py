@@ -1,4 +1,5 @@
-"""Tenant secrets: generated on the host at first deploy, 0600 in the tenant's secrets dir, reused forever.
+"""Tenant secrets: generated on the host at first deploy, in the tenant's secrets dir, reused forever; each file
+readable by the components that use it and no other (SECRET_READERS).
 
 Nothing here prints or logs a secret value; callers get names, never contents.
 """
@@ -55,21 +56,90 @@ def missing_secrets(tenant: TenantConfig) -> list[str]:
     return [name for name in TENANT_SECRETS if not tenant.secret_path(name).is_file()]
 
 
-# The tenant root and its secrets dir: the agents' user (in the tenant's group) passes through to its own dir and
-# token, nobody but the tenant's user lists them (appliance.host.users).
+# The tenant root and its secrets dir: the components with a user of their own (in the tenant's group) pass through
+# to their own dirs and secrets, nobody but the tenant's user lists them (appliance.host.users).
 PASS_THROUGH_MODE = 0o710
 AGENTS_TOKEN = "agents_internal_token"
 
+# Which components open each secret's file (root reads any: the CLI, the deploy). A file is its first reader's
+# user's, and readable by the second's through that user's own group; two at most, which is all any secret needs.
+# Postgres and backup are the tenant's user (the cluster's owner).
+SECRET_READERS: dict[str, tuple[str, ...]] = {
+    "db_superuser_password": ("postgres",),
+    "db_gateway_password": ("gateway",),
+    "db_sync_password": ("sync",),
+    "db_audit_password": ("audit",),
+    "db_identity_password": ("identity",),
+    "sync_secret": ("gateway", "sync"),
+    # The agents' group also holds the tenant's user (it backs up the agents' files), so that user reads it too.
+    AGENTS_TOKEN: ("gateway", "agents"),
+    "jwt_signing_key": ("gateway",),
+    "secrets_encryption_key": ("gateway",),
+    "backup_cipher_passphrase": ("backup",),
+    "s3_access_key": ("audit", "backup"),
+    "s3_secret_key": ("audit", "backup"),
+    "identity_jwks": ("identity",),
+    "identity_cookie_keys": ("identity",),
+    "identity_gateway_client_secret": ("gateway", "identity"),
+}
+# Secrets no component uses any more, removed from hosts deployed before (the agents' role lost its login).
+RETIRED_SECRETS = ("db_agents_password",)
+assert set(SECRET_READERS) == set(TENANT_SECRETS) and all(1 <= len(r) <= 2 for r in SECRET_READERS.values())
 
-def secret_access(tenant: TenantConfig, name: str, uid: int, gid: int) -> tuple[int, int, int]:
-    """(mode, uid, gid) a secret file has: the tenant user's alone, but for the agents' internal token, which the
-    agents' own user reads through its group (appliance.host.users) once that user exists."""
-    if name == AGENTS_TOKEN:
+
+def component_ids(tenant: TenantConfig, component: str) -> tuple[int, int]:
+    """(uid, gid) of the user `component` runs as; the tenant's user while its own does not exist yet (a host
+    deployed before the split, until its users step runs)."""
+    try:
+        account = pwd.getpwnam(tenant.os_user(component))
+    except KeyError:
+        account = pwd.getpwnam(tenant.user)
+    return account.pw_uid, account.pw_gid
+
+
+def secret_access(tenant: TenantConfig, name: str) -> tuple[int, int, int]:
+    """(mode, uid, gid) the secret file `name` has: its reader's, 0600; or, read by two users, 0640, one's and
+    the other's group. Never shared through the tenant's group, which holds every component's own user (to pass
+    through the tenant root): a file the tenant's user reads with another is the tenant's user's, in the other's
+    group."""
+    readers = [component_ids(tenant, component) for component in SECRET_READERS[name]]
+    first, others = readers[0], [ids for ids in readers[1:] if ids[0] != readers[0][0]]
+    if not others:
+        return 0o600, *first
+    second = others[0]
+    tenant_gid = component_ids(tenant, "postgres")[1]
+    owner, group = (second, first) if second[1] == tenant_gid else (first, second)
+    return 0o640, owner[0], group[1]
+
+
+def _access_wrong(tenant: TenantConfig) -> list[tuple[str, Path, tuple[int, int, int]]]:
+    """The existing secret files (and the JWT's previous public keys, which follow its key) whose owners or mode
+    are not what `secret_access` says, with what they should be."""
+    from appliance.gateway.core.config import previous_keys_file
+
+    files = [(name, tenant.secret_path(name), secret_access(tenant, name)) for name in TENANT_SECRETS]
+    files.append(("jwt previous keys", previous_keys_file(tenant), secret_access(tenant, "jwt_signing_key")))
+    wrong = []
+    for name, path, wanted in files:
         try:
-            return 0o640, uid, pwd.getpwnam(tenant.agents_user).pw_gid
-        except KeyError:
-            pass
-    return 0o600, uid, gid
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if (st.st_mode & 0o777, st.st_uid, st.st_gid) != wanted:
+            wrong.append((name, path, wanted))
+    return wrong
+
+
+def secret_access_ok(tenant: TenantConfig) -> bool:
+    return not _access_wrong(tenant)
+
+
+def assert_secret_access(tenant: TenantConfig) -> list[str]:
+    """Give every secret file the owners and mode `secret_access` says; the names of those changed."""
+    for _, path, (mode, uid, gid) in (wrong := _access_wrong(tenant)):
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    return [name for name, _, _ in wrong]
 
 
 def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]:
@@ -79,17 +149,11 @@ def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]
     os.chmod(tenant.secrets_dir, PASS_THROUGH_MODE)
     created = []
     for name in missing_secrets(tenant):
-        mode, owner, group = secret_access(tenant, name, uid, gid)
+        mode, owner, group = secret_access(tenant, name)
         write_private(tenant.secret_path(name), generate(TENANT_SECRETS[name]), owner, group, mode)
         created.append(name)
     # Secrets that exist keep their value, but their modes are re-asserted every time.
-    for name in TENANT_SECRETS:
-        path = tenant.secret_path(name)
-        st = path.stat()
-        mode, owner, group = secret_access(tenant, name, uid, gid)
-        if (st.st_mode & 0o777, st.st_uid, st.st_gid) != (mode, owner, group):
-            os.chown(path, owner, group)
-            os.chmod(path, mode)
+    assert_secret_access(tenant)
     if created:
         fd = os.open(tenant.secrets_dir, os.O_RDONLY)
         try:

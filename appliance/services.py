@@ -56,9 +56,10 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 
 
 def _confined(tenant: TenantConfig, spec: ServiceSpec) -> ServiceSpec:
-    """What a tenant's process may write under systemd: its tenant's root (and the gateway its front-door socket
-    dir), nothing else; and its component's memory limit."""
-    sockets = (tenant.gateway_socket.parent,) if spec.component == "gateway" and tenant.frontdoor.enabled else ()
+    """What a tenant's process may write under systemd: its tenant's root (and the gateway and the provider their
+    front-door socket dirs), nothing else; and its component's memory limit."""
+    socket_dir = tenant.frontdoor_socket_dirs.get(spec.component) if tenant.frontdoor.enabled else None
+    sockets = (socket_dir,) if socket_dir else ()
     return replace(spec, writable=(tenant.root, *sockets), memory_max=getattr(tenant, spec.component).memory_max)
 
 
@@ -92,7 +93,7 @@ def _tenant_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSp
             port=tenant.port("streams"),
             probe="tcp",
             environment={"APPLIANCE_STREAMS_SERVER": streams_server_digest()},
-            **common,  # type: ignore[arg-type]
+            **{**common, "user": tenant.os_user("streams")},  # type: ignore[arg-type]
         ),
         *(_with_sources(spec, source_digest) for spec in _application_services(tenant)),
     ]
@@ -137,7 +138,7 @@ def _sync_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSpec
                 "--slot", tenant.sync.slot,
                 "--chunk-bytes", str(tenant.sync.chunk_bytes),
             ),
-            user=tenant.user,
+            user=tenant.os_user("sync"),
             working_dir=tenant.root,
             tenant=tenant.id,
             log_file=tenant.log_file("sync"),

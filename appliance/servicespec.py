@@ -58,14 +58,15 @@ def venv_bin(config: TenantConfig | HostConfig, program: str) -> str:
 def appliance_service(tenant: TenantConfig, component: str, verb: str, *, port: int | None = None,
                       probe: ProbeKind = "tcp", probe_path: str = "", stop_wait_s: int = 30) -> ServiceSpec:
     """A per-tenant process of the appliance's own code: `appliance <component> <verb> --tenant <id>` as the
-    tenant's user, in its root, logging to its component log. host.json's directory goes into the environment
+    component's OS user (its own, or the tenant's: config.OWN_USER_COMPONENTS), in the tenant root, logging to its
+    component log. host.json's directory goes into the environment
     so a host deployed with another `config_dir` still finds it; the sources' digest is added by
     `appliance.services.tenant_services`. Nothing secret: each command reads the secret files it needs."""
     return ServiceSpec(
         name=f"appliance-{tenant.id}-{component}",
         component=component,
         command=(venv_bin(tenant, "appliance"), component, verb, "--tenant", tenant.id),
-        user=tenant.user,
+        user=tenant.os_user(component),
         working_dir=tenant.root,
         log_file=tenant.log_file(component),
         port=port,

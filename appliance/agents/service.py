@@ -13,6 +13,6 @@ def agents_service(tenant: TenantConfig) -> ServiceSpec:
     # activations are in the agents' inboxes), so a short wait is enough.
     spec = appliance_service(tenant, "agents", "serve", port=tenant.port("agents"), probe="http",
                              probe_path="/healthz", stop_wait_s=30)
-    # Its own user (it runs third-party handlers: appliance.host.users), in its own dir, sharing what it writes
+    # Its own user (it runs third-party handlers: appliance.host.users) works in its own dir, sharing what it writes
     # with its group (the tenant's user, whose backups read it).
-    return replace(spec, user=tenant.agents_user, working_dir=tenant.agents_data, umask="007")
+    return replace(spec, working_dir=tenant.agents_data, umask="007")

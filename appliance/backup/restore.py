@@ -108,9 +108,10 @@ def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
         source = unpacked / "secrets" / name
         target = tenant.secret_path(name)
         if source.is_file() and not target.exists():
-            from appliance.secrets import write_private
+            from appliance.secrets import secret_access, write_private
 
-            write_private(target, source.read_text(), *owner)
+            mode, uid, gid = secret_access(tenant, name) if os.geteuid() == 0 else (0o600, *owner)
+            write_private(target, source.read_text(), uid, gid, mode)
             restored.append(name)
     return restored
 

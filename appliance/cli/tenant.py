@@ -51,21 +51,28 @@ def s3_keys(tenant_id: str) -> None:
     Reads the access key and the secret key, one per line, from standard input (so they never appear in
     the process listing or the shell history); prints nothing of them.
     """
-    from appliance.secrets import write_private
+    from appliance.secrets import secret_access, write_private
 
     host = load_host_config()
     tenant_config = host.tenant(tenant_id)
     lines = [line.strip() for line in click.get_text_stream("stdin").read().splitlines() if line.strip()]
     if len(lines) != 2 or not lines[0].isalnum() or len(lines[1]) < 16:
         raise click.UsageError("expected two lines on stdin: the access key, then the secret key")
-    user = pwd.getpwnam(tenant_config.user)
     for name, value in zip(("s3_access_key", "s3_secret_key"), lines, strict=True):
         path = tenant_config.secret_path(name)
         staged = path.with_name(f".{name}.new")
         staged.unlink(missing_ok=True)
-        write_private(staged, value, user.pw_uid, user.pw_gid)
+        mode, uid, gid = secret_access(tenant_config, name)
+        write_private(staged, value, uid, gid, mode)
         staged.replace(path)
     click.echo(f"S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
+
+
+def _account(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
 
 
 def _tenant_or_leftovers(host: HostConfig, tenant_id: str) -> TenantConfig:
@@ -112,19 +119,18 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     if not skip_audit_ship:
         _ship_final_audit(host, tenant_config)
     _remove_services(host, tenant_config)
-    try:
-        user = pwd.getpwnam(tenant_config.user)
-    except KeyError:
-        user = None
-    if user is not None:
-        # Anything still running as the tenant's user (a stray child) goes too, by PID.
+    # The tenant's user and its components' own (the agents' user was left behind before issue 20's review).
+    users = [found for name in (*tenant_config.own_users.values(), tenant_config.user)
+             if (found := _account(name)) is not None]
+    for user in users:
+        # Anything still running as one of the tenant's users (a stray child) goes too, by PID.
         kill_user_processes(user.pw_uid)
     if tenant_config.root.exists():
         click.echo(f"removing {tenant_config.root}")
         shutil.rmtree(tenant_config.root)
-    if user is not None:
-        click.echo(f"removing OS user {tenant_config.user}")
-        subprocess.run(["userdel", tenant_config.user], check=True, capture_output=True)
+    for user in users:
+        click.echo(f"removing OS user {user.pw_name}")
+        subprocess.run(["userdel", user.pw_name], check=True, capture_output=True)
     from appliance.backup.paths import backup_paths
 
     # The root-only recovery keys would restore a tenant that was asked to be destroyed; they go too.

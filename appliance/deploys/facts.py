@@ -371,7 +371,9 @@ def tenants_with_users(config: HostConfig) -> set[str]:
 
 def record_accounts(config: HostConfig, accounts: dict[str, tuple[str, str]]) -> None:
     """The accounts the host had when the deploy began (deploy.py's plan facts)."""
-    _tenants_with_users[host.name] = {tenant.id for tenant in config.tenants if tenant.user in accounts}
+    from appliance.desired import settled_tenants
+
+    _tenants_with_users[host.name] = settled_tenants(config, accounts)
 
 
 _tenants_with_users: dict[str, set[str]] = {}

@@ -41,7 +41,7 @@ def tenant_substrate(config: HostConfig, tenant: TenantConfig) -> None:
     # once its user exists; the others got it in the bootstrap.
     if tenant.id not in tenants_with_users(config):
         apply_desired([desired.tenant_view(config, tenant),
-                       *([desired.tenant_upstream_dir(config, tenant)] if config.runs_frontdoor else [])])
+                       *(desired.tenant_upstream_dirs(config, tenant) if config.runs_frontdoor else [])])
 
 
 @deploy("Tenant stack")

@@ -60,8 +60,9 @@ def forget_tenant(before: HostConfig, after: HostConfig, tenant: TenantConfig) -
         if path.exists():
             path.unlink()
             done.append(f"removed {path}")
-    if tenant.gateway_socket.parent.exists():
-        shutil.rmtree(tenant.gateway_socket.parent)
-        done.append(f"removed {tenant.gateway_socket.parent}")
+    for path in {tenant.gateway_socket.parent, tenant.identity_socket.parent}:
+        if path.exists():
+            shutil.rmtree(path)
+            done.append(f"removed {path}")
     return done
 

@@ -55,7 +55,7 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
 
 
 def front_door_socket(path: Path, backlog: int) -> socket.socket | None:
-    """The gateway's listening socket for the front door, in the directory the deploy made for it (the tenant's
+    """The gateway's listening socket for the front door, in the directory the deploy made for it (the gateway's
     user and the front door's group only; setgid, so the socket is the front door group's). None when the
     front door is not deployed for this tenant (no such directory): the gateway then serves loopback only."""
     if not path.parent.is_dir():

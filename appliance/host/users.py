@@ -1,16 +1,19 @@
-"""The OS identities inside a tenant (issue 20): the agent workers, which run third-party handler code, under a user
-of their own; everything else under the tenant's user.
+"""The OS identities inside a tenant (issue 20): the components with a user of their own (config.OWN_USER_COMPONENTS:
+the agent workers, which run third-party handler code, and the gateway, which faces every caller), and the tenant's
+user for the rest (Postgres and pgBackRest must share the cluster's owner).
 
-What the agents' user (`t-<id>-agent`) may touch, and how the files say so:
-- its agents dir, `2770 t-<id>-agent:t-<id>-agent` (setgid: what it creates stays in its group), files 0660 — the
-  tenant's user is in that group, so the tenant's backups read (and SQLite's shared-memory files stay usable);
-- the internal token, `0640 tenant-<id>:t-<id>-agent`; every other secret stays 0600 the tenant's user's;
-- the tenant root and secrets dir, `0710 tenant-<id>:tenant-<id>`: the agents' user is in the tenant's group to
-  pass through them (and to read the tenant's config view, 0640 root:tenant-<id>), never to list them;
-- on loopback, the streams port alone (nftables owner rules, appliance.desired.firewall_rules).
+What a component's user (`t-<id>-<suffix>`) may touch, and how the files say so:
+- the secrets its component reads (appliance.secrets.SECRET_READERS): a file is its first reader's user's, 0600,
+  or 0640 with the second reader's own group; every other secret it cannot open;
+- the tenant root and secrets dir, `0710 tenant-<id>:tenant-<id>`: each such user is in the tenant's group to pass
+  through them (and to read the tenant's config view, 0640 root:tenant-<id>), never to list them;
+- its own places: the agents dir, `2770 t-<id>-agent:t-<id>-agent` (setgid: what it creates stays in its group),
+  files 0660 - the tenant's user is in that group, so the tenant's backups read (and SQLite's shared-memory files
+  stay usable); the gateway's front-door socket dir (appliance.desired.tenant_upstream_dirs);
+- on loopback, the ports of the components it calls (nftables owner rules, appliance.desired.PORT_CLIENTS).
 
 `users_ok` is the deploy's fact, `ensure_users` its step (`appliance host users <tenant>`), for pyinfra and Ansible
-alike; a host deployed before the split is converted by the same step (the agents' files change owner).
+alike; a host deployed before a split is converted by the same step (files change owner).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import subprocess
 from pathlib import Path
 
 from appliance.config import TenantConfig
-from appliance.secrets import AGENTS_TOKEN, PASS_THROUGH_MODE, secret_access
+from appliance.secrets import PASS_THROUGH_MODE, RETIRED_SECRETS, assert_secret_access, secret_access_ok
 
 NOLOGIN = "/usr/sbin/nologin"
 AGENTS_DIR_MODE = 0o2770
@@ -70,21 +73,31 @@ def _tree_wrong(tenant: TenantConfig, uid: int, gid: int) -> bool:
     return False
 
 
+def _home(tenant: TenantConfig, component: str) -> Path:
+    """Where a component's user is at home: its own dir where it has one, else the tenant root it passes through."""
+    return tenant.agents_data if component == "agents" else tenant.root
+
+
+def _account_wrong(tenant: TenantConfig, component: str) -> bool:
+    user = tenant.os_user(component)
+    found = account(user)
+    return (found is None or (found.pw_dir, found.pw_shell) != (str(_home(tenant, component)), NOLOGIN)
+            or user not in _members(tenant.user))
+
+
 def users_ok(tenant: TenantConfig) -> bool:
-    """The agents' user exists as above, and every file says what it may touch."""
-    agents, owner = account(tenant.agents_user), account(tenant.user)
-    if agents is None or owner is None:
+    """Every component's own user exists as above, and every file says what it may touch."""
+    owner = account(tenant.user)
+    if owner is None or any(_account_wrong(tenant, c) for c in tenant.own_users):
         return False
-    if (agents.pw_dir, agents.pw_shell) != (str(tenant.agents_data), NOLOGIN):
-        return False
-    if tenant.agents_user not in _members(tenant.user) or tenant.user not in _members(tenant.agents_user):
+    if tenant.user not in _members(tenant.agents_user):
         return False
     for path in (tenant.root, tenant.secrets_dir):
         if _mode_owner(path) not in (None, (PASS_THROUGH_MODE, owner.pw_uid, owner.pw_gid)):
             return False
-    token = tenant.secret_path(AGENTS_TOKEN)
-    if _mode_owner(token) not in (None, secret_access(tenant, AGENTS_TOKEN, owner.pw_uid, owner.pw_gid)):
+    if not secret_access_ok(tenant) or any((tenant.secrets_dir / n).exists() for n in RETIRED_SECRETS):
         return False
+    agents = pwd.getpwnam(tenant.agents_user)
     return not _tree_wrong(tenant, agents.pw_uid, agents.pw_gid)
 
 
@@ -94,21 +107,29 @@ def _run(*argv: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed: {(result.stderr or result.stdout).strip()}")
 
 
+def _ensure_account(tenant: TenantConfig, component: str) -> list[str]:
+    user, home = tenant.os_user(component), str(_home(tenant, component))
+    changes = []
+    if account(user) is None:
+        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--shell", NOLOGIN,
+             "--groups", tenant.user, user)
+        changes.append(f"OS user {user}")
+    found = pwd.getpwnam(user)
+    if (found.pw_dir, found.pw_shell) != (home, NOLOGIN):
+        _run("usermod", "--home", home, "--shell", NOLOGIN, user)
+        changes.append(f"home and shell of {user}")
+    if user not in _members(tenant.user):
+        _run("usermod", "--append", "--groups", tenant.user, user)
+        changes.append(f"{user} passes through {tenant.user}'s directories")
+    return changes
+
+
 def ensure_users(tenant: TenantConfig) -> list[str]:
     """Make it so (idempotent); what changed, in words."""
     changes: list[str] = []
     owner = pwd.getpwnam(tenant.user)  # made by the substrate just before
-    if account(tenant.agents_user) is None:
-        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(tenant.agents_data),
-             "--shell", NOLOGIN, "--groups", tenant.user, tenant.agents_user)
-        changes.append(f"OS user {tenant.agents_user}")
-    agents = pwd.getpwnam(tenant.agents_user)
-    if (agents.pw_dir, agents.pw_shell) != (str(tenant.agents_data), NOLOGIN):
-        _run("usermod", "--home", str(tenant.agents_data), "--shell", NOLOGIN, tenant.agents_user)
-        changes.append(f"home and shell of {tenant.agents_user}")
-    if tenant.agents_user not in _members(tenant.user):
-        _run("usermod", "--append", "--groups", tenant.user, tenant.agents_user)
-        changes.append(f"{tenant.agents_user} passes through {tenant.user}'s directories")
+    for component in tenant.own_users:
+        changes.extend(_ensure_account(tenant, component))
     if tenant.user not in _members(tenant.agents_user):
         _run("usermod", "--append", "--groups", tenant.agents_user, tenant.user)
         changes.append(f"{tenant.user} reads the agents' files (backups)")
@@ -117,12 +138,12 @@ def ensure_users(tenant: TenantConfig) -> list[str]:
             os.chown(path, owner.pw_uid, owner.pw_gid)
             os.chmod(path, PASS_THROUGH_MODE)
             changes.append(f"{path} {PASS_THROUGH_MODE:o}")
-    token = tenant.secret_path(AGENTS_TOKEN)
-    mode, uid, gid = secret_access(tenant, AGENTS_TOKEN, owner.pw_uid, owner.pw_gid)
-    if token.is_file() and _mode_owner(token) != (mode, uid, gid):
-        os.chown(token, uid, gid)
-        os.chmod(token, mode)
-        changes.append(f"{AGENTS_TOKEN} readable by {tenant.agents_user}")
+    changes.extend(f"{name}: readable by its readers' users only" for name in assert_secret_access(tenant))
+    for name in RETIRED_SECRETS:
+        if (tenant.secrets_dir / name).exists():  # not a secret_path: it is no tenant secret any more
+            (tenant.secrets_dir / name).unlink()
+            changes.append(f"{name} removed (no longer used)")
+    agents = pwd.getpwnam(tenant.agents_user)
     if _tree_wrong(tenant, agents.pw_uid, agents.pw_gid):
         own_agents_tree(tenant)
         changes.append(f"{tenant.agents_data} is {tenant.agents_user}'s")

@@ -6,11 +6,10 @@ controller."""
 from __future__ import annotations
 
 import os
-import pwd
 from pathlib import Path
 
 from appliance.config import ConfigError, IssuerSettings, TenantConfig
-from appliance.secrets import write_private
+from appliance.secrets import component_ids, write_private
 
 PREFIX = "issuer-"
 SUFFIX = ".client_secret"
@@ -36,11 +35,19 @@ def _stale(tenant: TenantConfig) -> list[Path]:
     return [p for p in tenant.secrets_dir.glob(f"{PREFIX}*{SUFFIX}") if p not in wanted]
 
 
+def _current(tenant: TenantConfig, path: Path, value: str) -> bool:
+    """The copy holds `value` and is the gateway's (a host deployed before the gateway had its own user: not)."""
+    try:
+        return path.read_text().strip() == value and path.stat().st_uid == component_ids(tenant, "gateway")[0]
+    except FileNotFoundError:
+        return False
+
+
 def issuer_secrets_ok(tenant: TenantConfig) -> bool:
     """Every issuer's secret is in place and current, and no removed issuer's secret is left behind."""
     try:
         for issuer in tenant.identity.issuers:
-            if issuer_secret_path(tenant, issuer).read_text().strip() != _source(issuer):
+            if not _current(tenant, issuer_secret_path(tenant, issuer), _source(issuer)):
                 return False
     except (OSError, ConfigError):
         return False
@@ -49,18 +56,16 @@ def issuer_secrets_ok(tenant: TenantConfig) -> bool:
 
 def copy_issuer_secrets(tenant: TenantConfig) -> list[str]:
     """Bring the copies up to date; returns the issuers whose secret was written or removed."""
-    user = pwd.getpwnam(tenant.user)
+    # The gateway is their only reader.
+    uid, gid = component_ids(tenant, "gateway")
     changed = []
     for issuer in tenant.identity.issuers:
         value = _source(issuer)
         path = issuer_secret_path(tenant, issuer)
-        try:
-            if path.read_text().strip() == value:
-                continue
-        except FileNotFoundError:
-            pass
+        if _current(tenant, path, value):
+            continue
         path.unlink(missing_ok=True)
-        write_private(path, value, user.pw_uid, user.pw_gid)
+        write_private(path, value, uid, gid)
         changed.append(issuer.name)
     for path in _stale(tenant):
         os.unlink(path)

@@ -7,7 +7,7 @@ Where it answers:
   `https://<tenant host>/idp`): same certificate, same origin as the API, nothing new for the operator to name;
 - the gateway reaches it on the tenant's loopback port (its back channel: discovery, JWKS, token endpoint),
   sending the public host in X-Forwarded-Host/-Proto so the URLs the provider prints are its public ones;
-- the front door connects through a unix socket in the tenant's front-door directory (tenant user and front
+- the front door connects through a unix socket in the provider's front-door directory (its user and front
   door group only), and only there is X-Forwarded-For believed (login limits per client address).
 """
 
@@ -62,8 +62,8 @@ def api_resource(tenant: TenantConfig) -> str:
 
 
 def socket_path(tenant: TenantConfig) -> Path:
-    """The provider's socket for the front door, beside the gateway's (same directory, same guard)."""
-    return tenant.gateway_socket.parent / "identity.sock"
+    """The provider's socket for the front door, in a directory beside the gateway's with the same guard."""
+    return tenant.identity_socket
 
 
 def tenant_origins(tenant: TenantConfig) -> list[str]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from appliance import pg
-from appliance.backup.pgbackrest import tenant_ids
 from appliance.config import DB_SUPERUSER, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
 from appliance.objectstore.files import write_atomic
 from appliance.rotation.plan import Rotation
@@ -40,7 +39,7 @@ def write_secret(tenant: TenantConfig, name: str, value: str) -> None:
     the mode and owners the deploy gives it)."""
     from appliance.secrets import secret_access
 
-    mode, uid, gid = secret_access(tenant, name, *tenant_ids(tenant))
+    mode, uid, gid = secret_access(tenant, name)
     write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), mode, (uid, gid))
 
 
@@ -135,6 +134,7 @@ def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: S
     file within a second, then every row that does not open with the new key is re-sealed in one transaction. A
     rotation that stopped half way (its old key still kept) is finished first."""
     from appliance.secretfile import RECHECK_S
+    from appliance.secrets import secret_access
 
     kept = tenant.secrets_dir / f"{rotation.name}.previous"
     if kept.exists():
@@ -143,7 +143,8 @@ def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: S
         say(f"  finished an earlier rotation: {resealed} of {rows} stored secrets re-sealed")
     old = tenant.read_secret(rotation.name)
     new = generate(SecretKind.key32)
-    write_atomic(kept, (old + "\n").encode(), 0o600, tenant_ids(tenant))
+    mode, uid, gid = secret_access(tenant, rotation.name)
+    write_atomic(kept, (old + "\n").encode(), mode, (uid, gid))
     write_secret(tenant, rotation.name, new)
     started = time.monotonic()
     time.sleep(RECHECK_S + 0.5)  # every gateway process seals with the new key from now on

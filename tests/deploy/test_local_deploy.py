@@ -165,19 +165,40 @@ def test_no_tenant_service_listens_on_a_non_loopback_address(deployed: HostConfi
     assert not exposed
 
 
-def test_secrets_are_0600_and_owned_by_their_tenant(deployed: HostConfig) -> None:
-    """All but the agents' internal token, which the agents' own user reads through its group (0640)."""
+# Who may read each secret file, written out (appliance.secrets.SECRET_READERS is the deploy's table): its owner,
+# and the group that reads it too (None: 0600, nobody else).
+SECRET_FILES = {
+    "db_superuser_password": ("tenant", None),
+    "db_gateway_password": ("gw", None),
+    "db_sync_password": ("tenant", None),
+    "db_audit_password": ("tenant", None),
+    "db_identity_password": ("tenant", None),
+    "sync_secret": ("tenant", "gw"),
+    "agents_internal_token": ("gw", "agent"),
+    "jwt_signing_key": ("gw", None),
+    "secrets_encryption_key": ("gw", None),
+    "backup_cipher_passphrase": ("tenant", None),
+    "s3_access_key": ("tenant", None),
+    "s3_secret_key": ("tenant", None),
+    "identity_jwks": ("tenant", None),
+    "identity_cookie_keys": ("tenant", None),
+    "identity_gateway_client_secret": ("tenant", "gw"),
+}
+
+
+def test_each_secret_file_is_readable_by_its_readers_only(deployed: HostConfig) -> None:
+    import grp
     import pwd
 
+    assert set(SECRET_FILES) == set(TENANT_SECRETS)
     for tenant in deployed.tenants:
-        uid = pwd.getpwnam(tenant.user).pw_uid
+        names = {"tenant": tenant.user, "gw": tenant.gateway_user, "agent": tenant.agents_user}
         assert stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o710
-        for name in TENANT_SECRETS:
+        for name, (owner, group) in SECRET_FILES.items():
             st = tenant.secret_path(name).stat()
-            shared = name == "agents_internal_token"
-            assert stat.S_IMODE(st.st_mode) == (0o640 if shared else 0o600), name
-            assert st.st_uid == uid, name
-            assert st.st_gid == pwd.getpwnam(tenant.agents_user if shared else tenant.user).pw_gid, name
+            assert stat.S_IMODE(st.st_mode) == (0o640 if group else 0o600), name
+            assert pwd.getpwuid(st.st_uid).pw_name == names[owner], name
+            assert grp.getgrgid(st.st_gid).gr_name == names[group or owner], name
 
 
 def _secret_values(host: HostConfig) -> dict[str, str]:

@@ -15,7 +15,7 @@ def test_service_spec_runs_the_gateway_as_the_tenant_on_its_port(tmp_path: Path)
     assert spec.name == "appliance-acme-gateway" and spec.component == "gateway"
     assert spec.command[-4:] == ("gateway", "serve", "--tenant", "acme")
     assert spec.command[0].endswith("/venv/bin/appliance")
-    assert spec.user == "tenant-acme" and spec.port == env.tenant.port("gateway")
+    assert spec.user == "t-acme-gw" and spec.port == env.tenant.port("gateway")
     assert (spec.probe, spec.probe_path) == ("http", "/healthz")
     assert not any("secret" in value.lower() for value in (*spec.command, *spec.environment.values()))
 

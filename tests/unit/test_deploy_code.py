@@ -71,14 +71,17 @@ def test_supervisor_and_systemd_render_the_same_spec() -> None:
     assert "ExecStart=" in unit and "KillSignal=SIGINT" in unit and "User=tenant-acme" in unit
 
 
-def test_every_tenant_service_runs_as_the_tenant_user_on_loopback() -> None:
-    """All but the agent workers, which run third-party handlers under their own user, in their own dir."""
+def test_every_tenant_service_runs_as_its_components_user_on_loopback() -> None:
+    """The agent workers (third-party handlers, in their own dir) and the gateway (facing every caller) under
+    users of their own; the rest under the tenant's user."""
     host = host_config("@local", {"tenants": {"acme": {"slot": 1}, "globex": {"slot": 2}}})
+    own = {"agents": "agent", "gateway": "gw"}
     for spec in host_services(host):
         if spec.tenant:
             tenant = host.tenant(spec.tenant)
             agents = spec.component == "agents"
-            assert spec.user == (f"t-{spec.tenant}-agent" if agents else f"tenant-{spec.tenant}")
+            suffix = own.get(spec.component)
+            assert spec.user == (f"t-{spec.tenant}-{suffix}" if suffix else f"tenant-{spec.tenant}")
             assert spec.working_dir == (tenant.agents_data if agents else tenant.root)
             assert spec.umask == ("007" if agents else "077")
             assert "0.0.0.0" not in " ".join(spec.command)
@@ -111,6 +114,6 @@ def test_a_supervised_program_gets_its_users_home_not_supervisords() -> None:
     host = host_config("@local", {"tenants": {"acme": {"slot": 1}}})
     gateway = next(s for s in host_services(host) if s.component == "gateway")
     program = Supervisor().render(gateway)
-    assert 'environment=HOME="/srv/appliance/tenants/acme",USER="tenant-acme",LOGNAME="tenant-acme",' in program
+    assert 'environment=HOME="/srv/appliance/tenants/acme",USER="t-acme-gw",LOGNAME="t-acme-gw",' in program
     assert program.count("HOME=") == 1
     assert supervisor_environment(replace(gateway, environment={"HOME": "/elsewhere"}))["HOME"] == "/elsewhere"

@@ -37,7 +37,9 @@ def test_every_unit_is_confined_to_what_it_writes_and_limited_in_memory() -> Non
         bounding = _directives(unit, "CapabilityBoundingSet")
         if spec.tenant:
             tenant = host.tenant(spec.tenant)
-            extra = [str(tenant.gateway_socket.parent)] if spec.component == "gateway" else []
+            # The gateway and the provider each write their own front-door socket dir, nothing else outside.
+            own = {"gateway": tenant.gateway_socket.parent, "identity": tenant.identity_socket.parent}
+            extra = [str(own[spec.component])] if spec.component in own and tenant.frontdoor.enabled else []
             assert writable == [str(tenant.root), *extra]
             assert _directives(unit, "MemoryMax") == [getattr(tenant, spec.component).memory_max]
         else:
