@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import pwd
 import shutil
 import subprocess
@@ -75,6 +76,14 @@ def _account(name: str) -> pwd.struct_passwd | None:
         return None
 
 
+def _group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _tenant_or_leftovers(host: HostConfig, tenant_id: str) -> TenantConfig:
     """The tenant as the host config has it; or, for a tenant the config no longer lists (removed from the
     inventory and redeployed) whose user, directory or services are still on the host, enough of it to find
@@ -131,6 +140,11 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     for user in users:
         click.echo(f"removing OS user {user.pw_name}")
         subprocess.run(["userdel", user.pw_name], check=True, capture_output=True)
+    # userdel keeps a user's own group while another user is in it (the tenant's and the agents' groups hold
+    # each other's users): once all the users are gone, their groups go.
+    for name in (*tenant_config.own_users.values(), tenant_config.user):
+        if _group(name):
+            subprocess.run(["groupdel", name], check=True, capture_output=True)
     from appliance.backup.paths import backup_paths
 
     # The root-only recovery keys would restore a tenant that was asked to be destroyed; they go too.

@@ -40,6 +40,14 @@ def _members(group: str) -> set[str]:
         return set()
 
 
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def account(name: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
@@ -111,7 +119,9 @@ def _ensure_account(tenant: TenantConfig, component: str) -> list[str]:
     user, home = tenant.os_user(component), str(_home(tenant, component))
     changes = []
     if account(user) is None:
-        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--shell", NOLOGIN,
+        # Its group may have outlived an earlier user of the name (a tenant destroyed before its groups went too).
+        group = ["--gid", user] if _group_exists(user) else ["--user-group"]
+        _run("useradd", "--system", *group, "--no-create-home", "--home-dir", home, "--shell", NOLOGIN,
              "--groups", tenant.user, user)
         changes.append(f"OS user {user}")
     found = pwd.getpwnam(user)

@@ -186,15 +186,19 @@ def test_a_spoofed_forwarded_for_counts_only_through_the_front_door(deployed: Ho
     assert _refusals_since(deployed, before, 2) == ["127.0.0.1", "127.0.0.5"]
 
 
-def test_a_forwarded_for_from_the_tenants_own_user_on_the_socket_is_not_believed(deployed: HostConfig) -> None:
-    # The tenant's processes can reach their gateway's front-door socket too: only the front door's user counts.
+def test_a_forwarded_for_from_the_gateways_own_user_on_the_socket_is_not_believed(deployed: HostConfig) -> None:
+    # Only the front door's group and the gateway's own user enter the socket's directory (the tenant's other
+    # processes do not), and of those only the front door's user is believed.
     acme = deployed.tenant("acme")
+    outside = subprocess.run(["runuser", "-u", acme.user, "--", "ls", str(acme.gateway_socket.parent)],
+                             capture_output=True, text=True)
+    assert outside.returncode != 0 and "Permission denied" in outside.stderr
     request = ("GET /api/me HTTP/1.1\\r\\nHost: acme\\r\\nAuthorization: Bearer forged\\r\\n"
                "X-Forwarded-For: 203.0.113.77\\r\\nConnection: close\\r\\n\\r\\n")
     probe = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(acme.gateway_socket)!r}); "
              f"s.sendall(b'{request}'); print(s.recv(100))")
     before = _last_audit_seq(deployed)
-    sent = subprocess.run(["runuser", "-u", acme.user, "--", "python3", "-c", probe], capture_output=True,
+    sent = subprocess.run(["runuser", "-u", acme.gateway_user, "--", "python3", "-c", probe], capture_output=True,
                           text=True, timeout=30)
     assert sent.returncode == 0 and "401" in sent.stdout, sent.stderr
     # Recorded with no client address at all (not the forged one, not the front door's).

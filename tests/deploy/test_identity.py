@@ -277,8 +277,14 @@ def test_no_secret_of_the_identity_plane_shows_in_processes_or_its_files(configu
     for value in secrets_of:
         assert value not in processes and value not in runtime and value not in log
     assert (acme.run_dir / "identity.json").stat().st_mode & 0o777 == 0o600
-    for name in ("identity_jwks", "identity_cookie_keys", "identity_gateway_client_secret"):
+    for name in ("identity_jwks", "identity_cookie_keys"):
         assert acme.secret_path(name).stat().st_mode & 0o777 == 0o600
+    # The client secret both ends read: the provider's user's, and the gateway's own group's (nobody else in it).
+    import grp
+
+    shared = acme.secret_path("identity_gateway_client_secret").stat()
+    assert shared.st_mode & 0o777 == 0o640 and grp.getgrgid(shared.st_gid).gr_name == acme.gateway_user
+    assert grp.getgrnam(acme.gateway_user).gr_mem == []
 
 
 def _signed_by(acme: Any, jwk: dict[str, Any]) -> str:
