@@ -461,9 +461,11 @@ DB_ROLES: dict[str, dict[str, bool]] = {
 LOGIN_ROLES = tuple(role for role, attrs in DB_ROLES.items() if attrs["login"])
 
 # Components whose processes run under an OS user of their own, `t-<id>-<suffix>` (issue 20; at most 32 chars
-# with the longest tenant id): the agent workers run third-party handler code, the gateway faces every caller.
-# The others run as the tenant's user (`tenant-<id>`); Postgres and pgBackRest must share it (the cluster's owner).
-OWN_USER_COMPONENTS: dict[str, str] = {"agents": "agent", "gateway": "gw"}
+# with the longest tenant id). Postgres, pgBackRest and the backup scheduler run as the tenant's user
+# (`tenant-<id>`): pgBackRest must be the cluster's owner, and the backup reads every component's data and secrets.
+OWN_USER_COMPONENTS: dict[str, str] = {
+    "agents": "agent", "gateway": "gw", "sync": "sync", "streams": "strm", "identity": "idp", "audit": "audit",
+}
 DB_SUPERUSER = "postgres"
 
 
@@ -626,6 +628,11 @@ class TenantConfig(BaseModel):
     @property
     def sync_data(self) -> Path:
         return self.root / "sync"
+
+    @property
+    def identity_data(self) -> Path:
+        """The embedded provider's own dir (its runtime config)."""
+        return self.root / "identity"
 
     @property
     def agents_data(self) -> Path:

@@ -228,8 +228,9 @@ def caddyfile(config: HostConfig) -> Managed:
 
 
 def tenant_substrate(tenant: TenantConfig) -> list[Managed]:
-    """The tenant's root and its component directories, its own user's; the agents' dir the agents' user's
+    """The tenant's root and the cluster's directories, its own user's; each component's own dir its user's
     (appliance.host.users says why each mode)."""
+    from appliance.host.users import OWN_DIRS, own_dir_mode
     from appliance.secrets import PASS_THROUGH_MODE
 
     through = f"{PASS_THROUGH_MODE:o}"
@@ -239,10 +240,19 @@ def tenant_substrate(tenant: TenantConfig) -> list[Managed]:
         *(directory(f"Tenant dir {path.relative_to(tenant.root)} of {tenant.id}", path, "700", tenant.user,
                     tenant.user)
           for path in (tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir, tenant.pg_data.parent,
-                       tenant.streams_data, tenant.sync_data, tenant.backup_dir)),
-        directory(f"Agents dir of {tenant.id} ({tenant.agents_user}'s)", tenant.agents_data, "2770",
-                  tenant.agents_user, tenant.agents_user),
+                       tenant.backup_dir, *([] if _dir_managed(tenant, "sync") else [tenant.sync_data]))),
+        *(directory(f"Tenant dir {where(tenant).relative_to(tenant.root)} of {tenant.id} "
+                    f"({tenant.os_user(component)}'s)", where(tenant), f"{own_dir_mode(component):o}",
+                    tenant.os_user(component), tenant.os_user(component))
+          for component, (where, _) in OWN_DIRS.items() if _dir_managed(tenant, component)),
     ]
+
+
+def _dir_managed(tenant: TenantConfig, component: str) -> bool:
+    """Under the official sync image its container writes the sync dir (as root): only made, never owned."""
+    from appliance.config import SyncRuntime
+
+    return not (component == "sync" and tenant.sync.runtime is SyncRuntime.electric)
 
 
 def postgres_files(tenant: TenantConfig, docker_bridge_gateway: str = "") -> dict[str, str]:
@@ -293,10 +303,10 @@ def tenant_service_specs(config: HostConfig, tenant: TenantConfig, components: I
 # that call it (by their OS users; those that run as the tenant's user are that user, which runs the cluster).
 PORT_CLIENTS: dict[str, tuple[str, ...]] = {
     "postgres": ("postgres", "gateway", "sync", "audit", "identity", "backup"),
-    "sync": ("postgres", "gateway"),
-    "streams": ("postgres", "gateway", "agents"),
-    "agents": ("postgres", "gateway"),
-    "identity": ("postgres", "gateway"),
+    "sync": ("gateway",),
+    "streams": ("gateway", "agents"),
+    "agents": ("gateway",),
+    "identity": ("gateway",),
 }
 
 

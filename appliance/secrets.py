@@ -61,9 +61,10 @@ def missing_secrets(tenant: TenantConfig) -> list[str]:
 PASS_THROUGH_MODE = 0o710
 AGENTS_TOKEN = "agents_internal_token"
 
-# Which components open each secret's file (root reads any: the CLI, the deploy). A file is its first reader's
-# user's, and readable by the second's through that user's own group; two at most, which is all any secret needs.
-# Postgres and backup are the tenant's user (the cluster's owner).
+# Which components open each secret's file (root reads any: the CLI, the deploy), besides the backup (the tenant's
+# user, as Postgres is), which reads them all: its encrypted backups hold every secret, for a restore elsewhere.
+# A file is its first reader's user's; a second reader reads it through its own group (two at most, which is all
+# any secret needs), and the tenant's user through the group it shares (it is in every component's group).
 SECRET_READERS: dict[str, tuple[str, ...]] = {
     "db_superuser_password": ("postgres",),
     "db_gateway_password": ("gateway",),
@@ -98,18 +99,19 @@ def component_ids(tenant: TenantConfig, component: str) -> tuple[int, int]:
 
 
 def secret_access(tenant: TenantConfig, name: str) -> tuple[int, int, int]:
-    """(mode, uid, gid) the secret file `name` has: its reader's, 0600; or, read by two users, 0640, one's and
-    the other's group. Never shared through the tenant's group, which holds every component's own user (to pass
-    through the tenant root): a file the tenant's user reads with another is the tenant's user's, in the other's
-    group."""
+    """(mode, uid, gid) the secret file `name` has: its first reader's user's; 0600 when that is the tenant's
+    user and nobody else reads it; else 0640 in the second reader's own group, or in the owner's own group, which
+    the tenant's user is in. Never in the tenant's group: every component's user is in it (to pass through the
+    tenant root)."""
     readers = [component_ids(tenant, component) for component in SECRET_READERS[name]]
-    first, others = readers[0], [ids for ids in readers[1:] if ids[0] != readers[0][0]]
-    if not others:
-        return 0o600, *first
-    second = others[0]
-    tenant_gid = component_ids(tenant, "postgres")[1]
-    owner, group = (second, first) if second[1] == tenant_gid else (first, second)
-    return 0o640, owner[0], group[1]
+    owner, tenant_ids = readers[0], component_ids(tenant, "postgres")
+    others = [ids for ids in readers[1:] if ids != owner and ids != tenant_ids]
+    if others:
+        return 0o640, owner[0], others[0][1]
+    if owner == tenant_ids:
+        others = [ids for ids in readers[1:] if ids != owner]
+        return (0o640, owner[0], others[0][1]) if others else (0o600, *owner)
+    return 0o640, *owner
 
 
 def _access_wrong(tenant: TenantConfig) -> list[tuple[str, Path, tuple[int, int, int]]]:

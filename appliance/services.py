@@ -93,6 +93,9 @@ def _tenant_services(tenant: TenantConfig, source_digest: str) -> list[ServiceSp
             port=tenant.port("streams"),
             probe="tcp",
             environment={"APPLIANCE_STREAMS_SERVER": streams_server_digest()},
+            # Its own user, sharing what it writes with its group (the tenant's user, whose backups read the
+            # streams and open their LMDB lock file).
+            umask="007",
             **{**common, "user": tenant.os_user("streams")},  # type: ignore[arg-type]
         ),
         *(_with_sources(spec, source_digest) for spec in _application_services(tenant)),

@@ -124,7 +124,9 @@ def as_tenant(tenant: TenantConfig) -> dict[str, Any]:
     uid, gid = tenant_ids(tenant)
     if os.geteuid() == uid:
         return {}
-    return {"user": uid, "group": gid, "extra_groups": []}
+    # Its own groups too, as a login would have them: it reads what the components share with it through theirs
+    # (the S3 keys are the audit shipper's, in its group; appliance.host.users), and none of root's.
+    return {"user": uid, "group": gid, "extra_groups": os.getgrouplist(tenant.user, gid)}
 
 
 def run(

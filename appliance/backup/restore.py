@@ -120,7 +120,8 @@ def ensure_tenant_dirs(tenant: TenantConfig) -> None:
     """The tenant's directory skeleton (as the deploy makes it), for a tenant whose directory is gone."""
     owner = pgbackrest.tenant_ids(tenant)
     for path in (tenant.root, tenant.secrets_dir, tenant.logs_dir, tenant.run_dir, tenant.pg_socket_dir,
-                 tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.backup_dir):
+                 tenant.pg_data.parent, tenant.streams_data, tenant.sync_data, tenant.agents_data, tenant.identity_data,
+                 tenant.backup_dir):
         if not path.is_dir():
             path.mkdir(mode=0o700, parents=True)
             if os.geteuid() == 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from appliance.config import load_host_config, load_tenant
+from appliance.config import HostConfig, TenantConfig, load_host_config, load_tenant
 
 
 def _report(changes: list[str], what: str) -> None:
@@ -47,11 +47,43 @@ def secrets(tenant_id: str) -> None:
 @host.command()
 @click.argument("tenant_id")
 def users(tenant_id: str) -> None:
-    """The OS users inside the tenant: the agents' own (appliance.host.users), its files and groups."""
+    """The OS users inside the tenant: each component's own (appliance.host.users), its files and groups."""
+    import os
+
+    from appliance.host.firewall import refresh_firewall
     from appliance.host.users import ensure_users
 
-    _, tenant = load_tenant(tenant_id)
-    _report(ensure_users(tenant), f"OS users of {tenant_id}")
+    host, tenant = load_tenant(tenant_id)
+    owner = pwd.getpwnam(tenant.user)
+    groups_before = set(os.getgrouplist(tenant.user, owner.pw_gid))
+    changes = ensure_users(tenant)
+    changes += refresh_firewall(load_host_config())
+    if set(os.getgrouplist(tenant.user, owner.pw_gid)) != groups_before:
+        changes += _restart_cluster_owner(host, tenant)
+    _report(changes, f"OS users of {tenant_id}")
+
+
+def _restart_cluster_owner(host: HostConfig, tenant: TenantConfig) -> list[str]:
+    """The tenant's user joined a component's group (a host deployed before that component had a user of its own):
+    its running processes (Postgres, whose archiver runs pgBackRest, and the backup) keep the groups they started
+    with, so they restart to read what is now shared with them through it (the S3 keys, the streams)."""
+    import subprocess
+
+    from appliance.services import tenant_services
+    from appliance.status import wait_healthy
+    from appliance.supervision import detect, manager
+
+    mgr = manager(detect(host.common.service_manager))
+    specs = [s for s in tenant_services(tenant, host.source_digest) if s.user == tenant.user]
+    states = mgr.states(specs)
+    running = [spec for spec in specs if states[spec.name].running]
+    for spec in running:
+        subprocess.run(mgr.restart_command(spec), check=True, capture_output=True, timeout=120)
+    unhealthy = wait_healthy(host, running, timeout_s=120) if running else {}
+    if unhealthy:
+        raise click.ClickException(f"not healthy after the restart: {unhealthy}")
+    names = ", ".join(spec.component for spec in running)
+    return [f"restarted {names} (the tenant's user joined its components' groups)"] if running else []
 
 
 @host.command("postgres-init")

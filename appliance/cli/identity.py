@@ -48,7 +48,6 @@ def serve(tenant_id: str) -> None:
 def rotate_keys(tenant_id: str) -> None:
     """New signing keys for the tenant's provider; the old ones stay published (tokens they signed keep
     verifying) for a week. Restarts the provider (only it)."""
-    import pwd
     import subprocess
 
     from appliance.audit.operator import record_operator_action
@@ -56,6 +55,7 @@ def rotate_keys(tenant_id: str) -> None:
     from appliance.identity.keys import rotated_jwks
     from appliance.identity.service import identity_service
     from appliance.objectstore.files import write_atomic
+    from appliance.secrets import secret_access
     from appliance.supervision import detect, manager
 
     host = load_host_config()
@@ -65,8 +65,8 @@ def rotate_keys(tenant_id: str) -> None:
         sys.exit(2)
     path = tenant.secret_path("identity_jwks")
     document, added, dropped = rotated_jwks(path.read_text())
-    user = pwd.getpwnam(tenant.user)
-    write_atomic(path, document.encode(), 0o600, (user.pw_uid, user.pw_gid))
+    mode, uid, gid = secret_access(tenant, "identity_jwks")
+    write_atomic(path, document.encode(), mode, (uid, gid))
     record_operator_action(tenant, "identity.keys_rotated", {"new_kids": added, "dropped_kids": dropped})
     mgr = manager(detect(host.common.service_manager))
     subprocess.run(mgr.restart_command(identity_service(tenant)), check=True, capture_output=True)

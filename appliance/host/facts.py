@@ -45,10 +45,12 @@ def tenant_local_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]
     """What the tenant's files, Postgres and pgBackRest say."""
     missing = _missing(tenant)
     initialized = postgres.is_initialized(tenant)
+    from appliance.host.firewall import firewall_current
     from appliance.host.users import users_ok
 
     return {
-        "users_ok": users_ok(tenant),
+        # The users step also brings the loaded port rules up to date with the users (appliance.host.firewall).
+        "users_ok": users_ok(tenant) and firewall_current(host),
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),

@@ -1,16 +1,19 @@
-"""The OS identities inside a tenant (issue 20): the components with a user of their own (config.OWN_USER_COMPONENTS:
-the agent workers, which run third-party handler code, and the gateway, which faces every caller), and the tenant's
-user for the rest (Postgres and pgBackRest must share the cluster's owner).
+"""The OS identities inside a tenant (issue 20): one user per component (config.OWN_USER_COMPONENTS,
+`t-<id>-<suffix>`), and the tenant's own user (`tenant-<id>`) for the cluster's owner: Postgres, pgBackRest and the
+backup scheduler, which must share it.
 
-What a component's user (`t-<id>-<suffix>`) may touch, and how the files say so:
-- the secrets its component reads (appliance.secrets.SECRET_READERS): a file is its first reader's user's, 0600,
-  or 0640 with the second reader's own group; every other secret it cannot open;
-- the tenant root and secrets dir, `0710 tenant-<id>:tenant-<id>`: each such user is in the tenant's group to pass
-  through them (and to read the tenant's config view, 0640 root:tenant-<id>), never to list them;
-- its own places: the agents dir, `2770 t-<id>-agent:t-<id>-agent` (setgid: what it creates stays in its group),
-  files 0660 - the tenant's user is in that group, so the tenant's backups read (and SQLite's shared-memory files
-  stay usable); the gateway's front-door socket dir (appliance.desired.tenant_upstream_dirs);
+What a component's user may touch, and how the files say so:
+- the secrets its component reads (appliance.secrets.SECRET_READERS): each file is its first reader's user's,
+  and readable through a component's own group by a second reader and by the tenant's user (the backup, whose
+  encrypted backups hold every secret: a restore elsewhere needs them all); every other secret it cannot open;
+- the tenant root and secrets dir, `0710 tenant-<id>:tenant-<id>`: each component's user is in the tenant's group
+  to pass through them (and to read the tenant's config view, 0640 root:tenant-<id>), never to list them;
+- its own dir (OWN_DIRS), made its user's: private (0700), or shared with its group (setgid 2770, files 0660) where
+  the backup reads it (the agents' state and the streams: SQLite and LMDB readers write their lock files too);
+- the gateway's and the provider's front-door socket dirs (appliance.desired.tenant_upstream_dirs);
 - on loopback, the ports of the components it calls (nftables owner rules, appliance.desired.PORT_CLIENTS).
+
+The tenant's user is in every component's group (backups, secrets); no component's user is in another's.
 
 `users_ok` is the deploy's fact, `ensure_users` its step (`appliance host users <tenant>`), for pyinfra and Ansible
 alike; a host deployed before a split is converted by the same step (files change owner).
@@ -23,14 +26,25 @@ import os
 import pwd
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.config import TenantConfig
 from appliance.secrets import PASS_THROUGH_MODE, RETIRED_SECRETS, assert_secret_access, secret_access_ok
 
 NOLOGIN = "/usr/sbin/nologin"
-AGENTS_DIR_MODE = 0o2770
-AGENTS_FILE_MODE = 0o660
+SHARED_DIR_MODE = 0o2770
+SHARED_FILE_MODE = 0o660
+PRIVATE_DIR_MODE = 0o700
+
+# Component -> (its dir, shared with the backup through its group). The others have no dir of their own and are at
+# home in the tenant root they pass through.
+OWN_DIRS: dict[str, tuple[Callable[[TenantConfig], Path], bool]] = {
+    "agents": (lambda t: t.agents_data, True),
+    "streams": (lambda t: t.streams_data, True),
+    "sync": (lambda t: t.sync_data, False),
+    "identity": (lambda t: t.identity_data, False),
+}
 
 
 def _members(group: str) -> set[str]:
@@ -55,9 +69,8 @@ def account(name: str) -> pwd.struct_passwd | None:
         return None
 
 
-def agents_ids(tenant: TenantConfig) -> tuple[int, int]:
-    account = pwd.getpwnam(tenant.agents_user)
-    return account.pw_uid, account.pw_gid
+def own_dir_mode(component: str) -> int:
+    return SHARED_DIR_MODE if OWN_DIRS[component][1] else PRIVATE_DIR_MODE
 
 
 def _mode_owner(path: Path) -> tuple[int, int, int] | None:
@@ -68,29 +81,65 @@ def _mode_owner(path: Path) -> tuple[int, int, int] | None:
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
-def _tree_wrong(tenant: TenantConfig, uid: int, gid: int) -> bool:
-    """Anything under the agents dir not the agents' own, group-shared as above (a pre-split host: all of it)."""
-    root = tenant.agents_data
-    if _mode_owner(root) not in (None, (AGENTS_DIR_MODE, uid, gid)):
+def _own_dirs(tenant: TenantConfig) -> list[str]:
+    """The components of `tenant` whose dir is their user's: not the sync dir under the official image (its
+    container writes it as root; the sync user runs nothing then)."""
+    from appliance.config import SyncRuntime
+
+    electric = tenant.sync.runtime is SyncRuntime.electric
+    return [c for c in OWN_DIRS if c in tenant.own_users and not (c == "sync" and electric)]
+
+
+def _tree_wrong(tenant: TenantConfig, component: str) -> bool:
+    """Anything in the component's dir not its user's (and, shared, not group-shared): a pre-split host, all of it."""
+    found = account(tenant.os_user(component))
+    if found is None:
+        return True
+    uid, gid = found.pw_uid, found.pw_gid
+    where, shared = OWN_DIRS[component]
+    root = where(tenant)
+    if _mode_owner(root) not in (None, (own_dir_mode(component), uid, gid)):
         return True
     for path in root.rglob("*") if root.is_dir() else ():
         st = path.lstat()
-        wanted = AGENTS_DIR_MODE if stat.S_ISDIR(st.st_mode) else AGENTS_FILE_MODE
-        if (st.st_uid, st.st_gid) != (uid, gid) or stat.S_IMODE(st.st_mode) & wanted != wanted:
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            return True
+        wanted = (SHARED_DIR_MODE if stat.S_ISDIR(st.st_mode) else SHARED_FILE_MODE) if shared else 0
+        if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & wanted != wanted:
             return True
     return False
 
 
+def own_tree(tenant: TenantConfig, component: str) -> None:
+    """The component's dir and all in it its user's, shared with its group where the backup reads it (after a
+    split or a restore)."""
+    found = pwd.getpwnam(tenant.os_user(component))
+    uid, gid = found.pw_uid, found.pw_gid
+    where, shared = OWN_DIRS[component]
+    root = where(tenant)
+    root.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            os.lchown(path, uid, gid)
+            continue
+        os.chown(path, uid, gid)
+        if shared:
+            wanted = SHARED_DIR_MODE if stat.S_ISDIR(st.st_mode) else SHARED_FILE_MODE
+            os.chmod(path, stat.S_IMODE(st.st_mode) | wanted)
+    os.chmod(root, own_dir_mode(component))
+
+
 def _home(tenant: TenantConfig, component: str) -> Path:
     """Where a component's user is at home: its own dir where it has one, else the tenant root it passes through."""
-    return tenant.agents_data if component == "agents" else tenant.root
+    return OWN_DIRS[component][0](tenant) if component in OWN_DIRS else tenant.root
 
 
 def _account_wrong(tenant: TenantConfig, component: str) -> bool:
     user = tenant.os_user(component)
     found = account(user)
     return (found is None or (found.pw_dir, found.pw_shell) != (str(_home(tenant, component)), NOLOGIN)
-            or user not in _members(tenant.user))
+            or user not in _members(tenant.user) or tenant.user not in _members(user))
 
 
 def users_ok(tenant: TenantConfig) -> bool:
@@ -98,15 +147,12 @@ def users_ok(tenant: TenantConfig) -> bool:
     owner = account(tenant.user)
     if owner is None or any(_account_wrong(tenant, c) for c in tenant.own_users):
         return False
-    if tenant.user not in _members(tenant.agents_user):
-        return False
     for path in (tenant.root, tenant.secrets_dir):
         if _mode_owner(path) not in (None, (PASS_THROUGH_MODE, owner.pw_uid, owner.pw_gid)):
             return False
     if not secret_access_ok(tenant) or any((tenant.secrets_dir / n).exists() for n in RETIRED_SECRETS):
         return False
-    agents = pwd.getpwnam(tenant.agents_user)
-    return not _tree_wrong(tenant, agents.pw_uid, agents.pw_gid)
+    return not any(_tree_wrong(tenant, c) for c in _own_dirs(tenant))
 
 
 def _run(*argv: str) -> None:
@@ -131,6 +177,9 @@ def _ensure_account(tenant: TenantConfig, component: str) -> list[str]:
     if user not in _members(tenant.user):
         _run("usermod", "--append", "--groups", tenant.user, user)
         changes.append(f"{user} passes through {tenant.user}'s directories")
+    if tenant.user not in _members(user):
+        _run("usermod", "--append", "--groups", user, tenant.user)
+        changes.append(f"{tenant.user} (the backup) reads what {user} shares")
     return changes
 
 
@@ -140,9 +189,6 @@ def ensure_users(tenant: TenantConfig) -> list[str]:
     owner = pwd.getpwnam(tenant.user)  # made by the substrate just before
     for component in tenant.own_users:
         changes.extend(_ensure_account(tenant, component))
-    if tenant.user not in _members(tenant.agents_user):
-        _run("usermod", "--append", "--groups", tenant.agents_user, tenant.user)
-        changes.append(f"{tenant.user} reads the agents' files (backups)")
     for path in (tenant.root, tenant.secrets_dir):
         if path.is_dir() and _mode_owner(path) != (PASS_THROUGH_MODE, owner.pw_uid, owner.pw_gid):
             os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -153,23 +199,8 @@ def ensure_users(tenant: TenantConfig) -> list[str]:
         if (tenant.secrets_dir / name).exists():  # not a secret_path: it is no tenant secret any more
             (tenant.secrets_dir / name).unlink()
             changes.append(f"{name} removed (no longer used)")
-    agents = pwd.getpwnam(tenant.agents_user)
-    if _tree_wrong(tenant, agents.pw_uid, agents.pw_gid):
-        own_agents_tree(tenant)
-        changes.append(f"{tenant.agents_data} is {tenant.agents_user}'s")
+    for component in _own_dirs(tenant):
+        if _tree_wrong(tenant, component):
+            own_tree(tenant, component)
+            changes.append(f"{OWN_DIRS[component][0](tenant)} is {tenant.os_user(component)}'s")
     return changes
-
-
-def own_agents_tree(tenant: TenantConfig) -> None:
-    """The agents dir and all in it the agents' user's, shared with its group (after a split or a restore)."""
-    uid, gid = agents_ids(tenant)
-    root = tenant.agents_data
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path in [root, *root.rglob("*")]:
-        st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            os.lchown(path, uid, gid)
-            continue
-        os.chown(path, uid, gid)
-        wanted = AGENTS_DIR_MODE if stat.S_ISDIR(st.st_mode) else AGENTS_FILE_MODE
-        os.chmod(path, stat.S_IMODE(st.st_mode) | wanted)

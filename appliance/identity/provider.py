@@ -144,11 +144,11 @@ def runtime_config(tenant: TenantConfig) -> dict[str, Any]:
 
 
 def write_runtime_config(tenant: TenantConfig, path: Path) -> None:
-    """The runtime config, 0600, for the user who runs the provider (the tenant's) only."""
+    """The runtime config, 0600, for the user who runs the provider (its own) only."""
     from appliance.objectstore.files import write_atomic
 
     write_atomic(path, (json.dumps(runtime_config(tenant), indent=1) + "\n").encode(), 0o600)
 
 
 def runtime_config_path(tenant: TenantConfig) -> Path:
-    return tenant.run_dir / "identity.json"
+    return tenant.identity_data / "identity.json"

@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from appliance.config import HostConfig, load_host_config
-from appliance.identity.provider import issuer_url
+from appliance.identity.provider import issuer_url, runtime_config_path
 from tests.support.browser import chromium
 from tests.support.deployment import BIN, LOCAL_INVENTORY, deploy_or_fail, status_json
 from tests.support.frontdoor import door_client, printed_ca
@@ -91,13 +91,13 @@ def test_each_tenants_provider_is_served_at_its_own_name_only(configured: dict[s
     assert not acme_kids & globex_kids
 
 
-def test_a_providers_port_answers_only_its_tenants_user(configured: dict[str, Any]) -> None:
+def test_a_providers_port_answers_only_its_tenants_gateway(configured: dict[str, Any]) -> None:
     host: HostConfig = configured["host"]
     port = host.tenant("acme").port("identity")
     probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3).close()"
-    assert subprocess.run(["setpriv", "--reuid", "tenant-acme", "--regid", "tenant-acme", "--clear-groups",
+    assert subprocess.run(["setpriv", "--reuid", "t-acme-gw", "--regid", "t-acme-gw", "--clear-groups",
                            str(BIN / "python"), "-c", probe], capture_output=True).returncode == 0
-    for other in ("tenant-globex", "appliance-frontdoor"):
+    for other in ("tenant-acme", "t-acme-agent", "tenant-globex", "t-globex-gw", "appliance-frontdoor"):
         refused = subprocess.run(["setpriv", "--reuid", other, "--regid", other, "--clear-groups",
                                   str(BIN / "python"), "-c", probe], capture_output=True, text=True)
         assert refused.returncode != 0 and "Connection refused" in refused.stderr, (other, refused.stderr)
@@ -272,19 +272,16 @@ def test_no_secret_of_the_identity_plane_shows_in_processes_or_its_files(configu
     jwks = json.loads(acme.secret_path("identity_jwks").read_text())
     secrets_of += [k["d"] for k in jwks["keys"]]
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    runtime = (acme.run_dir / "identity.json").read_text()
+    runtime = runtime_config_path(acme).read_text()
     log = acme.log_file("identity").read_text(errors="replace")
     for value in secrets_of:
         assert value not in processes and value not in runtime and value not in log
-    assert (acme.run_dir / "identity.json").stat().st_mode & 0o777 == 0o600
-    for name in ("identity_jwks", "identity_cookie_keys"):
-        assert acme.secret_path(name).stat().st_mode & 0o777 == 0o600
-    # The client secret both ends read: the provider's user's, and the gateway's own group's (nobody else in it).
-    import grp
+    import pwd
 
-    shared = acme.secret_path("identity_gateway_client_secret").stat()
-    assert shared.st_mode & 0o777 == 0o640 and grp.getgrgid(shared.st_gid).gr_name == acme.gateway_user
-    assert grp.getgrnam(acme.gateway_user).gr_mem == []
+    assert runtime_config_path(acme).stat().st_mode & 0o777 == 0o600
+    assert pwd.getpwuid(runtime_config_path(acme).stat().st_uid).pw_name == acme.os_user("identity")
+    # Each of its secrets readable by the provider's user, the backup (the tenant's user) and, for the client
+    # secret, the gateway: test_local_deploy's SECRET_FILES, checked for every secret.
 
 
 def _signed_by(acme: Any, jwk: dict[str, Any]) -> str:

@@ -45,62 +45,79 @@ def test_no_component_role_is_superuser_or_can_switch_off_the_audit_triggers(dep
                 conn.execute("SET session_replication_role = replica")
 
 
+OWN = {"agents": "agent", "gateway": "gw", "sync": "sync", "streams": "strm", "identity": "idp", "audit": "audit"}
+
+
 def test_status_says_which_os_user_each_component_runs_as(deployed: HostConfig) -> None:
     code, report = status_json()
     assert code == 0
-    own = {"agents": "agent", "gateway": "gw"}
     for tenant_id, data in report["tenants"].items():
         users = {name: c.get("user") for name, c in data["components"].items() if c.get("pid")}
-        for component, suffix in own.items():
+        for component, suffix in OWN.items():
             assert users.pop(component) == f"t-{tenant_id}-{suffix}"
             # and it is who the process really is
             pid = data["components"][component]["pid"]
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
             uid = int(next(line for line in status if line.startswith("Uid:")).split()[1])
-            assert pwd.getpwuid(uid).pw_name == f"t-{tenant_id}-{suffix}"
-        assert users and all(user == f"tenant-{tenant_id}" for user in users.values()), users
+            assert pwd.getpwuid(uid).pw_name == f"t-{tenant_id}-{suffix}", component
+        # The cluster's owner: Postgres and the backup.
+        assert users == {"postgres": f"tenant-{tenant_id}", "backup": f"tenant-{tenant_id}"}, users
     assert report["host"]["components"]["frontdoor"]["user"] == deployed.frontdoor_user
 
 
-# What the gateway opens (appliance.secrets.SECRET_READERS says it; written out here so a change to that table
+# What each component opens (appliance.secrets.SECRET_READERS says it; written out here so a change to that table
 # shows up as a failing test, not as a silently wider reach).
-GATEWAY_SECRETS = {"db_gateway_password", "sync_secret", "agents_internal_token", "jwt_signing_key",
-                   "secrets_encryption_key", "identity_gateway_client_secret"}
+READS = {
+    "gateway": {"db_gateway_password", "sync_secret", "agents_internal_token", "jwt_signing_key",
+                "secrets_encryption_key", "identity_gateway_client_secret"},
+    "sync": {"db_sync_password", "sync_secret"},
+    "streams": set(),
+    "identity": {"db_identity_password", "identity_jwks", "identity_cookie_keys", "identity_gateway_client_secret"},
+    "audit": {"db_audit_password", "s3_access_key", "s3_secret_key"},
+    "agents": {"agents_internal_token"},
+}
 
 
-def test_the_gateways_user_reads_its_secrets_reaches_its_upstreams_and_nothing_else(deployed: HostConfig) -> None:
-    """The gateway faces every caller: a hole in it must not hand over the cluster's superuser, the backup cipher,
-    the S3 keys or the provider's signing keys, nor the other tenant."""
+def test_each_components_user_reads_its_own_secrets_and_no_other(deployed: HostConfig) -> None:
+    tenant, other = deployed.tenant("acme"), deployed.tenant("globex")
+    for component, reads in READS.items():
+        who = tenant.os_user(component)
+        for name in TENANT_SECRETS:
+            result = as_user(who, "cat", str(tenant.secret_path(name)))
+            if name in reads:
+                assert result.returncode == 0, (component, name, result.stderr)
+            else:
+                assert result.returncode != 0 and "Permission denied" in result.stderr, (component, name)
+            assert as_user(who, "cat", str(other.secret_path(name))).returncode != 0, (component, name)
+
+
+def test_each_internal_port_answers_only_the_components_that_call_it(deployed: HostConfig) -> None:
+    tenant, other = deployed.tenant("acme"), deployed.tenant("globex")
+    callers = {"postgres": {"gateway", "sync", "audit", "identity"}, "sync": {"gateway"},
+               "streams": {"gateway", "agents"}, "agents": {"gateway"}, "identity": {"gateway"}}
+    for port_of, allowed in callers.items():
+        for component in OWN:
+            probe = as_user(tenant.os_user(component), "/usr/bin/python3", "-c", _PROBE, str(tenant.port(port_of)))
+            wanted = "open" if component in allowed else "refused"
+            assert probe.stdout.startswith(wanted), (component, port_of, probe.stdout, probe.stderr)
+            probe = as_user(tenant.os_user(component), "/usr/bin/python3", "-c", _PROBE, str(other.port(port_of)))
+            assert probe.stdout.startswith("refused"), ("globex", component, port_of, probe.stdout)
+
+
+def test_the_gateways_user_reaches_nothing_else_of_its_tenant(deployed: HostConfig) -> None:
+    """The gateway faces every caller: a hole in it must not hand over the cluster, the backups or the other
+    components' data, nor the other tenant."""
     tenant, other = deployed.tenant("acme"), deployed.tenant("globex")
     who = tenant.gateway_user
-    for name in TENANT_SECRETS:
-        result = as_user(who, "cat", str(tenant.secret_path(name)))
-        if name in GATEWAY_SECRETS:
-            assert result.returncode == 0, (name, result.stderr)
-        else:
-            assert result.returncode != 0 and "Permission denied" in result.stderr, name
     for path in (tenant.root, tenant.secrets_dir, tenant.pg_data.parent, tenant.streams_data, tenant.backup_dir,
-                 tenant.agents_data, tenant.logs_dir, other.root):
+                 tenant.agents_data, tenant.sync_data, tenant.identity_data, tenant.logs_dir, other.root):
         denied = as_user(who, "ls", str(path))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, path
-    for component in ("postgres", "sync", "streams", "agents", "identity"):
-        probe = as_user(who, "/usr/bin/python3", "-c", _PROBE, str(tenant.port(component)))
-        assert probe.stdout.startswith("open"), (component, probe.stdout, probe.stderr)
-        probe = as_user(who, "/usr/bin/python3", "-c", _PROBE, str(other.port(component)))
-        assert probe.stdout.startswith("refused"), ("globex", component, probe.stdout, probe.stderr)
     _, report = status_json()
-    postgres = report["tenants"]["acme"]["components"]["postgres"]["pid"]
-    denied = as_user(who, "kill", "-0", str(postgres))
-    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
-
-
-def test_the_tenants_user_cannot_read_what_only_the_gateway_uses(deployed: HostConfig) -> None:
-    """Whatever else runs as the tenant's user (the streams server, the sync engine) cannot mint a token or open
-    the sealed secrets."""
-    tenant = deployed.tenant("acme")
-    for name in ("jwt_signing_key", "secrets_encryption_key", "db_gateway_password"):
-        denied = as_user(tenant.user, "cat", str(tenant.secret_path(name)))
-        assert denied.returncode != 0 and "Permission denied" in denied.stderr, name
+    for component in ("postgres", "sync", "streams", "agents"):
+        pid = report["tenants"]["acme"]["components"][component]["pid"]
+        denied = as_user(who, "kill", "-0", str(pid))
+        assert denied.returncode != 0 and "Operation not permitted" in denied.stderr, component
 
 
 def test_the_agents_user_reaches_its_token_and_the_streams_server_and_nothing_else(deployed: HostConfig) -> None:

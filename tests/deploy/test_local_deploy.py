@@ -166,23 +166,24 @@ def test_no_tenant_service_listens_on_a_non_loopback_address(deployed: HostConfi
 
 
 # Who may read each secret file, written out (appliance.secrets.SECRET_READERS is the deploy's table): its owner,
-# and the group that reads it too (None: 0600, nobody else).
+# and the group that reads it too (None: 0600). The tenant's user (the cluster's owner and the backup, whose
+# encrypted backups hold every secret) is in every component's group; nobody else is in another's.
 SECRET_FILES = {
     "db_superuser_password": ("tenant", None),
-    "db_gateway_password": ("gw", None),
-    "db_sync_password": ("tenant", None),
-    "db_audit_password": ("tenant", None),
-    "db_identity_password": ("tenant", None),
-    "sync_secret": ("tenant", "gw"),
+    "db_gateway_password": ("gw", "gw"),
+    "db_sync_password": ("sync", "sync"),
+    "db_audit_password": ("audit", "audit"),
+    "db_identity_password": ("idp", "idp"),
+    "sync_secret": ("gw", "sync"),
     "agents_internal_token": ("gw", "agent"),
-    "jwt_signing_key": ("gw", None),
-    "secrets_encryption_key": ("gw", None),
+    "jwt_signing_key": ("gw", "gw"),
+    "secrets_encryption_key": ("gw", "gw"),
     "backup_cipher_passphrase": ("tenant", None),
-    "s3_access_key": ("tenant", None),
-    "s3_secret_key": ("tenant", None),
-    "identity_jwks": ("tenant", None),
-    "identity_cookie_keys": ("tenant", None),
-    "identity_gateway_client_secret": ("tenant", "gw"),
+    "s3_access_key": ("audit", "audit"),
+    "s3_secret_key": ("audit", "audit"),
+    "identity_jwks": ("idp", "idp"),
+    "identity_cookie_keys": ("idp", "idp"),
+    "identity_gateway_client_secret": ("gw", "idp"),
 }
 
 
@@ -192,7 +193,10 @@ def test_each_secret_file_is_readable_by_its_readers_only(deployed: HostConfig) 
 
     assert set(SECRET_FILES) == set(TENANT_SECRETS)
     for tenant in deployed.tenants:
-        names = {"tenant": tenant.user, "gw": tenant.gateway_user, "agent": tenant.agents_user}
+        names = {"tenant": tenant.user, **{u.rsplit("-", 1)[1]: u for u in tenant.own_users.values()}}
+        for user in tenant.own_users.values():
+            assert set(grp.getgrnam(user).gr_mem) == {tenant.user}, user
+        assert set(grp.getgrnam(tenant.user).gr_mem) == set(tenant.own_users.values())
         assert stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o710
         for name, (owner, group) in SECRET_FILES.items():
             st = tenant.secret_path(name).stat()

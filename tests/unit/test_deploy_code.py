@@ -72,10 +72,10 @@ def test_supervisor_and_systemd_render_the_same_spec() -> None:
 
 
 def test_every_tenant_service_runs_as_its_components_user_on_loopback() -> None:
-    """The agent workers (third-party handlers, in their own dir) and the gateway (facing every caller) under
-    users of their own; the rest under the tenant's user."""
+    """Each component under a user of its own (the agent workers in their own dir); Postgres and the backup, the
+    cluster's owner, under the tenant's user."""
     host = host_config("@local", {"tenants": {"acme": {"slot": 1}, "globex": {"slot": 2}}})
-    own = {"agents": "agent", "gateway": "gw"}
+    own = {"agents": "agent", "gateway": "gw", "sync": "sync", "streams": "strm", "identity": "idp", "audit": "audit"}
     for spec in host_services(host):
         if spec.tenant:
             tenant = host.tenant(spec.tenant)
@@ -83,7 +83,7 @@ def test_every_tenant_service_runs_as_its_components_user_on_loopback() -> None:
             suffix = own.get(spec.component)
             assert spec.user == (f"t-{spec.tenant}-{suffix}" if suffix else f"tenant-{spec.tenant}")
             assert spec.working_dir == (tenant.agents_data if agents else tenant.root)
-            assert spec.umask == ("007" if agents else "077")
+            assert spec.umask == ("007" if spec.component in ("agents", "streams") else "077")
             assert "0.0.0.0" not in " ".join(spec.command)
 
 
