@@ -170,6 +170,10 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig, *, product_schema: boo
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chown(path, *owner)
         os.chmod(path, 0o700)
+    # Each component's own user, its dir and its secrets' owners, as the deploy's users step makes them.
+    from appliance.host.users import ensure_users
+
+    ensure_users(tenant)
     ensure_tenant_secrets(tenant, *owner)
     initdb(tenant)
     ensure_files(host, tenant)
@@ -203,12 +207,14 @@ def set_up_tenant(host: HostConfig, tenant: TenantConfig, *, product_schema: boo
 
 def tear_down_tenant(tenant: TenantConfig) -> None:
     remove_programs(rig_services(tenant))
-    try:
-        user = pwd.getpwnam(tenant.user)
-    except KeyError:
-        return
-    kill_user_processes(user.pw_uid)
-    subprocess.run(["userdel", tenant.user], capture_output=True)
+    names = [*tenant.own_users.values(), tenant.user]
+    for name in names:
+        with contextlib.suppress(KeyError):
+            kill_user_processes(pwd.getpwnam(name).pw_uid)
+    for name in names:
+        subprocess.run(["userdel", name], capture_output=True)
+    for name in names:  # userdel keeps a group another user is in (they are in each other's)
+        subprocess.run(["groupdel", name], capture_output=True)
 
 
 def rig_host(store: ObjectStore, tenants: dict[str, dict[str, Any]]) -> HostConfig:
