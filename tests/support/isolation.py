@@ -45,10 +45,13 @@ _PROBE = (
 
 
 def private_ports_refused(attacker: TenantConfig, victim: TenantConfig) -> None:
+    """The victim's private ports refuse every user of the attacker's (its own gateway, which calls all of its
+    own, reaches them: the refusal is the owner rule, not a server that is down)."""
     for component in ("postgres", "streams", "sync", "identity"):
-        theirs = as_user(attacker.user, "/usr/bin/python3", "-c", _PROBE, str(victim.port(component)))
-        assert theirs.stdout.startswith("refused"), (component, theirs.stdout, theirs.stderr)
-        own = as_user(attacker.user, "/usr/bin/python3", "-c", _PROBE, str(attacker.port(component)))
+        for who in (attacker.user, attacker.gateway_user):
+            theirs = as_user(who, "/usr/bin/python3", "-c", _PROBE, str(victim.port(component)))
+            assert theirs.stdout.startswith("refused"), (who, component, theirs.stdout, theirs.stderr)
+        own = as_user(attacker.gateway_user, "/usr/bin/python3", "-c", _PROBE, str(attacker.port(component)))
         assert own.stdout.startswith("open"), (component, own.stdout, own.stderr)
 
 

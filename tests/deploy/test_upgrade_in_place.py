@@ -1,0 +1,113 @@
+"""Upgrade in place (issue 20): a tenant deployed by the previous landed commit, where every component but the agent
+workers ran as the tenant's one user, is redeployed by this tree to a user per component, with its data, streams
+and audit trail intact, and the next deploy changes nothing.
+
+The previous commit's sources come from git (`git archive`), and its deploy runs from them (PYTHONPATH), as an
+operator's checkout of that release would. Only a tenant of this test's own is deployed by it (`only_tenants`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.config import OWN_USER_COMPONENTS, HostConfig, load_host_config
+from tests.support.deployment import BIN, LOCAL_INVENTORY, changed_operations, deploy_or_fail, status_json
+from tests.support.frontdoor import issue_token
+from tests.support.paths import REPO
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(os.geteuid() != 0, reason="deploying to @local needs root"),
+]
+
+# The last commit that landed before each component had a user of its own (the agents alone had one).
+PREVIOUS = "f4f79d4"
+
+
+def _previous_sources(into: Path) -> Path:
+    known = subprocess.run(["git", "cat-file", "-e", f"{PREVIOUS}^{{commit}}"], cwd=REPO, capture_output=True)
+    if known.returncode != 0:
+        pytest.skip(f"this checkout has no history back to {PREVIOUS} (a shallow clone): nothing to upgrade from")
+    archive = subprocess.run(["git", "archive", "--format=tar", PREVIOUS], cwd=REPO, capture_output=True)
+    assert archive.returncode == 0, f"git archive {PREVIOUS} failed: {archive.stderr!r}"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="tar")
+    return into
+
+
+def _deploy_from(sources: Path, inventory: Path, tenant_id: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(sources)}
+    result = subprocess.run([str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", "--data",
+                             f"only_tenants={tenant_id}"], cwd=sources, env=env, capture_output=True, text=True,
+                            timeout=1800)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"the previous commit's deploy failed:\n{output[-6000:]}"
+    return output
+
+
+def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_data(
+        deployed: HostConfig, tmp_path: Path) -> None:
+    tenant_id = f"upg{os.getpid()}"
+    line = '"globex": {"slot": 2},'
+    added = f'"globex": {{"slot": 2}}, "{tenant_id}": {{"slot": 7, "audit": {{"retention_days": 1}}}},'
+    sources = _previous_sources(tmp_path / "previous")
+    old_inventory = tmp_path / "old_inventory.py"
+    old_inventory.write_text((sources / "inventory" / "local.py").read_text().replace(line, added))
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(LOCAL_INVENTORY.read_text().replace(line, added))
+    try:
+        _deploy_from(sources, old_inventory, tenant_id)
+        code, report = status_json()
+        components = report["tenants"][tenant_id]["components"]
+        assert components["gateway"]["user"] == f"tenant-{tenant_id}", "the previous commit had no gateway user"
+
+        # Data in every place the split moves: rows, a stream (thread entries), the audit trail.
+        host = load_host_config()
+        tenant = host.tenant(tenant_id)
+        token = issue_token(tenant_id, str(uuid.uuid4()))
+        with httpx.Client(base_url=f"http://127.0.0.1:{tenant.port('gateway')}", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}) as api:
+            house = api.post("/api/houses", json={"name": "before the upgrade"})
+            assert house.status_code == 201, house.text
+            thread = api.post("/api/threads", json={"house_id": house.json()["data"]["id"], "title": "kept"})
+            thread_id = thread.json()["data"]["id"]
+            texts = [f"entry {i}" for i in range(5)]
+            for text in texts:
+                entry = api.post(f"/api/threads/{thread_id}/entries", json={"id": str(uuid.uuid4()), "text": text})
+                assert entry.status_code in (200, 201), entry.text
+
+            output = deploy_or_fail(inventory, "--data", f"only_tenants={tenant_id}")
+            code, report = status_json()
+            assert code == 0, report
+            components = report["tenants"][tenant_id]["components"]
+            assert all(c["healthy"] for c in components.values()), components
+            for component, suffix in OWN_USER_COMPONENTS.items():
+                assert components[component]["user"] == f"t-{tenant_id}-{suffix}", component
+            assert components["postgres"]["user"] == f"tenant-{tenant_id}"
+
+            houses = api.get("/api/houses")
+            assert houses.status_code == 200 and "before the upgrade" in houses.text
+            read = api.get(f"/api/threads/{thread_id}/stream", params={"offset": "-1"})
+            assert read.status_code == 200, read.text
+            assert [m["text"] for m in read.json() if m.get("type") == "entry"] == texts
+            # And it keeps working under the new users: a write after the upgrade.
+            after = api.post(f"/api/threads/{thread_id}/entries", json={"id": str(uuid.uuid4()), "text": "after"})
+            assert after.status_code in (200, 201), after.text
+        verify = subprocess.run([str(BIN / "appliance"), "audit", "verify", tenant_id], capture_output=True,
+                                text=True, timeout=600)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        again = deploy_or_fail(inventory, "--data", f"only_tenants={tenant_id}")
+        assert changed_operations(again) == 0, again[-3000:]
+        assert changed_operations(output) > 0
+    finally:
+        subprocess.run([str(BIN / "appliance"), "tenant", "destroy", tenant_id, "--yes-destroy-data",
+                        "--skip-audit-ship"], capture_output=True, timeout=600)
+        deploy_or_fail()  # the host as the rest of the suite expects it (the previous commit's sources replaced)
