@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -101,8 +102,12 @@ def test_restore_after_deleting_the_tenant_dir_brings_it_back_whole(rig: Rig) ->
 
     key = load_pem_private_key(public.encode(), password=None).public_key()  # type: ignore[union-attr]
     assert jwt.decode(token, key, algorithms=["EdDSA"])["sub"] == "member-1"  # old tokens still verify
+    # Nobody but the tenant's own users: the root and secrets dir are passed through by its components' users
+    # (0710, the tenant's group), the cluster is its owner's, the streams their user's and the backup's.
     for path in (tenant.root, tenant.secrets_dir, tenant.pg_data, tenant.streams_data):
-        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        assert path.stat().st_mode & 0o007 == 0, f"{path} is readable by others"
+    assert stat.S_IMODE(tenant.root.stat().st_mode) == stat.S_IMODE(tenant.secrets_dir.stat().st_mode) == 0o710
+    assert stat.S_IMODE(tenant.pg_data.stat().st_mode) == 0o700
     for spec in rig.services(T):
         assert supervisor_pid(spec.name).isdigit()
     # The restored tenant archives again and can be backed up.

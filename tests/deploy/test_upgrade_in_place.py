@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import subprocess
 import tarfile
 import uuid
@@ -43,6 +44,12 @@ def _previous_sources(into: Path) -> Path:
     return into
 
 
+def _process_user(pid: int) -> str:
+    """Who a process really runs as (status says who it should)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return pwd.getpwuid(int(next(line for line in status if line.startswith("Uid:")).split()[1])).pw_name
+
+
 def _deploy_from(sources: Path, inventory: Path, tenant_id: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(sources)}
     result = subprocess.run([str(BIN / "pyinfra"), "-y", str(inventory), "deploy.py", "--data",
@@ -66,8 +73,8 @@ def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_
     try:
         _deploy_from(sources, old_inventory, tenant_id)
         code, report = status_json()
-        components = report["tenants"][tenant_id]["components"]
-        assert components["gateway"]["user"] == f"tenant-{tenant_id}", "the previous commit had no gateway user"
+        gateway_pid = report["tenants"][tenant_id]["components"]["gateway"]["pid"]
+        assert _process_user(gateway_pid) == f"tenant-{tenant_id}", "the previous commit had no gateway user"
 
         # Data in every place the split moves: rows, a stream (thread entries), the audit trail.
         host = load_host_config()
@@ -90,8 +97,8 @@ def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_
             components = report["tenants"][tenant_id]["components"]
             assert all(c["healthy"] for c in components.values()), components
             for component, suffix in OWN_USER_COMPONENTS.items():
-                assert components[component]["user"] == f"t-{tenant_id}-{suffix}", component
-            assert components["postgres"]["user"] == f"tenant-{tenant_id}"
+                assert _process_user(components[component]["pid"]) == f"t-{tenant_id}-{suffix}", component
+            assert _process_user(components["postgres"]["pid"]) == f"tenant-{tenant_id}"
 
             houses = api.get("/api/houses")
             assert houses.status_code == 200 and "before the upgrade" in houses.text

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 import uuid
@@ -242,12 +243,13 @@ def decode_claims(token: str, key: Any, algorithm: str, *, audience: str, issuer
 # -- rotation -------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, content: str, uid: int, gid: int) -> None:
+def _write_atomic(path: Path, content: str, uid: int, gid: int, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with contextlib.suppress(PermissionError):
             os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
         os.write(fd, content.encode())
         os.fsync(fd)
     finally:
@@ -279,11 +281,13 @@ def rotate_signing_key(tenant: TenantConfig) -> tuple[str, str]:
         kept.append(PreviousKey(old_kid, old.public_key(), now))
         document = {"keys": [{"kid": k.kid, "public_key_pem": _public_pem(k.public_key), "retired_at": k.retired_at}
                              for k in kept]}
-        _write_atomic(previous, json.dumps(document, indent=2) + "\n", st.st_uid, st.st_gid)
+        # Both files keep the key file's owners and mode (the deploy's: appliance.secrets.secret_access).
+        mode = stat.S_IMODE(st.st_mode)
+        _write_atomic(previous, json.dumps(document, indent=2) + "\n", st.st_uid, st.st_gid, mode)
         new = Ed25519PrivateKey.generate()
         pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
-        _write_atomic(key_file, pem, st.st_uid, st.st_gid)
+        _write_atomic(key_file, pem, st.st_uid, st.st_gid, mode)
         return old_kid, key_id(new.public_key())
 
 
