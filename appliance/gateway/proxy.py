@@ -92,10 +92,10 @@ async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]]
             # Also on client disconnect (the cancellation lands in this frame): the connection is not reused.
             await response.aclose()
 
-    headers = _response_headers(response.headers, vary_authorization)
+    answer_headers = _response_headers(response.headers, vary_authorization)
     if open_ended:
-        return _RawHeadersResponse(stream(), response.status, headers, BackgroundTask(response.aclose))
-    return _EndingResponse(stream(), response.status, headers, BackgroundTask(response.aclose), response)
+        return _RawHeadersResponse(stream(), response.status, answer_headers, BackgroundTask(response.aclose))
+    return _EndingResponse(stream(), response.status, answer_headers, BackgroundTask(response.aclose), response)
 
 
 class _RawHeadersResponse(StreamingResponse):
