@@ -33,6 +33,9 @@ def serve(tenant_id: str, log_level: str) -> None:
         # uvicorn's proxy headers would trust every loopback caller alike; the gateway trusts the front door
         # by the socket it came in on instead (appliance.gateway.core.middleware.FrontDoorClient).
         log_level=log_level, proxy_headers=False, server_header=False, http=NoDelayHTTPProtocol,
+        # Access lines are info: below that level none is ever printed, but uvicorn still formats each request's
+        # (path, query, client) before the logger drops it, unless the access log has no handler.
+        access_log=log_level in ("info", "debug"),
         # Long-polls and SSE streams end on their own; give in-flight writes time to finish on shutdown.
         timeout_graceful_shutdown=10,
     )

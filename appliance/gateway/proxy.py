@@ -12,7 +12,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from appliance.gateway.core.errors import ApiError
-from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
+from appliance.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("appliance.gateway")
 
@@ -92,9 +92,10 @@ async def proxy_get(upstream: Upstream, path: str, params: list[tuple[str, str]]
             # Also on client disconnect (the cancellation lands in this frame): the connection is not reused.
             await response.aclose()
 
-    response_class = _RawHeadersResponse if open_ended else _EndingResponse
-    return response_class(stream(), response.status, _response_headers(response.headers, vary_authorization),
-                          BackgroundTask(response.aclose))
+    answer_headers = _response_headers(response.headers, vary_authorization)
+    if open_ended:
+        return _RawHeadersResponse(stream(), response.status, answer_headers, BackgroundTask(response.aclose))
+    return _EndingResponse(stream(), response.status, answer_headers, BackgroundTask(response.aclose), response)
 
 
 class _RawHeadersResponse(StreamingResponse):
@@ -109,10 +110,20 @@ class _RawHeadersResponse(StreamingResponse):
 class _EndingResponse(_RawHeadersResponse):
     """For answers that end by themselves: chunks are sent as they arrive, without a disconnect watcher."""
 
+    def __init__(self, content: AsyncIterator[bytes], status_code: int, raw_headers: list[tuple[str, str]],
+                 background: BackgroundTask, upstream: UpstreamResponse) -> None:
+        super().__init__(content, status_code, raw_headers, background)
+        self._upstream = upstream
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
         async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # A body of known length ends with its last byte: that chunk ends the answer too (one message
+            # through the middleware and the server fewer than an empty closing one, on every proxied read).
+            ended = self._upstream.body_read
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()

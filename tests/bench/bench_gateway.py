@@ -188,6 +188,40 @@ def baseline_tree(ref: str) -> Iterator[Path]:
         yield Path(where)
 
 
+# Run in the baseline tree: its HostConfig's and TenantConfig's fields, and for those that are role settings, the
+# settings' fields and role defaults (for the settings its model requires that this tree's host.json lacks).
+_BASELINE_MODEL = """
+import json
+from pydantic import BaseModel
+from appliance import config
+
+def describe(model):
+    out = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, config._Settings):
+            out[name] = {"fields": sorted(kind.model_fields), "defaults": kind.defaults()}
+        else:
+            out[name] = None
+    return out
+
+print(json.dumps({"host": describe(config.HostConfig), "tenant": describe(config.TenantConfig)}, default=str))
+"""
+
+
+def _fit(section: dict[str, Any], model: dict[str, Any]) -> None:
+    """Keep only the keys `model` (from _BASELINE_MODEL) knows; settings sections keep only their fields and get
+    the defaults of those they lack."""
+    for key in [k for k in section if k not in model]:
+        del section[key]
+    for key, settings in model.items():
+        if settings is None or not isinstance(section.get(key), dict):
+            continue
+        values = section[key]
+        section[key] = {**{k: v for k, v in settings["defaults"].items() if k in settings["fields"]},
+                        **{k: v for k, v in values.items() if k in settings["fields"]}}
+
+
 @dataclass(frozen=True)
 class Baseline:
     """The baseline tree's gateway: where it answers, its process, and its issuer (its URL: tokens name it)."""
@@ -208,16 +242,14 @@ def start_baseline_gateway(env: TenantEnv, tree: Path, port: int) -> subprocess.
     # The tree first on sys.path (and as the working directory, which `-c` puts before it): its `appliance`
     # package shadows the one this venv has installed (editable, found after the path).
     run_env = {**os.environ, "APPLIANCE_CONFIG_DIR": str(config_dir), "PYTHONPATH": str(tree)}
-    # Settings added since the baseline are unknown to it (its settings forbid extra keys): left out, so it runs
-    # with what it had, as it would have been deployed then.
-    known = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json; from appliance import config; print(json.dumps({c.role: "
-         "sorted(c.model_fields) for c in vars(config).values() if isinstance(c, type) and "
-         "issubclass(c, config._Settings) and c is not config._Settings}))"],
-        cwd=tree, env=run_env, check=True, capture_output=True, text=True).stdout)
-    for role, fields in known.items():
-        if isinstance(tenant.get(role), dict):
-            tenant[role] = {k: v for k, v in tenant[role].items() if k in fields}
+    # The baseline reads host.json with its own config model, which forbids keys it does not know and may require
+    # settings this tree no longer has: host.json is fitted to that model, as a deploy of the baseline would have
+    # written it (unknown keys dropped at every level; missing settings from the baseline's role defaults).
+    model = json.loads(subprocess.run([sys.executable, "-c", _BASELINE_MODEL], cwd=tree, env=run_env, check=True,
+                                      capture_output=True, text=True).stdout)
+    _fit(host, model["host"])
+    for each in host["tenants"]:
+        _fit(each, model["tenant"])
     (config_dir / "host.json").write_text(json.dumps(host, indent=2))
     where = subprocess.run([sys.executable, "-c", "import appliance.gateway; print(appliance.gateway.__file__)"],
                            cwd=tree, env=run_env, check=True, capture_output=True, text=True).stdout.strip()

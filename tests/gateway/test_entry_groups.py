@@ -126,3 +126,45 @@ def test_a_failed_group_records_each_entry_alone(stack: Stack, member: tuple[Use
     assert sorted(ids[1:]) == sorted(b["id"] for b in good) and bad["id"] not in ids
     assert stack.sql("SELECT count(*) FROM appliance.thread_entries WHERE id = %s", [bad["id"]]) == [(0,)]
     wait_for(lambda: advisory_locks(stack) == 0)
+
+
+def test_a_finished_groups_step_4_rides_on_the_next_groups_record(stack: Stack, member: tuple[User, str, str]
+                                                                   ) -> None:
+    """One writer posting back to back: each entry's group hands its connection, locks and step 4 to the next
+    entry's record (one round trip and one commit instead of two); the last one finishes alone when nobody comes.
+    Every entry ends appended exactly once and no lock is left behind."""
+    user, _, thread = member
+    handed_before = recorder(stack).handed_on
+    bodies = [entry(f"back to back {i}") for i in range(6)]
+    for body in bodies:
+        assert user.post(f"/api/threads/{thread}/entries", body).status_code == 201
+    assert recorder(stack).handed_on > handed_before
+    ids = [b["id"] for b in bodies]
+    wait_for(lambda: stack.sql("SELECT count(*) FROM appliance.thread_entries WHERE id = ANY(%s) "
+                               "AND state = 'appended'", [ids]) == [(6,)])
+    assert [m["id"] for m in read_all(user, thread)][-6:] == ids
+    wait_for(lambda: advisory_locks(stack) == 0)
+
+
+def test_a_failed_group_still_records_the_step_4_it_carried(stack: Stack, member: tuple[User, str, str]) -> None:
+    user, _, thread = member
+    first = entry("finished, its step 4 handed on")
+    bad = entry("refused by the database")
+    stack.sql(
+        "CREATE FUNCTION appliance.test_refuse_entry() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.id = '{bad['id']}' THEN RAISE EXCEPTION 'test refusal'; END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON appliance.thread_entries FOR EACH ROW "
+        "EXECUTE FUNCTION appliance.test_refuse_entry()"
+    )
+    try:
+        handed_before = recorder(stack).handed_on
+        assert user.post(f"/api/threads/{thread}/entries", first).status_code == 201
+        assert user.post(f"/api/threads/{thread}/entries", bad).status_code == 500
+        assert recorder(stack).handed_on > handed_before  # the refused record carried the first one's step 4
+    finally:
+        stack.sql("DROP TRIGGER test_refuse_entry ON appliance.thread_entries; "
+                  "DROP FUNCTION appliance.test_refuse_entry()")
+    wait_for(lambda: stack.sql("SELECT state FROM appliance.thread_entries WHERE id = %s", [first["id"]])
+             == [("appended",)], timeout=5)
+    assert stack.sql("SELECT count(*) FROM appliance.thread_entries WHERE id = %s", [bad["id"]]) == [(0,)]
+    wait_for(lambda: advisory_locks(stack) == 0)

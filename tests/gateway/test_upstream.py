@@ -41,7 +41,7 @@ def test_a_request_cancelled_before_its_answer_closes_its_connection() -> None:
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await request
-            assert len(opened) == 1 and opened[0].writer.is_closing()
+            assert len(opened) == 1 and opened[0].transport.is_closing()
             received = await asyncio.wait_for(ended.get(), timeout=5)
             assert received.startswith(b"GET /slow HTTP/1.1\r\n")
             assert upstream._take() is None

@@ -21,6 +21,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 from starlette._exception_handler import _lookup_exception_handler
@@ -52,10 +53,12 @@ def _thread_id(path: str, suffix: str) -> uuid.UUID | None:
     return uuid.UUID(text) if _UUID.fullmatch(text) else None
 
 
-def _read_params(request: Request) -> dict[str, str] | None:
-    """offset, live and cursor when each is given at most once and matches its pattern; None otherwise."""
+def _read_params(scope: Scope) -> dict[str, str] | None:
+    """offset, live and cursor when each is given at most once and matches its pattern; None otherwise. Parsed
+    as Request.query_params parses them, without building its multi-dict."""
     found: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
+    query = scope["query_string"]
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else ():
         pattern = _READ_PARAMS.get(name)
         if pattern is None:
             continue  # the route ignores other parameters too
@@ -114,10 +117,10 @@ class HotPaths:
                         return
                 elif path.startswith(THREADS) and path.endswith(STREAM):
                     thread_id = _thread_id(path, STREAM)
-                    request = Request(scope, receive)
-                    params = _read_params(request) if thread_id is not None else None
+                    params = _read_params(scope) if thread_id is not None else None
                     if thread_id is not None and params is not None:
-                        await self._answer(self._read(thread_id, params, request), scope, receive, send)
+                        await self._answer(self._read(thread_id, params, Request(scope, receive)), scope, receive,
+                                           send)
                         return
             elif method == "POST" and path.startswith(THREADS) and path.endswith(ENTRIES):
                 thread_id = _thread_id(path, ENTRIES)

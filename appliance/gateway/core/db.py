@@ -40,6 +40,9 @@ class GatewayConnection(asyncpg.Connection):  # type: ignore[misc]
     # Whether the database has audit.append_event (migration 0006), asked once per connection: one opened before
     # a deploy migrated its database keeps appending the older way (appliance/audit/chain.py).
     audit_append_one: bool | None = None
+    # Whether it has appliance.try_record_entry_after (migration 0014): without it, entry groups keep finishing on
+    # their own (appliance/gateway/domain/entry_groups.py).
+    record_after_finish: bool | None = None
 
 
 Connection = GatewayConnection | asyncpg.pool.PoolConnectionProxy
@@ -60,8 +63,11 @@ async def _init(conn: GatewayConnection) -> None:
     await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary", encoder=_dump_jsonb,
                               decoder=_load_jsonb)
     await conn.set_type_codec("json", schema="pg_catalog", format="text", encoder=json.dumps, decoder=json.loads)
-    conn.audit_append_one = bool(await conn.fetchval(
-        "SELECT to_regprocedure('audit.append_event(text,text,uuid,text,jsonb,text,text)') IS NOT NULL"))
+    found = await conn.fetchrow(
+        "SELECT to_regprocedure('audit.append_event(text,text,uuid,text,jsonb,text,text)') IS NOT NULL, "
+        "to_regprocedure('appliance.try_record_entry_after(boolean,uuid[],text[],bigint,uuid,uuid,uuid,jsonb,text,"
+        "text[],text[],text,text,jsonb,text[],text)') IS NOT NULL")
+    conn.audit_append_one, conn.record_after_finish = bool(found[0]), bool(found[1])
 
 
 async def _keep_as_is(conn: GatewayConnection) -> None:
@@ -129,25 +135,35 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection for the duration of the block (autocommit; open `conn.transaction()` for writes)."""
+        conn = await self.acquire()
+        try:
+            yield conn
+        finally:
+            await self.release(conn)
+
+    async def acquire(self) -> Connection:
+        """A pooled connection until `release` (for a holder that hands it on: an entry group's, see
+        entry_groups.py); `connection()` otherwise."""
         if self._closed:
             raise DatabaseUnavailable("the gateway is shutting down")
         pool = self._pool or await self._open()
         try:
-            conn = await pool.acquire()
+            conn: Connection = await pool.acquire()
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
-        try:
-            yield conn
-        finally:
-            # A connection that closed (or was terminated) while lent has already gone back to the pool, which
-            # replaces it; asyncpg then refuses every call on it.
-            if not _released(conn):
-                # Reused after an error too (a refused write is common and a new connection costs a SCRAM
-                # handshake), but only when it is idle outside any transaction; users that hold session state
-                # (the entries' advisory locks) release it or close the connection themselves.
-                if not conn.is_closed() and (self._closed or conn.is_in_transaction()):
-                    conn.terminate()
-                await pool.release(conn)
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        # A connection that closed (or was terminated) while lent has already gone back to the pool, which
+        # replaces it; asyncpg then refuses every call on it.
+        if not _released(conn):
+            # Reused after an error too (a refused write is common and a new connection costs a SCRAM handshake),
+            # but only when it is idle outside any transaction; users that hold session state (the entries'
+            # advisory locks) release it or close the connection themselves.
+            if not conn.is_closed() and (self._closed or conn.is_in_transaction()):
+                conn.terminate()
+            assert self._pool is not None
+            await self._pool.release(conn)
 
     async def dedicated(self) -> GatewayConnection:
         """A connection of its own, outside the pool (a LISTEN), closed by the caller."""
