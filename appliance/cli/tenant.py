@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import pwd
 import shutil
 import subprocess
@@ -69,21 +68,6 @@ def s3_keys(tenant_id: str) -> None:
     click.echo(f"S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
 
 
-def _account(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
-
-
-def _group(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _tenant_or_leftovers(host: HostConfig, tenant_id: str) -> TenantConfig:
     """The tenant as the host config has it; or, for a tenant the config no longer lists (removed from the
     inventory and redeployed) whose user, directory or services are still on the host, enough of it to find
@@ -118,6 +102,8 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     Its COMPLIANCE-locked audit objects cannot be deleted by anyone until their retention ends; they stay
     in the object store. Remove the tenant from the inventory too, or the next deploy creates it again.
     """
+    from appliance.host.users import account, group_exists
+
     host = load_host_config()
     tenant_config = _tenant_or_leftovers(host, tenant_id)
     if not yes_destroy_data:
@@ -130,7 +116,7 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     _remove_services(host, tenant_config)
     # The tenant's user and its components' own (the agents' user was left behind before issue 20's review).
     users = [found for name in (*tenant_config.own_users.values(), tenant_config.user)
-             if (found := _account(name)) is not None]
+             if (found := account(name)) is not None]
     for user in users:
         # Anything still running as one of the tenant's users (a stray child) goes too, by PID.
         kill_user_processes(user.pw_uid)
@@ -143,7 +129,7 @@ def destroy(tenant_id: str, yes_destroy_data: bool, skip_audit_ship: bool) -> No
     # userdel keeps a user's own group while another user is in it (the tenant's and the agents' groups hold
     # each other's users): once all the users are gone, their groups go.
     for name in (*tenant_config.own_users.values(), tenant_config.user):
-        if _group(name):
+        if group_exists(name):
             subprocess.run(["groupdel", name], check=True, capture_output=True)
     from appliance.backup.paths import backup_paths
 

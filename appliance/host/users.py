@@ -54,7 +54,7 @@ def _members(group: str) -> set[str]:
         return set()
 
 
-def _group_exists(name: str) -> bool:
+def group_exists(name: str) -> bool:
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -166,7 +166,7 @@ def _ensure_account(tenant: TenantConfig, component: str) -> list[str]:
     changes = []
     if account(user) is None:
         # Its group may have outlived an earlier user of the name (a tenant destroyed before its groups went too).
-        group = ["--gid", user] if _group_exists(user) else ["--user-group"]
+        group = ["--gid", user] if group_exists(user) else ["--user-group"]
         _run("useradd", "--system", *group, "--no-create-home", "--home-dir", home, "--shell", NOLOGIN,
              "--groups", tenant.user, user)
         changes.append(f"OS user {user}")
