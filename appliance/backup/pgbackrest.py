@@ -8,6 +8,9 @@ Facts about Debian 12's pgBackRest 2.45 that shape this module:
   loopback endpoint is reached as `localhost`; any other store needs a DNS name.
 - Options can come from the environment (`PGBACKREST_REPO1_S3_KEY`, ...). The wrapper sets the secret ones
   from the tenant's secret files at each run, so no secret is on a command line or in a rendered file.
+- A repository it cannot connect to is retried for four times `io-timeout` (4 minutes by default) before it
+  answers. `info` (facts, status, scheduling) first checks that the store accepts a connection at all: a host
+  whose store is down (rebooted, or not started yet by this deploy) hears so at once.
 - `restore` writes its own `restore_command` into postgresql.auto.conf; it would call pgbackrest without the
   wrapper (so without keys), hence every restore passes `--recovery-option=restore_command=...` itself.
 
@@ -21,6 +24,7 @@ import ipaddress
 import json
 import os
 import pwd
+import socket
 import subprocess
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +41,8 @@ CIPHER_TYPE = "aes-256-cbc"
 COMPRESS_TYPE = "lz4"
 COMPRESS_LEVEL = 1
 PROCESS_MAX = 2
+# How long `info` waits for the store to accept a connection before answering that it is unreachable.
+REPO_CONNECT_TIMEOUT_S = 3.0
 # pgBackRest's whole environment besides what the wrapper adds: nothing of the caller's leaks in (a PGBACKREST_*
 # or PG* variable would silently change what it does).
 _SAFE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -161,8 +167,43 @@ def error_text(result: subprocess.CompletedProcess[str], lines: int = 6) -> str:
     return "; ".join(tail) if tail else f"exit code {result.returncode}"
 
 
+def repo_address(tenant: TenantConfig) -> tuple[str, int] | None:
+    """(host, port) of the repository in the tenant's rendered config; None when the config has none."""
+    try:
+        return address_in(backup_paths(tenant).config.read_text())
+    except OSError:
+        return None
+
+
+def address_in(config_text: str) -> tuple[str, int] | None:
+    """(host, port) of repo1 in a pgBackRest config's text."""
+    options: dict[str, str] = {}
+    for line in config_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            options[key.strip()] = value.strip()
+    if "repo1-s3-endpoint" not in options:
+        return None
+    return options["repo1-s3-endpoint"], int(options.get("repo1-storage-port", "443"))
+
+
+def check_repo_reachable(tenant: TenantConfig) -> None:
+    """Raise BackupError at once when the repository's store accepts no connection (see the module notes)."""
+    address = repo_address(tenant)
+    if address is None:
+        return
+    try:
+        socket.create_connection(address, timeout=REPO_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise BackupError(
+            f"the object store of {tenant.id}'s backups at {address[0]}:{address[1]} is unreachable "
+            f"({exc.strerror or exc})"
+        ) from None
+
+
 def info(tenant: TenantConfig) -> dict[str, Any]:
     """`pgbackrest info` of the tenant's stanza as a dict (status, backups, archive ranges)."""
+    check_repo_reachable(tenant)
     result = run(tenant, "info", "--output=json")
     data = json.loads(result.stdout or "[]")
     if not data:
