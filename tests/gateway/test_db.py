@@ -103,6 +103,37 @@ def test_a_connection_left_in_a_transaction_is_closed_not_lent_again(env: Tenant
     asyncio.run(scenario())
 
 
+def test_connections_a_burst_opened_close_when_idle_but_one_stays(env: TenantEnv) -> None:
+    secret = env.tenant.secret_path("db_gateway_password")
+
+    def backends() -> int:
+        with env.superuser() as su:
+            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             (APPLICATION_NAME,)).fetchone()
+            return int(row[0]) if row else 0
+
+    async def scenario() -> None:
+        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 4,
+                      idle_s=0.5)
+        try:
+            before = backends()
+
+            async def hold() -> None:
+                async with db.connection() as conn:
+                    await conn.execute("SELECT pg_sleep(0.1)")
+
+            await asyncio.gather(*(hold() for _ in range(4)))
+            assert backends() - before == 4
+            await asyncio.sleep(1.5)
+            assert backends() - before == 1  # the burst's extra backends are gone, one stays for the next request
+            async with db.connection() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_whose_backend_died_is_replaced(env: TenantEnv) -> None:
     async def scenario() -> None:
         db = database(env, size=1)

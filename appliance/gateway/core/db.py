@@ -26,6 +26,8 @@ import asyncpg
 APPLICATION_NAME: Final = "appliance-gateway"
 # Distinct statements the gateway runs (fixed texts, the CRUD ones per table and column set) stay well under this.
 STATEMENT_CACHE_SIZE: Final = 256
+# How long a pooled connection above the one kept for good may stay unused before it is closed.
+IDLE_CONNECTION_S: Final = 60.0
 
 Record = asyncpg.Record
 
@@ -102,7 +104,7 @@ def _released(conn: Connection) -> bool:
 
 class Database:
     def __init__(self, conninfo: dict[str, Any], password: Callable[[], str], size: int,
-                 connect_timeout: float = 5) -> None:
+                 connect_timeout: float = 5, idle_s: float = IDLE_CONNECTION_S) -> None:
         self._connect_args: dict[str, Any] = {
             "host": conninfo["host"], "port": conninfo["port"], "user": conninfo["user"],
             "database": conninfo["dbname"],
@@ -118,6 +120,7 @@ class Database:
             "connection_class": GatewayConnection,
         }
         self._size = size
+        self._idle_s = idle_s
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -125,10 +128,12 @@ class Database:
     async def _open(self) -> asyncpg.Pool:
         async with self._opening:
             if self._pool is None:
-                # min_size 0: nothing is connected until a request needs it (the gateway starts while Postgres
-                # may still be starting); idle connections are kept (a new one costs a SCRAM handshake).
+                # Opened at the first request, not at start (the gateway starts while Postgres may still be
+                # starting). One connection stays for good (a new one costs a SCRAM handshake); the others a burst
+                # opened close after IDLE_CONNECTION_S unused: each is a Postgres backend of ~16 MB RSS, and an idle
+                # tenant kept six of them.
                 self._pool = await asyncpg.create_pool(
-                    min_size=0, max_size=self._size, max_inactive_connection_lifetime=0, init=_init,
+                    min_size=1, max_size=self._size, max_inactive_connection_lifetime=self._idle_s, init=_init,
                     reset=_keep_as_is, **self._connect_args)
             return self._pool
 
@@ -146,8 +151,10 @@ class Database:
         entry_groups.py); `connection()` otherwise."""
         if self._closed:
             raise DatabaseUnavailable("the gateway is shutting down")
-        pool = self._pool or await self._open()
         try:
+            # Opening the pool connects its first connection: an unreachable database is found there too (and
+            # the failed pool is dropped, so the next request tries again).
+            pool = self._pool or await self._open()
             conn: Connection = await pool.acquire()
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
