@@ -67,23 +67,14 @@ def _restart_cluster_owner(host: HostConfig, tenant: TenantConfig) -> list[str]:
     """The tenant's user joined a component's group (a host deployed before that component had a user of its own):
     its running processes (Postgres, whose archiver runs pgBackRest, and the backup) keep the groups they started
     with, so they restart to read what is now shared with them through it (the S3 keys, the streams)."""
-    import subprocess
+    from appliance.restarts import RestartError, restart_components, running_components
 
-    from appliance.services import tenant_services
-    from appliance.status import wait_healthy
-    from appliance.supervision import detect, manager
-
-    mgr = manager(detect(host.common.service_manager))
-    specs = [s for s in tenant_services(tenant, host.source_digest) if s.user == tenant.user]
-    states = mgr.states(specs)
-    running = [spec for spec in specs if states[spec.name].running]
-    for spec in running:
-        subprocess.run(mgr.restart_command(spec), check=True, capture_output=True, timeout=120)
-    unhealthy = wait_healthy(host, running, timeout_s=120) if running else {}
-    if unhealthy:
-        raise click.ClickException(f"not healthy after the restart: {unhealthy}")
-    names = ", ".join(spec.component for spec in running)
-    return [f"restarted {names} (the tenant's user joined its components' groups)"] if running else []
+    said: list[str] = []
+    try:
+        restart_components(host, tenant, running_components(host, tenant, tenant.user), said.append)
+    except RestartError as exc:
+        raise click.ClickException(str(exc)) from None
+    return [f"{line.strip()} (the tenant's user joined its components' groups)" for line in said]
 
 
 @host.command("postgres-init")

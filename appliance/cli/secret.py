@@ -58,6 +58,7 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
     restarted; never a value). The backup cipher cannot be replaced in place: this says why and changes nothing.
     """
     from appliance.audit.operator import record_operator_action
+    from appliance.restarts import RestartError
     from appliance.rotation.plan import ALIASES, ROTATIONS, rotation
     from appliance.rotation.steps import PROCEDURES, RotationError
 
@@ -92,7 +93,7 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
             continue
         try:
             outcome = PROCEDURES[plan.how](host, tenant, plan, click.echo)
-        except (RotationError, OSError) as exc:
+        except (RotationError, RestartError, OSError) as exc:
             click.echo(f"error: rotating {name} of {tenant.id}: {exc}", err=True)
             failed = True
             continue

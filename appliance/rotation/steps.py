@@ -3,7 +3,6 @@ restarted (appliance.rotation.plan says which, in which order). Run as root by `
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,10 +12,10 @@ from psycopg import sql
 from appliance import pg
 from appliance.config import DB_SUPERUSER, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
 from appliance.objectstore.files import write_atomic
+from appliance.restarts import Say
+from appliance.restarts import restart_components as restart
 from appliance.rotation.plan import Rotation
 from appliance.secrets import generate
-
-Say = Callable[[str], None]
 
 
 class RotationError(RuntimeError):
@@ -41,32 +40,6 @@ def write_secret(tenant: TenantConfig, name: str, value: str) -> None:
 
     mode, uid, gid = secret_access(tenant, name)
     write_atomic(tenant.secret_path(name), (value.rstrip("\n") + "\n").encode(), mode, (uid, gid))
-
-
-def restart(host: HostConfig, tenant: TenantConfig, components: tuple[str, ...], say: Say) -> list[str]:
-    """Restart the tenant's `components` one after the other, each answering its probe before the next."""
-    from appliance.services import tenant_services
-    from appliance.status import wait_healthy
-    from appliance.supervision import detect, manager
-
-    specs = {s.component: s for s in tenant_services(tenant, host.source_digest)}
-    mgr = manager(detect(host.common.service_manager))
-    done = []
-    for component in components:
-        spec = specs.get(component)
-        if spec is None:  # e.g. identity on a tenant without an embedded provider
-            continue
-        started = time.monotonic()
-        result = subprocess.run(mgr.restart_command(spec), capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RotationError(f"restarting {spec.name} failed: {(result.stderr or result.stdout).strip()}")
-        failed = wait_healthy(host, [spec], host.common.health_timeout_s)
-        if failed:
-            raise RotationError(f"{spec.name} is not healthy after the restart ({failed[spec.name]}); "
-                                f"log: {spec.log_file}")
-        say(f"  restarted {component} ({time.monotonic() - started:.1f}s to healthy)")
-        done.append(component)
-    return done
 
 
 def _role_of(secret: str) -> str:
