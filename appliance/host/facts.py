@@ -22,15 +22,20 @@ def report(host: HostConfig) -> dict[str, Any]:
     Mostly waiting (Postgres logins, S3 requests, pgBackRest, each a round trip or a process): each tenant's
     local checks run in a thread of their own beside one thread for everything that talks S3, which runs its
     requests in turn (boto3 makes clients from one shared session, which is not safe across threads)."""
-    with ThreadPoolExecutor(max_workers=1 + len(host.tenants)) as pool:
+    from appliance.host.firewall import firewall_current
+
+    with ThreadPoolExecutor(max_workers=2 + len(host.tenants)) as pool:
         remote = pool.submit(_remote_facts, host)
+        # The port rules are the host's (every tenant's users in one ruleset): rendered and compared once.
+        firewall = pool.submit(firewall_current, host)
         local = {tenant.id: pool.submit(tenant_local_facts, host, tenant) for tenant in host.tenants}
         host_part, tenants_remote = remote.result()
-        return {
-            "host": host_part,
-            "tenants": {tenant.id: {**local[tenant.id].result(), **tenants_remote[tenant.id]}
-                        for tenant in host.tenants},
-        }
+        tenants = {tenant.id: {**local[tenant.id].result(), **tenants_remote[tenant.id]} for tenant in host.tenants}
+        # The users step also brings the loaded port rules up to date with the users (appliance.host.firewall).
+        rules_current = firewall.result()
+        for facts in tenants.values():
+            facts["users_ok"] = facts["users_ok"] and rules_current
+        return {"host": host_part, "tenants": tenants}
 
 
 def _remote_facts(host: HostConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -45,12 +50,11 @@ def tenant_local_facts(host: HostConfig, tenant: TenantConfig) -> dict[str, Any]
     """What the tenant's files, Postgres and pgBackRest say."""
     missing = _missing(tenant)
     initialized = postgres.is_initialized(tenant)
-    from appliance.host.firewall import firewall_current
     from appliance.host.users import users_ok
 
     return {
-        # The users step also brings the loaded port rules up to date with the users (appliance.host.firewall).
-        "users_ok": users_ok(tenant) and firewall_current(host),
+        # And the host's port rules current: see report().
+        "users_ok": users_ok(tenant),
         "secrets_missing": missing,
         "pg_initialized": initialized,
         "pg_roles_ok": bool(initialized and not missing and postgres.roles_ok(tenant)),
