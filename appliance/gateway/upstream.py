@@ -177,6 +177,16 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(UpstreamTimeout("upstream did not answer in time"))
 
 
+# What reading a body can raise, and the one answer each gets (read() and iter_bytes()).
+_BODY_ERRORS = (asyncio.IncompleteReadError, ConnectionError, OSError)
+
+
+def _body_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return UpstreamError("upstream closed the connection mid-body")
+    return UpstreamError(f"upstream connection failed ({type(exc).__name__})")
+
+
 class UpstreamResponse:
     def __init__(self, pool: Upstream, connection: _Connection, status: int, headers: list[tuple[str, str]],
                  framing: str, length: int, read_timeout: float | None, keep_alive: bool) -> None:
@@ -253,10 +263,8 @@ class UpstreamResponse:
             while (data := await self._next_piece(connection)) is not None:
                 yield data
             self._done = True
-        except asyncio.IncompleteReadError:
-            raise UpstreamError("upstream closed the connection mid-body") from None
-        except (ConnectionError, OSError) as exc:
-            raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
+        except _BODY_ERRORS as exc:
+            raise _body_error(exc) from None
         finally:
             self._release()
 
@@ -270,10 +278,8 @@ class UpstreamResponse:
             while (data := await self._next_piece(connection)) is not None:
                 pieces.append(data)
             self._done = True
-        except asyncio.IncompleteReadError:
-            raise UpstreamError("upstream closed the connection mid-body") from None
-        except (ConnectionError, OSError) as exc:
-            raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
+        except _BODY_ERRORS as exc:
+            raise _body_error(exc) from None
         finally:
             self._release()
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
