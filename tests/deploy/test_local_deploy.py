@@ -181,6 +181,8 @@ SECRET_FILES = {
     "backup_cipher_passphrase": ("tenant", None),
     "s3_access_key": ("audit", "audit"),
     "s3_secret_key": ("audit", "audit"),
+    "backup_s3_access_key": ("tenant", None),
+    "backup_s3_secret_key": ("tenant", None),
     "identity_jwks": ("idp", "idp"),
     "identity_cookie_keys": ("idp", "idp"),
     "identity_gateway_client_secret": ("gw", "idp"),
