@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from appliance.config import TENANT_SECRETS, HostConfig, load_host_config
+from appliance.config import AUDIT_S3_KEYS, BACKUP_S3_KEYS, TENANT_SECRETS, HostConfig, S3KeyPair, load_host_config
 from tests.support import isolation
 from tests.support.deployment import (
     LOCAL_INVENTORY,
@@ -275,8 +275,8 @@ def test_tenant_ports_are_reachable_only_on_loopback(deployed: HostConfig) -> No
 # Object store ------------------------------------------------------------------------------------------------
 
 
-def _tenant_s3(host: HostConfig, tenant_id: str):  # type: ignore[no-untyped-def]
-    return isolation.tenant_s3(host, host.tenant(tenant_id))
+def _tenant_s3(host: HostConfig, tenant_id: str, pair: S3KeyPair = AUDIT_S3_KEYS):  # type: ignore[no-untyped-def]
+    return isolation.tenant_s3(host, host.tenant(tenant_id), pair)
 
 
 def test_one_tenants_s3_keys_cannot_list_or_read_anothers_buckets(deployed: HostConfig) -> None:
@@ -296,6 +296,10 @@ def test_a_locked_audit_object_cannot_be_deleted_with_the_tenants_own_keys(deplo
     assert retention["Mode"] == "COMPLIANCE"
     with pytest.raises(ClientError) as denied:
         s3.delete_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # Nor with the backup's, which cannot touch the audit bucket at all.
+    with pytest.raises(ClientError) as denied:
+        _tenant_s3(deployed, "acme", BACKUP_S3_KEYS).delete_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert s3.get_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)["Body"].read() == b"evidence"
 
