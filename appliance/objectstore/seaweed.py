@@ -333,8 +333,13 @@ def tenant_fragment(tenant: TenantConfig, keys: TenantKeys, previous: TenantKeys
             "access_key": creds.access_key, "secret_key": creds.secret_key,
             **({"previous_access_key": old.access_key, "previous_secret_key": old.secret_key} if old else {}),
         }
+    # The flat `access_key`/`secret_key` are for a deploy by a release before the split on the same store (an
+    # operator's older checkout, the upgrade test's previous commit): it renders every fragment, and reads only
+    # those. It then makes the one identity of before from the audit shipper's pair, as it always did; this release
+    # reads `pairs` only.
+    audit = keys[AUDIT_S3_KEYS.component]
     return {"id": tenant.id, "audit_bucket": tenant.audit_bucket, "backup_bucket": tenant.backup_bucket,
-            "pairs": pairs}
+            "pairs": pairs, "access_key": audit.access_key, "secret_key": audit.secret_key}
 
 
 def _fragment_body(fragment: dict[str, Any]) -> bytes:
