@@ -2,7 +2,7 @@
 
 Host-side and idempotent; `ensure_stanza` returns what it changed ([] on a redeploy with nothing new).
 It needs the tenant's Postgres running (stanza-create checks the cluster's system id) and the bucket reachable
-with the tenant's keys (the object store step of the deploy).
+with the backup's S3 keys (the object store step of the deploy).
 
     >>> ensure_stanza(host, tenant)
     ['dir /srv/appliance/tenants/acme/backup/spool', '.../pgbackrest.conf', ..., 'stanza acme created']

@@ -159,8 +159,9 @@ def vault_served_tenants(config: HostConfig) -> None:
 
 @deploy("Tenant object store")
 def tenant_objectstore(config: HostConfig, tenant: TenantConfig) -> None:
-    # Here: the tenant's S3 identity (its own buckets only) and its buckets with their locks. A tenant whose
-    # store is elsewhere (vault host, external S3): its buckets must answer its keys.
+    # Here: the tenant's S3 identities (the audit shipper's on its audit bucket only, the backup's on its backup
+    # bucket only) and its buckets with their locks. A tenant whose store is elsewhere (vault host, external S3):
+    # each bucket must answer its pair. (Operation names kept as they were: reports and tests know them.)
     step, name = (("objectstore-tenant", f"S3 identity and buckets of {tenant.id}") if config.runs_objectstore
                   else ("objectstore-check", f"Buckets of {tenant.id} answer its keys"))
     host_step(name=name, config=config, tenant=tenant, step=step, fact="objectstore_ok",
