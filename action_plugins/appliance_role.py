@@ -319,9 +319,9 @@ class ActionModule(ActionBase):
         there), kept in the controller's memory for this run only: a fact of this host. Run `no_log`."""
         keys = dict(self._vars.get("appliance_s3_keys") or {})
         for tenant in self._plan["selected"]:
-            access, secret = self._plan["s3_key_files"][tenant]
-            keys[tenant] = {"access_key": self._run(f"S3 keys of {tenant}", f"cat {q(access)}"),
-                            "secret_key": self._run(f"S3 keys of {tenant}", f"cat {q(secret)}")}
+            keys[tenant] = {component: {"access_key": self._run(f"S3 keys of {tenant}", f"cat {q(access)}"),
+                                        "secret_key": self._run(f"S3 keys of {tenant}", f"cat {q(secret)}")}
+                            for component, (access, secret) in self._plan["s3_key_files"][tenant].items()}
         self._facts = {"appliance_s3_keys": keys}
 
     def _after_store(self) -> None:

@@ -1,4 +1,4 @@
-"""Ansible action, on a vault host: the identity and buckets of each tenant of another host, with that tenant's
+"""Ansible action, on a vault host: the identities and buckets of each tenant of another host, with that tenant's
 current S3 keys. The keys were read on the tenant's host earlier in this run (the `tenant` role keeps them in
 the controller's memory, `no_log`); here they go to the vault on the connection's stdin, into a root-only staging
 file that `appliance host objectstore-tenant --keys-from` reads and removes, as pyinfra's relay does: never on
@@ -7,7 +7,6 @@ answer them) is left alone."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from typing import Any
@@ -20,6 +19,8 @@ class ActionModule(ActionBase):
     _requires_connection = True
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        from appliance.host.objectstore import keys_digest
+        from appliance.objectstore.credentials import tenant_keys_from_json, tenant_keys_to_json
         from appliance.playbook import config_for
 
         task_vars = task_vars or {}
@@ -36,8 +37,13 @@ class ActionModule(ActionBase):
             if not keys:
                 raise AnsibleError(f"tenant {tenant.id} on {served.host} has no S3 keys yet (its host's part of "
                                    "this run must come first: run every host together)")
-            access, secret = keys["access_key"].strip(), keys["secret_key"].strip()
-            digest = hashlib.sha256(f"{access}\n{secret}\n".encode()).hexdigest()
+            try:
+                pairs = tenant_keys_from_json({component: {name: str(value).strip() for name, value in pair.items()}
+                                               for component, pair in keys.items()})
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise AnsibleError(f"tenant {tenant.id} on {served.host} lacks some of its S3 keys (its host's part "
+                                   "of this run must come first: run every host together)") from None
+            digest = keys_digest(pairs)
             current = held.get(tenant.id, {})
             if current.get("keys_sha256") == digest and current.get("ok"):
                 continue
@@ -50,7 +56,7 @@ class ActionModule(ActionBase):
                        f"{shlex.quote(task_vars['appliance']['appliance'])} host objectstore-tenant "
                        f"{shlex.quote(tenant.id)} --keys-from {shlex.quote(str(staging))}")
             answer = self._low_level_execute_command(
-                command, in_data=json.dumps({"access_key": access, "secret_key": secret}))
+                command, in_data=json.dumps(tenant_keys_to_json(pairs)))
             if answer.get("rc") != 0:
                 raise AnsibleError(f"keeping {tenant.id}'s buckets on this vault failed: "
                                    f"{str(answer.get('stderr', ''))[-2000:]}")

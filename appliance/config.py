@@ -12,7 +12,7 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -478,6 +478,28 @@ class SecretKind(StrEnum):
     jwks = "jwks"  # a JSON Web Key Set of private signing keys (EdDSA and RS256), for the OIDC provider
 
 
+class S3KeyPair(NamedTuple):
+    """One of a tenant's S3 key pairs: the one component that uses it, which is also the one bucket it reaches
+    (`<id>-audit`, `<id>-backup`), and the two secret files that hold it. Issue 20: only the audit shipper's
+    identity may write the audit bucket, only the backup's the backup bucket, so each has a pair of its own."""
+
+    component: str
+    access_key: str  # secret file names
+    secret_key: str
+
+    @property
+    def files(self) -> tuple[str, str]:
+        return (self.access_key, self.secret_key)
+
+    def bucket(self, tenant: TenantConfig) -> str:
+        return tenant.audit_bucket if self.component == "audit" else tenant.backup_bucket
+
+
+# The audit shipper's pair keeps the file names the single pair had, so hosts deployed before keep its keys.
+AUDIT_S3_KEYS = S3KeyPair("audit", "s3_access_key", "s3_secret_key")
+BACKUP_S3_KEYS = S3KeyPair("backup", "backup_s3_access_key", "backup_s3_secret_key")
+S3_KEY_PAIRS = (AUDIT_S3_KEYS, BACKUP_S3_KEYS)
+
 # Every secret a tenant has, generated on the host at first deploy and reused forever after.
 TENANT_SECRETS: dict[str, SecretKind] = {
     "db_superuser_password": SecretKind.password,
@@ -487,8 +509,8 @@ TENANT_SECRETS: dict[str, SecretKind] = {
     "jwt_signing_key": SecretKind.ed25519,
     "secrets_encryption_key": SecretKind.key32,
     "backup_cipher_passphrase": SecretKind.password,
-    "s3_access_key": SecretKind.s3_access_key,
-    "s3_secret_key": SecretKind.password,
+    **{name: kind for pair in S3_KEY_PAIRS
+       for name, kind in zip(pair.files, (SecretKind.s3_access_key, SecretKind.password), strict=True)},
     # The embedded OIDC provider's signing keys, its cookie keys, and the gateway's secret as its client.
     "identity_jwks": SecretKind.jwks,
     "identity_cookie_keys": SecretKind.token,

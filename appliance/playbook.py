@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import desired, install_steps
-from appliance.config import CONNECTOR_KEY_PREFIXES, HOST_DATA_KEYS, HostConfig, TenantConfig
+from appliance.config import CONNECTOR_KEY_PREFIXES, HOST_DATA_KEYS, S3_KEY_PAIRS, HostConfig, TenantConfig
 from appliance.deploys.source import requirements_digest, source_digest, tarball
 from appliance.frontdoor.service import reload_command
 from appliance.servicespec import ServiceSpec, venv_bin
@@ -179,7 +179,9 @@ def plan(hostvars: dict[str, dict[str, Any]], hosts: list[str], inventory_name: 
         "users": {t.id: t.user for t in config.tenants},
         "tenant_roots": {t.id: str(t.root) for t in config.tenants},
         "os_users": [config.objectstore_user, config.frontdoor_user, *(t.user for t in config.tenants)],
-        "s3_key_files": {t.id: [str(t.secret_path("s3_access_key")), str(t.secret_path("s3_secret_key"))]
+        # Each tenant's S3 pairs by component: [access key file, secret key file] (read for its vault).
+        "s3_key_files": {t.id: {pair.component: [str(t.secret_path(name)) for name in pair.files]
+                                for pair in S3_KEY_PAIRS}
                          for t in config.tenants},
         "runs_objectstore": config.runs_objectstore,
         "runs_frontdoor": config.runs_frontdoor,

@@ -13,7 +13,7 @@ import secrets
 import string
 from pathlib import Path
 
-from appliance.config import TENANT_SECRETS, SecretKind, TenantConfig
+from appliance.config import S3_KEY_PAIRS, TENANT_SECRETS, SecretKind, TenantConfig
 
 
 def generate(kind: SecretKind) -> str:
@@ -77,8 +77,9 @@ SECRET_READERS: dict[str, tuple[str, ...]] = {
     "jwt_signing_key": ("gateway",),
     "secrets_encryption_key": ("gateway",),
     "backup_cipher_passphrase": ("backup",),
-    "s3_access_key": ("audit", "backup"),
-    "s3_secret_key": ("audit", "backup"),
+    # Each S3 pair is its one component's (the backup reads the audit shipper's only to back it up, as it does
+    # every secret; it never uses it).
+    **{name: (pair.component,) for pair in S3_KEY_PAIRS for name in pair.files},
     "identity_jwks": ("identity",),
     "identity_cookie_keys": ("identity",),
     "identity_gateway_client_secret": ("gateway", "identity"),

@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance.audit.batch import CONTENT_TYPE, MANIFEST_METADATA_KEY, Batch, prefix
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import AUDIT_S3_KEYS, HostConfig, TenantConfig
 from appliance.objectstore.client import LOCK_MODE, S3Client, error_code, http_status, put_object, s3_client
 from appliance.objectstore.credentials import tenant_credentials
 
@@ -30,8 +30,9 @@ class StoreError(RuntimeError):
 
 
 def audit_client(host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 10.0, retries: int = 2) -> S3Client:
-    """A client with the tenant's own keys (never the admin's: the shipper must not be able to bypass locks)."""
-    return s3_client(host, tenant_credentials(tenant), timeout_s=timeout_s, retries=retries)
+    """A client with the audit shipper's own keys (never the admin's: the shipper must not be able to bypass locks;
+    never the backup's: only the shipper's identity may write the audit bucket)."""
+    return s3_client(host, tenant_credentials(tenant, AUDIT_S3_KEYS), timeout_s=timeout_s, retries=retries)
 
 
 def describe(exc: BaseException) -> str:

@@ -44,7 +44,7 @@ from appliance.backup.errors import BackupError
 from appliance.backup.paths import BUNDLE_PREFIX, backup_paths
 from appliance.backup.pgbackrest import tenant_ids
 from appliance.backup.sealed import SealedReader, Sealer, SealError
-from appliance.config import TENANT_SECRETS, HostConfig, TenantConfig
+from appliance.config import BACKUP_S3_KEYS, TENANT_SECRETS, HostConfig, TenantConfig
 from appliance.objectstore.client import S3Client, put_object, s3_client
 from appliance.objectstore.credentials import S3Credentials
 
@@ -284,7 +284,7 @@ def create(host: HostConfig, tenant: TenantConfig, *, backup_label: str | None =
     """Build a bundle of the tenant now and upload it with its descriptor; returns the descriptor."""
     from appliance.objectstore.credentials import tenant_credentials
 
-    client = client_for(host, creds or tenant_credentials(tenant))
+    client = client_for(host, creds or tenant_credentials(tenant, BACKUP_S3_KEYS))
     paths = backup_paths(tenant)
     created_at = dt.datetime.now(dt.UTC)
     key = f"{BUNDLE_PREFIX}{_stamp(created_at)}.bundle"

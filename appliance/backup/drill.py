@@ -237,9 +237,10 @@ def run_drill(host: HostConfig, tenant: TenantConfig, *, progress: Progress = _q
     sets = backup_sets(info)
     if not sets:
         raise BadRequest(f"tenant {tenant.id} has no backup yet: run `appliance backup {tenant.id} --full` first")
+    from appliance.config import BACKUP_S3_KEYS
     from appliance.objectstore.credentials import tenant_credentials
 
-    descriptor = bundle.pick(bundle.client_for(host, tenant_credentials(tenant)), tenant, None)
+    descriptor = bundle.pick(bundle.client_for(host, tenant_credentials(tenant, BACKUP_S3_KEYS)), tenant, None)
     report.bundle = descriptor.as_dict()
     report.backup = sets[-1].as_dict()  # what the restore to a fresh restore point will use
 

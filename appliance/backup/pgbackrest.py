@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import REPO_PATH, backup_paths
-from appliance.config import DB_SUPERUSER, HostConfig, TenantConfig
+from appliance.config import BACKUP_S3_KEYS, DB_SUPERUSER, HostConfig, TenantConfig
 from appliance.objectstore.files import ensure_dir, write_if_changed
 from appliance.roles import render
 
@@ -97,7 +97,7 @@ def render_wrapper(tenant: TenantConfig) -> str:
             raise BackupError(f"path {path} contains a single quote; move the tenants root")
     return render(
         "backup", "pgbackrest.sh.j2", tenant=tenant, pgbackrest=PGBACKREST, config=paths.config,
-        stanza=stanza(tenant),
+        stanza=stanza(tenant), s3_keys=BACKUP_S3_KEYS,
     )
 
 
@@ -131,7 +131,7 @@ def as_tenant(tenant: TenantConfig) -> dict[str, Any]:
     if os.geteuid() == uid:
         return {}
     # Its own groups too, as a login would have them: it reads what the components share with it through theirs
-    # (the S3 keys are the audit shipper's, in its group; appliance.host.users), and none of root's.
+    # (every component's secrets, which its backups hold; appliance.host.users), and none of root's.
     return {"user": uid, "group": gid, "extra_groups": os.getgrouplist(tenant.user, gid)}
 
 

@@ -34,8 +34,8 @@ from appliance.backup.errors import BackupError
 from appliance.backup.scratch import Scratch, new_scratch
 from appliance.backup.stanza import RECOVERY_SECRETS, load_recovery_keys
 from appliance.backup.target import BackupSet, choose_set, pg_time
-from appliance.config import TENANT_SECRETS, HostConfig, TenantConfig
-from appliance.objectstore.credentials import S3Credentials
+from appliance.config import BACKUP_S3_KEYS, TENANT_SECRETS, HostConfig, TenantConfig
+from appliance.objectstore.credentials import S3Credentials, tenant_credentials
 
 Progress = Callable[[str], None]
 
@@ -72,10 +72,10 @@ class Keys:
 
 def keys_for(tenant: TenantConfig, recovery_file: Path | None = None) -> Keys:
     if recovery_file is None and all(tenant.secret_path(n).is_file() for n in RECOVERY_SECRETS):
-        return Keys(S3Credentials(tenant.read_secret("s3_access_key"), tenant.read_secret("s3_secret_key")),
-                    tenant.read_secret("backup_cipher_passphrase"))
+        return Keys(tenant_credentials(tenant, BACKUP_S3_KEYS), tenant.read_secret("backup_cipher_passphrase"))
     keys = load_recovery_keys(tenant, recovery_file)
-    return Keys(S3Credentials(keys["s3_access_key"], keys["s3_secret_key"]), keys["backup_cipher_passphrase"],
+    creds = S3Credentials(keys[BACKUP_S3_KEYS.access_key], keys[BACKUP_S3_KEYS.secret_key])
+    return Keys(creds, keys["backup_cipher_passphrase"],
                 f"recovery keys {recovery_file or 'on this host'}")
 
 
@@ -96,8 +96,11 @@ def _copy_tree(source: Path, dest: Path, owner: tuple[int, int]) -> None:
     _chown_tree(dest, owner)
 
 
-def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
-    """Write the bundle's secrets that the tenant lacks (existing ones are the current truth: never replaced)."""
+def put_back_secrets(tenant: TenantConfig, unpacked: Path, opened_with: S3Credentials | None = None) -> list[str]:
+    """Write the bundle's secrets that the tenant lacks (existing ones are the current truth: never replaced).
+
+    `opened_with`: the backup's S3 pair the bundle was fetched with (from the recovery keys), written when the
+    bundle has none: one made before the backup had a pair of its own holds only the audit shipper's."""
     owner = pgbackrest.tenant_ids(tenant)
     for path in (tenant.root, tenant.secrets_dir):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -113,6 +116,15 @@ def put_back_secrets(tenant: TenantConfig, unpacked: Path) -> list[str]:
             mode, uid, gid = secret_access(tenant, name) if os.geteuid() == 0 else (0o600, *owner)
             write_private(target, source.read_text(), uid, gid, mode)
             restored.append(name)
+    if opened_with is not None:
+        from appliance.secrets import secret_access, write_private
+
+        for name, value in zip(BACKUP_S3_KEYS.files, (opened_with.access_key, opened_with.secret_key), strict=True):
+            target = tenant.secret_path(name)
+            if not target.exists():
+                mode, uid, gid = secret_access(tenant, name) if os.geteuid() == 0 else (0o600, *owner)
+                write_private(target, value, uid, gid, mode)
+                restored.append(name)
     return restored
 
 
@@ -373,7 +385,7 @@ def restore_in_place(
             progress(f"secrets of {tenant.id} missing; taking them from bundle {descriptor.key} (opened with the "
                      f"{keys.source})")
             ensure_tenant_dirs(tenant)
-            restored = put_back_secrets(tenant, unpacked)
+            restored = put_back_secrets(tenant, unpacked, keys.creds)
             steps.append(f"secrets restored from the bundle: {len(restored)}")
         ensure_tenant_dirs(tenant)
         changed = pgbackrest.ensure_files(host, tenant)

@@ -2,7 +2,7 @@
 
 Host-side and idempotent; `ensure_stanza` returns what it changed ([] on a redeploy with nothing new).
 It needs the tenant's Postgres running (stanza-create checks the cluster's system id) and the bucket reachable
-with the tenant's keys (the object store step of the deploy).
+with the backup's S3 keys (the object store step of the deploy).
 
     >>> ensure_stanza(host, tenant)
     ['dir /srv/appliance/tenants/acme/backup/spool', '.../pgbackrest.conf', ..., 'stanza acme created']
@@ -18,11 +18,11 @@ from typing import Any
 from appliance.backup import pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
 from appliance.objectstore.files import ensure_dir, write_if_changed
 
-# What opens a tenant's backups: its S3 keys and its cipher passphrase (the bundle's key derives from it).
-RECOVERY_SECRETS = ("s3_access_key", "s3_secret_key", "backup_cipher_passphrase")
+# What opens a tenant's backups: the backup's S3 keys and its cipher passphrase (the bundle's key derives from it).
+RECOVERY_SECRETS = (*BACKUP_S3_KEYS.files, "backup_cipher_passphrase")
 
 # `pgbackrest info` status codes: a usable stanza (2: no backup in it yet), none yet, another cluster's.
 STANZA_OK = frozenset({0, 2})

@@ -14,7 +14,7 @@ from appliance.backup import bundle, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.stanza import MISSING_STANZA, status_of
 from appliance.backup.target import BackupSet, backup_sets
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
 from appliance.objectstore.credentials import tenant_credentials
 
 BackupKind = Literal["full", "diff", "incr"]
@@ -94,7 +94,7 @@ def take_backup(host: HostConfig, tenant: TenantConfig, kind: BackupKind = "diff
     expired_bundles: list[str] = []
     if fulls:
         # Bundles older than the oldest retained full backup would only restore with it: they go with it.
-        client = bundle.client_for(host, tenant_credentials(tenant))
+        client = bundle.client_for(host, tenant_credentials(tenant, BACKUP_S3_KEYS))
         expired_bundles = bundle.expire(client, tenant, fulls[0].start)
     return BackupResult(tenant.id, kind, made, descriptor, backup_seconds, bundle_seconds, expired_backups,
                         expired_bundles)

@@ -226,24 +226,28 @@ def frontdoor_remove() -> None:
 @click.option("--keys-from", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON file with the keys of a tenant of another host (relayed by the deploy; removed after).")
 def objectstore_tenant(tenant_id: str, keys_from: Path | None) -> None:
-    """The tenant's S3 identity (its own buckets only) and its buckets with their lock configuration."""
+    """The tenant's S3 identities (the audit shipper's and the backup's, each its own bucket only) and its buckets
+    with their lock configuration."""
     from appliance.host.objectstore import ensure_tenant
-    from appliance.objectstore.credentials import read_credentials_file
+    from appliance.objectstore.credentials import read_tenant_keys_file
 
     host_config = load_host_config()
     if keys_from is None:
         tenant = host_config.tenant(tenant_id)
-        credentials = None
+        keys = None
     else:
         served = {s.tenant.id: s.tenant for s in host_config.served_tenants}
         if tenant_id not in served:
             raise click.UsageError(f"this host's store keeps no tenant {tenant_id!r} of another host")
         tenant = served[tenant_id]
         try:
-            credentials = read_credentials_file(keys_from)
+            keys = read_tenant_keys_file(keys_from)
+        except (OSError, ValueError, KeyError, TypeError):
+            # Never the exception itself: its text could quote the file.
+            raise click.ClickException(f"the relayed S3 keys of {tenant_id} are unreadable or incomplete") from None
         finally:
             keys_from.unlink(missing_ok=True)
-    _report(ensure_tenant(host_config, tenant, credentials), f"object store of {tenant_id}")
+    _report(ensure_tenant(host_config, tenant, keys), f"object store of {tenant_id}")
 
 
 @host.command("objectstore-check")
@@ -260,8 +264,8 @@ def objectstore_check(tenant_id: str) -> None:
             click.echo(
                 f"  the external store is operated outside the appliance: create buckets {tenant.audit_bucket} "
                 f"(Object Lock, COMPLIANCE {tenant.audit.retention_days} days) and {tenant.backup_bucket} "
-                "(versioned) and an identity allowed only those, then install its keys with "
-                f"`appliance tenant s3-keys {tenant_id}`", err=True,
+                "(versioned), an identity allowed only the first and one allowed only the second, then install "
+                f"their keys with `appliance tenant s3-keys {tenant_id} --pair audit|backup`", err=True,
             )
         sys.exit(1)
     click.echo(f"object store of {tenant_id}: {result.detail}")

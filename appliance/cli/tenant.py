@@ -8,7 +8,7 @@ import subprocess
 
 import click
 
-from appliance.config import HostConfig, TenantConfig, load_host_config
+from appliance.config import S3_KEY_PAIRS, HostConfig, TenantConfig, load_host_config
 from appliance.host.processes import kill_user_processes
 from appliance.services import tenant_services
 from appliance.supervision import detect, manager, remove_services
@@ -45,11 +45,14 @@ def _ship_final_audit(host: HostConfig, tenant_config: TenantConfig) -> None:
 
 @tenant.command("s3-keys")
 @click.argument("tenant_id")
-def s3_keys(tenant_id: str) -> None:
-    """Install the tenant's S3 keys for an external store (AWS, MinIO, Ceph).
+@click.option("--pair", "component", required=True, type=click.Choice([p.component for p in S3_KEY_PAIRS]),
+              help="whose keys: the audit shipper's (its audit bucket only) or the backup's (its backup bucket only)")
+def s3_keys(tenant_id: str, component: str) -> None:
+    """Install one of the tenant's S3 key pairs for an external store (AWS, MinIO, Ceph).
 
-    Reads the access key and the secret key, one per line, from standard input (so they never appear in
-    the process listing or the shell history); prints nothing of them.
+    Each pair should be a store identity of its own allowed on its one bucket (issue 20): run this once with
+    `--pair audit` and once with `--pair backup`. Reads the access key and the secret key, one per line, from
+    standard input (so they never appear in the process listing or the shell history); prints nothing of them.
     """
     from appliance.secrets import secret_access, write_private
 
@@ -58,14 +61,15 @@ def s3_keys(tenant_id: str) -> None:
     lines = [line.strip() for line in click.get_text_stream("stdin").read().splitlines() if line.strip()]
     if len(lines) != 2 or not lines[0].isalnum() or len(lines[1]) < 16:
         raise click.UsageError("expected two lines on stdin: the access key, then the secret key")
-    for name, value in zip(("s3_access_key", "s3_secret_key"), lines, strict=True):
+    pair = next(p for p in S3_KEY_PAIRS if p.component == component)
+    for name, value in zip(pair.files, lines, strict=True):
         path = tenant_config.secret_path(name)
         staged = path.with_name(f".{name}.new")
         staged.unlink(missing_ok=True)
         mode, uid, gid = secret_access(tenant_config, name)
         write_private(staged, value, uid, gid, mode)
         staged.replace(path)
-    click.echo(f"S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
+    click.echo(f"{component} S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
 
 
 def _tenant_or_leftovers(host: HostConfig, tenant_id: str) -> TenantConfig:

@@ -15,11 +15,12 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, pip
 
 from appliance import desired, install_steps
-from appliance.config import HostConfig, ServedTenant, TenantConfig
+from appliance.config import S3_KEY_PAIRS, HostConfig, ServedTenant, TenantConfig
 from appliance.deploys import bundle, facts
 from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.services import install_services
+from appliance.objectstore.credentials import S3Credentials, tenant_keys_to_json
 from appliance.objectstore.service import objectstore_service
 from appliance.servicespec import venv_bin
 from appliance.supervision import ManagerName
@@ -58,10 +59,14 @@ class TextFile(FactBase[str]):
 
 
 class KeysDigest(FactBase[str]):
-    """sha256 of a tenant's two S3 key files as they are on its host ('' before they exist)."""
+    """sha256 of a tenant's S3 key files (both pairs, `S3_KEY_PAIRS` order) as they are on its host, as
+    `keys_digest` on the vault computes it; '' while any of them is missing (a tenant host not yet deployed by
+    this version has only the audit shipper's pair)."""
 
-    def command(self, access_key: str, secret_key: str) -> str:
-        return f"cat {shlex.quote(access_key)} {shlex.quote(secret_key)} 2>/dev/null | sha256sum | cut -d' ' -f1"
+    def command(self, paths: tuple[str, ...]) -> str:
+        files = " ".join(shlex.quote(path) for path in paths)
+        present = " && ".join(f"[ -f {shlex.quote(path)} ]" for path in paths)
+        return f"if {present}; then cat {files} | sha256sum | cut -d' ' -f1; fi"
 
     def process(self, output: list[str]) -> str:
         return output[0].strip() if output else ""
@@ -91,13 +96,19 @@ def _relay_keys(state, host, tenant_host, tenant: TenantConfig, staging: str) ->
                 f"relaying {tenant.id}'s S3 keys needs a root SSH login on {end.name}, not sudo "
                 "(sudo file transfers go through world-readable temp files)"
             )
-    values = []
-    for name in ("s3_access_key", "s3_secret_key"):
+    values: dict[str, str] = {}
+    for name in _key_files(tenant):
         buffer = io.BytesIO()
         tenant_host.get_file(str(tenant.secret_path(name)), buffer)
-        values.append(buffer.getvalue().decode().strip())
-    body = json.dumps({"access_key": values[0], "secret_key": values[1]}).encode()
+        values[name] = buffer.getvalue().decode().strip()
+    keys = {pair.component: S3Credentials(values[pair.access_key], values[pair.secret_key]) for pair in S3_KEY_PAIRS}
+    body = json.dumps(tenant_keys_to_json(keys)).encode()
     return bool(host.put_file(io.BytesIO(body), staging))
+
+
+def _key_files(tenant: TenantConfig) -> tuple[str, ...]:
+    """Every S3 key file of the tenant, in the order `keys_digest` hashes them."""
+    return tuple(name for pair in S3_KEY_PAIRS for name in pair.files)
 
 
 @operation()
@@ -105,10 +116,8 @@ def served_tenant_store(config: HostConfig, served: ServedTenant):
     """On the vault: the identity and buckets of a tenant of another host, with that tenant's current keys."""
     tenant = served.tenant
     tenant_host = inventory.get_host(served.host)
-    current = tenant_host.get_fact(
-        KeysDigest, access_key=str(tenant.secret_path("s3_access_key")),
-        secret_key=str(tenant.secret_path("s3_secret_key")),
-    )
+    paths = tuple(str(tenant.secret_path(name)) for name in _key_files(tenant))
+    current = tenant_host.get_fact(KeysDigest, paths=paths)
     if not current or current == EMPTY_SHA256:
         raise OperationError(f"tenant {tenant.id} on {served.host} has no S3 keys yet (its deploy must run first)")
     held = appliance_facts(config).get("served_tenants", {}).get(tenant.id, {})
@@ -150,8 +159,9 @@ def vault_served_tenants(config: HostConfig) -> None:
 
 @deploy("Tenant object store")
 def tenant_objectstore(config: HostConfig, tenant: TenantConfig) -> None:
-    # Here: the tenant's S3 identity (its own buckets only) and its buckets with their locks. A tenant whose
-    # store is elsewhere (vault host, external S3): its buckets must answer its keys.
+    # Here: the tenant's S3 identities (the audit shipper's on its audit bucket only, the backup's on its backup
+    # bucket only) and its buckets with their locks. A tenant whose store is elsewhere (vault host, external S3):
+    # each bucket must answer its pair. (Operation names kept as they were: reports and tests know them.)
     step, name = (("objectstore-tenant", f"S3 identity and buckets of {tenant.id}") if config.runs_objectstore
                   else ("objectstore-check", f"Buckets of {tenant.id} answer its keys"))
     host_step(name=name, config=config, tenant=tenant, step=step, fact="objectstore_ok",

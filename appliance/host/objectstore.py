@@ -8,9 +8,9 @@ import subprocess
 import time
 from typing import Any
 
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import S3_KEY_PAIRS, HostConfig, TenantConfig
 from appliance.objectstore import seaweed
-from appliance.objectstore.credentials import S3Credentials, admin_credentials
+from appliance.objectstore.credentials import TenantKeys, admin_credentials
 from appliance.objectstore.paths import store_paths
 from appliance.objectstore.service import objectstore_service
 from appliance.supervision import detect, manager
@@ -61,16 +61,17 @@ def setup_ok(host: HostConfig) -> bool:
         return False
 
 
-def ensure_tenant(host: HostConfig, tenant: TenantConfig, credentials: S3Credentials | None = None) -> list[str]:
-    """The tenant's identity on the store, then its buckets (created by the admin, with their locks).
+def ensure_tenant(host: HostConfig, tenant: TenantConfig, keys: TenantKeys | None = None) -> list[str]:
+    """The tenant's identities on the store (one per key pair), then its buckets (created by the admin, with
+    their locks).
 
-    `credentials` are given for a tenant of another host (its keys were relayed to this vault host);
-    a tenant of this host has them in its secrets dir."""
+    `keys` are given for a tenant of another host (its keys were relayed to this vault host); a tenant of this
+    host has them in its secrets dir."""
     from appliance.objectstore.buckets import ensure_tenant_buckets
     from appliance.objectstore.client import s3_client
-    from appliance.objectstore.credentials import tenant_credentials
+    from appliance.objectstore.credentials import tenant_keys
 
-    keys = credentials or tenant_credentials(tenant)
+    keys = keys or tenant_keys(tenant)
     changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user))
     admin = s3_client(host, admin_credentials(host))
     changes += wait_for(lambda: ensure_tenant_buckets(admin, tenant))
@@ -79,35 +80,38 @@ def ensure_tenant(host: HostConfig, tenant: TenantConfig, credentials: S3Credent
     return changes
 
 
-def tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: S3Credentials) -> list[str]:
+def tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: TenantKeys) -> list[str]:
     from appliance.objectstore.probe import probe_tenant
 
-    result = probe_tenant(host, tenant, credentials=keys)
+    result = probe_tenant(host, tenant, keys=keys)
     if not result.healthy:
         raise RuntimeError(result.detail)
     return []
 
 
-def keys_digest(credentials: S3Credentials) -> str:
-    """What tenant host and vault compare to tell whether the vault holds the tenant's current keys; it is
-    sha256 of the two secret files as they are on the tenant host ("<access>\n<secret>\n")."""
-    return hashlib.sha256(f"{credentials.access_key}\n{credentials.secret_key}\n".encode()).hexdigest()
+def keys_digest(keys: TenantKeys) -> str:
+    """What tenant host and vault compare to tell whether the vault holds the tenant's current keys: sha256 of
+    the tenant's S3 key files, as they are on its host, in `S3_KEY_PAIRS` order ("<access>\n<secret>\n" each),
+    which is what `cat` of the four files piped to sha256sum gives there."""
+    text = "".join(f"{keys[pair.component].access_key}\n{keys[pair.component].secret_key}\n" for pair in S3_KEY_PAIRS)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def served_tenant_facts(host: HostConfig) -> dict[str, dict[str, Any]]:
     """For each tenant of another host this vault keeps: the digest of the keys it holds, and whether they
-    reach the tenant's buckets."""
+    reach the tenant's buckets. A tenant whose fragment is the legacy single identity has no digest: the tenant
+    host's keys never match it, so the next deploy relays both pairs."""
     from appliance.objectstore.probe import probe_tenant
 
     fragments = {f["id"]: f for f in seaweed.read_fragments(store_paths(host))}
     facts: dict[str, dict[str, Any]] = {}
     for served in host.served_tenants:
         fragment = fragments.get(served.tenant.id)
-        if fragment is None:
+        keys = seaweed.fragment_keys(fragment) if fragment else None
+        if keys is None:
             facts[served.tenant.id] = {"keys_sha256": "", "ok": False}
             continue
-        keys = S3Credentials(fragment["access_key"], fragment["secret_key"])
-        ok = probe_tenant(host, served.tenant, credentials=keys).healthy
+        ok = probe_tenant(host, served.tenant, keys=keys).healthy
         facts[served.tenant.id] = {"keys_sha256": keys_digest(keys), "ok": ok}
     return facts
 
@@ -125,15 +129,20 @@ def wait_for(step: Any, timeout: float = 30) -> list[str]:
 
 
 def tenant_ok(host: HostConfig, tenant: TenantConfig) -> bool:
+    """Both pairs reach their buckets; on the store's host also: the store keeps exactly the tenant's current pairs
+    (a fragment of the legacy single identity, or a rotation left half done, means the deploy has work)."""
+    from appliance.objectstore.credentials import tenant_keys
     from appliance.objectstore.probe import probe_tenant
 
-    if not tenant.secret_path("s3_access_key").is_file():
+    if not all(tenant.secret_path(name).is_file() for pair in S3_KEY_PAIRS for name in pair.files):
+        return False
+    if host.runs_objectstore and not seaweed.tenant_fragment_current(host, tenant, tenant_keys(tenant)):
         return False
     return probe_tenant(host, tenant).healthy
 
 
 def forget_tenant(host: HostConfig, tenant: TenantConfig) -> list[str]:
-    """Revoke a destroyed tenant's identity (a restart: SIGHUP keeps removed identities alive).
+    """Revoke a destroyed tenant's identities, both pairs' (a restart: SIGHUP keeps removed identities alive).
 
     Its backup bucket is emptied only by retention; its audit bucket is locked COMPLIANCE and stays."""
     emptied = empty_bucket(host, tenant.backup_bucket)

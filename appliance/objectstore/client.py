@@ -1,6 +1,6 @@
 """boto3 clients for the tenant's object store: the right endpoint, the host CA, and checksums on every PUT.
 
-    >>> s3 = s3_client(host, tenant_credentials(tenant))
+    >>> s3 = s3_client(host, tenant_credentials(tenant, AUDIT_S3_KEYS))
     >>> put_object(s3, tenant.audit_bucket, "batches/000001.jsonl", body)
 """
 

@@ -4,7 +4,7 @@ Probes never raise for a store that is down, refuses, or is misconfigured: they 
 `detail` says what an operator needs to know.
 
     >>> probe_tenant(host, tenant)
-    ProbeResult(healthy=True, detail='acme-audit (COMPLIANCE 365 days) and acme-backup reachable ...')
+    ProbeResult(healthy=True, detail="acme-audit (COMPLIANCE 365 days) with the audit shipper's keys and ...")
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import AUDIT_S3_KEYS, S3_KEY_PAIRS, HostConfig, TenantConfig
 from appliance.objectstore.buckets import default_retention, lock_configuration
-from appliance.objectstore.client import LOCK_MODE, ca_bundle, s3_client
-from appliance.objectstore.credentials import S3Credentials, tenant_credentials
+from appliance.objectstore.client import LOCK_MODE, S3Client, ca_bundle, s3_client
+from appliance.objectstore.credentials import TenantKeys, tenant_credentials
 
 # The embedded store enforces locks in a process on the host it protects, so it cannot stand up to root
 # there (see specs/object-lock-store.md): status output says so instead of implying a WORM guarantee.
@@ -66,24 +66,30 @@ def _describe(exc: BaseException) -> str:
 
 
 def probe_tenant(
-    host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 5.0, credentials: S3Credentials | None = None
+    host: HostConfig, tenant: TenantConfig, *, timeout_s: float = 5.0, keys: TenantKeys | None = None
 ) -> ProbeResult:
-    """Both buckets reachable with the tenant's own keys, and the audit bucket locked as configured.
+    """Each bucket reachable with the key pair of the component that uses it (the audit shipper's, the backup's),
+    and the audit bucket locked as configured.
 
-    `credentials` are the tenant's keys when they do not live on this host (a vault host probing the
-    identities it keeps for tenants of other hosts)."""
+    `keys` are the tenant's pairs when they do not live on this host (a vault host probing the identities it
+    keeps for tenants of other hosts)."""
     where = host.s3_endpoint
-    try:
-        client = s3_client(host, credentials or tenant_credentials(tenant), timeout_s=timeout_s, retries=1)
-    except (OSError, ValueError) as exc:
-        return ProbeResult(False, f"tenant {tenant.id}: S3 credentials unreadable: {_describe(exc)}")
-    for bucket in (tenant.audit_bucket, tenant.backup_bucket):
+    clients: dict[str, S3Client] = {}
+    for pair in S3_KEY_PAIRS:
         try:
-            client.head_bucket(Bucket=bucket)
+            creds = keys[pair.component] if keys is not None else tenant_credentials(tenant, pair)
+            clients[pair.component] = s3_client(host, creds, timeout_s=timeout_s, retries=1)
+        except (OSError, ValueError, KeyError) as exc:
+            return ProbeResult(False, f"tenant {tenant.id}: {pair.component} S3 credentials unreadable: "
+                                      f"{_describe(exc)}")
+    for pair in S3_KEY_PAIRS:
+        bucket = pair.bucket(tenant)
+        try:
+            clients[pair.component].head_bucket(Bucket=bucket)
         except (BotoCoreError, ClientError, OSError) as exc:
-            return ProbeResult(False, f"{bucket} at {where}: {_describe(exc)}")
+            return ProbeResult(False, f"{bucket} at {where} with the {pair.component} keys: {_describe(exc)}")
     try:
-        config = lock_configuration(client, tenant.audit_bucket)
+        config = lock_configuration(clients[AUDIT_S3_KEYS.component], tenant.audit_bucket)
     except (BotoCoreError, ClientError, OSError) as exc:
         return ProbeResult(False, f"{tenant.audit_bucket}: lock configuration unreadable: {_describe(exc)}")
     wanted = (LOCK_MODE, tenant.audit.retention_days)
@@ -98,8 +104,8 @@ def probe_tenant(
         )
     return ProbeResult(
         True,
-        f"{tenant.audit_bucket} (COMPLIANCE {tenant.audit.retention_days} days) and {tenant.backup_bucket} "
-        f"reachable at {where} with the tenant's keys",
+        f"{tenant.audit_bucket} (COMPLIANCE {tenant.audit.retention_days} days) with the audit shipper's keys and "
+        f"{tenant.backup_bucket} with the backup's reachable at {where}",
     )
 
 

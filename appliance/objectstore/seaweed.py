@@ -51,6 +51,13 @@ Reloading identities (s3.json)
     filer's IAM store a second source of truth beside s3.json; the embedded IAM API (`-s3.iam`) mints its own
     keys (AWS CreateAccessKey semantics) while tenant keys are made on the tenant's host, so it is off.
 
+Two identities per tenant
+    Each tenant has one identity per key pair (`S3_KEY_PAIRS`): `tenant-<id>.audit` reaches only the audit
+    bucket, `tenant-<id>.backup` only the backup bucket. Hosts deployed before had one identity `tenant-<id>`
+    with both; its fragment is still rendered as it was until the tenant's deploy rewrites it, and since that
+    rewrite removes `tenant-<id>` from s3.json, it is a `restart`, not a SIGHUP (which would keep the old
+    identity, with the audit shipper's keys, able to write the backup bucket).
+
 Certificates
     weed reads the S3 certificate and the gRPC certificates at start only: neither rewriting the files nor
     SIGHUP made it serve a re-issued S3 certificate (checked for 10 s), so a renewal reports `restart`.
@@ -72,9 +79,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config import SEAWEED_GRPC_PORT_OFFSET, HostConfig, TenantConfig
+from appliance.config import (
+    AUDIT_S3_KEYS,
+    BACKUP_S3_KEYS,
+    S3_KEY_PAIRS,
+    SEAWEED_GRPC_PORT_OFFSET,
+    HostConfig,
+    S3KeyPair,
+    TenantConfig,
+)
 from appliance.objectstore import tls
-from appliance.objectstore.credentials import S3Credentials, admin_credentials, ensure_admin_credentials
+from appliance.objectstore.credentials import (
+    S3Credentials,
+    TenantKeys,
+    admin_credentials,
+    ensure_admin_credentials,
+)
 from appliance.objectstore.files import ensure_dir, owner_ids, write_if_changed
 from appliance.objectstore.paths import StorePaths, store_paths
 from appliance.roles import render
@@ -89,6 +109,9 @@ AUDIT_ACTIONS = (
 )
 # pgBackRest: get/put/delete/list and multipart uploads, all covered by Read, Write and List.
 BACKUP_ACTIONS = ("Read", "Write", "List")
+# Each key pair's actions, on its own bucket only (issue 20: the shipper cannot touch backups, the backup cannot
+# write the audit trail).
+PAIR_ACTIONS = {AUDIT_S3_KEYS.component: AUDIT_ACTIONS, BACKUP_S3_KEYS.component: BACKUP_ACTIONS}
 JWT_KEY_NAMES = ("volume_write", "volume_read", "filer_write", "filer_read")
 # Time weed gets to stop on SIGTERM before it is killed.
 STOP_TIMEOUT_S = 30.0
@@ -191,15 +214,63 @@ def _identity(name: str, creds: S3Credentials, actions: Iterable[str],
             "actions": list(actions)}
 
 
-def tenant_identity_name(tenant_id: str) -> str:
+def tenant_identity_name(tenant_id: str, pair: S3KeyPair) -> str:
+    """The store identity of one of a tenant's key pairs: `tenant-<id>.audit`, `tenant-<id>.backup`. A dot, which
+    no tenant id has: `tenant-<id>-audit` would be the legacy identity's name of a tenant called `<id>-audit`."""
+    return f"tenant-{tenant_id}.{pair.component}"
+
+
+def legacy_identity_name(tenant_id: str) -> str:
+    """The one identity a tenant had before it got a pair per component (issue 20), reaching both its buckets.
+    Only rendered from a fragment written before; its tenant's next deploy replaces it (a weed restart)."""
     return f"tenant-{tenant_id}"
 
 
+def pair_actions(bucket: str, pair: S3KeyPair) -> list[str]:
+    """A pair's actions, all scoped to its one bucket (weed matches `Action:bucket` exactly)."""
+    return [f"{action}:{bucket}" for action in PAIR_ACTIONS[pair.component]]
+
+
 def tenant_actions(audit_bucket: str, backup_bucket: str) -> list[str]:
-    """The tenant's actions, each scoped to one of its two buckets (weed matches `Action:bucket` exactly)."""
-    return [f"{action}:{audit_bucket}" for action in AUDIT_ACTIONS] + [
-        f"{action}:{backup_bucket}" for action in BACKUP_ACTIONS
-    ]
+    """The legacy single identity's actions: both buckets (see `legacy_identity_name`)."""
+    return pair_actions(audit_bucket, AUDIT_S3_KEYS) + pair_actions(backup_bucket, BACKUP_S3_KEYS)
+
+
+def _bucket_of(fragment: dict[str, Any], pair: S3KeyPair) -> str:
+    return str(fragment[f"{pair.component}_bucket"])
+
+
+def _creds(entry: dict[str, Any], prefix: str = "") -> S3Credentials | None:
+    if f"{prefix}access_key" not in entry:
+        return None
+    return S3Credentials(entry[f"{prefix}access_key"], entry[f"{prefix}secret_key"])
+
+
+def fragment_keys(fragment: dict[str, Any]) -> TenantKeys | None:
+    """The current key pairs a tenant fragment gives its identities; None for a fragment of the legacy single
+    identity (or one lacking a pair), which its tenant's next deploy must rewrite."""
+    pairs = fragment.get("pairs")
+    if not isinstance(pairs, dict) or any(pair.component not in pairs for pair in S3_KEY_PAIRS):
+        return None
+    return {pair.component: S3Credentials(pairs[pair.component]["access_key"], pairs[pair.component]["secret_key"])
+            for pair in S3_KEY_PAIRS}
+
+
+def _fragment_identities(t: dict[str, Any]) -> list[dict[str, Any]]:
+    if "pairs" not in t:  # written before the split: keep the tenant's access until its deploy rewrites it
+        current = _creds(t)
+        assert current is not None, f"tenant fragment {t.get('id')} has no keys"
+        return [_identity(legacy_identity_name(t["id"]), current, tenant_actions(t["audit_bucket"], t["backup_bucket"]),
+                          _creds(t, "previous_"))]
+    identities = []
+    for pair in S3_KEY_PAIRS:
+        entry = t["pairs"].get(pair.component)
+        current = _creds(entry) if entry else None
+        if current is None:
+            continue
+        identities.append(_identity(tenant_identity_name(t["id"], pair), current,
+                                    pair_actions(_bucket_of(t, pair), pair), _creds(entry, "previous_")))
+    return identities
 
 
 def _fragment_path(paths: StorePaths, tenant_id: str) -> Path:
@@ -214,16 +285,9 @@ def read_fragments(paths: StorePaths) -> list[dict[str, Any]]:
 
 
 def render_s3_config(admin: S3Credentials, tenants: Iterable[dict[str, Any]]) -> str:
-    """s3.json from the admin keys and tenant fragments ({id, access_key, secret_key, audit/backup_bucket})."""
-    identities = [
-        _identity(
-            tenant_identity_name(t["id"]),
-            S3Credentials(t["access_key"], t["secret_key"]),
-            tenant_actions(t["audit_bucket"], t["backup_bucket"]),
-            S3Credentials(t["previous_access_key"], t["previous_secret_key"]) if "previous_access_key" in t else None,
-        )
-        for t in tenants
-    ]
+    """s3.json from the admin keys and tenant fragments: {id, audit_bucket, backup_bucket, pairs: {<component>:
+    {access_key, secret_key[, previous_access_key, previous_secret_key]}}}, one identity per pair."""
+    identities = [identity for t in tenants for identity in _fragment_identities(t)]
     text = render(
         "objectstore", "s3.json.j2", admin=_identity(ADMIN_IDENTITY, admin, ADMIN_ACTIONS), tenants=identities
     )
@@ -257,29 +321,62 @@ def ensure_s3_config(host: HostConfig, owner: str | None = None) -> Change:
     return _how_to_apply(old, text) if old is not None else Change(("s3.json",), restart=True)
 
 
+def tenant_fragment(tenant: TenantConfig, keys: TenantKeys, previous: TenantKeys | None = None) -> dict[str, Any]:
+    """What `ensure_tenant_identity` keeps for a tenant: both its pairs (and any being rotated out)."""
+    missing = [pair.component for pair in S3_KEY_PAIRS if pair.component not in keys]
+    if missing:
+        raise ValueError(f"tenant {tenant.id}: S3 keys for {missing} missing")
+    pairs: dict[str, dict[str, str]] = {}
+    for pair in S3_KEY_PAIRS:
+        creds, old = keys[pair.component], (previous or {}).get(pair.component)
+        pairs[pair.component] = {
+            "access_key": creds.access_key, "secret_key": creds.secret_key,
+            **({"previous_access_key": old.access_key, "previous_secret_key": old.secret_key} if old else {}),
+        }
+    # The flat `access_key`/`secret_key` are for a deploy by a release before the split on the same store (an
+    # operator's older checkout, the upgrade test's previous commit): it renders every fragment, and reads only
+    # those. It then makes the one identity of before from the audit shipper's pair, as it always did; this release
+    # reads `pairs` only.
+    audit = keys[AUDIT_S3_KEYS.component]
+    return {"id": tenant.id, "audit_bucket": tenant.audit_bucket, "backup_bucket": tenant.backup_bucket,
+            "pairs": pairs, "access_key": audit.access_key, "secret_key": audit.secret_key}
+
+
+def _fragment_body(fragment: dict[str, Any]) -> bytes:
+    return (json.dumps(fragment, indent=2, sort_keys=True) + "\n").encode()
+
+
+def tenant_fragment_current(host: HostConfig, tenant: TenantConfig, keys: TenantKeys) -> bool:
+    """The store keeps exactly `keys` for `tenant` (no legacy identity, no pair being rotated out)."""
+    try:
+        held = _fragment_path(store_paths(host), tenant.id).read_bytes()
+    except OSError:
+        return False
+    return held == _fragment_body(tenant_fragment(tenant, keys))
+
+
 def ensure_tenant_identity(
-    host: HostConfig, tenant: TenantConfig, creds: S3Credentials, owner: str | None = None,
-    previous: S3Credentials | None = None,
+    host: HostConfig, tenant: TenantConfig, keys: TenantKeys, owner: str | None = None,
+    previous: TenantKeys | None = None,
 ) -> Change:
-    """Give `tenant` its identity on the store (idempotent). Per-tenant fragments keep per-tenant deploys
-    additive: rendering s3.json never depends on which tenants the current run happens to know about.
-    `previous`: the pair being rotated out, accepted beside `creds` until the next call without it."""
+    """Give `tenant` its identities on the store, one per key pair (idempotent). Per-tenant fragments keep
+    per-tenant deploys additive: rendering s3.json never depends on which tenants the current run happens to know
+    about. `previous`: pairs being rotated out, each accepted beside its new one until the next call without it.
+
+    Replacing a fragment of the legacy single identity (`tenant-<id>`) drops that identity: weed keeps removed
+    identities across SIGHUP, so that change reports `restart` (`_how_to_apply`) and the old identity is gone
+    only once weed has restarted; `apply_change` does that."""
     paths = store_paths(host)
     ids = owner_ids(owner)
     ensure_dir(paths.conf_dir / "tenants", 0o700, ids)
-    fragment = {
-        "id": tenant.id, "access_key": creds.access_key, "secret_key": creds.secret_key,
-        "audit_bucket": tenant.audit_bucket, "backup_bucket": tenant.backup_bucket,
-        **({"previous_access_key": previous.access_key, "previous_secret_key": previous.secret_key}
-           if previous else {}),
-    }
-    body = (json.dumps(fragment, indent=2, sort_keys=True) + "\n").encode()
-    write_if_changed(_fragment_path(paths, tenant.id), body, 0o600, ids)
+    write_if_changed(_fragment_path(paths, tenant.id), _fragment_body(tenant_fragment(tenant, keys, previous)),
+                     0o600, ids)
     return ensure_s3_config(host, owner)
 
 
 def remove_tenant_identity(host: HostConfig, tenant_id: str, owner: str | None = None) -> Change:
-    """Take a tenant's identity off the store; weed must restart for it to lose access (SIGHUP won't)."""
+    """Take a tenant's identities (every pair's, or the legacy one) off the store; weed must restart for them to
+    lose access (SIGHUP keeps removed identities alive)."""
     path = _fragment_path(store_paths(host), tenant_id)
     if not path.exists():
         return Change()

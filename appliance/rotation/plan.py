@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.config import LOGIN_ROLES
+from appliance.config import LOGIN_ROLES, S3_KEY_PAIRS
 
 How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "refused"]
 
@@ -19,7 +19,7 @@ class Rotation:
     restarts: tuple[str, ...] = ()
     # For `refused`: why it cannot be replaced in place, and what to do instead.
     why: str = ""
-    # Secret files it replaces (the S3 key pair is one rotation of two files).
+    # Secret files it replaces (the S3 key pairs, the audit shipper's and the backup's, are one rotation).
     files: tuple[str, ...] = ()
 
     @property
@@ -55,8 +55,9 @@ ROTATIONS: dict[str, Rotation] = {
     # The provider checks it at the code exchange (it reads it when it starts); the gateway reads the file at each
     # exchange.
     "identity_gateway_client_secret": Rotation("identity_gateway_client_secret", "file", ("identity",)),
-    # A new key pair on the store beside the old one, the readers restarted, then the old pair removed.
-    "s3_keys": Rotation("s3_keys", "s3_keys", ("audit", "backup"), files=("s3_access_key", "s3_secret_key")),
+    # New key pairs on the store beside the old ones, the readers restarted, then the old pairs removed.
+    "s3_keys": Rotation("s3_keys", "s3_keys", tuple(p.component for p in S3_KEY_PAIRS),
+                        files=tuple(name for p in S3_KEY_PAIRS for name in p.files)),
     "backup_cipher_passphrase": Rotation(
         "backup_cipher_passphrase", "refused",
         why="pgBackRest encrypts a repository with one passphrase for the repository's whole life, and every "
@@ -67,7 +68,7 @@ ROTATIONS: dict[str, Rotation] = {
 }
 
 # The names an operator may give: every rotation, and each S3 key file naming the pair it belongs to.
-ALIASES = {"s3_access_key": "s3_keys", "s3_secret_key": "s3_keys"}
+ALIASES = {name: "s3_keys" for p in S3_KEY_PAIRS for name in p.files}
 
 
 def rotation(name: str) -> Rotation:

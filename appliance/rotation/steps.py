@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from appliance import pg
-from appliance.config import DB_SUPERUSER, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
+from appliance.config import DB_SUPERUSER, S3_KEY_PAIRS, TENANT_SECRETS, HostConfig, SecretKind, TenantConfig
 from appliance.objectstore.files import write_atomic
 from appliance.restarts import Say
 from appliance.restarts import restart_components as restart
@@ -128,11 +128,12 @@ def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: S
 
 
 def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
-    """A new key pair on the store beside the old one; the key files replaced and their readers restarted; then
-    the old pair taken off the store. Only where this host runs the tenants' store."""
+    """New key pairs (the audit shipper's and the backup's) on the store beside the old ones; the key files
+    replaced and their readers restarted; then the old pairs taken off the store. Only where this host runs the
+    tenants' store."""
     from appliance.host.objectstore import apply_change, tenant_probe_ok, wait_for
     from appliance.objectstore import seaweed
-    from appliance.objectstore.credentials import S3Credentials, new_access_key, new_secret_key, tenant_credentials
+    from appliance.objectstore.credentials import S3Credentials, new_access_key, new_secret_key, tenant_keys
 
     if not host.runs_objectstore:
         where = f"host {host.objectstore_host}" if host.objectstore_host else "an external store"
@@ -140,13 +141,15 @@ def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say
             f"{tenant.id}'s buckets are on {where}: a new key pair must be made there (for an appliance vault "
             "host: this command there is not implemented yet; for an external store: make the pair in it and "
             f"install it with `appliance tenant s3-keys {tenant.id}`)")
-    old = tenant_credentials(tenant)
-    new = S3Credentials(new_access_key(), new_secret_key())
+    old = tenant_keys(tenant)
+    new = {pair.component: S3Credentials(new_access_key(), new_secret_key()) for pair in S3_KEY_PAIRS}
     owner = host.objectstore_user
     apply_change(host, seaweed.ensure_tenant_identity(host, tenant, new, owner=owner, previous=old))
     wait_for(lambda: tenant_probe_ok(host, tenant, new))
-    write_secret(tenant, "s3_secret_key", new.secret_key)
-    write_secret(tenant, "s3_access_key", new.access_key)
+    for pair in S3_KEY_PAIRS:
+        # The secret before the access key: a reader seeing the new access key finds its secret already there.
+        write_secret(tenant, pair.secret_key, new[pair.component].secret_key)
+        write_secret(tenant, pair.access_key, new[pair.component].access_key)
     # The root-only copy a restore of a deleted tenant dir reads: the old pair is about to stop working.
     from appliance.backup.stanza import ensure_recovery_keys
 
@@ -154,7 +157,7 @@ def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say
     started = time.monotonic()
     restarted = restart(host, tenant, rotation.restarts, say)
     changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, new, owner=owner))
-    say(f"  old key pair removed from the store ({', '.join(changes) or 'no change'})")
+    say(f"  old key pairs removed from the store ({', '.join(changes) or 'no change'})")
     return Outcome(rotation.name, restarted, time.monotonic() - started)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from appliance.backup import pgbackrest
 from appliance.backup.paths import backup_paths
-from appliance.config import TENANT_SECRETS
+from appliance.config import BACKUP_S3_KEYS, TENANT_SECRETS
 from tests.support.backup import Rig, add_house, add_thread, backup_rig, stream_body
 from tests.support.paths import APPLIANCE_BIN
 
@@ -65,7 +65,7 @@ def test_backup_writes_a_full_backup_and_a_sealed_tagged_bundle(rig: Rig) -> Non
     assert bundle["backup_label"] == backup["label"] and bundle["streams"] == 1
     assert bundle["appliance_version"] and str(bundle["postgres_version"]).startswith("15.")
 
-    s3 = rig.store.client(T)
+    s3 = rig.store.client(T, BACKUP_S3_KEYS)
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=tenant.backup_bucket)
             for o in page.get("Contents", [])]
     assert f"pgbackrest/backup/{T}/{backup['label']}/backup.manifest" in keys
@@ -199,7 +199,7 @@ def test_secrets_are_never_in_process_lists_logs_files_or_outputs(rig: Rig) -> N
         places[str(log)] = log.read_text(errors="replace")
     for report in backup_paths(tenant).drills.glob("*.json"):
         places[str(report)] = report.read_text()
-    s3 = rig.store.client(T)
+    s3 = rig.store.client(T, BACKUP_S3_KEYS)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=tenant.backup_bucket, Prefix="bundles/"):
         for obj in page.get("Contents", []):
             places[obj["Key"]] = s3.get_object(Bucket=tenant.backup_bucket, Key=obj["Key"])["Body"].read().decode(
@@ -243,7 +243,7 @@ def test_bundle_expiry_drops_what_no_restore_would_pick(rig: Rig) -> None:
     from appliance.objectstore.client import put_object
 
     tenant = rig.tenant(T)
-    s3 = rig.store.client(T)
+    s3 = rig.store.client(T, BACKUP_S3_KEYS)
     now = dt.datetime.now(dt.UTC)
     day = dt.timedelta(days=1)
 

@@ -180,6 +180,10 @@ def test_the_wrapper_and_config_hold_paths_not_secrets(tmp_path: Path) -> None:
     acme = tenant()
     wrapper = pgbackrest.render_wrapper(acme)
     assert "PGBACKREST_REPO1_CIPHER_PASS=$(secret backup_cipher_passphrase)" in wrapper
+    # The backup's own S3 pair, never the audit shipper's (issue 20).
+    assert "PGBACKREST_REPO1_S3_KEY=$(secret backup_s3_access_key)" in wrapper
+    assert "PGBACKREST_REPO1_S3_KEY_SECRET=$(secret backup_s3_secret_key)" in wrapper
+    assert "secret s3_" not in wrapper
     assert f"secrets='{acme.secrets_dir}'" in wrapper
     host = host_config("unit", {"tenants": {"acme": {"slot": 1}}})
     config = pgbackrest.render_config(host, acme)

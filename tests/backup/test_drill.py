@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from appliance.backup.paths import backup_paths
+from appliance.config import BACKUP_S3_KEYS
 from appliance.objectstore.client import put_object
 from tests.support.backup import Rig, add_house, add_thread, backup_rig
 
@@ -115,7 +116,7 @@ def test_drill_passes_on_a_busy_tenant_and_reports_rto_rpo(rig: Rig) -> None:
 
 def _largest_object(rig: Rig, prefix: str) -> str:
     tenant = rig.tenant(T)
-    s3 = rig.store.client(T)
+    s3 = rig.store.client(T, BACKUP_S3_KEYS)
     objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=tenant.backup_bucket, Prefix=prefix)
                for o in page.get("Contents", [])]
     return str(max(objects, key=lambda o: o["Size"])["Key"])
@@ -127,7 +128,7 @@ class Corrupted:
     def __init__(self, rig: Rig, key: str) -> None:
         self.rig, self.key = rig, key
         self.bucket = rig.tenant(T).backup_bucket
-        self.s3 = rig.store.client(T)
+        self.s3 = rig.store.client(T, BACKUP_S3_KEYS)
         self.good = b""
 
     def __enter__(self) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from appliance.config import DB_ROLES, LOGIN_ROLES, TENANT_SECRETS, HostConfig
+from appliance.config import DB_ROLES, LOGIN_ROLES, S3_KEY_PAIRS, TENANT_SECRETS, HostConfig
+from tests.support import isolation
 from tests.support.deployment import status_json
 from tests.support.isolation import _PROBE, as_user
 
@@ -76,6 +77,29 @@ READS = {
     "audit": {"db_audit_password", "s3_access_key", "s3_secret_key"},
     "agents": {"agents_internal_token"},
 }
+# The backup (the tenant's user) reads every secret, to back it up; its own S3 pair nobody else reads.
+BACKUP_ONLY = {"backup_s3_access_key", "backup_s3_secret_key", "backup_cipher_passphrase", "db_superuser_password"}
+
+
+def test_the_backups_s3_pair_is_read_by_the_backup_only() -> None:
+    assert {name for name in TENANT_SECRETS if name not in set().union(*READS.values())} == BACKUP_ONLY
+
+
+def test_the_audit_shippers_s3_pair_cannot_touch_the_backup_bucket_nor_the_backups_the_audit_bucket(
+    deployed: HostConfig,
+) -> None:
+    """Issue 20 on the deployed store: each pair reaches its own bucket only, and no tenant identity of the store
+    is the single identity of before (on both buckets)."""
+    import json
+
+    from appliance.objectstore import seaweed
+    from appliance.objectstore.paths import store_paths
+
+    names = {i["name"] for i in json.loads(store_paths(deployed).s3_config.read_text())["identities"]}
+    for tenant in deployed.tenants:
+        isolation.s3_pairs_confined(deployed, tenant)
+        assert seaweed.legacy_identity_name(tenant.id) not in names
+        assert {seaweed.tenant_identity_name(tenant.id, pair) for pair in S3_KEY_PAIRS} <= names
 
 
 def test_each_components_user_reads_its_own_secrets_and_no_other(deployed: HostConfig) -> None:

@@ -6,6 +6,7 @@ takes minutes on a fresh machine; reruns are no-ops.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,8 +18,17 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from botocore.exceptions import ClientError
 
-from appliance.config import TENANT_SECRETS, HostConfig, load_host_config
+from appliance.config import (
+    AUDIT_S3_KEYS,
+    BACKUP_S3_KEYS,
+    S3_KEY_PAIRS,
+    TENANT_SECRETS,
+    HostConfig,
+    S3KeyPair,
+    load_host_config,
+)
 from tests.support import isolation
 from tests.support.deployment import (
     LOCAL_INVENTORY,
@@ -181,6 +191,8 @@ SECRET_FILES = {
     "backup_cipher_passphrase": ("tenant", None),
     "s3_access_key": ("audit", "audit"),
     "s3_secret_key": ("audit", "audit"),
+    "backup_s3_access_key": ("tenant", None),
+    "backup_s3_secret_key": ("tenant", None),
     "identity_jwks": ("idp", "idp"),
     "identity_cookie_keys": ("idp", "idp"),
     "identity_gateway_client_secret": ("gw", "idp"),
@@ -273,8 +285,8 @@ def test_tenant_ports_are_reachable_only_on_loopback(deployed: HostConfig) -> No
 # Object store ------------------------------------------------------------------------------------------------
 
 
-def _tenant_s3(host: HostConfig, tenant_id: str):  # type: ignore[no-untyped-def]
-    return isolation.tenant_s3(host, host.tenant(tenant_id))
+def _tenant_s3(host: HostConfig, tenant_id: str, pair: S3KeyPair = AUDIT_S3_KEYS):  # type: ignore[no-untyped-def]
+    return isolation.tenant_s3(host, host.tenant(tenant_id), pair)
 
 
 def test_one_tenants_s3_keys_cannot_list_or_read_anothers_buckets(deployed: HostConfig) -> None:
@@ -294,6 +306,10 @@ def test_a_locked_audit_object_cannot_be_deleted_with_the_tenants_own_keys(deplo
     assert retention["Mode"] == "COMPLIANCE"
     with pytest.raises(ClientError) as denied:
         s3.delete_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # Nor with the backup's, which cannot touch the audit bucket at all.
+    with pytest.raises(ClientError) as denied:
+        _tenant_s3(deployed, "acme", BACKUP_S3_KEYS).delete_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert s3.get_object(Bucket=acme.audit_bucket, Key=key, VersionId=version)["Body"].read() == b"evidence"
 
@@ -342,6 +358,9 @@ def test_a_tenant_can_be_added_alone_destroyed_and_its_id_is_not_reused(deployed
         refused = subprocess.run(destroy, capture_output=True, text=True)
         assert refused.returncode == 2 and "--yes-destroy-data" in refused.stderr
         assert gamma.root.exists()
+        from appliance.objectstore.credentials import tenant_keys
+
+        keys = tenant_keys(gamma)  # both pairs, to prove the store refuses each after the destroy
 
         destroyed = subprocess.run([*destroy, "--yes-destroy-data"], capture_output=True, text=True)
         assert destroyed.returncode == 0, destroyed.stderr
@@ -353,6 +372,17 @@ def test_a_tenant_can_be_added_alone_destroyed_and_its_id_is_not_reused(deployed
             pwd.getpwnam(gamma.user)
         code, report = status_json()
         assert code == 0 and tenant_id not in report["tenants"]
+        # Both of its store identities are revoked (weed restarted: SIGHUP would keep them).
+        from appliance.objectstore import seaweed
+        from appliance.objectstore.client import s3_client
+        from appliance.objectstore.paths import store_paths
+
+        names = {i["name"] for i in json.loads(store_paths(host).s3_config.read_text())["identities"]}
+        assert not {seaweed.tenant_identity_name(tenant_id, pair) for pair in S3_KEY_PAIRS} & names
+        for pair in S3_KEY_PAIRS:
+            with pytest.raises(ClientError) as revoked:
+                s3_client(host, keys[pair.component], retries=1).head_bucket(Bucket=pair.bucket(gamma))
+            assert revoked.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, pair
         # Nor does the front door know it any more: its name is an unknown name, its certificate and socket gone.
         assert f"no longer routes {gamma.hostnames[0]}" in destroyed.stdout
         with door_client(host, gamma.hostnames[0]) as door, pytest.raises(httpx.ConnectError):

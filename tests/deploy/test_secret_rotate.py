@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
-from appliance.config import HostConfig, TenantConfig
+from appliance.config import S3_KEY_PAIRS, HostConfig, TenantConfig
 from appliance.rotation.plan import ROTATIONS
 from tests.support.deployment import BIN, changed_operations, pids, status_json
 from tests.support.frontdoor import issue_token
@@ -92,20 +92,17 @@ def _old_refused(host: HostConfig, tenant: TenantConfig, name: str, old: str) ->
         response = httpx.post(f"http://127.0.0.1:{tenant.port('agents')}/activate/{uuid.uuid4()}", json={},
                               headers={"Authorization": f"Bearer {old}"}, timeout=10)
         assert response.status_code == 401, response.text
-    elif name == "s3_access_key":
+    elif any(name in pair.files for pair in S3_KEY_PAIRS):
+        # Either pair, either half: the old value with the current other half is refused on the pair's bucket.
         from appliance.objectstore.client import s3_client
         from appliance.objectstore.credentials import S3Credentials
 
-        s3 = s3_client(host, S3Credentials(old, tenant.read_secret("s3_secret_key")), retries=1)
+        pair = next(p for p in S3_KEY_PAIRS if name in p.files)
+        access = old if name == pair.access_key else tenant.read_secret(pair.access_key)
+        secret = old if name == pair.secret_key else tenant.read_secret(pair.secret_key)
+        s3 = s3_client(host, S3Credentials(access, secret), retries=1)
         with pytest.raises(ClientError):
-            s3.list_objects_v2(Bucket=tenant.audit_bucket, MaxKeys=1)
-    elif name == "s3_secret_key":
-        from appliance.objectstore.client import s3_client
-        from appliance.objectstore.credentials import S3Credentials
-
-        s3 = s3_client(host, S3Credentials(tenant.read_secret("s3_access_key"), old), retries=1)
-        with pytest.raises(ClientError):
-            s3.list_objects_v2(Bucket=tenant.audit_bucket, MaxKeys=1)
+            s3.list_objects_v2(Bucket=pair.bucket(tenant), MaxKeys=1)
 
 
 def test_every_secret_rotates_under_load_and_the_old_value_is_refused(deployed: HostConfig) -> None:

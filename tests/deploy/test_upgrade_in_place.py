@@ -1,6 +1,7 @@
 """Upgrade in place (issue 20): a tenant deployed by the previous landed commit, where every component but the agent
-workers ran as the tenant's one user, is redeployed by this tree to a user per component, with its data, streams
-and audit trail intact, and the next deploy changes nothing.
+workers ran as the tenant's one user and its one S3 identity served the audit shipper and the backup, is redeployed
+by this tree to a user per component and an S3 identity each for the audit shipper and the backup (the old identity
+gone from the store), with its data, streams and audit trail intact, and the next deploy changes nothing.
 
 The previous commit's sources come from git (`git archive`), and its deploy runs from them (PYTHONPATH), as an
 operator's checkout of that release would. Only a tenant of this test's own is deployed by it (`only_tenants`).
@@ -9,6 +10,7 @@ operator's checkout of that release would. Only a tenant of this test's own is d
 from __future__ import annotations
 
 import io
+import json
 import os
 import pwd
 import subprocess
@@ -19,7 +21,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.config import OWN_USER_COMPONENTS, HostConfig, load_host_config
+from appliance.config import (
+    AUDIT_S3_KEYS,
+    BACKUP_S3_KEYS,
+    OWN_USER_COMPONENTS,
+    S3_KEY_PAIRS,
+    HostConfig,
+    TenantConfig,
+    load_host_config,
+)
+from appliance.objectstore import seaweed
+from appliance.objectstore.credentials import S3Credentials, tenant_credentials
+from appliance.objectstore.paths import store_paths
+from tests.support import isolation
 from tests.support.deployment import BIN, LOCAL_INVENTORY, changed_operations, deploy_or_fail, status_json
 from tests.support.frontdoor import issue_token
 from tests.support.paths import REPO
@@ -60,6 +74,14 @@ def _deploy_from(sources: Path, inventory: Path, tenant_id: str) -> str:
     return output
 
 
+def _split_s3_identities(host: HostConfig, tenant: TenantConfig, audit_keys_before: S3Credentials) -> None:
+    names = {i["name"] for i in json.loads(store_paths(host).s3_config.read_text())["identities"]}
+    assert seaweed.legacy_identity_name(tenant.id) not in names
+    assert {seaweed.tenant_identity_name(tenant.id, pair) for pair in S3_KEY_PAIRS} <= names
+    assert tenant_credentials(tenant, AUDIT_S3_KEYS) == audit_keys_before
+    isolation.s3_pairs_confined(host, tenant)
+
+
 def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_data(
         deployed: HostConfig, tmp_path: Path) -> None:
     tenant_id = f"upg{os.getpid()}"
@@ -95,6 +117,8 @@ def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_
                 entry = api.post(f"/api/threads/{thread_id}/entries", json={"id": str(uuid.uuid4()), "text": text})
                 assert entry.status_code in (200, 201), entry.text
 
+            audit_keys_before = tenant_credentials(tenant, AUDIT_S3_KEYS)
+            assert not tenant.secret_path(BACKUP_S3_KEYS.access_key).exists()
             output = deploy_or_fail(inventory, "--data", f"only_tenants={tenant_id}")
             code, report = status_json()
             assert code == 0, report
@@ -103,6 +127,9 @@ def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_
             for component, suffix in OWN_USER_COMPONENTS.items():
                 assert _process_user(components[component]["pid"]) == f"t-{tenant_id}-{suffix}", component
             assert _process_user(components["postgres"]["pid"]) == f"tenant-{tenant_id}"
+            # The previous commit's one S3 identity (both buckets, the audit shipper's keys) is gone from the store;
+            # the audit shipper's pair kept its keys, and the backup has a pair of its own.
+            _split_s3_identities(host, tenant, audit_keys_before)
 
             houses = api.get("/api/shapes/houses", params={"offset": "-1"})  # through the sync engine's new user
             assert houses.status_code == 200 and "before the upgrade" in houses.text, houses.text
@@ -115,6 +142,10 @@ def test_a_tenant_of_the_previous_commit_moves_to_a_user_per_component_with_its_
         verify = subprocess.run([str(BIN / "appliance"), "audit", "verify", tenant_id], capture_output=True,
                                 text=True, timeout=600)
         assert verify.returncode == 0, verify.stdout + verify.stderr
+        # pgBackRest works with the backup's new pair (a backup now; the old pair no longer reaches its bucket).
+        backup = subprocess.run([str(BIN / "appliance"), "backup", tenant_id], capture_output=True, text=True,
+                                timeout=900)
+        assert backup.returncode == 0, backup.stdout + backup.stderr
         again = deploy_or_fail(inventory, "--data", f"only_tenants={tenant_id}")
         assert changed_operations(again) == 0, again[-3000:]
         assert changed_operations(output) > 0

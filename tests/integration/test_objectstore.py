@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from appliance.config import AuditSettings
+from appliance.config import AUDIT_S3_KEYS, BACKUP_S3_KEYS, S3_KEY_PAIRS, AuditSettings
 from appliance.objectstore import seaweed, tls
 from appliance.objectstore.buckets import (
     BucketConfigError,
@@ -37,9 +37,10 @@ from appliance.objectstore.buckets import (
     lock_configuration,
 )
 from appliance.objectstore.client import S3Client, checksum_args, put_object, s3_client
-from appliance.objectstore.credentials import S3Credentials, tenant_credentials
+from appliance.objectstore.credentials import S3Credentials, tenant_credentials, tenant_keys
 from appliance.objectstore.paths import store_paths
 from appliance.objectstore.probe import EMBEDDED_CAVEAT, probe_store, probe_tenant
+from tests.support import isolation
 from tests.support.objectstore import ObjectStore, give_tenant_s3_keys, object_store
 
 A, B = "acme", "acme-audit"
@@ -176,17 +177,22 @@ def test_damaged_ca_key_makes_a_new_ca(tmp_path: Path) -> None:
 
 # --- configuration -----------------------------------------------------------------------------------------
 
-def test_s3_config_scopes_each_tenant_to_its_own_two_buckets(store: ObjectStore) -> None:
+def test_s3_config_scopes_each_tenants_pairs_to_their_own_bucket(store: ObjectStore) -> None:
     config = json.loads(store_paths(store.host).s3_config.read_text())
     by_name = {ident["name"]: ident for ident in config["identities"]}
-    assert set(by_name) == {seaweed.ADMIN_IDENTITY, "tenant-acme", "tenant-acme-audit"}
+    # A tenant called acme-audit beside acme: no identity name of one is another's.
+    assert set(by_name) == {seaweed.ADMIN_IDENTITY, "tenant-acme.audit", "tenant-acme.backup",
+                            "tenant-acme-audit.audit", "tenant-acme-audit.backup"}
     for tenant in store.tenants:
-        actions = by_name[f"tenant-{tenant.id}"]["actions"]
-        assert {a.split(":", 1)[1] for a in actions} == {tenant.audit_bucket, tenant.backup_bucket}
-        assert not {"Admin", "DeleteBucket", "BypassGovernanceRetention", "PutBucketObjectLockConfiguration"} & {
-            a.split(":", 1)[0] for a in actions
-        }
-        assert by_name[f"tenant-{tenant.id}"]["credentials"][0]["accessKey"] == tenant_credentials(tenant).access_key
+        for pair in S3_KEY_PAIRS:
+            identity = by_name[seaweed.tenant_identity_name(tenant.id, pair)]
+            actions = identity["actions"]
+            assert {a.split(":", 1)[1] for a in actions} == {pair.bucket(tenant)}
+            assert not {"Admin", "DeleteBucket", "BypassGovernanceRetention", "PutBucketObjectLockConfiguration"} & {
+                a.split(":", 1)[0] for a in actions
+            }
+            assert identity["credentials"] == [{"accessKey": tenant_credentials(tenant, pair).access_key,
+                                                "secretKey": tenant_credentials(tenant, pair).secret_key}]
     paths = store_paths(store.host)
     for secret_file in (paths.s3_config, paths.security_toml, paths.jwt_keys, paths.server_key, paths.grpc_key,
                         store.host.objectstore_admin_file, store.host.ca_key):
@@ -197,23 +203,41 @@ def test_s3_config_scopes_each_tenant_to_its_own_two_buckets(store: ObjectStore)
 def test_store_config_is_idempotent(store: ObjectStore) -> None:
     assert not seaweed.ensure_store_config(store.host)
     for tenant in store.tenants:
-        assert not seaweed.ensure_tenant_identity(store.host, tenant, tenant_credentials(tenant))
+        assert not seaweed.ensure_tenant_identity(store.host, tenant, tenant_keys(tenant))
+        assert seaweed.tenant_fragment_current(store.host, tenant, tenant_keys(tenant))
+
+
+def _fragment(tenant_id: str, audit: tuple[str, str], backup: tuple[str, str]) -> dict[str, object]:
+    return {"id": tenant_id, "audit_bucket": f"{tenant_id}-audit", "backup_bucket": f"{tenant_id}-backup",
+            "pairs": {"audit": {"access_key": audit[0], "secret_key": audit[1]},
+                      "backup": {"access_key": backup[0], "secret_key": backup[1]}}}
 
 
 def test_s3_json_change_says_reload_for_additions_and_restart_for_removals() -> None:
     admin = S3Credentials("ADMIN", "admin-secret")
-    one = {"id": "one", "access_key": "K1", "secret_key": "s1", "audit_bucket": "one-audit",
-           "backup_bucket": "one-backup"}
-    two = {**one, "id": "two", "access_key": "K2", "audit_bucket": "two-audit", "backup_bucket": "two-backup"}
+    one = _fragment("one", ("K1", "s1"), ("B1", "b1"))
+    two = _fragment("two", ("K2", "s2"), ("B2", "b2"))
     base = seaweed.render_s3_config(admin, [one])
     added = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, [one, two]))
-    rotated = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, [{**one, "secret_key": "s1b"}]))
+    rotated_one = _fragment("one", ("K1", "s1b"), ("B1", "b1"))
+    rotated = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, [rotated_one]))
     removed = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, []))
-    rekeyed = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, [{**one, "access_key": "K1b"}]))
+    rekeyed_one = _fragment("one", ("K1", "s1"), ("B1b", "b1"))
+    rekeyed = seaweed._how_to_apply(base, seaweed.render_s3_config(admin, [rekeyed_one]))
     assert (added.reload, added.restart) == (True, False)
     assert (rotated.reload, rotated.restart) == (True, False)
     assert (removed.reload, removed.restart) == (False, True)
     assert (rekeyed.reload, rekeyed.restart) == (True, False)
+    # A host deployed before the split: the tenant's one identity, on both buckets, until its fragment is rewritten;
+    # that rewrite removes the identity, so weed must restart (SIGHUP would keep it alive).
+    legacy = {"id": "one", "access_key": "K1", "secret_key": "s1", "audit_bucket": "one-audit",
+              "backup_bucket": "one-backup"}
+    old = seaweed.render_s3_config(admin, [legacy])
+    (identity,) = [i for i in json.loads(old)["identities"] if i["name"] == "tenant-one"]
+    assert {a.split(":", 1)[1] for a in identity["actions"]} == {"one-audit", "one-backup"}
+    assert seaweed.fragment_keys(legacy) is None
+    split = seaweed._how_to_apply(old, base)
+    assert (split.reload, split.restart) == (False, True)
 
 
 # --- the running store ---------------------------------------------------------------------------------------
@@ -271,7 +295,7 @@ def test_s3_is_served_over_tls_only(store: ObjectStore) -> None:
 def test_secrets_never_appear_in_argv_or_environment(store: ObjectStore) -> None:
     paths = store_paths(store.host)
     secrets = [store.admin.secret_key, *json.loads(paths.jwt_keys.read_text()).values()]
-    secrets += [tenant_credentials(t).secret_key for t in store.tenants]
+    secrets += [creds.secret_key for t in store.tenants for creds in tenant_keys(t).values()]
     cmdline = Path(f"/proc/{store.pid}/cmdline").read_bytes().decode()
     environ = Path(f"/proc/{store.pid}/environ").read_bytes().decode()
     for secret in secrets:
@@ -281,19 +305,69 @@ def test_secrets_never_appear_in_argv_or_environment(store: ObjectStore) -> None
 
 def test_tenant_keys_cannot_list_read_or_write_another_tenants_buckets(store: ObjectStore) -> None:
     for me, other in ((A, B), (B, A)):
-        mine, theirs = store.client(me), store.client(other)
+        theirs = store.client(other, BACKUP_S3_KEYS)
         other_tenant = store.tenant(other)
         key = unique_key("private")
         put_object(theirs, other_tenant.backup_bucket, key, b"theirs")
-        own = {b["Name"] for b in mine.list_buckets()["Buckets"]}
-        assert own == {store.tenant(me).audit_bucket, store.tenant(me).backup_bucket}
-        for bucket in (other_tenant.audit_bucket, other_tenant.backup_bucket):
-            assert refused(mine.head_bucket, Bucket=bucket) in ("403", "AccessDenied")
-            assert refused(mine.list_objects_v2, Bucket=bucket) == "AccessDenied"
-            assert refused(put_object, mine, bucket, unique_key("intruder"), b"x") == "AccessDenied"
-        assert refused(mine.get_object, Bucket=other_tenant.backup_bucket, Key=key) == "AccessDenied"
-        assert refused(mine.delete_object, Bucket=other_tenant.backup_bucket, Key=key) == "AccessDenied"
+        for pair in S3_KEY_PAIRS:
+            mine = store.client(me, pair)
+            own = {b["Name"] for b in mine.list_buckets()["Buckets"]}
+            assert own <= {store.tenant(me).audit_bucket, store.tenant(me).backup_bucket}, pair
+            for bucket in (other_tenant.audit_bucket, other_tenant.backup_bucket):
+                assert refused(mine.head_bucket, Bucket=bucket) in ("403", "AccessDenied")
+                assert refused(mine.list_objects_v2, Bucket=bucket) == "AccessDenied"
+                assert refused(put_object, mine, bucket, unique_key("intruder"), b"x") == "AccessDenied"
+            assert refused(mine.get_object, Bucket=other_tenant.backup_bucket, Key=key) == "AccessDenied"
+            assert refused(mine.delete_object, Bucket=other_tenant.backup_bucket, Key=key) == "AccessDenied"
         assert theirs.get_object(Bucket=other_tenant.backup_bucket, Key=key)["Body"].read() == b"theirs"
+
+
+def test_each_pair_of_a_tenant_reaches_only_its_own_bucket(store: ObjectStore) -> None:
+    """Issue 20: with the audit shipper's pair the backup bucket can be neither listed, read nor written; with the
+    backup's the audit bucket can't; each does its work on its own bucket."""
+    for tenant in store.tenants:
+        audit, backup = store.client(tenant.id, AUDIT_S3_KEYS), store.client(tenant.id, BACKUP_S3_KEYS)
+        backup_key, audit_key = unique_key("backup.info"), unique_key("batch")
+        put_object(backup, tenant.backup_bucket, backup_key, b"backup")
+        put_object(audit, tenant.audit_bucket, audit_key, b"audit")
+        isolation.s3_pairs_confined(store.host, tenant)
+        assert refused(audit.get_object, Bucket=tenant.backup_bucket, Key=backup_key) == "AccessDenied"
+        assert refused(audit.delete_object, Bucket=tenant.backup_bucket, Key=backup_key) == "AccessDenied"
+        assert refused(backup.get_object, Bucket=tenant.audit_bucket, Key=audit_key) == "AccessDenied"
+        assert refused(backup.put_object_retention, Bucket=tenant.audit_bucket, Key=audit_key, Retention={
+            "Mode": "COMPLIANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=30)},
+        ) == "AccessDenied"
+        assert backup.get_object(Bucket=tenant.backup_bucket, Key=backup_key)["Body"].read() == b"backup"
+        assert audit.get_object(Bucket=tenant.audit_bucket, Key=audit_key)["Body"].read() == b"audit"
+
+
+def test_a_store_kept_with_the_single_identity_loses_it_on_the_split(store: ObjectStore) -> None:
+    """A host deployed before the split: one identity per tenant on both buckets with the audit shipper's keys.
+    The tenant step rewrites its fragment with both pairs; that is a restart, after which the old identity is gone
+    (the audit keys no longer reach the backup bucket) and the backup's keys work."""
+    kappa = store.tenant(A).model_copy(update={"id": "kappa", "slot": 12})
+    ensure_tenant_buckets(store.client(), kappa)
+    keys = give_tenant_s3_keys(kappa)
+    audit = keys[AUDIT_S3_KEYS.component]
+    fragments = store_paths(store.host).conf_dir / "tenants"
+    (fragments / "kappa.json").write_text(json.dumps({
+        "id": "kappa", "access_key": audit.access_key, "secret_key": audit.secret_key,
+        "audit_bucket": kappa.audit_bucket, "backup_bucket": kappa.backup_bucket}))
+    assert seaweed.ensure_s3_config(store.host).reload
+    store.reload()
+    assert eventually(lambda: accepted(audit, store, kappa.backup_bucket))  # the old identity, on both buckets
+    assert not seaweed.tenant_fragment_current(store.host, kappa, keys)
+    change = seaweed.ensure_tenant_identity(store.host, kappa, keys)
+    assert (change.reload, change.restart) == (False, True)
+    store.restart()
+    assert seaweed.tenant_fragment_current(store.host, kappa, keys)
+    assert probe_tenant(store.host, kappa).healthy, probe_tenant(store.host, kappa).detail
+    isolation.s3_pairs_confined(store.host, kappa)
+    assert accepted(audit, store, kappa.audit_bucket) and not accepted(audit, store, kappa.backup_bucket)
+    seaweed.remove_tenant_identity(store.host, "kappa")
+    store.restart()
+    assert not any(accepted(creds, store, bucket) for creds in keys.values()
+                   for bucket in (kappa.audit_bucket, kappa.backup_bucket))
 
 
 def test_locked_audit_version_cannot_be_deleted_or_overwritten(store: ObjectStore) -> None:
@@ -508,16 +582,17 @@ def test_new_tenant_identity_applies_with_sighup_without_restart(store: ObjectSt
     pid = store.pid
     zeta = store.tenant(A).model_copy(update={"id": "zeta", "slot": 10})
     ensure_tenant_buckets(store.client(), zeta)
-    creds = give_tenant_s3_keys(zeta)
+    keys = give_tenant_s3_keys(zeta)
+    creds = keys[AUDIT_S3_KEYS.component]
     assert probe_tenant(store.host, zeta).detail.startswith("zeta-audit at")  # not known to the store yet
-    change = seaweed.ensure_tenant_identity(store.host, zeta, creds)
+    change = seaweed.ensure_tenant_identity(store.host, zeta, keys)
     assert (bool(change), change.reload, change.restart) == (True, True, False)
     store.reload()
     assert eventually(lambda: probe_tenant(store.host, zeta).healthy), probe_tenant(store.host, zeta).detail
     assert store.pid == pid and store.process is not None and store.process.poll() is None
     # A new key pair also applies with SIGHUP, and the old pair stops working at once.
     rotated = S3Credentials(creds.access_key[::-1], creds.secret_key + "-rotated")
-    change = seaweed.ensure_tenant_identity(store.host, zeta, rotated)
+    change = seaweed.ensure_tenant_identity(store.host, zeta, {**keys, AUDIT_S3_KEYS.component: rotated})
     assert (change.reload, change.restart) == (True, False)
     store.reload()
     assert eventually(lambda: accepted(rotated, store, zeta.audit_bucket))
@@ -540,20 +615,27 @@ def test_a_rotation_is_accepted_under_both_pairs_then_only_the_new_one(store: Ob
     old = give_tenant_s3_keys(yotta)
     seaweed.ensure_tenant_identity(store.host, yotta, old)
     store.reload()
-    assert eventually(lambda: accepted(old, store, yotta.audit_bucket))
-    new = S3Credentials(old.access_key[::-1], old.secret_key + "-new")
+
+    def each(check: Callable[[S3Credentials, str], bool], keys: dict[str, S3Credentials]) -> bool:
+        return all(check(keys[pair.component], pair.bucket(yotta)) for pair in S3_KEY_PAIRS)
+
+    def works(creds: S3Credentials, bucket: str) -> bool:
+        return accepted(creds, store, bucket)
+
+    assert eventually(lambda: each(works, old))
+    new = {c: S3Credentials(k.access_key[::-1], k.secret_key + "-new") for c, k in old.items()}
     both = seaweed.ensure_tenant_identity(store.host, yotta, new, previous=old)
     assert (both.reload, both.restart) == (True, False)
     store.reload()
-    assert eventually(lambda: accepted(new, store, yotta.audit_bucket))
-    assert accepted(old, store, yotta.audit_bucket)
+    assert eventually(lambda: each(works, new))
+    assert each(works, old)
     settled = seaweed.ensure_tenant_identity(store.host, yotta, new)
     assert (settled.reload, settled.restart) == (True, False)
     store.reload()
-    assert eventually(lambda: not accepted(old, store, yotta.audit_bucket))
-    assert accepted(new, store, yotta.audit_bucket) and store.pid == pid
+    assert eventually(lambda: each(lambda creds, bucket: not works(creds, bucket), old))
+    assert each(works, new) and store.pid == pid
     fragment = json.loads((store_paths(store.host).conf_dir / "tenants" / "yotta.json").read_text())
-    assert "previous_access_key" not in fragment
+    assert "previous_access_key" not in json.dumps(fragment)
     seaweed.remove_tenant_identity(store.host, "yotta")
     store.restart()
 
@@ -565,8 +647,9 @@ def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore, stop_signa
     key = unique_key("batch")
     version = put_object(client, tenant.audit_bucket, key, b"before restart")["VersionId"]
     info = unique_key("backup.info")
-    put_object(client, tenant.backup_bucket, info, b"v1")
-    put_object(client, tenant.backup_bucket, info, b"v2")
+    backup = store.client(B, BACKUP_S3_KEYS)
+    put_object(backup, tenant.backup_bucket, info, b"v1")
+    put_object(backup, tenant.backup_bucket, info, b"v2")
     retention = client.get_object_retention(Bucket=tenant.audit_bucket, Key=key)["Retention"]
 
     # Acknowledged writes must survive a crash too, not only an orderly stop.
@@ -579,7 +662,7 @@ def test_data_buckets_and_locks_survive_a_restart(store: ObjectStore, stop_signa
     assert client.get_object_retention(Bucket=tenant.audit_bucket, Key=key)["Retention"] == retention
     assert default_retention(lock_configuration(client, tenant.audit_bucket)) == ("COMPLIANCE", 1)
     assert refused(client.delete_object, Bucket=tenant.audit_bucket, Key=key, VersionId=version) == "AccessDenied"
-    assert len(versions(client, tenant.backup_bucket, info)) == 2
+    assert len(versions(store.client(B, BACKUP_S3_KEYS), tenant.backup_bucket, info)) == 2
     assert ensure_tenant_buckets(store.client(), tenant) == []
 
 

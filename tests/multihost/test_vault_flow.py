@@ -32,7 +32,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from appliance.config import HostConfig, inventory_configs
+from appliance.config import AUDIT_S3_KEYS, BACKUP_S3_KEYS, S3_KEY_PAIRS, HostConfig, S3KeyPair, inventory_configs
 from appliance.install_steps import apt_packages
 from tests.support.deployment import (
     BIN,
@@ -54,7 +54,7 @@ pytestmark = [
 # Not acme/globex: the users are the machine's (shared /etc/passwd), and @local's demo tenants must stay alone.
 TENANTS = {"vt-a": {"slot": 1}, "vt-b": {"slot": 2}}
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
-KEY_NAMES = ("s3_access_key", "s3_secret_key")
+KEY_NAMES = tuple(name for pair in S3_KEY_PAIRS for name in pair.files)
 STORE_USER = "appliance-objectstore"  # HostConfig.objectstore_user
 
 
@@ -210,7 +210,8 @@ def test_tenant_host_is_all_healthy_with_buckets_on_the_vault_over_tls(rehearsal
         assert expected <= set(tenant["components"]), tenant_id
         for name, component in tenant["components"].items():
             assert component["healthy"], (tenant_id, name, component)
-        assert f"reachable at {endpoint} with the tenant's keys" in tenant["components"]["buckets"]["detail"]
+        detail = tenant["components"]["buckets"]["detail"]
+        assert f"reachable at {endpoint}" in detail and "audit shipper's keys" in detail, detail
 
     # The CA the tenant host verifies with is the vault's, and it is what makes TLS to the vault work: the
     # same handshake with the system's CAs fails.
@@ -346,11 +347,11 @@ def _same_device(path: str, device: int) -> bool:
         return False
 
 
-def _s3(rehearsal: Rehearsal, keys: dict[str, str], ca: Path) -> Any:
+def _s3(rehearsal: Rehearsal, keys: dict[str, str], ca: Path, pair: S3KeyPair) -> Any:
     return boto3.client(
         "s3", endpoint_url=f"https://{rehearsal.vault.address}:{rehearsal.vault_config.objectstore.s3_port}",
         region_name=rehearsal.vault_config.objectstore.region, verify=str(ca),
-        aws_access_key_id=keys["s3_access_key"], aws_secret_access_key=keys["s3_secret_key"],
+        aws_access_key_id=keys[pair.access_key], aws_secret_access_key=keys[pair.secret_key],
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
 
@@ -366,17 +367,28 @@ def _refused(call: Any, **kwargs: Any) -> str:
 def test_one_tenants_keys_cannot_read_the_others_buckets_on_the_vault(rehearsal: Rehearsal, tmp_path: Path) -> None:
     ca = tmp_path / "vault-ca.pem"  # public: the vault's CA certificate
     ca.write_text(rehearsal.vault.run(["cat", str(rehearsal.vault_config.ca_cert)]).stdout)
-    a, b = _s3(rehearsal, rehearsal.keys("vt-a"), ca), _s3(rehearsal, rehearsal.keys("vt-b"), ca)
+    keys_a, keys_b = rehearsal.keys("vt-a"), rehearsal.keys("vt-b")
+    b = _s3(rehearsal, keys_b, ca, BACKUP_S3_KEYS)
     body = b"vt-b's backup object"
     b.put_object(Bucket="vt-b-backup", Key="probe/vault-flow", Body=body)
     assert b.get_object(Bucket="vt-b-backup", Key="probe/vault-flow")["Body"].read() == body
-    a.list_objects_v2(Bucket="vt-a-audit")  # vt-a's keys work on its own buckets
     denied = {"AccessDenied", "403"}
-    assert _refused(a.get_object, Bucket="vt-b-backup", Key="probe/vault-flow") in denied
-    assert _refused(a.list_objects_v2, Bucket="vt-b-backup") in denied
-    assert _refused(a.list_objects_v2, Bucket="vt-b-audit") in denied
-    assert _refused(a.put_object, Bucket="vt-b-backup", Key="probe/from-a", Body=b"x") in denied
-    assert _refused(b.list_objects_v2, Bucket="vt-a-audit") in denied
+    for pair in S3_KEY_PAIRS:
+        a = _s3(rehearsal, keys_a, ca, pair)
+        a.list_objects_v2(Bucket=f"vt-a-{pair.component}")  # each of vt-a's pairs works on its own bucket
+        assert _refused(a.get_object, Bucket="vt-b-backup", Key="probe/vault-flow") in denied
+        assert _refused(a.list_objects_v2, Bucket="vt-b-backup") in denied
+        assert _refused(a.list_objects_v2, Bucket="vt-b-audit") in denied
+        assert _refused(a.put_object, Bucket="vt-b-backup", Key="probe/from-a", Body=b"x") in denied
+        assert _refused(_s3(rehearsal, keys_b, ca, pair).list_objects_v2, Bucket="vt-a-audit") in denied
+    # Inside one tenant (issue 20): the audit shipper's pair cannot reach the backup bucket, nor the backup's the
+    # audit bucket, on the vault too.
+    audit_b = _s3(rehearsal, keys_b, ca, AUDIT_S3_KEYS)
+    assert _refused(audit_b.get_object, Bucket="vt-b-backup", Key="probe/vault-flow") in denied
+    assert _refused(audit_b.list_objects_v2, Bucket="vt-b-backup") in denied
+    assert _refused(audit_b.put_object, Bucket="vt-b-backup", Key="probe/from-audit", Body=b"x") in denied
+    assert _refused(b.list_objects_v2, Bucket="vt-b-audit") in denied
+    assert _refused(b.put_object, Bucket="vt-b-audit", Key="probe/from-backup", Body=b"x") in denied
 
 
 def test_tenant_host_runs_no_object_store(rehearsal: Rehearsal) -> None:

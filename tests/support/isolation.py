@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import uuid
 
 import psycopg
 import pytest
 
-from appliance.config import LOGIN_ROLES, HostConfig, TenantConfig
+from appliance.config import LOGIN_ROLES, S3_KEY_PAIRS, HostConfig, S3KeyPair, TenantConfig
 
 
 def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -55,27 +56,49 @@ def private_ports_refused(attacker: TenantConfig, victim: TenantConfig) -> None:
         assert own.stdout.startswith("open"), (component, own.stdout, own.stderr)
 
 
-def tenant_s3(host: HostConfig, tenant: TenantConfig):  # type: ignore[no-untyped-def]
+def tenant_s3(host: HostConfig, tenant: TenantConfig, pair: S3KeyPair):  # type: ignore[no-untyped-def]
     from appliance.objectstore.client import s3_client
     from appliance.objectstore.credentials import tenant_credentials
 
-    return s3_client(host, tenant_credentials(tenant))
+    return s3_client(host, tenant_credentials(tenant, pair), retries=1)
+
+
+def _s3_refused(client, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """`client` can neither list, read nor write `bucket` (403 each)."""
+    from botocore.exceptions import ClientError
+
+    from appliance.objectstore.client import put_object
+
+    with pytest.raises(ClientError) as denied:
+        client.list_objects_v2(Bucket=bucket)
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as denied:
+        client.get_object(Bucket=bucket, Key="anything")
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as denied:
+        # With checksums, as every writer here sends them: the refusal is the identity's, not a missing digest.
+        put_object(client, bucket, f"intruder-{uuid.uuid4().hex}", b"x")
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
 def s3_keys_refused(host: HostConfig, attacker: TenantConfig, victim: TenantConfig) -> None:
-    from botocore.exceptions import ClientError
+    """Neither of the attacker's pairs reaches either of the victim's buckets; each reaches its own."""
+    for pair in S3_KEY_PAIRS:
+        attacker_s3 = tenant_s3(host, attacker, pair)
+        for bucket in (victim.audit_bucket, victim.backup_bucket):
+            _s3_refused(attacker_s3, bucket)
+        attacker_s3.list_objects_v2(Bucket=pair.bucket(attacker))
 
-    attacker_s3 = tenant_s3(host, attacker)
-    for bucket in (victim.audit_bucket, victim.backup_bucket):
-        with pytest.raises(ClientError) as denied:
-            attacker_s3.list_objects_v2(Bucket=bucket)
-        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-        with pytest.raises(ClientError):
-            attacker_s3.get_object(Bucket=bucket, Key="anything")
-        with pytest.raises(ClientError):
-            attacker_s3.put_object(Bucket=bucket, Key="intruder", Body=b"x")
-    attacker_s3.list_objects_v2(Bucket=attacker.audit_bucket)
-    attacker_s3.list_objects_v2(Bucket=attacker.backup_bucket)
+
+def s3_pairs_confined(host: HostConfig, tenant: TenantConfig) -> None:
+    """Inside one tenant (issue 20): the audit shipper's pair cannot list, read or write the backup bucket, the
+    backup's cannot touch the audit bucket; each lists its own."""
+    for pair in S3_KEY_PAIRS:
+        client = tenant_s3(host, tenant, pair)
+        client.list_objects_v2(Bucket=pair.bucket(tenant))
+        for other in S3_KEY_PAIRS:
+            if other != pair:
+                _s3_refused(client, other.bucket(tenant))
 
 
 def isolated(host: HostConfig, attacker: TenantConfig, victim: TenantConfig) -> None:

@@ -5,7 +5,7 @@ CA, JWT keys, gRPC mutual TLS, one identity per tenant, buckets ensured by the a
 temporary directory; weed is started and stopped by PID (never by name).
 
     with object_store(["alpha", "beta"]) as store:
-        s3 = store.client("alpha")            # the tenant's own keys
+        s3 = store.client("alpha")            # the audit shipper's keys of the tenant
         s3.put_object(Bucket=store.tenant("alpha").audit_bucket, ...)
 """
 
@@ -29,11 +29,26 @@ from typing import Any
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from appliance.config import SEAWEED_GRPC_PORT_OFFSET, HostConfig, ObjectStoreSettings, TenantConfig, host_config
+from appliance.config import (
+    AUDIT_S3_KEYS,
+    S3_KEY_PAIRS,
+    SEAWEED_GRPC_PORT_OFFSET,
+    HostConfig,
+    ObjectStoreSettings,
+    S3KeyPair,
+    TenantConfig,
+    host_config,
+)
 from appliance.objectstore import seaweed
 from appliance.objectstore.buckets import ensure_tenant_buckets
 from appliance.objectstore.client import S3Client, s3_client
-from appliance.objectstore.credentials import S3Credentials, admin_credentials, tenant_credentials
+from appliance.objectstore.credentials import (
+    S3Credentials,
+    TenantKeys,
+    admin_credentials,
+    tenant_credentials,
+    tenant_keys,
+)
 from appliance.objectstore.probe import probe_store
 from tests.support.ports import bindable, free_port
 
@@ -66,13 +81,14 @@ def _write_secret(path: Path, value: str) -> None:
         fh.write(value + "\n")
 
 
-def give_tenant_s3_keys(tenant: TenantConfig) -> S3Credentials:
-    """What the tenant deploy does for S3: generate its keys once into its secrets dir."""
-    if not tenant.secret_path("s3_access_key").exists():
-        alphabet = string.ascii_uppercase + string.digits
-        _write_secret(tenant.secret_path("s3_access_key"), "".join(secrets.choice(alphabet) for _ in range(20)))
-        _write_secret(tenant.secret_path("s3_secret_key"), secrets.token_urlsafe(32))
-    return tenant_credentials(tenant)
+def give_tenant_s3_keys(tenant: TenantConfig) -> TenantKeys:
+    """What the tenant deploy does for S3: generate its key pairs once into its secrets dir."""
+    alphabet = string.ascii_uppercase + string.digits
+    for pair in S3_KEY_PAIRS:
+        if not tenant.secret_path(pair.access_key).exists():
+            _write_secret(tenant.secret_path(pair.access_key), "".join(secrets.choice(alphabet) for _ in range(20)))
+            _write_secret(tenant.secret_path(pair.secret_key), secrets.token_urlsafe(32))
+    return tenant_keys(tenant)
 
 
 @dataclass
@@ -98,9 +114,10 @@ class ObjectStore:
     def admin(self) -> S3Credentials:
         return admin_credentials(self.host)
 
-    def client(self, tenant_id: str | None = None, **kwargs: Any) -> S3Client:
-        """A boto3 client with a tenant's own keys, or the admin's when `tenant_id` is None."""
-        creds = self.admin if tenant_id is None else tenant_credentials(self.tenant(tenant_id))
+    def client(self, tenant_id: str | None = None, pair: S3KeyPair = AUDIT_S3_KEYS, **kwargs: Any) -> S3Client:
+        """A boto3 client with one of a tenant's own key pairs (the audit shipper's unless said), or the admin's
+        when `tenant_id` is None."""
+        creds = self.admin if tenant_id is None else tenant_credentials(self.tenant(tenant_id), pair)
         return s3_client(self.host, creds, **{"retries": 1, **kwargs})
 
     @property
