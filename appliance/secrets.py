@@ -145,12 +145,32 @@ def assert_secret_access(tenant: TenantConfig) -> list[str]:
     return [name for name, _, _ in wrong]
 
 
-def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int) -> list[str]:
-    """Generate the secrets the tenant lacks; return their names (empty when nothing changed)."""
+def seed_backup_pair(tenant: TenantConfig) -> list[str]:
+    """On an external store (AWS, MinIO, Ceph), a tenant deployed before it had a backup pair of its own gets the
+    audit shipper's keys as its backup pair: that identity is the only one the store knows for the tenant, and a
+    random pair would stop WAL archiving until the operator made one. The operator then installs the backup's
+    own identity (`appliance tenant s3-keys <id> --pair backup`); the returned line says so."""
+    from appliance.config import AUDIT_S3_KEYS, BACKUP_S3_KEYS
+
+    audit = [tenant.secret_path(name) for name in AUDIT_S3_KEYS.files]
+    backup = [tenant.secret_path(name) for name in BACKUP_S3_KEYS.files]
+    if any(path.exists() for path in backup) or not all(path.is_file() for path in audit):
+        return []
+    for source, target in zip(AUDIT_S3_KEYS.files, BACKUP_S3_KEYS.files, strict=True):
+        mode, owner, group = secret_access(tenant, target)
+        write_private(tenant.secret_path(target), tenant.read_secret(source), owner, group, mode)
+    return [f"{', '.join(BACKUP_S3_KEYS.files)}: the audit shipper's keys, the only ones the external store knows "
+            f"for {tenant.id}; give the backup an identity of its own on the store (its bucket only) and install it "
+            f"with `appliance tenant s3-keys {tenant.id} --pair backup`"]
+
+
+def ensure_tenant_secrets(tenant: TenantConfig, uid: int, gid: int, external_store: bool = False) -> list[str]:
+    """Generate the secrets the tenant lacks; return their names (empty when nothing changed). `external_store`:
+    the tenant's S3 keys are the operator's, made on the store (see `seed_backup_pair`)."""
     tenant.secrets_dir.mkdir(mode=PASS_THROUGH_MODE, parents=True, exist_ok=True)
     os.chown(tenant.secrets_dir, uid, gid)
     os.chmod(tenant.secrets_dir, PASS_THROUGH_MODE)
-    created = []
+    created = seed_backup_pair(tenant) if external_store else []
     for name in missing_secrets(tenant):
         mode, owner, group = secret_access(tenant, name)
         write_private(tenant.secret_path(name), generate(TENANT_SECRETS[name]), owner, group, mode)

@@ -39,9 +39,10 @@ def secrets(tenant_id: str) -> None:
     """Generate the tenant's missing secrets (0600, owned by the tenant user); never print them."""
     from appliance.secrets import ensure_tenant_secrets
 
-    _, tenant = load_tenant(tenant_id)
+    host, tenant = load_tenant(tenant_id)
     user = pwd.getpwnam(tenant.user)
-    _report(ensure_tenant_secrets(tenant, user.pw_uid, user.pw_gid), f"secrets of {tenant_id}")
+    external = host.objectstore.mode == "external"
+    _report(ensure_tenant_secrets(tenant, user.pw_uid, user.pw_gid, external_store=external), f"secrets of {tenant_id}")
 
 
 @host.command()

@@ -102,11 +102,26 @@ def probe_tenant(
             False, f"{tenant.audit_bucket}: default retention is {shown}, expected COMPLIANCE "
             f"{tenant.audit.retention_days} days",
         )
+    shared = ""
+    if pairs_shared(keys, tenant):
+        # An external store's tenant upgraded from one identity (appliance.secrets.seed_backup_pair): healthy, but
+        # the operator has a step left.
+        shared = (f"; the backup still uses the audit shipper's identity: install its own with `appliance tenant "
+                  f"s3-keys {tenant.id} --pair backup`")
     return ProbeResult(
         True,
         f"{tenant.audit_bucket} (COMPLIANCE {tenant.audit.retention_days} days) with the audit shipper's keys and "
-        f"{tenant.backup_bucket} with the backup's reachable at {where}",
+        f"{tenant.backup_bucket} with the backup's reachable at {where}{shared}",
     )
+
+
+def pairs_shared(keys: TenantKeys | None, tenant: TenantConfig) -> bool:
+    """Whether the audit shipper's and the backup's pairs are one and the same access key."""
+    try:
+        pairs = keys or {pair.component: tenant_credentials(tenant, pair) for pair in S3_KEY_PAIRS}
+    except (OSError, ValueError):
+        return False
+    return len({pairs[pair.component].access_key for pair in S3_KEY_PAIRS}) == 1
 
 
 def _tls_context(host: HostConfig) -> ssl.SSLContext:

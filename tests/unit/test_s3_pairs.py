@@ -7,7 +7,17 @@ import json
 import subprocess
 from pathlib import Path
 
-from appliance.config import AUDIT_S3_KEYS, BACKUP_S3_KEYS, S3_KEY_PAIRS, TENANT_SECRETS, SecretKind
+import pytest
+
+from appliance.config import (
+    AUDIT_S3_KEYS,
+    BACKUP_S3_KEYS,
+    S3_KEY_PAIRS,
+    TENANT_SECRETS,
+    SecretKind,
+    TenantConfig,
+    host_config,
+)
 from appliance.deploys.objectstore import EMPTY_SHA256, KeysDigest
 from appliance.host.objectstore import keys_digest
 from appliance.objectstore import seaweed
@@ -104,3 +114,46 @@ def test_the_vaults_digest_is_what_the_tenant_hosts_fact_computes(tmp_path: Path
     Path(paths[-1]).unlink()  # a tenant host not yet given the backup's pair: no digest at all
     assert subprocess.run(["sh", "-c", KeysDigest().command(paths=tuple(paths))], capture_output=True,
                           text=True).stdout.strip() == ""
+
+
+def _tenant_with_audit_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TenantConfig:
+    import os
+
+    from appliance import secrets as secrets_module
+
+    tenant = host_config("@local", {"common": {"tenants_root": str(tmp_path)},
+                                    "tenants": {"acme": {"slot": 1}}}).tenant("acme")
+    tenant.secrets_dir.mkdir(parents=True)
+    # The component users exist only on a deployed host: files here are this process's own.
+    monkeypatch.setattr(secrets_module, "secret_access", lambda t, name: (0o600, os.getuid(), os.getgid()))
+    tenant.secret_path(AUDIT_S3_KEYS.access_key).write_text("AUDITKEY\n")
+    tenant.secret_path(AUDIT_S3_KEYS.secret_key).write_text("audit-secret-value\n")
+    return tenant
+
+
+def test_an_upgraded_tenant_on_an_external_store_keeps_backing_up_with_the_one_identity_the_store_knows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.objectstore.probe import pairs_shared
+    from appliance.secrets import seed_backup_pair
+
+    tenant = _tenant_with_audit_pair(tmp_path, monkeypatch)
+    said = seed_backup_pair(tenant)
+    assert tenant.read_secret(BACKUP_S3_KEYS.access_key) == "AUDITKEY"
+    assert tenant.read_secret(BACKUP_S3_KEYS.secret_key) == "audit-secret-value"
+    assert "appliance tenant s3-keys acme --pair backup" in said[0] and "audit-secret-value" not in said[0]
+    assert pairs_shared(None, tenant)
+    # Once the operator installed the backup's own pair, nothing is seeded again and the pairs are told apart.
+    tenant.secret_path(BACKUP_S3_KEYS.access_key).write_text("BACKUPKEY\n")
+    assert seed_backup_pair(tenant) == []
+    assert tenant.read_secret(BACKUP_S3_KEYS.access_key) == "BACKUPKEY"
+    assert not pairs_shared(None, tenant)
+
+
+def test_a_tenant_without_the_audit_pair_gets_no_seeded_backup_pair(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.secrets import seed_backup_pair
+
+    tenant = _tenant_with_audit_pair(tmp_path, monkeypatch)
+    tenant.secret_path(AUDIT_S3_KEYS.secret_key).unlink()
+    assert seed_backup_pair(tenant) == []
+    assert not tenant.secret_path(BACKUP_S3_KEYS.access_key).exists()
