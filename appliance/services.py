@@ -22,7 +22,7 @@ from appliance.config import HostConfig, SyncRuntime, TenantConfig
 from appliance.gateway.service import gateway_service
 from appliance.identity.service import identity_service
 from appliance.roles import role_file
-from appliance.servicespec import ServiceSpec, venv_bin
+from appliance.servicespec import OBJECTSTORE_SERVICE, ServiceSpec, venv_bin
 
 
 def streams_dir(config: TenantConfig | HostConfig) -> Path:
@@ -52,7 +52,16 @@ def tenant_services(tenant: TenantConfig, source_digest: str = "") -> list[Servi
 
     `source_digest` (HostConfig.source_digest) goes into the environment of the services that run the
     appliance's own code, so new sources change their unit/program file and restart them — and only them."""
-    return [_confined(tenant, spec) for spec in _tenant_services(tenant, source_digest)]
+    return _ordered([_confined(tenant, spec) for spec in _tenant_services(tenant, source_digest)],
+                    first=(OBJECTSTORE_SERVICE,))
+
+
+def _ordered(specs: list[ServiceSpec], first: tuple[str, ...] = ()) -> list[ServiceSpec]:
+    """Each spec's systemd After=: `first`'s units, and those of `specs` that start before it (START_ORDER). A
+    tenant's Postgres comes after the host's store, which may not be on this host (then systemd ignores it)."""
+    units = [*(f"{name}.service" for name in first)]
+    return [replace(spec, after=(*units, *(o.unit_name for o in specs if o.priority < spec.priority)))
+            for spec in specs]
 
 
 def _confined(tenant: TenantConfig, spec: ServiceSpec) -> ServiceSpec:
@@ -167,6 +176,7 @@ def host_services(host: HostConfig) -> list[ServiceSpec]:
     if host.runs_frontdoor:
         from appliance.frontdoor.service import frontdoor_service
 
-        # Last: it routes to the gateways above.
+        # Last: it routes to the gateways above (its priority; no After= on them under systemd, which would change
+        # its unit, and restart it for every tenant, whenever a tenant is added).
         services.append(frontdoor_service(host))
     return services

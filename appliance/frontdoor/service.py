@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.config import HostConfig
 from appliance.frontdoor.caddyfile import caddyfile_path, grace_period_s
-from appliance.servicespec import ServiceSpec
+from appliance.servicespec import FRONTDOOR_SERVICE, ServiceSpec
 
 CADDY = "/usr/bin/caddy"
 
@@ -20,7 +20,7 @@ def frontdoor_log(host: HostConfig) -> Path:
 def frontdoor_service(host: HostConfig) -> ServiceSpec:
     state = host.frontdoor_root
     return ServiceSpec(
-        name="appliance-frontdoor",
+        name=FRONTDOOR_SERVICE,
         component="frontdoor",
         command=(CADDY, "run", "--config", str(caddyfile_path(host)), "--adapter", "caddyfile"),
         user=host.frontdoor_user,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.config import HostConfig
 from appliance.objectstore.seaweed import weed_argv, weed_binary, weed_environment
-from appliance.servicespec import ServiceSpec, venv_bin
+from appliance.servicespec import OBJECTSTORE_SERVICE, ServiceSpec, venv_bin
 
 
 def objectstore_service(host: HostConfig) -> ServiceSpec:
@@ -16,7 +16,7 @@ def objectstore_service(host: HostConfig) -> ServiceSpec:
     # and WEED_* would override security.toml.
     clean_env = ["env", "-i", *(f"{k}={v}" for k, v in weed_environment(host).items())]
     return ServiceSpec(
-        name="appliance-objectstore",
+        name=OBJECTSTORE_SERVICE,
         component="objectstore",
         command=(*clean_env, *weed_argv(host, weed)),
         user=host.objectstore_user,

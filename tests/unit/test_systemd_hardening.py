@@ -75,3 +75,20 @@ def test_a_memory_limit_that_systemd_would_not_read_is_refused_by_the_inventory_
     for bad in ("lots", "0", "1.5G", "-1M", "512MB"):
         with pytest.raises(ConfigError, match="memory_max"):
             host_config("@local", {"tenants": {"acme": {"slot": 1, "sync": {"memory_max": bad}}}})
+
+
+def test_services_start_store_first_and_stop_it_last_under_either_manager() -> None:
+    """Stopping in reverse start order lets each Postgres archive its last WAL to a store still up (with one
+    priority for all, supervisord stopped the store first and each Postgres hung on pgBackRest until killed)."""
+    specs = {spec.name: spec for spec in host_services(_host())}
+    order = {name: int(_directives(Supervisor().render(spec), "priority")[0]) for name, spec in specs.items()}
+    store, postgres = order["appliance-objectstore"], order["appliance-acme-postgres"]
+    assert store < postgres < order["appliance-acme-sync"] < order["appliance-acme-gateway"]
+    assert postgres < order["appliance-acme-audit"] and postgres < order["appliance-acme-backup"]
+    assert order["appliance-frontdoor"] == max(order.values())
+    after = {name: _directives(Systemd().render(spec), "After")[0].split() for name, spec in specs.items()}
+    assert "appliance-objectstore.service" in after["appliance-acme-postgres"]
+    assert "appliance-acme-postgres.service" in after["appliance-acme-gateway"]
+    assert "appliance-acme-postgres.service" in after["appliance-acme-backup"]
+    # Only within its tenant: another tenant's units never hold one back.
+    assert not any("globex" in unit for unit in after["appliance-acme-gateway"])
