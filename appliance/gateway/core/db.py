@@ -124,18 +124,46 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._closed = False
+        # Acquisitions so far: the trimmer's sign of a period without requests (a counter, not a clock read).
+        self._acquired = 0
+        self._trimmer: asyncio.Task[None] | None = None
 
     async def _open(self) -> asyncpg.Pool:
         async with self._opening:
             if self._pool is None:
                 # Opened at the first request, not at start (the gateway starts while Postgres may still be
                 # starting). One connection stays for good (a new one costs a SCRAM handshake); the others a burst
-                # opened close after IDLE_CONNECTION_S unused: each is a Postgres backend of ~16 MB RSS, and an idle
-                # tenant kept six of them.
+                # opened are closed once a whole IDLE_CONNECTION_S passed without a request (`_trim_idle`): each is
+                # a Postgres backend of ~16 MB RSS, and an idle tenant kept six of them. Not asyncpg's
+                # max_inactive_connection_lifetime: that arms a timer at every release and cancels it at every
+                # acquire, on the hot path.
                 self._pool = await asyncpg.create_pool(
-                    min_size=1, max_size=self._size, max_inactive_connection_lifetime=self._idle_s, init=_init,
+                    min_size=1, max_size=self._size, max_inactive_connection_lifetime=0, init=_init,
                     reset=_keep_as_is, **self._connect_args)
+                self._trimmer = asyncio.get_running_loop().create_task(self._trim_idle())
             return self._pool
+
+    async def _trim_idle(self) -> None:
+        """Every IDLE_CONNECTION_S: when no connection was asked for since the last look, close the idle ones
+        but one (taken out of the pool at once, so the one left is not among them)."""
+        seen = -1
+        while not self._closed:
+            await asyncio.sleep(self._idle_s)
+            pool = self._pool
+            if pool is None or self._closed:
+                return
+            if self._acquired == seen and pool.get_idle_size() > 1:
+                extra: list[Connection] = []
+                try:
+                    for _ in range(pool.get_idle_size() - 1):
+                        extra.append(await pool.acquire())
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    pass  # a pool closing, a connection that failed meanwhile: the next period looks again
+                finally:
+                    for conn in extra:
+                        conn.terminate()
+                        await pool.release(conn)
+            seen = self._acquired
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -155,6 +183,7 @@ class Database:
             # Opening the pool connects its first connection: an unreachable database is found there too (and
             # the failed pool is dropped, so the next request tries again).
             pool = self._pool or await self._open()
+            self._acquired += 1
             conn: Connection = await pool.acquire()
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
@@ -208,6 +237,8 @@ class Database:
 
     async def close(self) -> None:
         self._closed = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._pool is not None:
             try:
                 # Waits for connections still lent (an entry group finishing); then cuts what is left.
