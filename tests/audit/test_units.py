@@ -156,10 +156,12 @@ def test_put_sends_checksums_lock_manifest_and_never_replaces() -> None:
 def test_service_spec_runs_the_shipper_as_its_own_user_without_secrets() -> None:
     host = host_config("h", {"tenants": {"acme": {"slot": 0}}})
     spec = next(s for s in tenant_services(host.tenant("acme"), "d1") if s.component == "audit")
-    # tenant_services adds the sources' digest and the systemd confinement (appliance.services._confined).
+    # tenant_services adds the sources' digest, the systemd confinement (appliance.services._confined) and the
+    # units it starts after (the store, its cluster and the services between).
     tenant = host.tenant("acme")
     assert spec == replace(audit_service(tenant), environment=spec.environment, writable=(tenant.root,),
-                           memory_max=tenant.audit.memory_max)
+                           memory_max=tenant.audit.memory_max, after=spec.after)
+    assert "appliance-acme-postgres.service" in spec.after
     assert spec.name == "appliance-acme-audit" and spec.component == "audit" and spec.user == "t-acme-audit"
     assert spec.command[0].endswith("/venv/bin/appliance") and spec.port is None
     assert spec.command[1:] == ("audit", "ship", "--tenant", "acme")
