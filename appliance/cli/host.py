@@ -70,12 +70,11 @@ def _restart_cluster_owner(host: HostConfig, tenant: TenantConfig) -> list[str]:
     with, so they restart to read what is now shared with them through it (the S3 keys, the streams)."""
     from appliance.restarts import RestartError, restart_components, running_components
 
-    said: list[str] = []
     try:
-        restart_components(host, tenant, running_components(host, tenant, tenant.user), said.append)
+        done = restart_components(host, tenant, running_components(host, tenant, tenant.user), lambda _: None)
     except RestartError as exc:
         raise click.ClickException(str(exc)) from None
-    return [f"{line.strip()} (the tenant's user joined its components' groups)" for line in said]
+    return [f"restarted {', '.join(done)} (the tenant's user joined its components' groups)"] if done else []
 
 
 @host.command("postgres-init")

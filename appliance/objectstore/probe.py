@@ -75,10 +75,11 @@ def probe_tenant(
     keeps for tenants of other hosts)."""
     where = host.s3_endpoint
     clients: dict[str, S3Client] = {}
+    held: TenantKeys = {}
     for pair in S3_KEY_PAIRS:
         try:
-            creds = keys[pair.component] if keys is not None else tenant_credentials(tenant, pair)
-            clients[pair.component] = s3_client(host, creds, timeout_s=timeout_s, retries=1)
+            held[pair.component] = keys[pair.component] if keys is not None else tenant_credentials(tenant, pair)
+            clients[pair.component] = s3_client(host, held[pair.component], timeout_s=timeout_s, retries=1)
         except (OSError, ValueError, KeyError) as exc:
             return ProbeResult(False, f"tenant {tenant.id}: {pair.component} S3 credentials unreadable: "
                                       f"{_describe(exc)}")
@@ -103,7 +104,7 @@ def probe_tenant(
             f"{tenant.audit.retention_days} days",
         )
     shared = ""
-    if pairs_shared(keys, tenant):
+    if pairs_shared(held):
         # An external store's tenant upgraded from one identity (appliance.secrets.seed_backup_pair): healthy, but
         # the operator has a step left.
         shared = (f"; the backup still uses the audit shipper's identity: install its own with `appliance tenant "
@@ -115,13 +116,9 @@ def probe_tenant(
     )
 
 
-def pairs_shared(keys: TenantKeys | None, tenant: TenantConfig) -> bool:
+def pairs_shared(keys: TenantKeys) -> bool:
     """Whether the audit shipper's and the backup's pairs are one and the same access key."""
-    try:
-        pairs = keys or {pair.component: tenant_credentials(tenant, pair) for pair in S3_KEY_PAIRS}
-    except (OSError, ValueError):
-        return False
-    return len({pairs[pair.component].access_key for pair in S3_KEY_PAIRS}) == 1
+    return len({keys[pair.component].access_key for pair in S3_KEY_PAIRS}) == 1
 
 
 def _tls_context(host: HostConfig) -> ssl.SSLContext:

@@ -94,6 +94,7 @@ from appliance.objectstore.credentials import (
     TenantKeys,
     admin_credentials,
     ensure_admin_credentials,
+    tenant_keys_from_json,
 )
 from appliance.objectstore.files import ensure_dir, owner_ids, write_if_changed
 from appliance.objectstore.paths import StorePaths, store_paths
@@ -250,10 +251,12 @@ def fragment_keys(fragment: dict[str, Any]) -> TenantKeys | None:
     """The current key pairs a tenant fragment gives its identities; None for a fragment of the legacy single
     identity (or one lacking a pair), which its tenant's next deploy must rewrite."""
     pairs = fragment.get("pairs")
-    if not isinstance(pairs, dict) or any(pair.component not in pairs for pair in S3_KEY_PAIRS):
+    if not isinstance(pairs, dict):
         return None
-    return {pair.component: S3Credentials(pairs[pair.component]["access_key"], pairs[pair.component]["secret_key"])
-            for pair in S3_KEY_PAIRS}
+    try:
+        return tenant_keys_from_json(pairs)  # the fragment's pairs have the relayed keys' shape (plus previous_*)
+    except ValueError:
+        return None
 
 
 def _fragment_identities(t: dict[str, Any]) -> list[dict[str, Any]]:

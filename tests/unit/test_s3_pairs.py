@@ -133,6 +133,7 @@ def _tenant_with_audit_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_an_upgraded_tenant_on_an_external_store_keeps_backing_up_with_the_one_identity_the_store_knows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.objectstore.credentials import tenant_keys
     from appliance.objectstore.probe import pairs_shared
     from appliance.secrets import seed_backup_pair
 
@@ -141,12 +142,12 @@ def test_an_upgraded_tenant_on_an_external_store_keeps_backing_up_with_the_one_i
     assert tenant.read_secret(BACKUP_S3_KEYS.access_key) == "AUDITKEY"
     assert tenant.read_secret(BACKUP_S3_KEYS.secret_key) == "audit-secret-value"
     assert "appliance tenant s3-keys acme --pair backup" in said[0] and "audit-secret-value" not in said[0]
-    assert pairs_shared(None, tenant)
+    assert pairs_shared(tenant_keys(tenant))
     # Once the operator installed the backup's own pair, nothing is seeded again and the pairs are told apart.
     tenant.secret_path(BACKUP_S3_KEYS.access_key).write_text("BACKUPKEY\n")
     assert seed_backup_pair(tenant) == []
     assert tenant.read_secret(BACKUP_S3_KEYS.access_key) == "BACKUPKEY"
-    assert not pairs_shared(None, tenant)
+    assert not pairs_shared(tenant_keys(tenant))
 
 
 def test_a_tenant_without_the_audit_pair_gets_no_seeded_backup_pair(tmp_path: Path,
