@@ -122,6 +122,10 @@ def _access_wrong(tenant: TenantConfig) -> list[tuple[str, Path, tuple[int, int,
 
     files = [(name, tenant.secret_path(name), secret_access(tenant, name)) for name in TENANT_SECRETS]
     files.append(("jwt previous keys", previous_keys_file(tenant), secret_access(tenant, "jwt_signing_key")))
+    # Earlier backup cipher generations' passphrases, kept for restores: the backup's alone, like the current one.
+    from appliance.backup.generations import PASSPHRASE, layout
+
+    files += [(g.secret, tenant.secrets_dir / g.secret, secret_access(tenant, PASSPHRASE)) for g in layout(tenant)[1:]]
     wrong = []
     for name, path, wanted in files:
         try:

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance import __version__
-from appliance.backup import streams
+from appliance.backup import generations, streams
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import BUNDLE_PREFIX, backup_paths
 from appliance.backup.pgbackrest import tenant_ids
@@ -68,6 +68,8 @@ class Descriptor:
     stream_bytes: int
     files: int
     format: int = FORMAT
+    # The cipher generation whose passphrase sealed it (appliance.backup.generations); 1 for bundles made before.
+    generation: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,20 +82,20 @@ class Descriptor:
             "size": self.size, "sha256": self.sha256, "cipher": "AES-256-GCM, 1 MiB chunks, HKDF-SHA256 key",
             "appliance_version": self.appliance_version, "postgres_version": self.postgres_version,
             "backup_label": self.backup_label, "streams": self.streams, "stream_bytes": self.stream_bytes,
-            "files": self.files, **self.extra,
+            "files": self.files, "cipher_generation": self.generation, **self.extra,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Descriptor:
         known = {"format", "object", "created_at", "size", "sha256", "cipher", "appliance_version",
-                 "postgres_version", "backup_label", "streams", "stream_bytes", "files"}
+                 "postgres_version", "backup_label", "streams", "stream_bytes", "files", "cipher_generation"}
         return cls(
             key=str(data["object"]), created_at=dt.datetime.fromisoformat(data["created_at"]),
             size=int(data["size"]), sha256=str(data["sha256"]), appliance_version=str(data["appliance_version"]),
             postgres_version=str(data["postgres_version"]), backup_label=data.get("backup_label"),
             streams=int(data.get("streams", 0)), stream_bytes=int(data.get("stream_bytes", 0)),
             files=int(data.get("files", 0)), format=int(data.get("format", FORMAT)),
-            extra={k: v for k, v in data.items() if k not in known},
+            generation=int(data.get("cipher_generation", 1)), extra={k: v for k, v in data.items() if k not in known},
         )
 
 
@@ -291,15 +293,19 @@ def create(host: HostConfig, tenant: TenantConfig, *, backup_label: str | None =
     work = _private_dir(tenant, paths.work, "upload-")
     try:
         sealed = work / "bundle.sealed"
+        generation, passphrase = generations.current(tenant), tenant.read_secret(generations.PASSPHRASE)
         with sealed.open("wb") as raw:
             hashing = _Hashing(raw)
-            manifest, copies = build(tenant, tenant.read_secret("backup_cipher_passphrase"),
-                                     hashing, backup_label=backup_label)  # type: ignore[arg-type]
+            manifest, copies = build(tenant, passphrase, hashing, backup_label=backup_label)  # type: ignore[arg-type]
+        if (generations.current(tenant), tenant.read_secret(generations.PASSPHRASE)) != (generation, passphrase):
+            # A cipher rotation ran meanwhile: the label could name another generation than the one that sealed it.
+            raise BackupError(f"the backup cipher of {tenant.id} was rotated while bundle {key} was made; not "
+                              "uploaded (the next backup makes one)")
         descriptor = Descriptor(
             key=key, created_at=created_at, size=hashing.size, sha256=hashing.digest.hexdigest(),
             appliance_version=__version__, postgres_version=manifest["postgres_version"],
             backup_label=backup_label, streams=len(copies), stream_bytes=sum(c.length for c in copies),
-            files=len(manifest["files"]),
+            files=len(manifest["files"]), generation=generation,
         )
         metadata = {"appliance-version": __version__, "postgres-version": descriptor.postgres_version,
                     "sha256": descriptor.sha256, "format": str(FORMAT)}

@@ -30,6 +30,11 @@ class BackupPaths:
         return self.tenant.backup_dir / "pgbackrest.sh"
 
     @property
+    def generation_file(self) -> Path:
+        """The current repository generation's number (appliance.backup.generations)."""
+        return self.tenant.backup_dir / "cipher-generation"
+
+    @property
     def spool(self) -> Path:
         return self.tenant.backup_dir / "spool"
 

@@ -29,8 +29,9 @@ import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.backup import generations
 from appliance.backup.errors import BackupError
-from appliance.backup.paths import REPO_PATH, backup_paths
+from appliance.backup.paths import backup_paths
 from appliance.config import BACKUP_S3_KEYS, DB_SUPERUSER, HostConfig, TenantConfig
 from appliance.objectstore.files import ensure_dir, write_if_changed
 from appliance.roles import render
@@ -41,6 +42,9 @@ CIPHER_TYPE = "aes-256-cbc"
 COMPRESS_TYPE = "lz4"
 COMPRESS_LEVEL = 1
 PROCESS_MAX = 2
+# The commands that see the kept earlier repository generations besides the current one (appliance.backup.
+# generations): the ones that read. Backups, archive-push and expiry write the current generation alone.
+READ_COMMANDS = ("restore", "archive-get", "info")
 # How long `info` waits for the store to accept a connection before answering that it is unreachable.
 REPO_CONNECT_TIMEOUT_S = 3.0
 # pgBackRest's whole environment besides what the wrapper adds: nothing of the caller's leaks in (a PGBACKREST_*
@@ -83,7 +87,8 @@ def render_config(host: HostConfig, tenant: TenantConfig) -> str:
     return render(
         "backup", "pgbackrest.conf.j2", tenant=tenant, wrapper=paths.wrapper,
         endpoint_host=endpoint_host, endpoint_port=endpoint_port, region=host.objectstore.region,
-        ca_file=ca_file(host), repo_path=REPO_PATH, cipher_type=CIPHER_TYPE, compress_type=COMPRESS_TYPE,
+        ca_file=ca_file(host), generations=generations.layout(tenant), read_commands=READ_COMMANDS,
+        cipher_type=CIPHER_TYPE, compress_type=COMPRESS_TYPE,
         compress_level=COMPRESS_LEVEL, process_max=PROCESS_MAX, spool_path=paths.spool, lock_path=paths.lock,
         log_path=paths.logs, stanza=stanza(tenant), superuser=DB_SUPERUSER,
     )
@@ -97,7 +102,7 @@ def render_wrapper(tenant: TenantConfig) -> str:
             raise BackupError(f"path {path} contains a single quote; move the tenants root")
     return render(
         "backup", "pgbackrest.sh.j2", tenant=tenant, pgbackrest=PGBACKREST, config=paths.config,
-        stanza=stanza(tenant), s3_keys=BACKUP_S3_KEYS,
+        stanza=stanza(tenant), s3_keys=BACKUP_S3_KEYS, generations=generations.layout(tenant),
     )
 
 
@@ -201,10 +206,12 @@ def check_repo_reachable(tenant: TenantConfig) -> None:
         ) from None
 
 
-def info(tenant: TenantConfig) -> dict[str, Any]:
-    """`pgbackrest info` of the tenant's stanza as a dict (status, backups, archive ranges)."""
+def info(tenant: TenantConfig, *, every_generation: bool = False) -> dict[str, Any]:
+    """`pgbackrest info` of the tenant's stanza as a dict (status, backups, archive ranges): of the current
+    repository generation, or with `every_generation` of the kept earlier ones too (each backup then names its
+    repository, `database.repo-key`)."""
     check_repo_reachable(tenant)
-    result = run(tenant, "info", "--output=json")
+    result = run(tenant, "info", "--output=json", *(() if every_generation else ("--repo=1",)))
     data = json.loads(result.stdout or "[]")
     if not data:
         raise BackupError(f"pgbackrest info for {tenant.id} returned nothing")

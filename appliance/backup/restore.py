@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from appliance.backup import bundle, pgbackrest
+from appliance.backup import bundle, generations, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.scratch import Scratch, new_scratch
 from appliance.backup.stanza import RECOVERY_SECRETS, load_recovery_keys
@@ -63,19 +63,31 @@ class RestoreResult:
 
 @dataclass(frozen=True)
 class Keys:
-    """What opens the tenant's backups: S3 keys and the cipher passphrase (repr hides them)."""
+    """What opens the tenant's backups: S3 keys and each kept cipher generation's passphrase, by generation
+    (repr hides them)."""
 
     creds: S3Credentials
-    passphrase: str = field(repr=False)
+    passphrases: dict[int, str] = field(repr=False)
+    generation: int = 1  # the current one
     source: str = "tenant secrets"
+
+    def passphrase_for(self, descriptor: bundle.Descriptor) -> str:
+        """The passphrase the bundle was sealed with."""
+        try:
+            return self.passphrases[descriptor.generation]
+        except KeyError:
+            raise BackupError(
+                f"bundle {descriptor.key} was sealed in cipher generation {descriptor.generation}, which is retired "
+                f"(kept: {sorted(self.passphrases)}): restore to a later time") from None
 
 
 def keys_for(tenant: TenantConfig, recovery_file: Path | None = None) -> Keys:
     if recovery_file is None and all(tenant.secret_path(n).is_file() for n in RECOVERY_SECRETS):
-        return Keys(tenant_credentials(tenant, BACKUP_S3_KEYS), tenant.read_secret("backup_cipher_passphrase"))
+        return Keys(tenant_credentials(tenant, BACKUP_S3_KEYS), generations.passphrases(tenant),
+                    generations.current(tenant))
     keys = load_recovery_keys(tenant, recovery_file)
     creds = S3Credentials(keys[BACKUP_S3_KEYS.access_key], keys[BACKUP_S3_KEYS.secret_key])
-    return Keys(creds, keys["backup_cipher_passphrase"],
+    return Keys(creds, {keys.generation: keys.passphrase, **keys.kept}, keys.generation,
                 f"recovery keys {recovery_file or 'on this host'}")
 
 
@@ -143,7 +155,7 @@ def ensure_tenant_dirs(tenant: TenantConfig) -> None:
 def restore_options(tenant: TenantConfig, chosen: BackupSet, at: dt.datetime | None, *,
                     pg_data: Path | None = None, spool: Path | None = None, archive_off: bool = False,
                     delta: bool = False) -> list[str]:
-    options = [f"--set={chosen.label}"]
+    options = [f"--repo={chosen.repo}", f"--set={chosen.label}"]
     if at is not None:
         options += ["--type=time", f"--target={pg_time(at)}", "--target-action=promote"]
     extra = []
@@ -188,14 +200,14 @@ def restore_to_scratch(
     started = time.monotonic()
     keys = keys_for(tenant)
     info = pgbackrest.info(tenant)
-    chosen = choose_set(info, at)
+    chosen = choose_set(pgbackrest.info(tenant, every_generation=True), at)
     client = bundle.client_for(host, keys.creds)
     descriptor = descriptor or bundle.pick(client, tenant, at)
     recovery_target, note = effective_target(tenant, at, info)
     scratch = new_scratch(tenant, name)
     steps = [note] if note else []
     try:
-        with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
+        with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase_for(descriptor)) as unpacked:
             progress(f"bundle {descriptor.key} verified")
             owner = pgbackrest.tenant_ids(tenant)
             if (unpacked / "streams").is_dir():
@@ -380,19 +392,23 @@ def restore_in_place(
     descriptor = bundle.describe(client, tenant, bundle.choose(refs, at))
     # One download of the bundle: it brings the secrets back first when they are gone (pgBackRest cannot run
     # without them), and the streams and agents' state later.
-    with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase) as unpacked:
+    with bundle.fetched(host, tenant, keys.creds, descriptor, keys.passphrase_for(descriptor)) as unpacked:
         if keys.source != "tenant secrets":
             progress(f"secrets of {tenant.id} missing; taking them from bundle {descriptor.key} (opened with the "
                      f"{keys.source})")
             ensure_tenant_dirs(tenant)
-            restored = put_back_secrets(tenant, unpacked, keys.creds)
+            # The cipher generations first: the bundle's passphrase is the one it was sealed with, maybe an
+            # earlier generation's than the recovery keys' current one.
+            restored = generations.install(tenant, keys.generation, keys.passphrases[keys.generation],
+                                           {n: p for n, p in keys.passphrases.items() if n != keys.generation})
+            restored += put_back_secrets(tenant, unpacked, keys.creds)
             steps.append(f"secrets restored from the bundle: {len(restored)}")
         ensure_tenant_dirs(tenant)
         changed = pgbackrest.ensure_files(host, tenant)
         if changed:
             steps.append("pgbackrest files rendered")
         info = pgbackrest.info(tenant)
-        chosen = choose_set(info, at)
+        chosen = choose_set(pgbackrest.info(tenant, every_generation=True), at)
         recovery_target, note = effective_target(tenant, at, info)
         if note:
             steps.append(note)

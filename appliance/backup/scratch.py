@@ -107,7 +107,7 @@ class Scratch:
     @classmethod
     def existing(cls, tenant: TenantConfig) -> list[str]:
         root = backup_paths(tenant).scratch_root
-        return sorted(p.name for p in root.glob("*/scratch.json")) if root.is_dir() else []
+        return sorted(p.parent.name for p in root.glob("*/scratch.json")) if root.is_dir() else []
 
     # -- processes ---------------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:

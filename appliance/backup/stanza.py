@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.backup import pgbackrest
+from appliance.backup import generations, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
 from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
@@ -23,6 +24,10 @@ from appliance.objectstore.files import ensure_dir, write_if_changed
 
 # What opens a tenant's backups: the backup's S3 keys and its cipher passphrase (the bundle's key derives from it).
 RECOVERY_SECRETS = (*BACKUP_S3_KEYS.files, "backup_cipher_passphrase")
+
+# The recovery keys' fields for cipher generations (appliance.backup.generations).
+_GENERATION = "cipher_generation"
+_KEPT = "kept_cipher_passphrases"
 
 # `pgbackrest info` status codes: a usable stanza (2: no backup in it yet), none yet, another cluster's.
 STANZA_OK = frozenset({0, 2})
@@ -89,8 +94,34 @@ def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
     return files_ok(host, tenant) and stanza_ok(tenant)
 
 
-def recovery_keys(tenant: TenantConfig) -> dict[str, str]:
-    return {name: tenant.read_secret(name) for name in RECOVERY_SECRETS}
+def recovery_keys(tenant: TenantConfig) -> dict[str, Any]:
+    """The recovery keys' content: the secrets that open the backups, and after a cipher rotation the current
+    generation's number and each kept earlier generation's passphrase (absent before any, so that a file
+    written before rotations existed stays as it is)."""
+    keys: dict[str, Any] = {name: tenant.read_secret(name) for name in RECOVERY_SECRETS}
+    layout = generations.layout(tenant)
+    if layout[0].number != 1:
+        keys[_GENERATION] = layout[0].number
+    if layout[1:]:
+        keys[_KEPT] = {str(g.number): generations.read_passphrase(tenant, g) for g in layout[1:]}
+    return keys
+
+
+@dataclass(frozen=True)
+class RecoveryKeys:
+    """Recovery keys as a restore uses them (repr hides the values)."""
+
+    secrets: dict[str, str] = field(repr=False)
+    generation: int = 1
+    kept: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, name: str) -> str:
+        return self.secrets[name]
+
+    @property
+    def passphrase(self) -> str:
+        """The current generation's."""
+        return self.secrets[generations.PASSPHRASE]
 
 
 def ensure_recovery_keys(tenant: TenantConfig) -> list[str]:
@@ -106,7 +137,7 @@ def ensure_recovery_keys(tenant: TenantConfig) -> list[str]:
     return []
 
 
-def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = None) -> dict[str, str]:
+def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = None) -> RecoveryKeys:
     """The recovery keys from `path` (an operator's offline copy) or the host's root-only copy."""
     source = backup_paths(tenant).recovery_keys_file if path is None else path
     try:
@@ -123,4 +154,9 @@ def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = Non
     missing = [name for name in RECOVERY_SECRETS if not data.get(name)]
     if missing:
         raise BackupError(f"recovery keys file {source} lacks {missing}")
-    return {name: str(data[name]) for name in RECOVERY_SECRETS}
+    try:
+        generation = int(data.get(_GENERATION, 1))
+        kept = {int(number): str(value) for number, value in (data.get(_KEPT) or {}).items()}
+    except (TypeError, ValueError, AttributeError):
+        raise BackupError(f"recovery keys file {source}: {_GENERATION} or {_KEPT} is malformed") from None
+    return RecoveryKeys({name: str(data[name]) for name in RECOVERY_SECRETS}, generation, kept)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from appliance.backup import pgbackrest
+from appliance.backup import generations, pgbackrest
 from appliance.backup.archive import archiver_status
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
@@ -59,6 +59,11 @@ def backup_status(tenant: TenantConfig) -> dict[str, Any]:
     problems: list[str] = []
     result: dict[str, Any] = {"stanza": pgbackrest.stanza(tenant), "bucket": tenant.backup_bucket}
     try:
+        layout = generations.layout(tenant)
+        # Which cipher generation backups go to, and the earlier ones kept for restores until it holds the
+        # retention's full backups (appliance.backup.generations).
+        result["cipher_generation"] = layout[0].number
+        result["kept_generations"] = [g.number for g in layout[1:]]
         info = pgbackrest.info(tenant)
         code, message = status_of(info)
         result["stanza_status"] = message
@@ -119,6 +124,9 @@ def describe(status: dict[str, Any]) -> str:
     archive = status.get("archive") or {}
     if archive.get("last_archived_wal"):
         parts.append(f"WAL archived {_human(archive.get('last_archived_age_s'))} ago")
+    if status.get("kept_generations"):
+        parts.append(f"cipher generation {status['cipher_generation']} (generations {status['kept_generations']} "
+                     "kept for restores)")
     drill = status.get("last_drill")
     if drill:
         parts.append(f"last drill {'passed' if drill.get('ok') else 'FAILED'} {drill.get('finished_at', '')[:19]}")

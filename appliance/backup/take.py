@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.backup import bundle, pgbackrest
+from appliance.backup import bundle, generations, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.stanza import MISSING_STANZA, status_of
 from appliance.backup.target import BackupSet, backup_sets
@@ -30,13 +30,15 @@ class BackupResult:
     bundle_seconds: float
     expired_backups: list[str] = field(default_factory=list)
     expired_bundles: list[str] = field(default_factory=list)
+    # Earlier cipher generations deleted because the current one now holds the retention's full backups.
+    retired_generations: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant, "requested": self.requested, "backup": self.backup.as_dict(),
             "bundle": self.bundle.as_dict(), "backup_seconds": round(self.backup_seconds, 2),
             "bundle_seconds": round(self.bundle_seconds, 2), "expired_backups": self.expired_backups,
-            "expired_bundles": self.expired_bundles,
+            "expired_bundles": self.expired_bundles, "retired_generations": self.retired_generations,
         }
 
     def summary(self) -> str:
@@ -52,6 +54,9 @@ class BackupResult:
             lines.append(f"note: pgBackRest made a {b.type} backup (a {self.requested} needs a full one before it)")
         if self.expired_backups or self.expired_bundles:
             lines.append(f"expired: backups {self.expired_backups or '-'}, bundles {self.expired_bundles or '-'}")
+        if self.retired_generations:
+            lines.append(f"retired: cipher generations {self.retired_generations} (this one holds the retention's "
+                         "full backups), their repositories and passphrases deleted")
         return "\n".join(lines)
 
 
@@ -90,6 +95,10 @@ def take_backup(host: HostConfig, tenant: TenantConfig, kind: BackupKind = "diff
     descriptor = bundle.create(host, tenant, backup_label=made.label)
     bundle_seconds = time.monotonic() - started
     expired_backups = sorted(before - {b.label for b in sets})
+    retired = generations.retire_obsolete(host, tenant, info)
+    if generations.layout(tenant)[1:]:
+        # Earlier cipher generations still kept: their backups still restore, so their bundles stay.
+        sets = backup_sets(pgbackrest.info(tenant, every_generation=True))
     fulls = [b for b in sets if b.type == "full"]
     expired_bundles: list[str] = []
     if fulls:
@@ -97,4 +106,4 @@ def take_backup(host: HostConfig, tenant: TenantConfig, kind: BackupKind = "diff
         client = bundle.client_for(host, tenant_credentials(tenant, BACKUP_S3_KEYS))
         expired_bundles = bundle.expire(client, tenant, fulls[0].start)
     return BackupResult(tenant.id, kind, made, descriptor, backup_seconds, bundle_seconds, expired_backups,
-                        expired_bundles)
+                        expired_bundles, retired)

@@ -45,6 +45,8 @@ class BackupSet:
     wal_start: str | None
     wal_stop: str | None
     error: bool
+    # pgBackRest's repository index holding it: 1 for the current cipher generation (appliance.backup.generations).
+    repo: int = 1
 
     @classmethod
     def from_info(cls, entry: dict[str, Any]) -> BackupSet:
@@ -52,19 +54,21 @@ class BackupSet:
         info = entry.get("info") or {}
         repo = info.get("repository") or {}
         archive = entry.get("archive") or {}
+        database = entry.get("database") or {}
         return cls(
             label=str(entry["label"]), type=str(entry.get("type", "?")),
             start=dt.datetime.fromtimestamp(int(stamp.get("start", 0)), dt.UTC),
             stop=dt.datetime.fromtimestamp(int(stamp.get("stop", 0)), dt.UTC),
             size=int(info.get("size", 0)), repo_size=int(repo.get("size", 0)), repo_delta=int(repo.get("delta", 0)),
             wal_start=archive.get("start"), wal_stop=archive.get("stop"), error=bool(entry.get("error", False)),
+            repo=int(database.get("repo-key", 1)),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label, "type": self.type, "start": self.start.isoformat(), "stop": self.stop.isoformat(),
             "size": self.size, "repo_size": self.repo_size, "repo_delta": self.repo_delta,
-            "wal_start": self.wal_start, "wal_stop": self.wal_stop,
+            "wal_start": self.wal_start, "wal_stop": self.wal_stop, "repo": self.repo,
         }
 
 

@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.backup import pgbackrest
-from appliance.backup.paths import REPO_PATH
+from appliance.backup import generations, pgbackrest
 from appliance.config import TenantConfig
 
 _BAD_FILE = re.compile(r"INFO: (invalid checksum|file missing|invalid size|invalid result) '([^']+)'")
@@ -74,7 +73,7 @@ def _manifest_bundles(tenant: TenantConfig, label: str) -> dict[str, int]:
 def object_key(tenant: TenantConfig, file: str, manifests: dict[str, dict[str, int]]) -> str:
     """The bucket object holding a file verify named."""
     stanza = pgbackrest.stanza(tenant)
-    root = REPO_PATH.strip("/")
+    root = generations.repo_path(generations.current(tenant)).strip("/")
     label, _, rest = file.partition("/")
     if _LABEL.match(label):
         if label not in manifests:

@@ -55,7 +55,13 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
     re-encrypted) and in its file at once; then only the components that read it restart, one at a time, each
     healthy before the next, the one that checks the secret before the one that presents it. The old value is
     refused from then on. Every rotation is an operator action in the tenant's audit trail (the name, what
-    restarted; never a value). The backup cipher cannot be replaced in place: this says why and changes nothing.
+    restarted; never a value).
+
+    The backup cipher passphrase starts a new repository generation (pgBackRest keeps one passphrase for a
+    repository's life): its own path in the backup bucket, its stanza, and a full backup taken at once. The
+    backups made before stay restorable: the earlier generation is kept with its passphrase (in the tenant's
+    secrets and the root-only recovery keys) until the new one holds the retention's full backups, then deleted
+    with it. A restore picks whichever generation holds the backup its target needs.
     """
     from appliance.audit.operator import record_operator_action
     from appliance.restarts import RestartError

@@ -7,7 +7,7 @@ from typing import Literal
 
 from appliance.config import LOGIN_ROLES, S3_KEY_PAIRS
 
-How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "refused"]
+How = Literal["db_password", "file", "reencrypt", "s3_keys", "jwt", "identity_jwks", "backup_cipher", "refused"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,12 @@ ROTATIONS: dict[str, Rotation] = {
     # New key pairs on the store beside the old ones, the readers restarted, then the old pairs removed.
     "s3_keys": Rotation("s3_keys", "s3_keys", tuple(p.component for p in S3_KEY_PAIRS),
                         files=tuple(name for p in S3_KEY_PAIRS for name in p.files)),
-    "backup_cipher_passphrase": Rotation(
-        "backup_cipher_passphrase", "refused",
-        why="pgBackRest encrypts a repository with one passphrase for the repository's whole life, and every "
-            "backup and WAL segment in it needs that passphrase to be restored; replacing it means a new "
-            "repository with a new full backup while the old one is kept, with its passphrase, until its "
-            "retention ends. That is not done in place by this command.",
-    ),
+    # pgBackRest encrypts a repository with one passphrase for its whole life: a new passphrase is a new repository
+    # generation with its own stanza and a full backup at once; the earlier one is kept, with its passphrase, for
+    # restores until the new one holds the retention's full backups (appliance.backup.generations). Postgres's
+    # archive_command and the scheduler run pgBackRest through a wrapper that reads the files at each run: no
+    # restart.
+    "backup_cipher_passphrase": Rotation("backup_cipher_passphrase", "backup_cipher"),
 }
 
 # The names an operator may give: every rotation, and each S3 key file naming the pair it belongs to.

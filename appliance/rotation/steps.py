@@ -161,9 +161,24 @@ def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say
     return Outcome(rotation.name, restarted, time.monotonic() - started)
 
 
+def backup_cipher(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """A new repository generation under a new passphrase, its stanza and a full backup; the current one kept for
+    restores until the new one holds the retention's full backups (appliance.backup.generations)."""
+    from appliance.backup.errors import BackupError
+    from appliance.backup.generations import rotate
+
+    started = time.monotonic()
+    try:
+        rotated = rotate(host, tenant, say)
+    except BackupError as exc:
+        raise RotationError(str(exc)) from None
+    return Outcome(rotation.name, [], time.monotonic() - started, rotated.as_dict())
+
+
 PROCEDURES: dict[str, Callable[[HostConfig, TenantConfig, Rotation, Say], Outcome]] = {
     "db_password": db_password,
     "file": plain_file,
     "reencrypt": reencrypt,
     "s3_keys": s3_keys,
+    "backup_cipher": backup_cipher,
 }

@@ -28,12 +28,15 @@ from typing import Any
 
 import psycopg
 
+from appliance.backup import generations, pgbackrest
 from appliance.backup.archive import archive_command
-from appliance.backup.stanza import ensure_stanza
-from appliance.config import HostConfig, TenantConfig, host_config
+from appliance.backup.paths import backup_paths
+from appliance.backup.stanza import STANZA_OK, ensure_stanza, status_of
+from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig, host_config
 from appliance.desired import postgres_files
 from appliance.host.postgres import ensure_roles, initdb, probe
 from appliance.host.processes import kill_user_processes
+from appliance.objectstore.credentials import tenant_credentials
 from appliance.pg import connect
 from appliance.secrets import ensure_tenant_secrets
 from appliance.services import tenant_services
@@ -293,3 +296,24 @@ def stream_body(tenant: TenantConfig, thread: uuid.UUID, port: int | None = None
     response = httpx.get(url, timeout=10)
     response.raise_for_status()
     return response.content
+
+
+def passphrase_opens(tenant: TenantConfig, path: str, passphrase: str) -> bool:
+    """Whether `passphrase` opens the repository at `path`: `pgbackrest info` of it as the tenant (its keys, its
+    config otherwise; the passphrase in the environment, as the wrapper passes it) finds a usable stanza."""
+    creds = tenant_credentials(tenant, BACKUP_S3_KEYS)
+    env = {"PATH": "/usr/bin:/bin"}
+    for g in generations.layout(tenant):  # the kept ones too: the config names them for `info`
+        env |= {f"PGBACKREST_REPO{g.repo}_S3_KEY": creds.access_key,
+                f"PGBACKREST_REPO{g.repo}_S3_KEY_SECRET": creds.secret_key,
+                f"PGBACKREST_REPO{g.repo}_CIPHER_PASS": generations.read_passphrase(tenant, g)}
+    env["PGBACKREST_REPO1_CIPHER_PASS"] = passphrase
+    result = subprocess.run(
+        [pgbackrest.PGBACKREST, f"--config={backup_paths(tenant).config}", f"--stanza={tenant.id}",
+         f"--repo1-path={path}", "--repo=1", "info", "--output=json"],
+        capture_output=True, text=True, errors="replace", env=env, cwd="/", timeout=300,
+        **pgbackrest.as_tenant(tenant))
+    if result.returncode != 0:
+        return False
+    # A passphrase that does not decrypt the repository's info files: exit 0, the stanza's status 99.
+    return status_of(json.loads(result.stdout)[0])[0] in STANZA_OK
