@@ -315,5 +315,9 @@ def passphrase_opens(tenant: TenantConfig, path: str, passphrase: str) -> bool:
         **pgbackrest.as_tenant(tenant))
     if result.returncode != 0:
         return False
-    # A passphrase that does not decrypt the repository's info files: exit 0, the stanza's status 99.
-    return status_of(json.loads(result.stdout)[0])[0] in STANZA_OK
+    # A passphrase that does not decrypt the repository's info files: exit 0, the stanza's status 99, its message
+    # quoting what the wrong key made of the file (control characters included).
+    try:
+        return status_of(json.loads(result.stdout, strict=False)[0])[0] in STANZA_OK
+    except (ValueError, IndexError):
+        return False
