@@ -26,6 +26,7 @@ from appliance.deploys.objectstore import (
     store_name_resolves,
     tenant_objectstore,
     vault_ca,
+    vault_drops_rotated_keys,
     vault_served_tenants,
 )
 from appliance.deploys.plan import all_hosts_reach, known_to_inspect, resolve, selected_tenants
@@ -72,6 +73,10 @@ for tenant in selected:
     tenant_objectstore(config=config, tenant=tenant)
     tenant_audit_and_backup(config=config, tenant=tenant, manager=manager)
     record_deploy(config=config, tenant=tenant)
+# A tenant host that rotated its S3 keys uses the new pairs now (tenant_objectstore above): the vault drops the old.
+all_hosts_reach(name="Every host: tenants use their current keys", step="every tenant uses its current S3 keys")
+if config.served_tenants:
+    vault_drops_rotated_keys(config=config)
 if config.runs_frontdoor:
     # Every tenant of the host, selected or not: the front door routes to all of them.
     host_frontdoor(config=config, manager_name=manager)

@@ -317,11 +317,22 @@ class ActionModule(ActionBase):
     def _s3_keys(self) -> None:
         """Each selected tenant's current S3 keys, read on its host for its vault (the served tenants' step
         there), kept in the controller's memory for this run only: a fact of this host. Run `no_log`."""
+        from appliance.rotation.staged_keys import STAGED, SUFFIX
+
         keys = dict(self._vars.get("appliance_s3_keys") or {})
         for tenant in self._plan["selected"]:
+            files = self._plan["s3_key_files"][tenant]
             keys[tenant] = {component: {"access_key": self._run(f"S3 keys of {tenant}", f"cat {q(access)}"),
                                         "secret_key": self._run(f"S3 keys of {tenant}", f"cat {q(secret)}")}
-                            for component, (access, secret) in self._plan["s3_key_files"][tenant].items()}
+                            for component, (access, secret) in files.items()}
+            # Pairs a rotation staged for the vault (appliance.rotation.staged_keys): all their files, or none.
+            staged = {component: {"access_key": self._run(f"S3 keys of {tenant}", f"cat {q(access + SUFFIX)} "
+                                                          "2>/dev/null || true").strip(),
+                                  "secret_key": self._run(f"S3 keys of {tenant}", f"cat {q(secret + SUFFIX)} "
+                                                          "2>/dev/null || true").strip()}
+                      for component, (access, secret) in files.items()}
+            if all(value for pair in staged.values() for value in pair.values()):
+                keys[tenant][STAGED] = staged
         self._facts = {"appliance_s3_keys": keys}
 
     def _after_store(self) -> None:

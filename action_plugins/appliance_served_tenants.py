@@ -14,13 +14,22 @@ from typing import Any
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
+from appliance.objectstore.credentials import TenantKeys, tenant_keys_from_json
+from appliance.rotation.staged_keys import STAGED
+
+
+def _pairs(keys: dict[str, Any]) -> TenantKeys:
+    """The pairs of a tenant's keys as its host's `s3_keys` step read them (every value stripped)."""
+    return tenant_keys_from_json({component: {name: str(value).strip() for name, value in pair.items()}
+                                  for component, pair in keys.items() if component != STAGED})
+
 
 class ActionModule(ActionBase):
     _requires_connection = True
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from appliance.host.objectstore import keys_digest
-        from appliance.objectstore.credentials import tenant_keys_from_json, tenant_keys_to_json
+        from appliance.objectstore.credentials import PREVIOUS_KEY, tenant_keys_to_json
         from appliance.playbook import config_for
 
         task_vars = task_vars or {}
@@ -38,12 +47,14 @@ class ActionModule(ActionBase):
                 raise AnsibleError(f"tenant {tenant.id} on {served.host} has no S3 keys yet (its host's part of "
                                    "this run must come first: run every host together)")
             try:
-                pairs = tenant_keys_from_json({component: {name: str(value).strip() for name, value in pair.items()}
-                                               for component, pair in keys.items()})
+                current = _pairs(keys)
+                # Pairs a rotation staged there go as the keys, the current ones beside them until the tenant host
+                # uses the new ones (appliance.rotation.staged_keys).
+                pairs, previous = (_pairs(keys[STAGED]), current) if keys.get(STAGED) else (current, None)
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise AnsibleError(f"tenant {tenant.id} on {served.host} lacks some of its S3 keys (its host's part "
                                    "of this run must come first: run every host together)") from None
-            digest = keys_digest(pairs)
+            digest = keys_digest(pairs, previous)
             current = held.get(tenant.id, {})
             if current.get("keys_sha256") == digest and current.get("ok"):
                 continue
@@ -55,8 +66,9 @@ class ActionModule(ActionBase):
                        f"umask 077 && cat > {shlex.quote(str(staging))} && "
                        f"{shlex.quote(task_vars['appliance']['appliance'])} host objectstore-tenant "
                        f"{shlex.quote(tenant.id)} --keys-from {shlex.quote(str(staging))}")
-            answer = self._low_level_execute_command(
-                command, in_data=json.dumps(tenant_keys_to_json(pairs)))
+            body = {**tenant_keys_to_json(pairs),
+                    **({PREVIOUS_KEY: tenant_keys_to_json(previous)} if previous else {})}
+            answer = self._low_level_execute_command(command, in_data=json.dumps(body))
             if answer.get("rc") != 0:
                 raise AnsibleError(f"keeping {tenant.id}'s buckets on this vault failed: "
                                    f"{str(answer.get('stderr', ''))[-2000:]}")

@@ -234,29 +234,38 @@ def objectstore_tenant(tenant_id: str, keys_from: Path | None) -> None:
     host_config = load_host_config()
     if keys_from is None:
         tenant = host_config.tenant(tenant_id)
-        keys = None
+        keys = previous = None
     else:
         served = {s.tenant.id: s.tenant for s in host_config.served_tenants}
         if tenant_id not in served:
             raise click.UsageError(f"this host's store keeps no tenant {tenant_id!r} of another host")
         tenant = served[tenant_id]
         try:
-            keys = read_tenant_keys_file(keys_from)
+            keys, previous = read_tenant_keys_file(keys_from)
         except (OSError, ValueError, KeyError, TypeError):
             # Never the exception itself: its text could quote the file.
             raise click.ClickException(f"the relayed S3 keys of {tenant_id} are unreadable or incomplete") from None
         finally:
             keys_from.unlink(missing_ok=True)
-    _report(ensure_tenant(host_config, tenant, keys), f"object store of {tenant_id}")
+    _report(ensure_tenant(host_config, tenant, keys, previous), f"object store of {tenant_id}")
 
 
 @host.command("objectstore-check")
 @click.argument("tenant_id")
 def objectstore_check(tenant_id: str) -> None:
-    """On a host whose store is elsewhere: the tenant's buckets answer its keys (exit 1 naming what fails)."""
+    """On a host whose store is elsewhere: the tenant's buckets answer its keys (exit 1 naming what fails). S3
+    keys staged by a rotation become current here once the vault answers them (appliance.rotation.staged_keys)."""
     from appliance.objectstore.probe import probe_tenant
+    from appliance.restarts import RestartError
+    from appliance.rotation.staged_keys import promote
 
     host_config, tenant = load_tenant(tenant_id)
+    try:
+        for line in promote(host_config, tenant, click.echo):
+            click.echo(line)
+    except RestartError as exc:
+        click.echo(f"error: {tenant_id}: staged S3 keys made current, but {exc}", err=True)
+        sys.exit(1)
     result = probe_tenant(host_config, tenant)
     if not result.healthy:
         click.echo(f"error: object store of {tenant_id}: {result.detail}", err=True)

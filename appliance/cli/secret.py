@@ -111,6 +111,9 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
         except Exception as exc:
             click.echo(f"warning: {name} rotated but not audited ({type(exc).__name__})", err=True)
             failed = True
+        if outcome.detail.get("staged_for"):
+            click.echo(f"  {name} staged for the deploy (the vault host {outcome.detail['staged_for']} keeps them)")
+            continue
         restarted = ", ".join(outcome.restarted) or "nothing"
         click.echo(f"  {name} rotated; restarted: {restarted}; readers back within {outcome.window_s:.1f}s")
     if failed:

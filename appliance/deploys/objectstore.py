@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shlex
+from collections.abc import Callable
 
 from pyinfra import host, inventory
 from pyinfra.api import FactBase, FunctionCommand, OperationError, deploy, operation
@@ -20,8 +21,9 @@ from appliance.deploys import bundle, facts
 from appliance.deploys.facts import appliance_facts, host_command, host_step
 from appliance.deploys.managed import apply_desired, os_user
 from appliance.deploys.services import install_services
-from appliance.objectstore.credentials import S3Credentials, tenant_keys_to_json
+from appliance.objectstore.credentials import PREVIOUS_KEY, S3Credentials, tenant_keys_to_json
 from appliance.objectstore.service import objectstore_service
+from appliance.rotation.staged_keys import staged_path
 from appliance.servicespec import venv_bin
 from appliance.supervision import ManagerName
 
@@ -61,12 +63,19 @@ class TextFile(FactBase[str]):
 class KeysDigest(FactBase[str]):
     """sha256 of a tenant's S3 key files (both pairs, `S3_KEY_PAIRS` order) as they are on its host, as
     `keys_digest` on the vault computes it; '' while any of them is missing (a tenant host not yet deployed by
-    this version has only the audit shipper's pair)."""
+    this version has only the audit shipper's pair). While new pairs are staged there (`staged`, the files of
+    appliance.rotation.staged_keys), of those then the current ones."""
 
-    def command(self, paths: tuple[str, ...]) -> str:
-        files = " ".join(shlex.quote(path) for path in paths)
-        present = " && ".join(f"[ -f {shlex.quote(path)} ]" for path in paths)
-        return f"if {present}; then cat {files} | sha256sum | cut -d' ' -f1; fi"
+    def command(self, paths: tuple[str, ...], staged: tuple[str, ...] = ()) -> str:
+        def digest(files: tuple[str, ...]) -> tuple[str, str]:
+            present = " && ".join(f"[ -f {shlex.quote(path)} ]" for path in files)
+            return present, f"cat {' '.join(shlex.quote(path) for path in files)} | sha256sum | cut -d' ' -f1"
+
+        present, current = digest(paths)
+        if not staged:
+            return f"if {present}; then {current}; fi"
+        both_present, both = digest(staged + paths)
+        return f"if {both_present}; then {both}; elif {present}; then {current}; fi"
 
     def process(self, output: list[str]) -> str:
         return output[0].strip() if output else ""
@@ -86,24 +95,35 @@ def vault_ca(config: HostConfig):
                                 group="root")
 
 
-def _relay_keys(state, host, tenant_host, tenant: TenantConfig, staging: str) -> bool:  # type: ignore[no-untyped-def]
+def _relay_keys(state, host, tenant_host, tenant: TenantConfig, staging: str,  # type: ignore[no-untyped-def]
+                with_staged: bool) -> bool:
     """Carry a tenant's S3 keys from its host to the vault in memory: never on the controller's disk, never
     in a command line or in pyinfra's output. Only with root logins: under sudo pyinfra stages file transfers
-    in world-readable temp files, which would expose the keys on both hosts for a moment."""
+    in world-readable temp files, which would expose the keys on both hosts for a moment. `with_staged`: the
+    pairs staged there go as the keys, the current ones as their previous (appliance.rotation.staged_keys)."""
     for end in (host, tenant_host):
         if state.config.SUDO or end.data.get("_sudo"):
             raise OperationError(
                 f"relaying {tenant.id}'s S3 keys needs a root SSH login on {end.name}, not sudo "
                 "(sudo file transfers go through world-readable temp files)"
             )
-    values: dict[str, str] = {}
-    for name in _key_files(tenant):
-        buffer = io.BytesIO()
-        tenant_host.get_file(str(tenant.secret_path(name)), buffer)
-        values[name] = buffer.getvalue().decode().strip()
-    keys = {pair.component: S3Credentials(values[pair.access_key], values[pair.secret_key]) for pair in S3_KEY_PAIRS}
-    body = json.dumps(tenant_keys_to_json(keys)).encode()
-    return bool(host.put_file(io.BytesIO(body), staging))
+
+    def read(path_of: Callable[[str], str]) -> dict[str, S3Credentials]:
+        values: dict[str, str] = {}
+        for name in _key_files(tenant):
+            buffer = io.BytesIO()
+            tenant_host.get_file(path_of(name), buffer)
+            values[name] = buffer.getvalue().decode().strip()
+        return {pair.component: S3Credentials(values[pair.access_key], values[pair.secret_key])
+                for pair in S3_KEY_PAIRS}
+
+    current = read(lambda name: str(tenant.secret_path(name)))
+    if with_staged:
+        body = {**tenant_keys_to_json(read(lambda name: str(staged_path(tenant, name)))),
+                PREVIOUS_KEY: tenant_keys_to_json(current)}
+    else:
+        body = tenant_keys_to_json(current)
+    return bool(host.put_file(io.BytesIO(json.dumps(body).encode()), staging))
 
 
 def _key_files(tenant: TenantConfig) -> tuple[str, ...]:
@@ -113,22 +133,27 @@ def _key_files(tenant: TenantConfig) -> tuple[str, ...]:
 
 @operation()
 def served_tenant_store(config: HostConfig, served: ServedTenant):
-    """On the vault: the identity and buckets of a tenant of another host, with that tenant's current keys."""
+    """On the vault: the identity and buckets of a tenant of another host, with that tenant's current keys (and
+    its staged ones beside them, appliance.rotation.staged_keys)."""
     tenant = served.tenant
     tenant_host = inventory.get_host(served.host)
     paths = tuple(str(tenant.secret_path(name)) for name in _key_files(tenant))
-    current = tenant_host.get_fact(KeysDigest, paths=paths)
+    staged = tuple(str(staged_path(tenant, name)) for name in _key_files(tenant))
+    # Read when the operation runs (pyinfra keeps no fact between operations): the second pass below sees the
+    # tenant host as it is after that host made its staged pairs current.
+    current = tenant_host.get_fact(KeysDigest, paths=paths, staged=staged)
     if not current or current == EMPTY_SHA256:
         raise OperationError(f"tenant {tenant.id} on {served.host} has no S3 keys yet (its deploy must run first)")
     held = appliance_facts(config).get("served_tenants", {}).get(tenant.id, {})
     if held.get("keys_sha256") == current and held.get("ok"):
         host.noop(f"store keeps {tenant.id}'s current keys; its buckets answer them")
         return
+    with_staged = current != tenant_host.get_fact(KeysDigest, paths=paths)
     staging_dir = config.common.config_dir / "staging"
     staging = staging_dir / f"{tenant.id}-s3.json"
     # The staging dir is root's and 0700 before the keys land in it.
     yield f"install -d -m 700 -o root -g root {staging_dir}"
-    yield FunctionCommand(_relay_keys, (tenant_host, tenant, str(staging)), {})
+    yield FunctionCommand(_relay_keys, (tenant_host, tenant, str(staging), with_staged), {})
     yield host_command(config, "objectstore-tenant", tenant.id, "--keys-from", str(staging))
 
 
@@ -153,6 +178,17 @@ def vault_served_tenants(config: HostConfig) -> None:
     for served in config.served_tenants:
         served_tenant_store(
             name=f"S3 identity and buckets of {served.tenant.id} (tenant of {served.host})", config=config,
+            served=served,
+        )
+
+
+@deploy("Vault: old S3 keys of tenants that rotated")
+def vault_drops_rotated_keys(config: HostConfig) -> None:
+    """After the tenant hosts made staged pairs current (appliance.rotation.staged_keys): the store keeps their
+    current pairs alone; a no-op for every tenant that staged none."""
+    for served in config.served_tenants:
+        served_tenant_store(
+            name=f"Old S3 keys of {served.tenant.id} (tenant of {served.host}) refused", config=config,
             served=served,
         )
 

@@ -61,18 +61,21 @@ def setup_ok(host: HostConfig) -> bool:
         return False
 
 
-def ensure_tenant(host: HostConfig, tenant: TenantConfig, keys: TenantKeys | None = None) -> list[str]:
+def ensure_tenant(host: HostConfig, tenant: TenantConfig, keys: TenantKeys | None = None,
+                  previous: TenantKeys | None = None) -> list[str]:
     """The tenant's identities on the store (one per key pair), then its buckets (created by the admin, with
     their locks).
 
     `keys` are given for a tenant of another host (its keys were relayed to this vault host); a tenant of this
-    host has them in its secrets dir."""
+    host has them in its secrets dir. `previous`: the pairs a rotation replaces, accepted beside `keys` until a
+    call without them (appliance.rotation.staged_keys)."""
     from appliance.objectstore.buckets import ensure_tenant_buckets
     from appliance.objectstore.client import s3_client
     from appliance.objectstore.credentials import tenant_keys
 
     keys = keys or tenant_keys(tenant)
-    changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user))
+    changes = apply_change(host, seaweed.ensure_tenant_identity(host, tenant, keys, owner=host.objectstore_user,
+                                                                previous=previous))
     admin = s3_client(host, admin_credentials(host))
     changes += wait_for(lambda: ensure_tenant_buckets(admin, tenant))
     if changes:
@@ -89,11 +92,14 @@ def tenant_probe_ok(host: HostConfig, tenant: TenantConfig, keys: TenantKeys) ->
     return []
 
 
-def keys_digest(keys: TenantKeys) -> str:
+def keys_digest(keys: TenantKeys, previous: TenantKeys | None = None) -> str:
     """What tenant host and vault compare to tell whether the vault holds the tenant's current keys: sha256 of
     the tenant's S3 key files, as they are on its host, in `S3_KEY_PAIRS` order ("<access>\n<secret>\n" each),
-    which is what `cat` of the four files piped to sha256sum gives there."""
-    text = "".join(f"{keys[pair.component].access_key}\n{keys[pair.component].secret_key}\n" for pair in S3_KEY_PAIRS)
+    which is what `cat` of the four files piped to sha256sum gives there. While new pairs are staged there
+    (appliance.rotation.staged_keys), the staged files then the current ones: the vault holds them as its pairs
+    and their previous ones."""
+    text = "".join(f"{ring[pair.component].access_key}\n{ring[pair.component].secret_key}\n"
+                   for ring in (keys, *((previous,) if previous else ())) for pair in S3_KEY_PAIRS)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -112,7 +118,8 @@ def served_tenant_facts(host: HostConfig) -> dict[str, dict[str, Any]]:
             facts[served.tenant.id] = {"keys_sha256": "", "ok": False}
             continue
         ok = probe_tenant(host, served.tenant, keys=keys).healthy
-        facts[served.tenant.id] = {"keys_sha256": keys_digest(keys), "ok": ok}
+        previous = seaweed.fragment_keys(fragment, previous=True) if fragment else None
+        facts[served.tenant.id] = {"keys_sha256": keys_digest(keys, previous), "ok": ok}
     return facts
 
 
@@ -133,9 +140,12 @@ def tenant_ok(host: HostConfig, tenant: TenantConfig) -> bool:
     (a fragment of the legacy single identity, or a rotation left half done, means the deploy has work)."""
     from appliance.objectstore.credentials import tenant_keys
     from appliance.objectstore.probe import probe_tenant
+    from appliance.rotation.staged_keys import staged
 
     if not all(tenant.secret_path(name).is_file() for pair in S3_KEY_PAIRS for name in pair.files):
         return False
+    if not host.runs_objectstore and staged(tenant) is not None:
+        return False  # staged pairs to make current once the vault answers them
     if host.runs_objectstore and not seaweed.tenant_fragment_current(host, tenant, tenant_keys(tenant)):
         return False
     return probe_tenant(host, tenant).healthy

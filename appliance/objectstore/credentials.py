@@ -92,5 +92,12 @@ def tenant_keys_to_json(keys: TenantKeys) -> dict[str, dict[str, str]]:
     return {component: {"access_key": c.access_key, "secret_key": c.secret_key} for component, c in keys.items()}
 
 
-def read_tenant_keys_file(path: Path) -> TenantKeys:
-    return tenant_keys_from_json(json.loads(path.read_text()))
+# In a relayed keys file: the pairs a rotation replaces, kept beside the new ones until the tenant host uses those.
+PREVIOUS_KEY = "previous"
+
+
+def read_tenant_keys_file(path: Path) -> tuple[TenantKeys, TenantKeys | None]:
+    """A relayed keys file: the pairs, and the ones they replace (None when no rotation is under way)."""
+    data = json.loads(path.read_text())
+    previous = data.get(PREVIOUS_KEY)
+    return tenant_keys_from_json(data), (tenant_keys_from_json(previous) if previous is not None else None)

@@ -247,12 +247,16 @@ def _creds(entry: dict[str, Any], prefix: str = "") -> S3Credentials | None:
     return S3Credentials(entry[f"{prefix}access_key"], entry[f"{prefix}secret_key"])
 
 
-def fragment_keys(fragment: dict[str, Any]) -> TenantKeys | None:
-    """The current key pairs a tenant fragment gives its identities; None for a fragment of the legacy single
-    identity (or one lacking a pair), which its tenant's next deploy must rewrite."""
+def fragment_keys(fragment: dict[str, Any], *, previous: bool = False) -> TenantKeys | None:
+    """The current key pairs a tenant fragment gives its identities (with `previous`: the pairs being rotated out,
+    None when there are none); None for a fragment of the legacy single identity (or one lacking a pair), which
+    its tenant's next deploy must rewrite."""
     pairs = fragment.get("pairs")
     if not isinstance(pairs, dict):
         return None
+    if previous:
+        pairs = {component: {"access_key": pair["previous_access_key"], "secret_key": pair.get("previous_secret_key")}
+                 for component, pair in pairs.items() if isinstance(pair, dict) and "previous_access_key" in pair}
     try:
         return tenant_keys_from_json(pairs)  # the fragment's pairs have the relayed keys' shape (plus previous_*)
     except ValueError:

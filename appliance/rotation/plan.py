@@ -55,7 +55,8 @@ ROTATIONS: dict[str, Rotation] = {
     # The provider checks it at the code exchange (it reads it when it starts); the gateway reads the file at each
     # exchange.
     "identity_gateway_client_secret": Rotation("identity_gateway_client_secret", "file", ("identity",)),
-    # New key pairs on the store beside the old ones, the readers restarted, then the old pairs removed.
+    # New key pairs on the store beside the old ones, the readers restarted, then the old pairs removed (on a vault
+    # host's store, by the next deploy: appliance.rotation.staged_keys).
     "s3_keys": Rotation("s3_keys", "s3_keys", tuple(p.component for p in S3_KEY_PAIRS),
                         files=tuple(name for p in S3_KEY_PAIRS for name in p.files)),
     # pgBackRest encrypts a repository with one passphrase for its whole life: a new passphrase is a new repository

@@ -129,18 +129,18 @@ def reencrypt(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: S
 
 def s3_keys(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
     """New key pairs (the audit shipper's and the backup's) on the store beside the old ones; the key files
-    replaced and their readers restarted; then the old pairs taken off the store. Only where this host runs the
-    tenants' store."""
+    replaced and their readers restarted; then the old pairs taken off the store. Where the store is a vault
+    host's, the pairs are staged for the deploy instead; on an external store the operator makes them."""
     from appliance.host.objectstore import apply_change, tenant_probe_ok, wait_for
     from appliance.objectstore import seaweed
     from appliance.objectstore.credentials import S3Credentials, new_access_key, new_secret_key, tenant_keys
 
+    if host.objectstore_host:
+        return _staged_for_vault(host, tenant, rotation, say)
     if not host.runs_objectstore:
-        where = f"host {host.objectstore_host}" if host.objectstore_host else "an external store"
         raise RotationError(
-            f"{tenant.id}'s buckets are on {where}: a new key pair must be made there (for an appliance vault "
-            "host: this command there is not implemented yet; for an external store: make the pair in it and "
-            f"install it with `appliance tenant s3-keys {tenant.id}`)")
+            f"{tenant.id}'s buckets are on an external store: make each new pair there (an identity allowed its "
+            f"bucket only) and install it with `appliance tenant s3-keys {tenant.id} --pair audit|backup`")
     old = tenant_keys(tenant)
     new = {pair.component: S3Credentials(new_access_key(), new_secret_key()) for pair in S3_KEY_PAIRS}
     owner = host.objectstore_user
@@ -173,6 +173,20 @@ def backup_cipher(host: HostConfig, tenant: TenantConfig, rotation: Rotation, sa
     except BackupError as exc:
         raise RotationError(str(exc)) from None
     return Outcome(rotation.name, [], time.monotonic() - started, rotated.as_dict())
+
+
+def _staged_for_vault(host: HostConfig, tenant: TenantConfig, rotation: Rotation, say: Say) -> Outcome:
+    """The tenant's store is on a vault host, which only the deploy reaches: new pairs staged here for the next
+    deploy, which carries them there, switches to them and has the old ones refused (appliance.rotation.
+    staged_keys). Nothing changes until then."""
+    from appliance.rotation.staged_keys import stage
+
+    _, new = stage(tenant)
+    say(f"  {'new key pairs staged' if new else 'key pairs staged earlier kept'} for the vault host "
+        f"{host.objectstore_host}; the next deploy (pyinfra -y <inventory> deploy.py) gives them to its store beside "
+        f"the current ones, makes them current here (restarting {', '.join(rotation.restarts)}), then has the old "
+        "ones refused. Until then the current ones stay in use.")
+    return Outcome(rotation.name, [], 0.0, {"staged_for": host.objectstore_host})
 
 
 PROCEDURES: dict[str, Callable[[HostConfig, TenantConfig, Rotation, Say], Outcome]] = {

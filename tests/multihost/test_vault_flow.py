@@ -356,6 +356,22 @@ def _s3(rehearsal: Rehearsal, keys: dict[str, str], ca: Path, pair: S3KeyPair) -
     )
 
 
+def _vault_ca(rehearsal: Rehearsal, tmp_path: Path) -> Path:
+    """The vault's CA certificate (public), for S3 clients of this test."""
+    ca = tmp_path / "vault-ca.pem"
+    ca.write_text(rehearsal.vault.run(["cat", str(rehearsal.vault_config.ca_cert)]).stdout)
+    return ca
+
+
+def _ansible_inventory(rehearsal: Rehearsal, tmp_path: Path) -> Path:
+    """The same two hosts and settings as an Ansible inventory."""
+    settings = _inventory_hosts(rehearsal.vault, rehearsal.tenant)
+    return ansible_inventory(tmp_path / "onprem.yml", {
+        name: {**{k: v for k, v in settings[name].items() if not k.startswith("ssh_")}, **host.ansible_data()}
+        for name, host in (("vault", rehearsal.vault), ("tenant", rehearsal.tenant))
+    })
+
+
 def _refused(call: Any, **kwargs: Any) -> str:
     try:
         call(**kwargs)
@@ -365,8 +381,7 @@ def _refused(call: Any, **kwargs: Any) -> str:
 
 
 def test_one_tenants_keys_cannot_read_the_others_buckets_on_the_vault(rehearsal: Rehearsal, tmp_path: Path) -> None:
-    ca = tmp_path / "vault-ca.pem"  # public: the vault's CA certificate
-    ca.write_text(rehearsal.vault.run(["cat", str(rehearsal.vault_config.ca_cert)]).stdout)
+    ca = _vault_ca(rehearsal, tmp_path)
     keys_a, keys_b = rehearsal.keys("vt-a"), rehearsal.keys("vt-b")
     b = _s3(rehearsal, keys_b, ca, BACKUP_S3_KEYS)
     body = b"vt-b's backup object"
@@ -405,6 +420,44 @@ def test_tenant_host_runs_no_object_store(rehearsal: Rehearsal) -> None:
     assert "objectstore" not in report["host"]["components"]
 
 
+def test_s3_keys_of_a_tenant_kept_by_the_vault_rotate_through_the_next_deploy(
+        rehearsal: Rehearsal, tmp_path: Path) -> None:
+    """Issue 20: `secret rotate <t> s3_keys` on a tenant host whose store is the vault stages new pairs; the next
+    deploy gives them to the vault beside the old ones, switches the tenant host to them (its audit shipper and
+    backup restarted) and has the old ones refused, all in one run. Nothing changes before that deploy."""
+    ca = _vault_ca(rehearsal, tmp_path)
+    old = rehearsal.keys("vt-a")
+    others = rehearsal.keys("vt-b")
+    staged = rehearsal.tenant.ssh(f"{APPLIANCE} secret rotate vt-a s3_keys")
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    assert "staged for the deploy" in staged.stdout and "vault" in staged.stdout
+    assert rehearsal.keys("vt-a") == old
+    for pair in S3_KEY_PAIRS:  # the current pairs keep working until the deploy
+        _s3(rehearsal, old, ca, pair).list_objects_v2(Bucket=f"vt-a-{pair.component}")
+
+    output = rehearsal.deploy("deploy after an S3 key rotation")
+    new = rehearsal.keys("vt-a")
+    assert all(new[name] != old[name] for name in KEY_NAMES)
+    assert rehearsal.keys("vt-b") == others
+    leaked = [name for name in KEY_NAMES for keys in (old, new) if keys[name] in output]
+    assert not leaked, f"the deploy's output contains keys {leaked} (values withheld)"
+    assert "Old S3 keys of vt-a" in output
+    denied = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+    for pair in S3_KEY_PAIRS:
+        _s3(rehearsal, new, ca, pair).list_objects_v2(Bucket=f"vt-a-{pair.component}")
+        assert _refused(_s3(rehearsal, old, ca, pair).list_objects_v2, Bucket=f"vt-a-{pair.component}") in denied
+    staged_files = rehearsal.tenant.run(["sh", "-c", "ls " + str(
+        rehearsal.tenant_config.tenant("vt-a").secrets_dir) + " | grep -c '[.]next$' || true"])
+    assert staged_files.stdout.strip() == "0"
+    # The readers use the new pairs: a backup (the backup's pair) and the audit shipper catching up (its pair).
+    backup = rehearsal.tenant.ssh(f"{APPLIANCE} backup vt-a")
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    code, report = _status(rehearsal.tenant)
+    assert code == 0, report
+    components = report["tenants"]["vt-a"]["components"]
+    assert all(c["healthy"] for c in components.values()), {k: c["detail"] for k, c in components.items()}
+
+
 def test_second_deploy_changes_nothing_and_restarts_nothing(rehearsal: Rehearsal) -> None:
     before = {host.name: pids(_status(host)[1]) for host in (rehearsal.vault, rehearsal.tenant)}
     output = rehearsal.deploy("second deploy")
@@ -423,11 +476,7 @@ def test_ansible_with_the_same_inventory_changes_and_restarts_nothing_on_either_
     the same settings in Ansible's inventory change nothing on either host."""
     before = {name: pids(_status(host)[1]) for name, host in (("vault", rehearsal.vault),
                                                                 ("tenant", rehearsal.tenant))}
-    settings = _inventory_hosts(rehearsal.vault, rehearsal.tenant)
-    inventory = ansible_inventory(tmp_path / "onprem.yml", {
-        name: {**{k: v for k, v in settings[name].items() if not k.startswith("ssh_")}, **host.ansible_data()}
-        for name, host in (("vault", rehearsal.vault), ("tenant", rehearsal.tenant))
-    })
+    inventory = _ansible_inventory(rehearsal, tmp_path)
     code, output, changed = ansible_playbook(inventory, repo=rehearsal.snapshot)
     output = _redacted(rehearsal, output)
     assert code == 0, output[-8000:]
@@ -435,6 +484,30 @@ def test_ansible_with_the_same_inventory_changes_and_restarts_nothing_on_either_
     after = {name: pids(_status(host)[1]) for name, host in (("vault", rehearsal.vault),
                                                                ("tenant", rehearsal.tenant))}
     assert after == before
+
+
+def test_ansible_carries_s3_keys_staged_for_the_vault_as_the_pyinfra_deploy_does(
+        rehearsal: Rehearsal, tmp_path: Path) -> None:
+    """The same rotation through the Ansible playbook: staged pairs to the vault beside the old ones, the tenant
+    host switched, the old ones refused; a second rotation command before the run keeps the staged pairs."""
+    ca = _vault_ca(rehearsal, tmp_path)
+    old = rehearsal.keys("vt-b")
+    assert rehearsal.tenant.ssh(f"{APPLIANCE} secret rotate vt-b s3_keys").returncode == 0
+    kept = rehearsal.tenant.ssh(f"{APPLIANCE} secret rotate vt-b s3_keys")
+    assert kept.returncode == 0 and "staged earlier kept" in kept.stdout
+    inventory = _ansible_inventory(rehearsal, tmp_path)
+    code, output, _ = ansible_playbook(inventory, repo=rehearsal.snapshot)
+    redacted = _redacted(rehearsal, output)
+    assert code == 0, redacted[-8000:]
+    new = rehearsal.keys("vt-b")
+    assert all(new[name] != old[name] for name in KEY_NAMES)
+    assert not [name for name in KEY_NAMES for keys in (old, new) if keys[name] in output]
+    denied = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+    for pair in S3_KEY_PAIRS:
+        _s3(rehearsal, new, ca, pair).list_objects_v2(Bucket=f"vt-b-{pair.component}")
+        assert _refused(_s3(rehearsal, old, ca, pair).list_objects_v2, Bucket=f"vt-b-{pair.component}") in denied
+    code, output, changed = ansible_playbook(inventory, repo=rehearsal.snapshot)
+    assert code == 0 and changed == {"vault": 0, "tenant": 0}, _redacted(rehearsal, output)[-8000:]
 
 
 def test_fake_hosts_are_reached_over_the_network_only_by_their_address(rehearsal: Rehearsal) -> None:

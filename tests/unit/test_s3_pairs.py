@@ -158,3 +158,70 @@ def test_a_tenant_without_the_audit_pair_gets_no_seeded_backup_pair(tmp_path: Pa
     tenant.secret_path(AUDIT_S3_KEYS.secret_key).unlink()
     assert seed_backup_pair(tenant) == []
     assert not tenant.secret_path(BACKUP_S3_KEYS.access_key).exists()
+
+
+def test_staged_pairs_and_the_ones_they_replace_digest_alike_on_tenant_host_and_vault(tmp_path: Path) -> None:
+    """While a rotation is staged for a vault (appliance.rotation.staged_keys), the tenant host hashes the staged
+    files then the current ones, and the vault its pairs then their previous ones: equal once the vault holds both,
+    so the deploy relays them once."""
+    current = {"audit": S3Credentials("AUDITKEY0123456789AB", "audit-secret"),
+               "backup": S3Credentials("BACKUPKEY0123456789A", "backup-secret")}
+    staged = {"audit": S3Credentials("NEWAUDITKEY012345678", "new-audit-secret"),
+              "backup": S3Credentials("NEWBACKUPKEY01234567", "new-backup-secret")}
+    paths, staged_paths = [], []
+    for pair in S3_KEY_PAIRS:
+        for index, name in enumerate(pair.files):
+            for keys, folder, listing in ((current, tmp_path, paths), (staged, tmp_path / "staged", staged_paths)):
+                folder.mkdir(exist_ok=True)
+                (folder / name).write_text((keys[pair.component].access_key, keys[pair.component].secret_key)[index]
+                                           + "\n")
+                listing.append(str(folder / name))
+
+    def digest() -> str:
+        command = KeysDigest().command(paths=tuple(paths), staged=tuple(staged_paths))
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert digest() == keys_digest(staged, current) != keys_digest(current)
+    fragment = seaweed.tenant_fragment(host_config("@local", {"tenants": {"acme": {"slot": 1}}}).tenant("acme"),
+                                       staged, previous=current)
+    assert seaweed.fragment_keys(fragment) == staged and seaweed.fragment_keys(fragment, previous=True) == current
+    assert seaweed.fragment_keys(_fragment(), previous=True) is None
+    Path(staged_paths[0]).unlink()  # staged files incomplete: the current ones alone count
+    assert digest() == keys_digest(current)
+
+
+def test_a_relayed_keys_file_carries_the_pairs_a_rotation_replaces(tmp_path: Path) -> None:
+    from appliance.objectstore.credentials import PREVIOUS_KEY, read_tenant_keys_file
+
+    new = {"audit": S3Credentials("N" * 20, "n" * 40), "backup": S3Credentials("M" * 20, "m" * 40)}
+    old = {"audit": S3Credentials("O" * 20, "o" * 40), "backup": S3Credentials("P" * 20, "p" * 40)}
+    path = tmp_path / "relayed.json"
+    path.write_text(json.dumps({**tenant_keys_to_json(new), PREVIOUS_KEY: tenant_keys_to_json(old)}))
+    assert read_tenant_keys_file(path) == (new, old)
+    path.write_text(json.dumps(tenant_keys_to_json(new)))
+    assert read_tenant_keys_file(path) == (new, None)
+
+
+def test_rotating_s3_keys_of_a_tenant_on_a_vault_stages_them_and_changes_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.rotation.plan import ROTATIONS
+    from appliance.rotation.staged_keys import staged, staged_path
+    from appliance.rotation.steps import s3_keys
+
+    tenant = _tenant_with_audit_pair(tmp_path, monkeypatch)
+    for name in BACKUP_S3_KEYS.files:
+        tenant.secret_path(name).write_text("backup-value\n")
+    host = host_config("tenant", {"common": {"tenants_root": str(tmp_path)}, "objectstore_host": "vault",
+                                  "tenants": {"acme": {"slot": 1}}})
+    before = {name: tenant.read_secret(name) for pair in S3_KEY_PAIRS for name in pair.files}
+    said: list[str] = []
+    outcome = s3_keys(host, tenant, ROTATIONS["s3_keys"], said.append)
+    assert outcome.detail == {"staged_for": "vault"} and outcome.restarted == []
+    assert {name: tenant.read_secret(name) for name in before} == before
+    first = staged(tenant)
+    assert first is not None and all(first[p.component].access_key not in before.values() for p in S3_KEY_PAIRS)
+    assert "next deploy" in said[0] and not any(first[p.component].secret_key in said[0] for p in S3_KEY_PAIRS)
+    s3_keys(host, tenant, ROTATIONS["s3_keys"], said.append)  # again before the deploy: the same staged pairs
+    assert staged(tenant) == first and "staged earlier kept" in said[1]
+    staged_path(tenant, BACKUP_S3_KEYS.secret_key).unlink()
+    assert staged(tenant) is None
