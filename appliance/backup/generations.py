@@ -168,6 +168,16 @@ def rotation_refusal(kept_count: int, current_fulls: int, retention_full: int) -
             "take a full backup (`appliance backup <tenant> --full`) and rotate again")
 
 
+def stopped_half_way(current_number: int, kept_numbers: list[int], stanza_code: int, current_fulls: int) -> bool:
+    """A rotation to `current_number` was begun (the one before it is kept) and not finished: its repository has
+    no stanza yet, or no full backup yet."""
+    from appliance.backup.stanza import MISSING_STANZA, STANZA_OK
+
+    if current_number - 1 not in kept_numbers:
+        return False
+    return stanza_code in MISSING_STANZA or (stanza_code in STANZA_OK and current_fulls == 0)
+
+
 def _fulls(info: dict[str, Any]) -> int:
     from appliance.backup.target import backup_sets
 
@@ -176,8 +186,8 @@ def _fulls(info: dict[str, Any]) -> int:
 
 def rotate(host: Any, tenant: TenantConfig, say: Say) -> Rotated:
     """A new passphrase and the repository generation it encrypts, with its stanza and a full backup; the current
-    one kept with its passphrase. A rotation that stopped half way (a new generation without its stanza) is
-    finished, not started again.
+    one kept with its passphrase. A rotation that stopped half way (a new generation without its stanza or its
+    first full backup) is finished, not started again.
 
     Between the new passphrase and the new stanza (a second or two) Postgres's archive_command fails; Postgres
     keeps the WAL and retries it, so nothing is lost and nothing restarts."""
@@ -194,7 +204,7 @@ def rotate(host: Any, tenant: TenantConfig, say: Say) -> Rotated:
     now = current(tenant)
     info = pgbackrest.info(tenant)
     code, message = status_of(info)
-    resumed = code in MISSING_STANZA and now - 1 in kept(tenant)
+    resumed = stopped_half_way(now, kept(tenant), code, _fulls(info))
     if not resumed:
         if code not in STANZA_OK:
             raise BackupError(f"the repository of generation {now} is not usable ({message}); a new one is not "
@@ -214,7 +224,8 @@ def rotate(host: Any, tenant: TenantConfig, say: Say) -> Rotated:
     pgbackrest.ensure_files(host, tenant)
     ensure_recovery_keys(tenant)
     say(f"  new passphrase; repository generation {now} at {repo_path(now)} in {tenant.backup_bucket}")
-    pgbackrest.run(tenant, "stanza-create", timeout=300)
+    if not resumed or code in MISSING_STANZA:
+        pgbackrest.run(tenant, "stanza-create", timeout=300)
     # A WAL switch archived into the new generation: archiving works again.
     pgbackrest.run(tenant, "check", timeout=300)
     say("  stanza created and WAL archiving checked; taking a full backup into it")

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from appliance import pg
-from appliance.backup import generations
+from appliance.backup import generations, pgbackrest
 from appliance.backup.paths import backup_paths
 from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
 from appliance.objectstore.client import s3_client
@@ -104,13 +104,30 @@ def test_backup_cipher_rotates_to_a_new_generation_and_old_backups_restore_until
     assert keys["cipher_generation"] == now and keys[generations.PASSPHRASE] == new
     assert keys["kept_cipher_passphrases"][str(before)] == old
 
-    # A second full backup in the new generation: the retention's 2 fulls, so every earlier generation goes.
+    # A rotation stopped right after naming its generation (the old passphrase kept, the new generation named, its
+    # passphrase not written yet): running the command again finishes it rather than beginning another.
+    owner = pgbackrest.tenant_ids(tenant)
+    kept_file = tenant.secrets_dir / generations.kept_secret(now)
+    kept_file.write_text(new + "\n")
+    os.chown(kept_file, *owner)
+    kept_file.chmod(0o600)
+    backup_paths(tenant).generation_file.write_text(f"{now + 1}\n")
+    finished = appliance("secret", "rotate", TENANT, "backup_cipher_passphrase")
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "finishing the rotation to generation" in finished.stdout
+    assert generations.current(tenant) == now + 1 and generations.kept(tenant)[:2] == [now, before]
+    assert tenant.read_secret(generations.PASSPHRASE) not in (old, new)
+    assert passphrase_opens(tenant, generations.repo_path(now + 1), tenant.read_secret(generations.PASSPHRASE))
+    interrupted, now = now, now + 1
+
+    # A second full backup in the newest generation: the retention's 2 fulls, so every earlier generation goes.
     assert tenant.backup.retention_full == 2
     backup = appliance("backup", TENANT, "--full")
     assert backup.returncode == 0, backup.stdout + backup.stderr
     assert "retired: cipher generations" in backup.stdout and str(before) in backup.stdout
     assert generations.kept(tenant) == []
     assert not (tenant.secrets_dir / generations.kept_secret(before)).exists()
+    assert not (tenant.secrets_dir / generations.kept_secret(interrupted)).exists()
     s3 = s3_client(deployed, tenant_credentials(tenant, BACKUP_S3_KEYS))
     listed = s3.list_objects_v2(Bucket=tenant.backup_bucket, Prefix=generations.repo_path(before).strip("/") + "/")
     assert listed.get("KeyCount", 0) == 0
@@ -126,7 +143,8 @@ def test_backup_cipher_rotates_to_a_new_generation_and_old_backups_restore_until
         recorded = conn.execute(
             "SELECT detail FROM audit.events WHERE action = 'operator.secret.rotated' "
             "AND detail->>'secret' = 'backup_cipher_passphrase' ORDER BY seq DESC LIMIT 1").fetchone()
-    assert recorded and recorded[0]["generation"] == now and recorded[0]["kept"][0] == before, recorded
+    assert recorded and recorded[0]["generation"] == now and recorded[0]["kept"][:2] == [interrupted, before]
+    assert recorded[0]["resumed"] is True, recorded
     redeploy = deploy_or_fail()
     assert changed_operations(redeploy) == 0, changed_operation_names(redeploy)
 

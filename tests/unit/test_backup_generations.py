@@ -93,6 +93,16 @@ def test_a_new_generation_waits_only_for_a_free_repository_index() -> None:
     assert refusal and "holds 1" in refusal and "appliance backup <tenant> --full" in refusal
 
 
+def test_a_rotation_stopped_half_way_is_finished_not_begun_again() -> None:
+    missing, empty, ok, foreign = 1, 2, 0, 5  # pgbackrest info's stanza codes
+    assert generations.stopped_half_way(3, [2, 1], missing, 0)  # named, no stanza yet
+    assert generations.stopped_half_way(3, [2], empty, 0)  # stanza, no full backup yet
+    assert not generations.stopped_half_way(3, [2], ok, 1)  # finished
+    assert not generations.stopped_half_way(3, [1], missing, 0)  # generation 2 retired: nothing begun
+    assert not generations.stopped_half_way(1, [], empty, 0)  # never rotated, no backup yet
+    assert not generations.stopped_half_way(3, [2], foreign, 0)
+
+
 def test_a_backup_names_its_repository_and_a_restore_asks_for_it(tmp_path: Path) -> None:
     from appliance.backup.restore import restore_options
 
