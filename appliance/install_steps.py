@@ -91,6 +91,9 @@ def npm_install_command(target: Path) -> str:
     return f"cd {target} && {NPM_INSTALL}"
 
 
+SUPERVISORD_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8"
+
+
 def supervisord_start_commands(stopping: bool) -> list[str]:
     """Start supervisord (where systemd is not PID 1) when it is not running; one that is shutting down must be
     gone first (it still holds its socket)."""
@@ -102,7 +105,9 @@ def supervisord_start_commands(stopping: bool) -> list[str]:
     )
     return [
         *([wait_gone] if stopping else []),
-        f"supervisord -c {SUPERVISOR_CONF}",
+        # In a clean environment, as systemd would start it: every program inherits supervisord's environment, and
+        # the deploying shell's (a PYTHONPATH, AWS_* or PG* variables) must not reach the services.
+        f"env -i {SUPERVISORD_ENV} supervisord -c {SUPERVISOR_CONF}",
         # supervisord daemonizes before its socket is up; wait so the next step can talk to it.
         "for i in $(seq 50); do supervisorctl pid >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1",
     ]

@@ -61,10 +61,10 @@ def missing_secrets(tenant: TenantConfig) -> list[str]:
 PASS_THROUGH_MODE = 0o710
 AGENTS_TOKEN = "agents_internal_token"
 
-# Which components open each secret's file (root reads any: the CLI, the deploy), besides the backup (the tenant's
-# user, as Postgres is), which reads them all: its encrypted backups hold every secret, for a restore elsewhere.
-# A file is its first reader's user's; a second reader reads it through its own group (two at most, which is all
-# any secret needs), and the tenant's user through the group it shares (it is in every component's group).
+# Which components open each secret's file (root reads any: the CLI, the deploy). A file is one reader's user's
+# (0600), and a second reader's, if any, reads it through its own group (0640). The backup (the tenant's user, as
+# Postgres is) reads its own and the database superuser's only: the bundles carry every secret sealed by root
+# (appliance.backup.capsule), so it needs no other.
 SECRET_READERS: dict[str, tuple[str, ...]] = {
     "db_superuser_password": ("postgres",),
     "db_gateway_password": ("gateway",),
@@ -72,13 +72,13 @@ SECRET_READERS: dict[str, tuple[str, ...]] = {
     "db_audit_password": ("audit",),
     "db_identity_password": ("identity",),
     "sync_secret": ("gateway", "sync"),
-    # The agents' group also holds the tenant's user (it backs up the agents' files), so that user reads it too.
+    # The agents' user owns it and the gateway reads it through its group: the agents' group holds the tenant's
+    # user too (it backs up the agents' files), which must not read it (secret_access).
     AGENTS_TOKEN: ("gateway", "agents"),
     "jwt_signing_key": ("gateway",),
     "secrets_encryption_key": ("gateway",),
     "backup_cipher_passphrase": ("backup",),
-    # Each S3 pair is its one component's (the backup reads the audit shipper's only to back it up, as it does
-    # every secret; it never uses it).
+    # Each S3 pair is its one component's.
     **{name: (pair.component,) for pair in S3_KEY_PAIRS for name in pair.files},
     "identity_jwks": ("identity",),
     "identity_cookie_keys": ("identity",),
@@ -99,20 +99,26 @@ def component_ids(tenant: TenantConfig, component: str) -> tuple[int, int]:
     return account.pw_uid, account.pw_gid
 
 
+# The components whose dirs the backup reads through their groups (appliance.host.users.OWN_DIRS): the tenant's
+# user is in their groups, so no secret is readable through those.
+BACKED_UP_DIRS = ("agents", "streams")
+
+
 def secret_access(tenant: TenantConfig, name: str) -> tuple[int, int, int]:
-    """(mode, uid, gid) the secret file `name` has: its first reader's user's; 0600 when that is the tenant's
-    user and nobody else reads it; else 0640 in the second reader's own group, or in the owner's own group, which
-    the tenant's user is in. Never in the tenant's group: every component's user is in it (to pass through the
-    tenant root)."""
-    readers = [component_ids(tenant, component) for component in SECRET_READERS[name]]
-    owner, tenant_ids = readers[0], component_ids(tenant, "postgres")
-    others = [ids for ids in readers[1:] if ids != owner and ids != tenant_ids]
-    if others:
-        return 0o640, owner[0], others[0][1]
-    if owner == tenant_ids:
-        others = [ids for ids in readers[1:] if ids != owner]
-        return (0o640, owner[0], others[0][1]) if others else (0o600, *owner)
-    return 0o640, *owner
+    """(mode, uid, gid) the secret file `name` has: 0600 its one reader's; for two readers 0640, one's user's and
+    the other's own group. That group lets in the second reader alone: never the tenant's group (every component's
+    user is in it, to pass through the tenant root) nor a group the tenant's user is in (BACKED_UP_DIRS), so a
+    reader of that kind owns the file."""
+    readers = list(dict.fromkeys(component_ids(tenant, component) for component in SECRET_READERS[name]))
+    if len(readers) == 1:
+        return 0o600, *readers[0]
+    first, second = readers
+    tenant_ids = component_ids(tenant, "postgres")
+    with_tenant_user = {component_ids(tenant, component)[1] for component in BACKED_UP_DIRS} - {tenant_ids[1]}
+    if second == tenant_ids or second[1] in with_tenant_user:
+        first, second = second, first
+    assert second != tenant_ids and second[1] not in with_tenant_user, f"{name}: no group fits its second reader"
+    return 0o640, first[0], second[1]
 
 
 def _access_wrong(tenant: TenantConfig) -> list[tuple[str, Path, tuple[int, int, int]]]:

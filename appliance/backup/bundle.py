@@ -3,7 +3,9 @@
 A database backup without the tenant's secrets cannot be brought back to a working tenant (tokens signed with
 a lost key no longer verify, encrypted columns no longer open), so each bundle holds:
 
-- `secrets/<name>`: every secret of the tenant (TENANT_SECRETS);
+- `secrets.sealed`: every secret of the tenant (TENANT_SECRETS), sealed by root with a key of the root-only recovery
+  keys (appliance.backup.capsule: the backup, which builds bundles, may not read them all); bundles made before
+  hold them plainly under `secrets/<name>`;
 - `config/`: the resolved tenant config (`tenant.json`), the rendered pgbackrest.conf and wrapper, and the
   cluster's rendered postgresql.conf/pg_hba.conf (also in the database backup; kept here for inspection);
 - `streams/`: a consistent snapshot of the Durable Streams data dir (see `appliance.backup.streams`);
@@ -39,12 +41,12 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance import __version__
-from appliance.backup import generations, streams
+from appliance.backup import capsule, generations, streams
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import BUNDLE_PREFIX, backup_paths
 from appliance.backup.pgbackrest import tenant_ids
 from appliance.backup.sealed import SealedReader, Sealer, SealError
-from appliance.config import BACKUP_S3_KEYS, TENANT_SECRETS, HostConfig, TenantConfig
+from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
 from appliance.objectstore.client import S3Client, put_object, s3_client
 from appliance.objectstore.credentials import S3Credentials
 
@@ -252,10 +254,9 @@ def build(tenant: TenantConfig, passphrase: str, out: BinaryIO, *, backup_label:
             gzip.GzipFile(fileobj=sealer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as packed,  # type: ignore[arg-type]
             tarfile.open(fileobj=packed, mode="w|") as tar,
         ):
-            for name in TENANT_SECRETS:
-                path = tenant.secret_path(name)
-                if path.is_file():
-                    _add_file(tar, path, f"secrets/{name}", manifest)
+            # The secrets as root sealed them, never read here: the backup may not read them all (capsule).
+            if capsule.capsule_file(tenant).is_file():
+                _add_file(tar, capsule.capsule_file(tenant), capsule.IN_BUNDLE, manifest)
             _add_bytes(tar, "config/tenant.json", tenant.to_json().encode(), manifest)
             for source, name in ((paths.config, "pgbackrest.conf"), (paths.wrapper, "pgbackrest.sh"),
                                  (tenant.pg_data / "postgresql.conf", "postgresql.conf"),

@@ -29,10 +29,10 @@ from typing import Any
 
 import psycopg
 
-from appliance.backup import bundle, generations, pgbackrest
+from appliance.backup import bundle, capsule, generations, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.scratch import Scratch, new_scratch
-from appliance.backup.stanza import RECOVERY_SECRETS, load_recovery_keys
+from appliance.backup.stanza import RECOVERY_SECRETS, ensure_recovery_keys, held_secrets_key, load_recovery_keys
 from appliance.backup.target import BackupSet, choose_set, pg_time
 from appliance.config import BACKUP_S3_KEYS, TENANT_SECRETS, HostConfig, TenantConfig
 from appliance.objectstore.credentials import S3Credentials, tenant_credentials
@@ -70,6 +70,8 @@ class Keys:
     passphrases: dict[int, str] = field(repr=False)
     generation: int = 1  # the current one
     source: str = "tenant secrets"
+    # Opens the bundles' secrets capsule (appliance.backup.capsule): the recovery keys', None without them.
+    secrets_key: str | None = field(default=None, repr=False)
 
     def passphrase_for(self, descriptor: bundle.Descriptor) -> str:
         """The passphrase the bundle was sealed with."""
@@ -84,11 +86,11 @@ class Keys:
 def keys_for(tenant: TenantConfig, recovery_file: Path | None = None) -> Keys:
     if recovery_file is None and all(tenant.secret_path(n).is_file() for n in RECOVERY_SECRETS):
         return Keys(tenant_credentials(tenant, BACKUP_S3_KEYS), generations.passphrases(tenant),
-                    generations.current(tenant))
+                    generations.current(tenant), secrets_key=held_secrets_key(tenant))
     keys = load_recovery_keys(tenant, recovery_file)
     creds = S3Credentials(keys[BACKUP_S3_KEYS.access_key], keys[BACKUP_S3_KEYS.secret_key])
     return Keys(creds, {keys.generation: keys.passphrase, **keys.kept}, keys.generation,
-                f"recovery keys {recovery_file or 'on this host'}")
+                f"recovery keys {recovery_file or 'on this host'}", keys.secrets_key)
 
 
 def _chown_tree(path: Path, owner: tuple[int, int]) -> None:
@@ -108,25 +110,40 @@ def _copy_tree(source: Path, dest: Path, owner: tuple[int, int]) -> None:
     _chown_tree(dest, owner)
 
 
-def put_back_secrets(tenant: TenantConfig, unpacked: Path, opened_with: S3Credentials | None = None) -> list[str]:
+def bundle_secrets(unpacked: Path, secrets_key: str | None) -> dict[str, str]:
+    """The secrets an unpacked bundle holds: sealed by root (appliance.backup.capsule), opened with the recovery
+    keys' `secrets_key`, or plainly in a bundle made before."""
+    sealed = unpacked / capsule.IN_BUNDLE
+    if sealed.is_file():
+        if not secrets_key:
+            raise BackupError("the bundle's secrets are sealed with the recovery keys' secrets_key, and none is at "
+                              "hand: pass the recovery keys file with --recovery-file")
+        return capsule.open_capsule(sealed, secrets_key)
+    plain = unpacked / "secrets"
+    return {name: (plain / name).read_text() for name in TENANT_SECRETS if (plain / name).is_file()}
+
+
+def put_back_secrets(tenant: TenantConfig, unpacked: Path, opened_with: S3Credentials | None = None,
+                     secrets_key: str | None = None) -> list[str]:
     """Write the bundle's secrets that the tenant lacks (existing ones are the current truth: never replaced).
 
     `opened_with`: the backup's S3 pair the bundle was fetched with (from the recovery keys), written when the
-    bundle has none: one made before the backup had a pair of its own holds only the audit shipper's."""
+    bundle has none: one made before the backup had a pair of its own holds only the audit shipper's.
+    `secrets_key` opens the bundle's secrets (needed only when some are missing)."""
     owner = pgbackrest.tenant_ids(tenant)
     for path in (tenant.root, tenant.secrets_dir):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(path, *owner)
     restored = []
-    for name in TENANT_SECRETS:
-        source = unpacked / "secrets" / name
-        target = tenant.secret_path(name)
-        if source.is_file() and not target.exists():
+    missing = [name for name in TENANT_SECRETS if not tenant.secret_path(name).exists()]
+    held = bundle_secrets(unpacked, secrets_key) if missing else {}
+    for name in missing:
+        if name in held:
             from appliance.secrets import secret_access, write_private
 
             mode, uid, gid = secret_access(tenant, name) if os.geteuid() == 0 else (0o600, *owner)
-            write_private(target, source.read_text(), uid, gid, mode)
+            write_private(tenant.secret_path(name), held[name], uid, gid, mode)
             restored.append(name)
     if opened_with is not None:
         from appliance.secrets import secret_access, write_private
@@ -401,7 +418,7 @@ def restore_in_place(
             # earlier generation's than the recovery keys' current one.
             restored = generations.install(tenant, keys.generation, keys.passphrases[keys.generation],
                                            {n: p for n, p in keys.passphrases.items() if n != keys.generation})
-            restored += put_back_secrets(tenant, unpacked, keys.creds)
+            restored += put_back_secrets(tenant, unpacked, keys.creds, keys.secrets_key)
             steps.append(f"secrets restored from the bundle: {len(restored)}")
         ensure_tenant_dirs(tenant)
         changed = pgbackrest.ensure_files(host, tenant)
@@ -439,7 +456,7 @@ def restore_in_place(
             if not present and (unpacked / name).is_dir():
                 _copy_tree(unpacked / name, live, owner)
                 steps.append(f"{name} data restored from {descriptor.key}")
-        put_back_secrets(tenant, unpacked)
+        put_back_secrets(tenant, unpacked, secrets_key=keys.secrets_key)
         if os.geteuid() == 0:
             # The agents' files back to their own user, and the secret and directory modes it relies on, when
             # the host has it (a host deployed before the split does not).
@@ -465,6 +482,9 @@ def restore_in_place(
             steps.extend(_audit_after_restore(host, tenant, at))
     _wait_healthy(host, tenant, timeout_s)
     steps.append("services healthy")
+    # The host's recovery keys and secrets capsule, for the secrets as restored (the capsule's key kept from the
+    # recovery keys the restore used, so that an offline copy of them still opens the bundles to come).
+    steps.extend(ensure_recovery_keys(tenant, secrets_key=keys.secrets_key))
     pgbackrest.run(tenant, "check", timeout=300)
     steps.append("archiving checked (pgbackrest check)")
     return RestoreResult(tenant.id, "in-place", "latest" if at is None else at.isoformat(), chosen.as_dict(),

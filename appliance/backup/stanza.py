@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.backup import generations, pgbackrest
+from appliance.backup import capsule, generations, pgbackrest
 from appliance.backup.errors import BackupError
 from appliance.backup.paths import backup_paths
 from appliance.config import BACKUP_S3_KEYS, HostConfig, TenantConfig
@@ -78,11 +78,14 @@ def files_ok(host: HostConfig, tenant: TenantConfig) -> bool:
 
 
 def stanza_ok(tenant: TenantConfig) -> bool:
-    """Recovery keys current (checked as root only: only root can read them) and the stanza there."""
+    """Recovery keys and the secrets capsule current (checked as root only: only root can read them) and the
+    stanza there."""
     try:
         if os.geteuid() == 0:
             keys = json.loads(backup_paths(tenant).recovery_keys_file.read_text())
             if any(keys.get(name) != value for name, value in recovery_keys(tenant).items()):
+                return False
+            if not capsule.current(tenant, keys[capsule.KEY_FIELD]):
                 return False
         return stanza_status(tenant)[0] in STANZA_OK
     except (OSError, ValueError, BackupError):
@@ -94,11 +97,29 @@ def setup_ok(host: HostConfig, tenant: TenantConfig) -> bool:
     return files_ok(host, tenant) and stanza_ok(tenant)
 
 
-def recovery_keys(tenant: TenantConfig) -> dict[str, Any]:
+def _held(tenant: TenantConfig) -> dict[str, Any]:
+    """The host's recovery keys as they are ({} when there are none yet)."""
+    try:
+        held: dict[str, Any] = json.loads(backup_paths(tenant).recovery_keys_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return held
+
+
+def held_secrets_key(tenant: TenantConfig) -> str | None:
+    """The key of the tenant's secrets capsule from the host's recovery keys (root only; None without them)."""
+    key = _held(tenant).get(capsule.KEY_FIELD)
+    return str(key) if key else None
+
+
+def recovery_keys(tenant: TenantConfig, secrets_key: str | None = None) -> dict[str, Any]:
     """The recovery keys' content: the secrets that open the backups, and after a cipher rotation the current
     generation's number and each kept earlier generation's passphrase (absent before any, so that a file
-    written before rotations existed stays as it is)."""
+    written before rotations existed stays as it is); and the key of the secrets capsule, the one held, else
+    `secrets_key` (an offline copy's, after a restore on a host that had none), else a new one."""
     keys: dict[str, Any] = {name: tenant.read_secret(name) for name in RECOVERY_SECRETS}
+    # The key of the secrets capsule (appliance.backup.capsule): made once, kept ever after.
+    keys[capsule.KEY_FIELD] = _held(tenant).get(capsule.KEY_FIELD) or secrets_key or capsule.new_key()
     layout = generations.layout(tenant)
     if layout[0].number != 1:
         keys[_GENERATION] = layout[0].number
@@ -114,6 +135,8 @@ class RecoveryKeys:
     secrets: dict[str, str] = field(repr=False)
     generation: int = 1
     kept: dict[int, str] = field(default_factory=dict, repr=False)
+    # Opens the bundles' secrets capsule; None in a file written before capsules (its bundles hold them plainly).
+    secrets_key: str | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> str:
         return self.secrets[name]
@@ -124,17 +147,26 @@ class RecoveryKeys:
         return self.secrets[generations.PASSPHRASE]
 
 
-def ensure_recovery_keys(tenant: TenantConfig) -> list[str]:
-    """Keep the root-only copy of the tenant's recovery keys current (root only: the scheduler, running as the
-    tenant, leaves it alone)."""
+def ensure_recovery_keys(tenant: TenantConfig, *, secrets_key: str | None = None) -> list[str]:
+    """Keep the root-only copy of the tenant's recovery keys current, and the secrets capsule sealed with its key
+    (root only: the scheduler, running as the tenant, leaves them alone). Whoever changes a secret calls this."""
     if os.geteuid() != 0:
         return []
     path = backup_paths(tenant).recovery_keys_file
     ensure_dir(path.parent, 0o700, (0, 0))
-    body = json.dumps({"tenant": tenant.id, "bucket": tenant.backup_bucket, **recovery_keys(tenant)}, indent=2)
-    if write_if_changed(path, (body + "\n").encode(), 0o600, (0, 0)):
-        return [f"recovery keys {path}"]
-    return []
+    keys = recovery_keys(tenant, secrets_key)
+    body = json.dumps({"tenant": tenant.id, "bucket": tenant.backup_bucket, **keys}, indent=2)
+    changes = [f"recovery keys {path}"] if write_if_changed(path, (body + "\n").encode(), 0o600, (0, 0)) else []
+    return changes + capsule.ensure(tenant, keys[capsule.KEY_FIELD])
+
+
+def secrets_changed(tenant: TenantConfig) -> list[str]:
+    """After a root command changed a secret: the recovery keys and the secrets capsule follow at once (the next
+    deploy would too). A tenant whose backup is not set up yet has none to follow: nothing done."""
+    try:
+        return ensure_recovery_keys(tenant)
+    except (OSError, BackupError):
+        return []
 
 
 def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = None) -> RecoveryKeys:
@@ -159,4 +191,6 @@ def load_recovery_keys(tenant: TenantConfig, path: os.PathLike[str] | None = Non
         kept = {int(number): str(value) for number, value in (data.get(_KEPT) or {}).items()}
     except (TypeError, ValueError, AttributeError):
         raise BackupError(f"recovery keys file {source}: {_GENERATION} or {_KEPT} is malformed") from None
-    return RecoveryKeys({name: str(data[name]) for name in RECOVERY_SECRETS}, generation, kept)
+    key = data.get(capsule.KEY_FIELD)
+    return RecoveryKeys({name: str(data[name]) for name in RECOVERY_SECRETS}, generation, kept,
+                        str(key) if key else None)

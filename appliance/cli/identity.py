@@ -67,6 +67,9 @@ def rotate_keys(tenant_id: str) -> None:
     document, added, dropped = rotated_jwks(path.read_text())
     mode, uid, gid = secret_access(tenant, "identity_jwks")
     write_atomic(path, document.encode(), mode, (uid, gid))
+    from appliance.backup.stanza import secrets_changed
+
+    secrets_changed(tenant)
     record_operator_action(tenant, "identity.keys_rotated", {"new_kids": added, "dropped_kids": dropped})
     mgr = manager(detect(host.common.service_manager))
     subprocess.run(mgr.restart_command(identity_service(tenant)), check=True, capture_output=True)

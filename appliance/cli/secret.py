@@ -116,5 +116,9 @@ def rotate(ctx: click.Context, tenant_id: str, names: tuple[str, ...], every: bo
             continue
         restarted = ", ".join(outcome.restarted) or "nothing"
         click.echo(f"  {name} rotated; restarted: {restarted}; readers back within {outcome.window_s:.1f}s")
+    from appliance.backup.stanza import secrets_changed
+
+    # The root-only recovery keys and the bundles' secrets capsule follow the new values.
+    secrets_changed(tenant)
     if failed:
         sys.exit(1)

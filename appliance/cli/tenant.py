@@ -69,6 +69,9 @@ def s3_keys(tenant_id: str, component: str) -> None:
         mode, uid, gid = secret_access(tenant_config, name)
         write_private(staged, value, uid, gid, mode)
         staged.replace(path)
+    from appliance.backup.stanza import secrets_changed
+
+    secrets_changed(tenant_config)
     click.echo(f"{component} S3 keys of {tenant_id} installed; next: redeploy to check its buckets answer them")
 
 

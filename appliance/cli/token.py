@@ -56,6 +56,9 @@ def rotate_key(tenant_id: str) -> None:
     if Keyring.for_tenant(tenant).current_kid != new_kid:
         click.echo("error: the new key is not the one the keyring reads", err=True)
         sys.exit(1)
+    from appliance.backup.stanza import secrets_changed
+
+    secrets_changed(tenant)
     try:
         record_operator_action(tenant, "key_rotation", {"old_kid": old_kid, "new_kid": new_kid})
     except Exception as exc:

@@ -3,9 +3,9 @@
 backup scheduler, which must share it.
 
 What a component's user may touch, and how the files say so:
-- the secrets its component reads (appliance.secrets.SECRET_READERS): each file is its first reader's user's,
-  and readable through a component's own group by a second reader and by the tenant's user (the backup, whose
-  encrypted backups hold every secret: a restore elsewhere needs them all); every other secret it cannot open;
+- the secrets its component reads (appliance.secrets.SECRET_READERS): each file is one reader's user's, and a
+  second reader's through its own group; every other secret it cannot open. The tenant's user (Postgres and the
+  backup) reads its own secrets only: bundles carry the others sealed by root (appliance.backup.capsule);
 - the tenant root and secrets dir, `0710 tenant-<id>:tenant-<id>`: each component's user is in the tenant's group
   to pass through them (and to read the tenant's config view, 0640 root:tenant-<id>), never to list them;
 - its own dir (OWN_DIRS), made its user's: private (0700), or shared with its group (setgid 2770, files 0660) where
@@ -13,7 +13,8 @@ What a component's user may touch, and how the files say so:
 - the gateway's and the provider's front-door socket dirs (appliance.desired.tenant_upstream_dirs);
 - on loopback, the ports of the components it calls (nftables owner rules, appliance.desired.PORT_CLIENTS).
 
-The tenant's user is in every component's group (backups, secrets); no component's user is in another's.
+The tenant's user is in the groups of the components whose dirs it backs up (their shared dirs), and no other; no
+component's user is in another's.
 
 `users_ok` is the deploy's fact, `ensure_users` its step (`appliance host users <tenant>`), for pyinfra and Ansible
 alike; a host deployed before a split is converted by the same step (files change owner).
@@ -30,7 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.config import TenantConfig
-from appliance.secrets import PASS_THROUGH_MODE, RETIRED_SECRETS, assert_secret_access, secret_access_ok
+from appliance.secrets import (
+    BACKED_UP_DIRS,
+    PASS_THROUGH_MODE,
+    RETIRED_SECRETS,
+    assert_secret_access,
+    secret_access_ok,
+)
 
 NOLOGIN = "/usr/sbin/nologin"
 SHARED_DIR_MODE = 0o2770
@@ -45,6 +52,9 @@ OWN_DIRS: dict[str, tuple[Callable[[TenantConfig], Path], bool]] = {
     "sync": (lambda t: t.sync_data, False),
     "identity": (lambda t: t.identity_data, False),
 }
+
+
+assert set(BACKED_UP_DIRS) == {c for c, (_, shared) in OWN_DIRS.items() if shared}, "secrets.BACKED_UP_DIRS"
 
 
 def _members(group: str) -> set[str]:
@@ -135,11 +145,16 @@ def _home(tenant: TenantConfig, component: str) -> Path:
     return OWN_DIRS[component][0](tenant) if component in OWN_DIRS else tenant.root
 
 
+def _backs_up(component: str) -> bool:
+    """The tenant's user (the backup) is in this component's group: it reads the component's shared dir."""
+    return component in OWN_DIRS and OWN_DIRS[component][1]
+
+
 def _account_wrong(tenant: TenantConfig, component: str) -> bool:
     user = tenant.os_user(component)
     found = account(user)
     return (found is None or (found.pw_dir, found.pw_shell) != (str(_home(tenant, component)), NOLOGIN)
-            or user not in _members(tenant.user) or tenant.user not in _members(user))
+            or user not in _members(tenant.user) or (tenant.user in _members(user)) != _backs_up(component))
 
 
 def users_ok(tenant: TenantConfig) -> bool:
@@ -177,9 +192,13 @@ def _ensure_account(tenant: TenantConfig, component: str) -> list[str]:
     if user not in _members(tenant.user):
         _run("usermod", "--append", "--groups", tenant.user, user)
         changes.append(f"{user} passes through {tenant.user}'s directories")
-    if tenant.user not in _members(user):
+    if _backs_up(component) and tenant.user not in _members(user):
         _run("usermod", "--append", "--groups", user, tenant.user)
         changes.append(f"{tenant.user} (the backup) reads what {user} shares")
+    elif not _backs_up(component) and tenant.user in _members(user):
+        # Hosts deployed before the secrets capsule: the backup read every secret through these groups.
+        _run("gpasswd", "--delete", tenant.user, user)
+        changes.append(f"{tenant.user} (the backup) no longer in {user}'s group")
     return changes
 
 

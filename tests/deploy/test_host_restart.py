@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from appliance.config import HostConfig
 from tests.support.deployment import BIN, changed_operations, deploy_or_fail, status_json
@@ -60,7 +61,13 @@ def _postgres_killed_since(log: Path, offset: int) -> list[str]:
             or "was interrupted" in line or "not properly shut down" in line]
 
 
-def test_a_host_whose_processes_all_stopped_is_back_after_one_deploy(deployed: HostConfig) -> None:
+def _environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
+
+
+def test_a_host_whose_processes_all_stopped_is_back_after_one_deploy(deployed: HostConfig,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     person = str(uuid.uuid4())
     with _api(deployed, "acme", person) as api:
         house = api.post("/api/houses", json={"name": "before the restart"}).json()["data"]["id"]
@@ -85,9 +92,17 @@ def test_a_host_whose_processes_all_stopped_is_back_after_one_deploy(deployed: H
     assert report["tenants"]["acme"]["components"]["postgres"]["healthy"] is False
     assert status_s < 60, f"status took {status_s:.0f} s with everything down"
 
+    # The deploying shell's environment (here a marker) must not reach supervisord, nor so every service.
+    monkeypatch.setenv("APPLIANCE_DEPLOYER_ONLY", "leaked")
     started = time.monotonic()
     deploy_or_fail()
     took = time.monotonic() - started
+    monkeypatch.delenv("APPLIANCE_DEPLOYER_ONLY")
+    supervisord = int(SUPERVISORD_PIDFILE.read_text().strip())
+    gateway = status_json()[1]["tenants"]["acme"]["components"]["gateway"]["pid"]
+    for pid in (supervisord, gateway):
+        leaked = {"APPLIANCE_DEPLOYER_ONLY", "PYTHONPATH"} & set(_environment(pid))
+        assert not leaked, (pid, leaked)
     print(f"stop of every process: {stop_s:.1f} s; status meanwhile: {status_s:.1f} s; deploy of the stopped host: "
           f"{took:.1f} s")
     assert stop_s < STOP_LIMIT_S, f"stopping every process took {stop_s:.0f} s"

@@ -22,7 +22,9 @@ from appliance.objectstore.credentials import S3Credentials
 
 
 def _host(tmp_path: Path) -> HostConfig:
-    return host_config("@local", {"common": {"tenants_root": str(tmp_path)}, "tenants": {"acme": {"slot": 1}}})
+    # Its own config dir: the host's recovery keys (read for the capsule's key) are this test's, not the machine's.
+    return host_config("@local", {"common": {"tenants_root": str(tmp_path), "config_dir": str(tmp_path / "etc")},
+                                  "tenants": {"acme": {"slot": 1}}})
 
 
 def _secrets(tenant: TenantConfig, **files: str) -> None:
@@ -134,9 +136,9 @@ def test_a_bundle_names_the_generation_that_sealed_it_and_older_ones_are_generat
 def test_recovery_keys_carry_the_generations_only_once_there_are_any(tmp_path: Path) -> None:
     fresh = _host(tmp_path / "fresh").tenant("acme")
     _secrets(fresh)
-    # As written before rotations existed: a host's copy stays as it is on upgrade.
+    # As written before rotations existed (with the capsule's key): a host's copy stays as it is on upgrade.
     assert set(recovery_keys(fresh)) == {BACKUP_S3_KEYS.access_key, BACKUP_S3_KEYS.secret_key,
-                                          generations.PASSPHRASE}
+                                          generations.PASSPHRASE, "secrets_key"}
     tenant = _rotated(tmp_path / "rotated")
     keys = recovery_keys(tenant)
     assert keys["cipher_generation"] == 3 and keys["kept_cipher_passphrases"] == {"2": "pass-2", "1": "pass-1"}
