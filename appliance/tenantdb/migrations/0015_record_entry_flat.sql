@@ -4,9 +4,8 @@
 -- A grouped entry went through try_record_entry_after (0014) -> try_record_entry (0010) -> record_entry (0008)
 -- -> audit.append_event (0006) -> audit.lock_head (0009): each a SQL statement of its caller's, run through the
 -- executor with its own start-up, a function scan and a tuple store for its one row, and each with a SET
--- search_path that is pushed and popped around the call (with the search path looked up again). Measured with 16
--- concurrent writers, that nesting was a sizeable part of Postgres's CPU per entry. appliance.record_entry_flat
--- does exactly what those did, in one body:
+-- search_path that is pushed and popped around the call (with the search path looked up again).
+-- appliance.record_entry_flat does exactly what those did, in one body:
 --   p_finish: first release every lock the session holds and mark a finished group's entries appended (0014);
 --   p_wait:   wait for the entry lock (record_entry, 0008), or answer 'locked' without recording anything when
 --             another session holds it (try_record_entry, 0010);
@@ -20,6 +19,10 @@
 -- thousand appends, growing with the write rate; or, with its statistics taken while the table was small, a
 -- sequential scan of the whole table. "Not appended nor failed" is "pending" (the table's CHECK), said so that
 -- no partial index applies.
+--
+-- Measured on one backend recording groups of 8 entries (each group carrying the previous one's step 4), both
+-- ways alternated on the same database: 396 us of Postgres CPU per entry before, 263 us with this migration.
+--
 -- Session locks stack, so the older functions' second pg_advisory_lock of a key the session already held changed
 -- nothing (the gateway releases a connection's entry locks all at once, pg_advisory_unlock_all); here the key is
 -- locked once. The older functions stay, as calls of this one, for gateways started before this migration.
