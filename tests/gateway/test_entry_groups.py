@@ -16,8 +16,13 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.types.json import Jsonb
 
-from appliance.gateway.domain.entries import lock_key
+from appliance.audit.chain import GENESIS_HASH, fetch_rows, verify_rows
+from appliance.gateway.domain.access import Principal
+from appliance.gateway.domain.entries import lock_key, record_params
+from appliance.gateway.domain.entry_groups import RECORD_PARAMS
+from appliance.gateway.domain.models import EntryCreate
 from tests.gateway.conftest import Stack, User
 from tests.gateway.test_threads import entry, read_all, wait_for
 
@@ -168,3 +173,58 @@ def test_a_failed_group_still_records_the_step_4_it_carried(stack: Stack, member
              == [("appended",)], timeout=5)
     assert stack.sql("SELECT count(*) FROM appliance.thread_entries WHERE id = %s", [bad["id"]]) == [(0,)]
     wait_for(lambda: advisory_locks(stack) == 0)
+
+
+def test_the_older_entry_points_still_record_through_the_one_function(stack: Stack, member: tuple[User, str, str]
+                                                                      ) -> None:
+    """What a gateway started before tenantdb migration 0015 calls (record_entry, try_record_entry,
+    try_record_entry_after) records, refuses and audits as before, now through record_entry_flat; the finished
+    entries a record carries are marked appended (by id, appliance.mark_appended), and the chain verifies."""
+    user, _, thread = member
+    thread_id = uuid.UUID(thread)
+    principal = Principal(user.id, "test")
+    columns = ", ".join(f"%({name})s" for name in RECORD_PARAMS)
+
+    def params(text: str, poster: Principal = principal) -> dict[str, Any]:
+        values = record_params(poster, thread_id, EntryCreate(id=uuid.uuid4(), text=text))
+        return {**values, "message": Jsonb(values["message"]), "detail": Jsonb(values["detail"])}
+
+    first, second, third = params("via record_entry"), params("via try_record_entry"), params("via after")
+    stranger = params("not a member", Principal(uuid.uuid4(), "test"))
+    with stack.env.superuser() as conn:
+        before = conn.execute("SELECT seq FROM audit.chain_head").fetchone()
+        assert before is not None
+        with conn.transaction():
+            row = conn.execute(f"SELECT o_status, o_message FROM appliance.record_entry({columns})", first).fetchone()
+            assert row is not None and row[0] == "recorded" and row[1]["author"]["kind"] == "user"
+        with conn.transaction():
+            row = conn.execute(f"SELECT o_status FROM appliance.try_record_entry({columns})", second).fetchone()
+            assert row == ("recorded",)
+        with conn.transaction():
+            row = conn.execute(f"SELECT o_status FROM appliance.try_record_entry({columns})", stranger).fetchone()
+            assert row == ("not_a_member",)
+        with conn.transaction():
+            row = conn.execute(
+                f"SELECT o_status FROM appliance.try_record_entry_after(true, %(done)s, %(offsets)s, {columns})",
+                {**third, "done": [first["id"], second["id"]], "offsets": ["0000_0001", "0000_0002"]}).fetchone()
+            assert row == ("recorded",)
+        states = dict(conn.execute(
+            "SELECT id, state || ':' || coalesce(next_offset, '') FROM appliance.thread_entries WHERE id = ANY(%s)",
+            [[first["id"], second["id"], third["id"]]]).fetchall())
+        assert states == {first["id"]: "appended:0000_0001", second["id"]: "appended:0000_0002",
+                          third["id"]: "pending:"}
+        # A retry of a recorded entry is recognised; step 4 by id marks it, and once only.
+        with conn.transaction():
+            row = conn.execute(f"SELECT o_status FROM appliance.record_entry({columns})", third).fetchone()
+            assert row == ("retry",)
+        marked = conn.execute("SELECT o_released, o_marked FROM appliance.mark_appended(%s, %s)",
+                              [[third["id"], third["id"]], ["0000_0003", "0000_0004"]]).fetchone()
+        assert marked == (0, 1)
+        assert conn.execute("SELECT next_offset FROM appliance.thread_entries WHERE id = %s",
+                            [third["id"]]).fetchone() == ("0000_0003",)
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        rows = fetch_rows(conn, 0, 1_000_000)
+    assert verify_rows(rows, prev_hash=GENESIS_HASH, first_seq=1).ok
+    appended = [r for r in rows if r.seq > before[0] and r.action == "thread.entry.append"]
+    assert [r.detail["entry_id"] for r in appended] == [str(first["id"]), str(second["id"]), str(third["id"])]
+    assert all(r.detail["unknown_mentions"] == [] for r in appended)

@@ -45,6 +45,9 @@ class GatewayConnection(asyncpg.Connection):  # type: ignore[misc]
     # Whether it has appliance.try_record_entry_after (migration 0014): without it, entry groups keep finishing on
     # their own (appliance/gateway/domain/entry_groups.py).
     record_after_finish: bool | None = None
+    # Whether it has appliance.record_entry_flat (migration 0015): the same record in one function call instead of
+    # the older nested ones (appliance/gateway/domain/entry_groups.py).
+    record_flat: bool | None = None
 
 
 Connection = GatewayConnection | asyncpg.pool.PoolConnectionProxy
@@ -68,8 +71,11 @@ async def _init(conn: GatewayConnection) -> None:
     found = await conn.fetchrow(
         "SELECT to_regprocedure('audit.append_event(text,text,uuid,text,jsonb,text,text)') IS NOT NULL, "
         "to_regprocedure('appliance.try_record_entry_after(boolean,uuid[],text[],bigint,uuid,uuid,uuid,jsonb,text,"
+        "text[],text[],text,text,jsonb,text[],text)') IS NOT NULL, "
+        "to_regprocedure('appliance.record_entry_flat(boolean,boolean,uuid[],text[],bigint,uuid,uuid,uuid,jsonb,text,"
         "text[],text[],text,text,jsonb,text[],text)') IS NOT NULL")
     conn.audit_append_one, conn.record_after_finish = bool(found[0]), bool(found[1])
+    conn.record_flat = bool(found[2])
 
 
 async def _keep_as_is(conn: GatewayConnection) -> None:

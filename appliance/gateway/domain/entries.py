@@ -44,7 +44,7 @@ from appliance.gateway.core.db import DATABASE_ERRORS, Connection, Database
 from appliance.gateway.core.errors import ApiError
 from appliance.gateway.domain.access import Principal, Refused, fetch_one
 from appliance.gateway.domain.auditlog import AuditLog
-from appliance.gateway.domain.entry_groups import MARK_APPENDED, Group, GroupRecorder, Recorded
+from appliance.gateway.domain.entry_groups import Group, GroupRecorder, Recorded, mark_appended_query
 from appliance.gateway.domain.models import EntryCreate
 from appliance.gateway.streams import StreamError, StreamMissing, StreamsClient
 from appliance.tenantdb.schema import ROLE_RANK
@@ -252,7 +252,7 @@ class Entries:
     async def _mark_appended(self, conn: Connection, entry_id: uuid.UUID, next_offset: str
                              ) -> None:
         """Step 4 for one entry completed by step 5 (groups do theirs together, see entry_groups.py)."""
-        row = await conn.fetchrow(MARK_APPENDED, [entry_id], [next_offset])
+        row = await conn.fetchrow(mark_appended_query(conn), [entry_id], [next_offset])
         if row and row[0]:
             self.on_ready()
 
