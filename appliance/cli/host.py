@@ -65,16 +65,19 @@ def users(tenant_id: str) -> None:
 
 
 def _restart_cluster_owner(host: HostConfig, tenant: TenantConfig) -> list[str]:
-    """The tenant's user joined a component's group (a host deployed before that component had a user of its own):
-    its running processes (Postgres, whose archiver runs pgBackRest, and the backup) keep the groups they started
-    with, so they restart to read what is now shared with them through it (the S3 keys, the streams)."""
+    """The tenant's groups changed (it joined those of the dirs it backs up, or left those it no longer reads
+    secrets through): Postgres, whose archiver runs pgBackRest, keeps the groups it started with, so it restarts.
+    The backup scheduler is left to the services step after the backup's files are rendered anew (its definition
+    changes with every release that changes groups): restarted here, it would start with the release before's
+    wrapper, which may read a secret file the tenant's user no longer reads."""
     from appliance.restarts import RestartError, restart_components, running_components
 
+    running = [c for c in running_components(host, tenant, tenant.user) if c == "postgres"]
     try:
-        done = restart_components(host, tenant, running_components(host, tenant, tenant.user), lambda _: None)
+        done = restart_components(host, tenant, running, lambda _: None)
     except RestartError as exc:
         raise click.ClickException(str(exc)) from None
-    return [f"restarted {', '.join(done)} (the tenant's user joined its components' groups)"] if done else []
+    return [f"restarted {', '.join(done)} (the tenant's user's groups changed)"] if done else []
 
 
 @host.command("postgres-init")
