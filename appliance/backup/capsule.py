@@ -6,8 +6,7 @@ to pack them, it would hold every component's keys (the JWT signing key, the sec
 shipper's S3 pair, ...). Instead root seals them, as they are, into `backup/secrets.sealed` (the tenant's user
 reads the file, and cannot open it) with a key of its own kept in the root-only recovery keys (`secrets_key`,
 appliance.backup.stanza); the bundle carries that file, and a restore that must put secrets back opens it with
-the recovery keys. Beside it, `secrets.sealed.hmac`: an HMAC of the secrets under that key, which tells root
-without opening the capsule whether it is current.
+the recovery keys. Whether it is current, root tells by opening it (a few KiB).
 
 Root refreshes it wherever it writes the recovery keys: every deploy, every rotation and every restore. Between a
 change of a secret and the next of those, bundles carry the capsule of before (a restore of a lost tenant
@@ -17,8 +16,6 @@ directory would then bring back the secret of before, which the next rotation re
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import io
 import json
 import os
@@ -43,25 +40,16 @@ def capsule_file(tenant: TenantConfig) -> Path:
     return tenant.backup_dir / IN_BUNDLE
 
 
-def _hmac_file(tenant: TenantConfig) -> Path:
-    return capsule_file(tenant).with_name(IN_BUNDLE + ".hmac")
-
-
-def _plain(tenant: TenantConfig) -> bytes:
-    """The tenant's secrets as the capsule holds them (one canonical form: the HMAC is over it)."""
-    values = {name: tenant.read_secret(name) for name in TENANT_SECRETS if tenant.secret_path(name).is_file()}
-    return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _mac(key: str, plain: bytes) -> str:
-    return hmac.new(base64.b64decode(key), plain, hashlib.sha256).hexdigest()
+def _plain(tenant: TenantConfig) -> dict[str, str]:
+    """The tenant's secrets as the capsule holds them."""
+    return {name: tenant.read_secret(name) for name in TENANT_SECRETS if tenant.secret_path(name).is_file()}
 
 
 def current(tenant: TenantConfig, key: str) -> bool:
     """The capsule holds the secrets as they are now (root: it reads them all)."""
     try:
-        return _hmac_file(tenant).read_text().strip() == _mac(key, _plain(tenant)) and capsule_file(tenant).is_file()
-    except OSError:
+        return open_capsule(capsule_file(tenant), key) == _plain(tenant)
+    except (BackupError, OSError):
         return False
 
 
@@ -72,14 +60,11 @@ def ensure(tenant: TenantConfig, key: str) -> list[str]:
 
     if os.geteuid() != 0 or current(tenant, key):
         return []
-    plain = _plain(tenant)
     sealed = io.BytesIO()
     with Sealer(sealed, key) as out:  # type: ignore[arg-type]
-        out.write(plain)
-    owner = tenant_ids(tenant)
+        out.write(json.dumps(_plain(tenant), sort_keys=True).encode())
     # The backup (the tenant's user) puts it in bundles: it reads it, and cannot open it without the key.
-    write_atomic(capsule_file(tenant), sealed.getvalue(), 0o600, owner)
-    write_atomic(_hmac_file(tenant), (_mac(key, plain) + "\n").encode(), 0o600, owner)
+    write_atomic(capsule_file(tenant), sealed.getvalue(), 0o600, tenant_ids(tenant))
     return [f"secrets capsule {capsule_file(tenant)}"]
 
 

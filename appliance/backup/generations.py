@@ -267,17 +267,12 @@ def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
     """Delete every object under `prefix`; how many."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from appliance.objectstore.client import delete_objects
+
     deleted = 0
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            doomed = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            for start in range(0, len(doomed), 1000):
-                chunk = doomed[start:start + 1000]
-                result = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
-                if result.get("Errors"):
-                    first = result["Errors"][0]
-                    raise BackupError(f"deleting {first.get('Key')} from {bucket}: {first.get('Code')}")
-                deleted += len(chunk)
-    except (BotoCoreError, ClientError) as exc:
+            deleted += delete_objects(client, bucket, [{"Key": item["Key"]} for item in page.get("Contents", [])])
+    except (BotoCoreError, ClientError, RuntimeError) as exc:
         raise BackupError(f"deleting {prefix} from {bucket} failed: {exc}") from None
     return deleted

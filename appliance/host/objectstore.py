@@ -181,15 +181,10 @@ def empty_bucket(host: HostConfig, bucket: str) -> int | None:
 
 
 def _delete_versions(admin: Any, bucket: str) -> int:
+    from appliance.objectstore.client import delete_objects
+
     deleted = 0
     for page in admin.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-        for start in range(0, len(doomed), 1000):
-            chunk = doomed[start:start + 1000]
-            result = admin.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
-            if result.get("Errors"):
-                first = result["Errors"][0]
-                raise RuntimeError(f"{bucket}: {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
-            deleted += len(chunk)
+        deleted += delete_objects(admin, bucket, [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                                                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])])
     return deleted

@@ -82,3 +82,15 @@ def put_object(client: S3Client, bucket: str, key: str, body: bytes, **extra: An
     """PutObject with both checksums; returns the response (VersionId, ETag, ...)."""
     result: dict[str, Any] = client.put_object(Bucket=bucket, Key=key, Body=body, **checksum_args(body), **extra)
     return result
+
+
+def delete_objects(client: S3Client, bucket: str, objects: list[dict[str, str]]) -> int:
+    """DeleteObjects in the API's batches of 1000 (`{"Key": ...}`, with `VersionId` for a version); how many.
+    RuntimeError naming the first object the store refused."""
+    for start in range(0, len(objects), 1000):
+        chunk = objects[start:start + 1000]
+        result = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+        if result.get("Errors"):
+            first = result["Errors"][0]
+            raise RuntimeError(f"{bucket}: {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+    return len(objects)
