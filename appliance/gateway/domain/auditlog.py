@@ -23,6 +23,8 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from appliance.audit.canonical import canonical_json
 from appliance.audit.chain import AuditEvent, append_events_async
@@ -32,6 +34,18 @@ log = logging.getLogger("appliance.gateway")
 
 MAX_BATCH = 500
 BATCH_LINGER_S = 0.01
+
+
+def _detail_key(detail: Mapping[str, Any]) -> Hashable:
+    """A key equal for equal details: its sorted items with their types (True == 1, but not in the record) when
+    every value is hashable (a grant's detail is a few strings), else its canonical JSON. Only compared with
+    other keys, never recorded."""
+    items = tuple(sorted((name, type(value), value) for name, value in detail.items()))
+    try:
+        hash(items)
+    except TypeError:
+        return canonical_json(dict(detail)).decode()
+    return items
 
 
 @dataclasses.dataclass
@@ -50,7 +64,7 @@ class AuditLog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._grant_window_s = grant_window_s
-        self._grants: dict[tuple[str, ...], _Grant] = {}
+        self._grants: dict[tuple[Hashable, ...], _Grant] = {}
 
     async def in_transaction(self, conn: Connection, event: AuditEvent) -> None:
         """Append within `conn`'s open transaction; call it last, just before commit (it locks the chain head)."""
@@ -76,8 +90,7 @@ class AuditLog:
         if self._grant_window_s <= 0:
             await self.soon(event)
             return
-        key = (event.actor, event.action, str(event.house_id), event.subject or "",
-               canonical_json(dict(event.detail)).decode())
+        key = (event.actor, event.action, str(event.house_id), event.subject or "", _detail_key(event.detail))
         now = time.monotonic()
         seen = self._grants.get(key)
         if seen is not None and now - seen.recorded_at < self._grant_window_s:

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, split_body
@@ -75,6 +75,33 @@ def audit_pieces(actor: str, subject: str, detail: dict[str, Any]) -> tuple[list
     return [first, second, third], middle
 
 
+# An entry's audit pieces differ from those of the caller's previous entry in the same thread only by the entry's
+# id: they are made once per (actor, subject, kind, mentions) with a stand-in for the id, which is then replaced.
+# Bounded; emptied when full.
+_ENTRY_MARK: Final = '"@@entry@@"'
+_ENTRY_AUDIT: dict[tuple[str, str, str, tuple[str, ...]], tuple[list[str], str]] = {}
+_ENTRY_AUDIT_MAX: Final = 4096
+
+
+def entry_audit(actor: str, subject: str, entry_id: uuid.UUID, kind: str, names: list[str]
+                ) -> tuple[dict[str, Any], list[str], str]:
+    """An entry's audit detail and its pieces (`audit_pieces`)."""
+    detail = {"entry_id": str(entry_id), "kind": kind, "mentions": names}
+    key = (actor, subject, kind, tuple(names))
+    template = _ENTRY_AUDIT.get(key)
+    if template is None:
+        pieces, middle = audit_pieces(actor, subject, {**detail, "entry_id": _ENTRY_MARK[1:-1]})
+        if pieces[0].count(_ENTRY_MARK) != 1 or _ENTRY_MARK in "".join(pieces[1:]) + middle:
+            # The stand-in is elsewhere too (in an actor's name): no template for this one.
+            return (detail, *audit_pieces(actor, subject, detail))
+        if len(_ENTRY_AUDIT) >= _ENTRY_AUDIT_MAX:
+            _ENTRY_AUDIT.clear()
+        template = _ENTRY_AUDIT[key] = (pieces, middle)
+    pieces, middle = template
+    # A UUID's canonical JSON is its text in quotes.
+    return detail, [pieces[0].replace(_ENTRY_MARK, f'"{detail["entry_id"]}"'), *pieces[1:]], middle
+
+
 def mentions_in(text: str) -> list[str]:
     """Agent names mentioned in `text`, first occurrence order, case-insensitively distinct, at most 20."""
     seen: dict[str, str] = {}
@@ -92,8 +119,12 @@ def lock_key(entry_id: uuid.UUID) -> int:
 
 
 def request_hash(entry: EntryCreate) -> str:
-    # Not the audit's canonical form: entry data may hold floats, which are fine for telling requests apart.
-    text = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Not the audit's canonical form: entry data may hold floats, which are fine for telling requests apart. The
+    # text of `entry.model_dump(mode="json")` (every field; data is plain JSON already), built without pydantic's
+    # serializer: stored hashes tell a retry from a conflict, so this text never changes.
+    fields = {"data": entry.data, "id": str(entry.id), "kind": entry.kind,
+              "reply_to": None if entry.reply_to is None else str(entry.reply_to), "text": entry.text}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -115,8 +146,7 @@ def record_params(principal: Principal, thread_id: uuid.UUID, entry: EntryCreate
         message["data"] = entry.data
     if entry.reply_to is not None:
         message["reply_to"] = str(entry.reply_to)
-    detail = {"entry_id": str(entry.id), "kind": entry.kind, "mentions": names}
-    audit, middle = audit_pieces(principal.actor, subject, detail)
+    detail, audit, middle = entry_audit(principal.actor, subject, entry.id, entry.kind, names)
     return {
         "key": lock_key(entry.id), "id": entry.id, "thread": thread_id, "author": principal.id,
         "message": message, "hash": request_hash(entry), "roles": _POSTERS.get(entry.kind, _ANY_ROLE),
@@ -125,14 +155,14 @@ def record_params(principal: Principal, thread_id: uuid.UUID, entry: EntryCreate
     }
 
 
-def _recorded_message(recorded: Recorded, thread_id: uuid.UUID, entry: EntryCreate) -> dict[str, Any] | None:
-    """The message to append for a newly recorded entry, None for a retry of a recorded one; raises the
-    refusals."""
+def _recorded_message(recorded: Recorded, thread_id: uuid.UUID, entry: EntryCreate, message: dict[str, Any]
+                      ) -> dict[str, Any] | None:
+    """The message to append for a newly recorded entry (`message`, as record_entry recorded it: with its author's
+    kind), None for a retry of a recorded one; raises the refusals."""
     subject = f"thread:{thread_id}"
     status, house_id = recorded.status, recorded.house_id
     if status == "recorded":
-        assert recorded.message is not None
-        return dict(recorded.message)
+        return {**message, "author": {**message["author"], "kind": recorded.author_kind}}
     if status == "retry":
         return None
     if status == "no_such_thread":
@@ -197,7 +227,7 @@ class Entries:
                 params = record_params(principal, thread_id, entry)
                 recorded = await self.groups.record(params["key"], params)
                 group = recorded.group
-                message = _recorded_message(recorded, thread_id, entry)
+                message = _recorded_message(recorded, thread_id, entry, params["message"])
                 if message is None:  # a retry of an entry already recorded
                     async with group.connection() as conn:
                         _answer(answered, await self._complete(conn, entry.id, duplicate=True))

@@ -132,8 +132,7 @@ async def stream_read(gateway: Gateway, principal: Principal, thread_id: uuid.UU
             return response
         # A live thread without its stream (e.g. the streams data restored from an older backup): an empty
         # thread, made on first read, rather than the stream server's own 404 page.
-        if response.background is not None:
-            await response.background()  # drop the 404's upstream connection
+        await response.discard()  # drop the 404's upstream connection
         try:
             await gateway.streams.create(thread_id)
         except StreamError:
