@@ -66,7 +66,7 @@ from appliance.gateway.api.routes.shapes import shape_where
 from appliance.gateway.core.security import Keyring
 from appliance.tenantdb.schema import SYNCED_TABLES
 from tests.bench.loadgen import post_throughput
-from tests.bench.measure import MACHINE_TICK_ERROR, cpu_seconds, machine_cpu_seconds, percentile
+from tests.bench.measure import MACHINE_TICK_ERROR, cpu_seconds, machine_cpu_seconds, percentile, scheduling
 from tests.support.paths import REPO
 from tests.support.pg import pg_cluster
 from tests.support.ports import free_port
@@ -455,11 +455,17 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     spent: dict[str, list[dict[str, float]]] = {path: [] for path in runs}
     commits: list[float] = []  # Postgres commits per append through the gateway: how well entries are grouped
     machine: dict[str, list[tuple[float, float, int]]] = {path: [] for path in runs}  # (busy, CPU s, appends)
+    # The streams server's threads: on a CPU, waiting for one, times scheduled in (differences over each run).
+    streams_sched: dict[str, list[tuple[float, float, int, int]]] = {path: [] for path in runs}
     for _ in range(2):  # alternated, so all see the same machine
         for path, (base_url, path_for, body_for, headers, pids_measured) in runs.items():
             started = committed(env)
+            sched_before = scheduling(pids["streams"])
             with CpuMeter(pids_measured) as meter:
                 rate, count = post_throughput(base_url, path_for, body_for, headers, args.writers, args.seconds / 2)
+            sched_after = scheduling(pids["streams"])
+            streams_sched[path].append((sched_after[0] - sched_before[0], sched_after[1] - sched_before[1],
+                                        sched_after[2] - sched_before[2], count))
             rates[path].append(rate)
             spent[path].append(meter.per_request(count))
             machine[path].append((meter.machine_busy(), meter.machine, count))
@@ -499,6 +505,17 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     needed = 0.8 * direct_rate * whole["gateway"] / 1000
     print(f"{'  CPUs needed for ratio 0.80':<34} {needed:.1f} (0.80 x {direct_rate:.0f}/s x "
           f"{whole['gateway']:.2f} ms of machine CPU per append through the gateway); this machine has {cpus}")
+    # The streams server takes one append at a time: its throughput is one over the time each append holds it, CPU
+    # and waits. Direct, it has the machine to itself; through the gateway it shares it with the gateway and
+    # Postgres, and every time it is woken (for each append's write, fsync and metadata commit) it may wait for a CPU.
+    waits: dict[str, tuple[float, float, float]] = {}
+    for path, runs_ in streams_sched.items():
+        appends = sum(run[3] for run in runs_)
+        waits[path] = (sum(run[0] for run in runs_) * 1000 / appends, sum(run[1] for run in runs_) * 1000 / appends,
+                       sum(run[2] for run in runs_) / appends)
+    print(f"{'  streams server, per append':<34} " + "; ".join(
+        f"{p} {on:.2f} ms on a CPU, {queued:.2f} ms waiting for one, scheduled in {slices:.1f} times"
+        for p, (on, queued, slices) in waits.items()))
     mine = ("direct", "gateway")
     results["append_throughput"] = {"direct_per_s": direct_rate, "gateway_per_s": gateway_rate, "ratio": ratio,
                                     "cpu_ms_per_append": {p: cpu[p] for p in mine},
@@ -507,7 +524,9 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
                                     "machine_cpu_ms_per_append": {p: whole[p] for p in mine},
                                     "machine_cpu_tick_error": {p: tick_error[p] for p in mine},
                                     "machine_cpu_ms_outside_measured": {p: other[p] for p in mine},
-                                    "cpus_needed_for_target": needed}
+                                    "cpus_needed_for_target": needed,
+                                    "streams_ms_per_append": {p: {"on_cpu": waits[p][0], "waiting_for_cpu": waits[p][1],
+                                                                  "scheduled_in": waits[p][2]} for p in mine}}
     if baseline:
         before["append_throughput"] = {"per_s": rate_of["baseline"], "ratio": rate_of["baseline"] / direct_rate,
                                        "cpu_ms_per_append": cpu["baseline"], "machine_busy": busy["baseline"],

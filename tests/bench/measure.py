@@ -6,7 +6,10 @@
   in the process itself), not in /proc/<pid>/stat's clock ticks: a ratio of two small figures is not quantised;
 - `machine_cpu_seconds`: CPU time every CPU of the machine spent busy (any process, the kernel), from /proc/stat,
   in clock ticks: `MACHINE_TICK_ERROR` bounds the error of a difference of two readings;
-- `rss_bytes` / `tree_memory`: resident memory of a process, and RSS and PSS of a whole process tree.
+- `rss_bytes` / `tree_memory`: resident memory of a process, and RSS and PSS of a whole process tree;
+- `scheduling`: how long a process's threads ran, waited on a run queue for a CPU, and how many times they were
+  scheduled in (/proc/<pid>/task/*/schedstat): what a process that serialises its work loses to others when the
+  machine is shared.
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ def cpu_seconds(pid: int) -> float:
         except OSError:  # gone meanwhile
             continue
     return total / 1e9
+
+
+def scheduling(pid: int) -> tuple[float, float, int]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU, times scheduled in) so far, over the live threads
+    of `pid` (the kernel's schedstat, in ns)."""
+    ran = waited = runs = 0
+    for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+        try:
+            on_cpu, on_queue, slices = (int(value) for value in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        ran, waited, runs = ran + on_cpu, waited + on_queue, runs + slices
+    return ran / 1e9, waited / 1e9, runs
 
 
 def machine_cpu_seconds() -> float:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile
+from tests.bench.measure import cpu_seconds, machine_cpu_seconds, percentile, scheduling
 
 
 def _burn(seconds: float) -> None:
@@ -55,3 +55,25 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([3.0], 99) == 3.0
+
+
+def test_scheduling_counts_cpu_and_waiting_for_it() -> None:
+    """Two busy processes pinned to one CPU: while one runs the other waits for it, so each is always either on
+    the CPU or waiting for it, and waits about as long as it runs."""
+    cpu = min(os.sched_getaffinity(0))
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                preexec_fn=lambda: os.sched_setaffinity(0, {cpu})) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        before, started = scheduling(burners[0].pid), time.monotonic()
+        time.sleep(0.5)
+        after, wall = scheduling(burners[0].pid), time.monotonic() - started
+        on_cpu, waited, runs = (a - b for a, b in zip(after, before, strict=True))
+        figures = f"on a CPU {on_cpu:.3f} s, waiting {waited:.3f} s, {runs} runs in {wall:.3f} s"
+        assert 0.9 * wall <= on_cpu + waited <= 1.1 * wall, figures  # never anything but runnable
+        assert 0.2 * wall <= on_cpu <= 0.8 * wall and waited >= 0.2 * wall, figures  # sharing one CPU
+        assert runs >= 2, figures
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
