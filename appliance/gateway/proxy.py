@@ -140,9 +140,9 @@ class _EndingResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         upstream = self._upstream
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         ended = False
         try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in upstream.iter_bytes():
                 # A body of known length ends with its last byte: that chunk ends the answer too (one message
                 # through the middleware and the server fewer than an empty closing one, on every proxied read).
@@ -153,7 +153,8 @@ class _EndingResponse(Response):
             log.info("%s stream ended abnormally: %s", self._upstream_name, exc)
             raise
         finally:
-            # Also on client disconnect (the cancellation lands here): the connection is not reused.
+            # Also when the client is gone (a failed send, or the cancellation landing here): the connection is
+            # not reused unless its answer was read to the end.
             await upstream.aclose()
         if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -393,3 +393,17 @@ def test_a_thread_whose_stream_is_gone_reads_as_empty(stack: Stack, member: tupl
     body = entry("after the loss")
     assert user.post(f"/api/threads/{thread}/entries", body).status_code == 201
     assert [m["id"] for m in read_all(user, thread)] == [body["id"]]
+
+
+def test_a_thread_id_in_another_form_is_read_through_the_route_alike(member: tuple[User, str, str]) -> None:
+    """The hot path takes canonical ids; the route takes the other forms a UUID may be written in (no dashes,
+    braces) and proxies the same answer, through FastAPI's handling of a returned response."""
+    user, _, thread = member
+    body = entry("read by any name")
+    assert user.post(f"/api/threads/{thread}/entries", body).status_code == 201
+    canonical = user.get(f"/api/threads/{thread}/stream", params={"offset": "-1"})
+    for other in (uuid.UUID(thread).hex, "{" + thread + "}"):
+        answer = user.get(f"/api/threads/{other}/stream", params={"offset": "-1"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == canonical.json() and [m["id"] for m in answer.json()] == [body["id"]]
+        assert answer.headers["stream-next-offset"] == canonical.headers["stream-next-offset"]
