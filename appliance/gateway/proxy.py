@@ -105,7 +105,17 @@ def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-class _RawHeadersResponse(StreamingResponse):
+class _Discardable:
+    """An answer relayed from `_upstream`, which can be given up unsent."""
+
+    _upstream: UpstreamResponse
+
+    async def discard(self) -> None:
+        """Give the answer up unsent (its upstream connection is not reused)."""
+        await self._upstream.aclose()
+
+
+class _RawHeadersResponse(_Discardable, StreamingResponse):
     """A StreamingResponse whose headers are exactly the given list (repeated fields kept, nothing added), with a
     watcher of the client's disconnection: for answers with no end of their own (SSE)."""
 
@@ -115,12 +125,8 @@ class _RawHeadersResponse(StreamingResponse):
         self.raw_headers = _raw(raw_headers)
         self._upstream = upstream
 
-    async def discard(self) -> None:
-        """Give the answer up unsent (its upstream connection is not reused)."""
-        await self._upstream.aclose()
 
-
-class _EndingResponse(Response):
+class _EndingResponse(_Discardable, Response):
     """For answers that end by themselves: chunks are relayed as they arrive, without a disconnect watcher.
 
     Not a StreamingResponse: its set-up (headers made and then replaced, a background task, two nested async
@@ -133,10 +139,6 @@ class _EndingResponse(Response):
         self.background = None  # FastAPI may set a route's background tasks here; run after the answer
         self._upstream = upstream
         self._upstream_name = upstream_name
-
-    async def discard(self) -> None:
-        """Give the answer up unsent (its upstream connection is not reused)."""
-        await self._upstream.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         upstream = self._upstream

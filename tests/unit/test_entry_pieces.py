@@ -24,11 +24,15 @@ def test_entry_audit_is_audit_pieces_whether_its_template_is_made_or_reused(acto
         assert (pieces, middle) == audit_pieces(actor, subject, detail)
 
 
-def test_entry_audit_templates_differ_by_kind_and_mentions() -> None:
-    actor, subject, entry_id = "user:x", f"thread:{uuid.uuid4()}", uuid.uuid4()
-    plain = entry_audit(actor, subject, entry_id, "message", [])
-    assert entry_audit(actor, subject, entry_id, "system", []) != plain
-    assert entry_audit(actor, subject, entry_id, "message", ["Echo"]) != plain
+def test_entry_audit_templates_are_per_kind_and_mentions() -> None:
+    # One caller, one thread: entries of another kind or with other mentions get their own pieces, not those of
+    # the template made first (the pieces are compared, not the detail, which differs anyway).
+    actor, subject = "user:x", f"thread:{uuid.uuid4()}"
+    for kind, names in [("message", []), ("system", []), ("message", ["Echo"]), ("message", []), ("system", [])]:
+        entry_id = uuid.uuid4()
+        _, pieces, middle = entry_audit(actor, subject, entry_id, kind, names)
+        assert (pieces, middle) == audit_pieces(actor, subject, {"entry_id": str(entry_id), "kind": kind,
+                                                                 "mentions": names})
 
 
 def test_the_request_hash_text_never_changes() -> None:

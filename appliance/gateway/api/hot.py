@@ -16,6 +16,7 @@ route.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -47,24 +48,16 @@ _READ_PARAMS: Final = {"offset": re.compile(OFFSET_PATTERN), "live": re.compile(
 _JSON_HEADERS: Final = (b"content-type", b"application/json")
 
 
-# Thread ids by their text, as clients repeat them (a live reader asks for the same thread again and again):
-# parsing a UUID was a twentieth of a proxied read's CPU. Bounded; emptied when full.
-_THREAD_IDS: dict[str, uuid.UUID] = {}
-_THREAD_IDS_MAX: Final = 4096
+# Cached by their text, as clients repeat them (a live reader asks for the same thread again and again): parsing
+# a UUID was a twentieth of a proxied read's CPU.
+@functools.lru_cache(maxsize=4096)
+def _canonical_uuid(text: str) -> uuid.UUID | None:
+    return uuid.UUID(text) if _UUID.fullmatch(text) else None
 
 
 def _thread_id(path: str, suffix: str) -> uuid.UUID | None:
     """The thread id of `/api/threads/<id><suffix>` when it is in canonical form."""
-    text = path[len(THREADS):-len(suffix)]
-    known = _THREAD_IDS.get(text)
-    if known is not None:
-        return known
-    if not _UUID.fullmatch(text):
-        return None
-    if len(_THREAD_IDS) >= _THREAD_IDS_MAX:
-        _THREAD_IDS.clear()
-    known = _THREAD_IDS[text] = uuid.UUID(text)
-    return known
+    return _canonical_uuid(path[len(THREADS):-len(suffix)])
 
 
 def _read_params(scope: Scope) -> dict[str, str] | None:
@@ -80,19 +73,6 @@ def _read_params(scope: Scope) -> dict[str, str] | None:
             return None
         found[name] = value
     return found
-
-
-async def _body(receive: Receive) -> bytes:
-    """The request's whole body, as Request.body() reads it (without its stream's generator)."""
-    pieces: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            pieces.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect()
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -194,7 +174,7 @@ class HotPaths:
     async def _append(self, thread_id: uuid.UUID, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            body = await _body(receive)
+            body = await request.body()
         except ClientDisconnect:
             return  # nobody to answer
         except Exception as exc:  # the body limit's 413, answered as the route's reading it would be

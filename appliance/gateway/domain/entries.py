@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -77,29 +78,30 @@ def audit_pieces(actor: str, subject: str, detail: dict[str, Any]) -> tuple[list
 
 # An entry's audit pieces differ from those of the caller's previous entry in the same thread only by the entry's
 # id: they are made once per (actor, subject, kind, mentions) with a stand-in for the id, which is then replaced.
-# Bounded; emptied when full.
 _ENTRY_MARK: Final = '"@@entry@@"'
-_ENTRY_AUDIT: dict[tuple[str, str, str, tuple[str, ...]], tuple[list[str], str]] = {}
-_ENTRY_AUDIT_MAX: Final = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _audit_template(actor: str, subject: str, kind: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
+    """audit_pieces with the stand-in for the entry id; None where the stand-in also appears elsewhere (in an
+    actor's name), so that replacing it would change more than the id."""
+    detail = {"entry_id": _ENTRY_MARK[1:-1], "kind": kind, "mentions": list(names)}
+    pieces, middle = audit_pieces(actor, subject, detail)
+    if pieces[0].count(_ENTRY_MARK) != 1 or _ENTRY_MARK in "".join(pieces[1:]) + middle:
+        return None
+    return tuple(pieces), middle
 
 
 def entry_audit(actor: str, subject: str, entry_id: uuid.UUID, kind: str, names: list[str]
                 ) -> tuple[dict[str, Any], list[str], str]:
     """An entry's audit detail and its pieces (`audit_pieces`)."""
     detail = {"entry_id": str(entry_id), "kind": kind, "mentions": names}
-    key = (actor, subject, kind, tuple(names))
-    template = _ENTRY_AUDIT.get(key)
+    template = _audit_template(actor, subject, kind, tuple(names))
     if template is None:
-        pieces, middle = audit_pieces(actor, subject, {**detail, "entry_id": _ENTRY_MARK[1:-1]})
-        if pieces[0].count(_ENTRY_MARK) != 1 or _ENTRY_MARK in "".join(pieces[1:]) + middle:
-            # The stand-in is elsewhere too (in an actor's name): no template for this one.
-            return (detail, *audit_pieces(actor, subject, detail))
-        if len(_ENTRY_AUDIT) >= _ENTRY_AUDIT_MAX:
-            _ENTRY_AUDIT.clear()
-        template = _ENTRY_AUDIT[key] = (pieces, middle)
-    pieces, middle = template
+        return (detail, *audit_pieces(actor, subject, detail))
+    (first, *rest), middle = template
     # A UUID's canonical JSON is its text in quotes.
-    return detail, [pieces[0].replace(_ENTRY_MARK, f'"{detail["entry_id"]}"'), *pieces[1:]], middle
+    return detail, [first.replace(_ENTRY_MARK, f'"{detail["entry_id"]}"'), *rest], middle
 
 
 def mentions_in(text: str) -> list[str]:
