@@ -134,6 +134,43 @@ def test_connections_a_burst_opened_close_when_idle_but_one_stays(env: TenantEnv
     asyncio.run(scenario())
 
 
+def test_a_burst_s_connections_close_while_one_at_a_time_still_comes(env: TenantEnv) -> None:
+    """The gateway's own sweeps ask for a connection every few seconds: that must not keep a burst's open."""
+
+    def backends() -> int:
+        with env.superuser() as su:
+            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             (APPLICATION_NAME,)).fetchone()
+            return int(row[0]) if row else 0
+
+    secret = env.tenant.secret_path("db_gateway_password")
+
+    async def scenario() -> None:
+        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 4,
+                      idle_s=0.5)
+        try:
+            before = backends()
+
+            async def hold() -> None:
+                async with db.connection() as conn:
+                    await conn.execute("SELECT pg_sleep(0.1)")
+
+            await asyncio.gather(*(hold() for _ in range(4)))
+            assert backends() - before == 4
+            # Two at a time for a while: two stay.
+            for _ in range(15):
+                await asyncio.gather(hold(), hold())
+            assert backends() - before == 2
+            # Then one at a time, with no pause longer than a period: one stays.
+            for _ in range(20):
+                await hold()
+            assert backends() - before == 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_whose_backend_died_is_replaced(env: TenantEnv) -> None:
     async def scenario() -> None:
         db = database(env, size=1)

@@ -26,7 +26,7 @@ import asyncpg
 APPLICATION_NAME: Final = "appliance-gateway"
 # Distinct statements the gateway runs (fixed texts, the CRUD ones per table and column set) stay well under this.
 STATEMENT_CACHE_SIZE: Final = 256
-# How long a pooled connection above the one kept for good may stay unused before it is closed.
+# How often the pool is trimmed to what the last such period needed at once (at least one connection).
 IDLE_CONNECTION_S: Final = 60.0
 
 Record = asyncpg.Record
@@ -130,17 +130,18 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._closed = False
-        # Acquisitions so far: the trimmer's sign of a period without requests (a counter, not a clock read).
-        self._acquired = 0
+        # Connections lent now, and the most lent at once since the trimmer last looked: what to keep open.
+        self._lent = 0
+        self._peak = 0
         self._trimmer: asyncio.Task[None] | None = None
 
     async def _open(self) -> asyncpg.Pool:
         async with self._opening:
             if self._pool is None:
                 # Opened at the first request, not at start (the gateway starts while Postgres may still be
-                # starting). One connection stays for good (a new one costs a SCRAM handshake); the others a burst
-                # opened are closed once a whole IDLE_CONNECTION_S passed without a request (`_trim_idle`): each is
-                # a Postgres backend of ~16 MB RSS, and an idle tenant kept six of them. Not asyncpg's
+                # starting). One connection stays for good (a new one costs a SCRAM handshake); those a burst
+                # opened beyond what a whole IDLE_CONNECTION_S then needed at once are closed (`_trim_idle`):
+                # each is a Postgres backend of ~16-20 MB RSS, and an idle tenant kept six of them. Not asyncpg's
                 # max_inactive_connection_lifetime: that arms a timer at every release and cancels it at every
                 # acquire, on the hot path.
                 self._pool = await asyncpg.create_pool(
@@ -150,26 +151,28 @@ class Database:
             return self._pool
 
     async def _trim_idle(self) -> None:
-        """Every IDLE_CONNECTION_S: when no connection was asked for since the last look, close the idle ones
-        but one (taken out of the pool at once, so the one left is not among them)."""
-        seen = -1
+        """Every IDLE_CONNECTION_S: close the idle connections beyond the most that were lent at once since the
+        last look (at least one stays). Not "none was asked for": the gateway's own sweeps ask for one every few
+        seconds, and so kept a burst's connections open for good."""
         while not self._closed:
             await asyncio.sleep(self._idle_s)
             pool = self._pool
             if pool is None or self._closed:
                 return
-            if self._acquired == seen and pool.get_idle_size() > 1:
-                extra: list[Connection] = []
-                try:
-                    for _ in range(pool.get_idle_size() - 1):
-                        extra.append(await pool.acquire())
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    pass  # a pool closing, a connection that failed meanwhile: the next period looks again
-                finally:
-                    for conn in extra:
-                        conn.terminate()
-                        await pool.release(conn)
-            seen = self._acquired
+            keep, self._peak = max(1, self._peak), self._lent
+            surplus = min(pool.get_idle_size(), pool.get_size() - keep)
+            if surplus <= 0:
+                continue
+            extra: list[Connection] = []
+            try:
+                for _ in range(surplus):  # idle ones: acquire() hands those out first, without waiting
+                    extra.append(await pool.acquire())
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass  # a pool closing, a connection that failed meanwhile: the next period looks again
+            finally:
+                for conn in extra:
+                    conn.terminate()
+                    await pool.release(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -189,13 +192,15 @@ class Database:
             # Opening the pool connects its first connection: an unreachable database is found there too (and
             # the failed pool is dropped, so the next request tries again).
             pool = self._pool or await self._open()
-            self._acquired += 1
             conn: Connection = await pool.acquire()
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
+        self._lent += 1
+        self._peak = max(self._peak, self._lent)
         return conn
 
     async def release(self, conn: Connection) -> None:
+        self._lent -= 1
         # A connection that closed (or was terminated) while lent has already gone back to the pool, which
         # replaces it; asyncpg then refuses every call on it.
         if not _released(conn):
