@@ -5,6 +5,7 @@ again, and Postgres errors are answered with the statuses they had under psycopg
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,31 @@ def test_a_burst_s_connections_close_while_one_at_a_time_still_comes(env: Tenant
             for _ in range(20):
                 await hold()
             assert backends() - before == 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_gateway_s_own_periodic_work_takes_turns_on_one_connection(env: TenantEnv) -> None:
+    async def scenario() -> None:
+        db = database(env, size=4)
+        try:
+            async def sweep() -> int:
+                async with db.background() as conn:
+                    await conn.execute("SELECT pg_sleep(0.05)")
+                    return int(conn.get_server_pid())
+
+            started = time.monotonic()
+            sweeps = asyncio.gather(*(sweep() for _ in range(3)))
+            await asyncio.sleep(0.01)
+            asked = time.monotonic()
+            async with db.connection() as conn:  # a request meanwhile is not held up by them
+                assert await conn.fetchval("SELECT 1") == 1
+            assert time.monotonic() - asked < 0.05
+            backends = await sweeps
+            assert len(set(backends)) == 1  # one after the other, on the same connection
+            assert time.monotonic() - started >= 0.15
         finally:
             await db.close()
 

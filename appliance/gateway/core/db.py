@@ -133,6 +133,7 @@ class Database:
         # Connections lent now, and the most lent at once since the trimmer last looked: what to keep open.
         self._lent = 0
         self._peak = 0
+        self._background_turn = asyncio.Lock()
         self._trimmer: asyncio.Task[None] | None = None
 
     async def _open(self) -> asyncpg.Pool:
@@ -182,6 +183,14 @@ class Database:
             yield conn
         finally:
             await self.release(conn)
+
+    @asynccontextmanager
+    async def background(self) -> AsyncIterator[Connection]:
+        """A pooled connection for the gateway's own periodic work (sweeps, polls, lease renewals), one such block
+        at a time: when their periods meet they take turns instead of each opening a connection of its own, which
+        the trimmer would then keep (an idle gateway needs one)."""
+        async with self._background_turn, self.connection() as conn:
+            yield conn
 
     async def acquire(self) -> Connection:
         """A pooled connection until `release` (for a holder that hands it on: an entry group's, see

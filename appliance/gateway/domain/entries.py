@@ -347,15 +347,17 @@ class Entries:
 
     async def recover_pending(self, older_than_s: float = 1.0, limit: int = 100) -> int:
         """Complete entries left pending by attempts that died (the recovery sweep); returns how many."""
-        rows = await self.db.fetchall(
-            "SELECT id FROM appliance.thread_entries WHERE state = 'pending' "
-            "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
-            float(older_than_s), limit,
-        )
         done = 0
-        for row in rows:
-            key = lock_key(row["id"])
-            async with self.db.connection() as conn:
+        async with self.db.background() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM appliance.thread_entries WHERE state = 'pending' "
+                "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+                float(older_than_s), limit,
+            )
+            for row in rows:
+                if conn.is_closed():
+                    break  # closed by a failed unlock (which released its lock): the next sweep goes on
+                key = lock_key(row["id"])
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                     continue  # its attempt is alive and will finish it
                 try:

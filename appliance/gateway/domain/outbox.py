@@ -77,11 +77,12 @@ class Dispatcher:
             if not self._leased:
                 continue
             try:
-                await self.db.execute(
-                    "UPDATE appliance.outbox SET leased_until = now() + make_interval(secs => $1) "
-                    "WHERE id = ANY($2) AND leased_until IS NOT NULL",
-                    LEASE_S, list(self._leased),
-                )
+                async with self.db.background() as conn:
+                    await conn.execute(
+                        "UPDATE appliance.outbox SET leased_until = now() + make_interval(secs => $1) "
+                        "WHERE id = ANY($2) AND leased_until IS NOT NULL",
+                        LEASE_S, list(self._leased),
+                    )
             except DATABASE_ERRORS as exc:
                 log.warning("outbox lease renewal failed: %s", type(exc).__name__)
 
@@ -89,12 +90,13 @@ class Dispatcher:
         """Delete finished activations older than the retention, in bounded batches; returns how many."""
         removed = 0
         while True:
-            rows = await self.db.fetchall(
-                "DELETE FROM appliance.outbox WHERE id IN (SELECT id FROM appliance.outbox "
-                "WHERE state IN ('delivered', 'gave_up') AND finished_at < now() - make_interval(days => $1) "
-                "LIMIT $2) RETURNING id",
-                self.settings.outbox_retention_days, self.settings.outbox_prune_batch,
-            )
+            async with self.db.background() as conn:
+                rows = await conn.fetch(
+                    "DELETE FROM appliance.outbox WHERE id IN (SELECT id FROM appliance.outbox "
+                    "WHERE state IN ('delivered', 'gave_up') AND finished_at < now() - make_interval(days => $1) "
+                    "LIMIT $2) RETURNING id",
+                    self.settings.outbox_retention_days, self.settings.outbox_prune_batch,
+                )
             removed += len(rows)
             if len(rows) < self.settings.outbox_prune_batch:
                 return removed
@@ -134,7 +136,8 @@ class Dispatcher:
         capacity = self._capacity()
         if capacity == 0:
             return []
-        claimed = await self.db.fetchall(_CLAIM, LEASE_S, capacity)
+        async with self.db.background() as conn:
+            claimed = await conn.fetch(_CLAIM, LEASE_S, capacity)
         self._leased.update(int(row["id"]) for row in claimed)
         return claimed
 
