@@ -505,9 +505,12 @@ def run(env: Any, streams_url: str, args: argparse.Namespace, results: dict[str,
     needed = 0.8 * direct_rate * whole["gateway"] / 1000
     print(f"{'  CPUs needed for ratio 0.80':<34} {needed:.1f} (0.80 x {direct_rate:.0f}/s x "
           f"{whole['gateway']:.2f} ms of machine CPU per append through the gateway); this machine has {cpus}")
-    # The streams server takes one append at a time: its throughput is one over the time each append holds it, CPU
-    # and waits. Direct, it has the machine to itself; through the gateway it shares it with the gateway and
-    # Postgres, and every time it is woken (for each append's write, fsync and metadata commit) it may wait for a CPU.
+    # The streams server takes one append at a time, and so does the entries' group recording (one group at a time,
+    # under the audit chain head): two serial stages sharing the CPUs with the gateway. Direct, the server has the
+    # machine to itself; through the gateway every time it is woken (each append's write, fsync and metadata commit)
+    # it may wait for a CPU. Those waits are a symptom, not the bound: with the server at real-time priority (tried
+    # by hand, not here) its waits all but vanished and the throughput stayed the same, as the group recording then
+    # took twice as long per group.
     waits: dict[str, tuple[float, float, float]] = {}
     for path, runs_ in streams_sched.items():
         appends = sum(run[3] for run in runs_)

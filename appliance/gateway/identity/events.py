@@ -38,7 +38,7 @@ async def move_events(db: Database) -> int:
     """Append waiting provider events to the chain (and drop them from the outbox); how many moved."""
     moved = 0
     while True:
-        async with db.connection() as conn, conn.transaction():
+        async with db.background() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", MOVER_LOCK):
                 return moved
             rows = await conn.fetch(_TAKE, BATCH)
