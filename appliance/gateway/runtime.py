@@ -9,6 +9,7 @@ import logging
 from appliance.config import EMBEDDED_ISSUER_NAME, TenantConfig
 from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import Database
+from appliance.gateway.core.listener import Listener
 from appliance.gateway.core.ratelimit import RateLimiter
 from appliance.gateway.core.security import Keyring
 from appliance.gateway.domain.access_cache import AccessCache
@@ -32,7 +33,10 @@ class Gateway:
         self.db = Database(settings.db_conninfo, lambda: tenant.read_secret("db_gateway_password"),
                            settings.db_pool_size)
         self.keyring = Keyring.for_tenant(tenant)
-        self.access = AccessCache(self.db, self.db.dedicated, settings.access_cache_ttl_s)
+        # One listening connection for every channel the gateway follows (the access cache's, the identity
+        # provider's).
+        self.listener = Listener(self.db.dedicated)
+        self.access = AccessCache(self.db, self.listener, settings.access_cache_ttl_s)
         self.audit = AuditLog(self.db, grant_window_s=settings.read_grant_window_s)
         bind = tenant.common.bind_address
         self.streams = StreamsClient(bind, tenant.port("streams"))
@@ -64,15 +68,15 @@ class Gateway:
         # Kept for callers outside the event loop (tests, diagnostics) that need to run something on it.
         self.loop = asyncio.get_running_loop()
         self.audit.start()
-        self.access.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox-dispatcher"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_leases(), name="outbox-leases"))
         self._tasks.append(asyncio.create_task(self.dispatcher.keep_pruned(), name="outbox-prune"))
         self._tasks.append(asyncio.create_task(self.entries.run_recovery(), name="entry-recovery"))
         if self.tenant.identity.embedded:
             local = self.issuers.by_name[EMBEDDED_ISSUER_NAME]
-            self._tasks.append(asyncio.create_task(identity_events.run(self.db, self.db.dedicated, local.forget_keys),
-                                                   name="identity-events"))
+            wakeup = identity_events.follow(self.listener, local.forget_keys)
+            self._tasks.append(asyncio.create_task(identity_events.run(self.db, wakeup), name="identity-events"))
+        self.listener.start()
 
     async def stop(self) -> None:
         await self.entries.drain()
@@ -83,7 +87,7 @@ class Gateway:
                 await task
         await self.dispatcher.close()
         await self.issuers.close()
-        await self.access.stop()
+        await self.listener.stop()
         await self.audit.stop()
         await self.streams.close()
         await self.sync.close()

@@ -158,7 +158,8 @@ def test_while_the_listener_is_down_nothing_is_remembered(stack: Stack, shared: 
                                                            ) -> None:
     _, member, house, thread = shared
     # asyncpg's add_listener quotes the channel (LISTEN "access_changed"), psycopg's text did not.
-    stack.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %%access_changed%%'")
+    stack.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %%' "
+              "AND application_name = 'appliance-gateway'")
     deadline = time.monotonic() + 10
     # The loss is noticed at the next lookup at the latest (the socket is read before each).
     while cache_of(stack).stats()["listening"]:

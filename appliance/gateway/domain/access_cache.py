@@ -4,10 +4,10 @@ trip to Postgres; writes keep checking inside their own transaction (`access.req
 
 Forgetting, so that nothing stale is ever allowed:
 * Postgres announces every change to these facts on channel `access_changed` at commit (triggers of migration
-  0012_access_notify.sql). A listening connection of this process hears it (asyncpg delivers it to a listener
-  callback when the event loop reads the connection's socket), and every lookup first looks whether anything is
-  already waiting on that socket and, if so, lets the loop read it and run the callbacks before deciding, so a
-  change committed before a request reaches this process is known when the request is decided, unless
+  0012_access_notify.sql). The gateway's listening connection (core/listener.py) hears it (asyncpg delivers it
+  to a listener callback when the event loop reads the connection's socket), and every lookup first looks whether
+  anything is already waiting on that socket and, if so, lets the loop read it and run the callbacks before
+  deciding, so a change committed before a request reaches this process is known when the request is decided, unless
   Postgres's own delivery of the notification (a signal to the listening backend, then a write to its socket,
   well under a millisecond on one host) is still under way.
 * A change this process commits itself (a member removed through the API, a house deleted, claims that changed
@@ -22,19 +22,17 @@ insert never needs announcing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import select
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
-from appliance.gateway.core.db import Database, GatewayConnection
+from appliance.gateway.core.db import Database
+from appliance.gateway.core.listener import Follower, Listener
 
 log = logging.getLogger("appliance.gateway")
 
@@ -43,11 +41,6 @@ CHANNEL: Final = "access_changed"
 CHANGED_HERE_SQL: Final = "SELECT coalesce(current_setting('appliance.access_changed', true) = 'on', false)"
 # Entries per kind; the least recently used go first. A principal's memberships are a few dozen bytes.
 MAX_ENTRIES: Final = 50_000
-RECONNECT_MAX_S: Final = 5.0
-# Loop turns a lookup gives the listener to read what is waiting on its socket (one suffices unless a burst of
-# notifications arrives in pieces); past that the lookup goes on with what is known.
-MAX_TURNS: Final = 20
-_GONE: Final = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 ROLES_SQL: Final = (
     "SELECT m.house_id, m.role FROM public.members m "
@@ -108,19 +101,18 @@ class ApiKey:
 
 
 class AccessCache:
-    def __init__(self, db: Database, connect: Callable[[], Awaitable[GatewayConnection]], ttl_s: float) -> None:
+    def __init__(self, db: Database, listener: Listener, ttl_s: float) -> None:
         self._db = db
-        self._connect = connect
+        self._listener = listener
         self.enabled = ttl_s > 0
         self._roles: _Entries[uuid.UUID, dict[uuid.UUID, str]] = _Entries(ttl_s)
         self._threads: _Entries[uuid.UUID, uuid.UUID] = _Entries(ttl_s)
         self._keys: _Entries[uuid.UUID, ApiKey] = _Entries(ttl_s)
         self._generation = 0
         self._asked = 0  # lookups that went to Postgres (for tests and diagnostics)
-        self._listener: GatewayConnection | None = None
-        self._socket: select.poll | None = None  # the listener's socket, to look at without reading it
-        self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
+        self._listening = False  # the listener is up and this cache has been emptied since it came up
+        if self.enabled:
+            listener.follow(Follower((CHANNEL,), self._heard, self._up, self._down))
 
     # -- lookups ------------------------------------------------------------------------------------------------
 
@@ -159,10 +151,10 @@ class AccessCache:
         return value
 
     async def _remembered(self, entries: _Entries[K, V], key: K) -> V | None:
-        if self._listener is None:
+        if not self._listening:
             return None
-        await self._take_notifications()
-        return entries.get(key) if self._listener is not None else None
+        await self._listener.take_pending()
+        return entries.get(key) if self._listening else None
 
     def _asking(self) -> int:
         """Count a lookup that goes to Postgres; the generation it starts in."""
@@ -171,7 +163,7 @@ class AccessCache:
 
     def _keep(self, entries: _Entries[K, V], key: K, value: V, generation: int) -> None:
         # A notification that arrived while the value was fetched may be about it: then it may be stale already.
-        if self._listener is not None and generation == self._generation:
+        if self._listening and generation == self._generation:
             entries.put(key, value)
 
     # -- forgetting ---------------------------------------------------------------------------------------------
@@ -203,88 +195,20 @@ class AccessCache:
         else:
             self.forget_all()
 
-    async def _take_notifications(self) -> None:
-        """Everything already on the listener's socket, heard before the caller decides.
-
-        asyncpg reads the socket when the event loop finds it readable and hands each notification to `_heard`
-        through the loop's ready queue. So: if the socket has data waiting (a zero-timeout poll, no read), give
-        the loop turns until it has been read, then one more, which runs after the callbacks that read queued."""
-        socket = self._socket
-        if socket is None:
-            return
-        turns = 0
-        while (events := socket.poll(0)) and turns < MAX_TURNS:
-            if any(revents & _GONE for _, revents in events):
-                self._drop("connection closed")
-                return
-            await asyncio.sleep(0)
-            turns += 1
-        if turns:
-            await asyncio.sleep(0)
-
-    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _heard(self, _channel: str, payload: str) -> None:
         self._changed(payload)
 
-    def _terminated(self, conn: object) -> None:
-        if conn is self._listener:  # not an earlier listener whose end is reported late
-            self._drop("connection closed")
-
-    def _drop(self, why: str) -> None:
-        """The listener is gone: from now until it is back, nothing is remembered."""
-        listener, self._listener = self._listener, None
-        self._socket = None
+    def _up(self) -> None:
         self.forget_all()
-        if listener is not None:
-            log.warning("access cache off until Postgres can be listened to again: %s", why)
-        self._lost.set()
+        self._listening = True
 
-    # -- the listening connection -------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self.enabled:
-            self._task = asyncio.create_task(self._keep_listening(), name="access-cache-listener")
-
-    async def _keep_listening(self) -> None:
-        delay = 0.2
-        while True:
-            listener: GatewayConnection | None = None
-            try:
-                listener = await self._connect()
-                watched = select.poll()
-                watched.register(_socket_of(listener), select.POLLIN)
-                await listener.add_listener(CHANNEL, self._heard)
-                listener.add_termination_listener(self._terminated)
-                self._lost.clear()
-                self.forget_all()
-                self._listener, self._socket = listener, watched
-                delay = 0.2
-                await self._lost.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("access cache listener not connected yet: %s", type(exc).__name__)
-            finally:
-                if self._listener is listener and listener is not None:
-                    self._drop("stopped")
-                if listener is not None:
-                    listener.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_S)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def _down(self, why: str) -> None:
+        """The listener is gone: from now until it is back, nothing is remembered."""
+        self._listening = False
+        self.forget_all()
+        log.warning("access cache off until Postgres can be listened to again: %s", why)
 
     def stats(self) -> dict[str, Any]:
-        return {"listening": self._listener is not None, "principals": len(self._roles),
+        return {"listening": self._listening, "principals": len(self._roles),
                 "threads": len(self._threads), "api_keys": len(self._keys), "asked": self._asked}
 
-
-def _socket_of(conn: GatewayConnection) -> int:
-    """The file descriptor of the connection's socket (asyncpg keeps its transport; there is no public accessor)."""
-    sock = conn._transport.get_extra_info("socket")
-    if sock is None:
-        raise RuntimeError("the listening connection has no socket")
-    return int(sock.fileno())

@@ -3,9 +3,10 @@ outbox `identity.events` into the tenant's hash-chained audit trail.
 
 The provider writes an event in the same transaction as the change it records; the gateway appends it to the
 chain and deletes it from the outbox in one transaction, so each lands in the trail exactly once. Woken by
-NOTIFY `identity_events` (a trigger of the outbox), with a periodic sweep in case a notification is missed
-(the listening connection was being re-made). With several gateway workers one moves them at a time (a
-transaction-scoped advisory lock; the others find it taken and leave the rows to it).
+NOTIFY `identity_events` (a trigger of the outbox) on the gateway's listening connection (core/listener.py),
+with a periodic sweep in case a notification is missed (the listening connection was being re-made). With
+several gateway workers one moves them at a time (a transaction-scoped advisory lock; the others find it taken
+and leave the rows to it).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 from appliance.audit.canonical import format_timestamp
 from appliance.audit.chain import AuditEvent, append_events_async
-from appliance.gateway.core.db import Database, GatewayConnection
+from appliance.gateway.core.db import Database
+from appliance.gateway.core.listener import Follower, Listener
 
 log = logging.getLogger("appliance.gateway")
 
@@ -55,53 +57,31 @@ async def move_events(db: Database) -> int:
             return moved
 
 
-class _Wakeup:
-    """What one listening connection heard (asyncpg calls these from the event loop)."""
+def follow(listener: Listener, keys_rotated: Callable[[], None]) -> asyncio.Event:
+    """Follow the provider's channels on the gateway's listener; the event is set by each notification and
+    whenever the listener (re)connects (what was notified meanwhile was not heard). `keys_rotated` is told at
+    once when the provider's keys change."""
+    wakeup = asyncio.Event()
 
-    def __init__(self, keys_rotated: Callable[[], None]) -> None:
-        self.keys_rotated = keys_rotated
-        self.notified = asyncio.Event()
-        self.lost = False
-
-    def heard(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+    def heard(channel: str, _payload: str) -> None:
         if channel == KEYS_CHANNEL:
-            self.keys_rotated()
-        self.notified.set()
+            keys_rotated()
+        wakeup.set()
 
-    def ended(self, _conn: object) -> None:
-        self.lost = True
-        self.notified.set()
+    listener.follow(Follower((CHANNEL, KEYS_CHANNEL), heard, wakeup.set, lambda _why: None))
+    return wakeup
 
 
-async def run(db: Database, connect: Callable[[], Awaitable[GatewayConnection]],
-              keys_rotated: Callable[[], None]) -> None:
-    """Forever: move events when notified, and every SWEEP_S seconds regardless; tell `keys_rotated` when the
-    provider's keys change."""
-    delay = 0.5
+async def run(db: Database, wakeup: asyncio.Event) -> None:
+    """Forever: move events when woken (see `follow`), and every SWEEP_S seconds regardless."""
     while True:
-        listener: GatewayConnection | None = None
-        wakeup = _Wakeup(keys_rotated)
         try:
-            listener = await connect()
-            listener.add_termination_listener(wakeup.ended)
-            await listener.add_listener(CHANNEL, wakeup.heard)
-            await listener.add_listener(KEYS_CHANNEL, wakeup.heard)
-            delay = 0.5
             await move_events(db)
-            while True:
-                # Any notification (or none within the sweep) means: look at the outbox.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.notified.wait(), SWEEP_S)
-                wakeup.notified.clear()
-                if wakeup.lost or listener.is_closed():
-                    raise ConnectionError("the listening connection ended")
-                await move_events(db)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("identity events not moved to the audit trail yet: %s", type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        finally:
-            if listener is not None:
-                listener.terminate()
+        # Any notification (or none within the sweep) means: look at the outbox again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), SWEEP_S)
+        wakeup.clear()
