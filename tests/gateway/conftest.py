@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.gateway.core.config import Settings
+from appliance.gateway.core.db import APPLICATION_NAME, IDLE_CONNECTION_S, Database
 from tests.support.pg import PgCluster
 from tests.support.stack import (
     InProcessGateway,
@@ -106,3 +108,30 @@ def member(stack: Stack) -> Iterator[tuple[User, str, str]]:
     user = stack.user()
     house = user.house()
     yield user, house, user.thread(house)
+
+
+@pytest.fixture(scope="module")
+def env(pg_module: PgCluster) -> Iterator[TenantEnv]:
+    """A provisioned tenant database and nothing running: for tests of the gateway's own pieces."""
+    base = temp_base()
+    try:
+        env = make_tenant(base, pg=pg_module)
+        provision(env)
+        yield env
+    finally:
+        remove_base(base)
+
+
+def database(env: TenantEnv, size: int = 2, idle_s: float = IDLE_CONNECTION_S) -> Database:
+    """The gateway's connection helper for `env`'s database, as the gateway makes it (its role and password)."""
+    secret = env.tenant.secret_path("db_gateway_password")
+    return Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), size,
+                    idle_s=idle_s)
+
+
+def gateway_backends(env: TenantEnv, query_like: str = "%") -> list[int]:
+    """The Postgres backends of gateway connections (those whose last statement is like `query_like`)."""
+    with env.superuser() as su:
+        rows = su.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query ILIKE %s",
+                          (APPLICATION_NAME, query_like)).fetchall()
+    return [int(row[0]) for row in rows]

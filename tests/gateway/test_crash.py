@@ -14,21 +14,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.pg import PgCluster
 from tests.support.stack import (
     Recorded,
     RecordingServer,
     StreamsServer,
     TenantEnv,
-    make_tenant,
-    provision,
     recording_server,
-    remove_base,
     send_json,
     start_gateway_process,
     stop_process,
     streams_server,
-    temp_base,
 )
 
 pytestmark = pytest.mark.slow
@@ -50,15 +45,9 @@ class CrashStack:
 
 
 @pytest.fixture(scope="module")
-def crash_stack(pg_module: PgCluster) -> Iterator[CrashStack]:
-    base = temp_base()
-    try:
-        env = make_tenant(base, pg=pg_module)
-        provision(env)
-        with streams_server(env.tenant.port("streams"), base / "streams") as streams:
-            yield CrashStack(env, streams)
-    finally:
-        remove_base(base)
+def crash_stack(env: TenantEnv) -> Iterator[CrashStack]:
+    with streams_server(env.tenant.port("streams"), env.base / "streams") as streams:
+        yield CrashStack(env, streams)
 
 
 def accept_all(server: RecordingServer, record: Recorded, handler: BaseHTTPRequestHandler) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,9 @@ from appliance.gateway.core.config import Settings
 from appliance.gateway.core.db import APPLICATION_NAME, Database, DatabaseUnavailable
 from appliance.gateway.core.errors import install_error_handlers
 from appliance.secrets import write_private
-from tests.support.pg import PgCluster
+from tests.gateway.conftest import database, gateway_backends
 from tests.support.ports import free_port
-from tests.support.stack import TenantEnv, make_tenant, provision, remove_base, temp_base
-
-
-@pytest.fixture(scope="module")
-def env(pg_module: PgCluster) -> Iterator[TenantEnv]:
-    base = temp_base()
-    try:
-        env = make_tenant(base, pg=pg_module)
-        provision(env)
-        yield env
-    finally:
-        remove_base(base)
-
-
-def database(env: TenantEnv, size: int = 2) -> Database:
-    secret = env.tenant.secret_path("db_gateway_password")
-    return Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), size)
+from tests.support.stack import TenantEnv
 
 
 def set_gateway_password(env: TenantEnv, password: str) -> None:
@@ -104,29 +87,27 @@ def test_a_connection_left_in_a_transaction_is_closed_not_lent_again(env: Tenant
     asyncio.run(scenario())
 
 
+async def _hold(db: Database) -> None:
+    async with db.connection() as conn:
+        await conn.execute("SELECT pg_sleep(0.1)")
+
+
+async def _burst_of_four(env: TenantEnv, db: Database) -> int:
+    """Four connections at once; the backends there were before."""
+    before = len(gateway_backends(env))
+    await asyncio.gather(*(_hold(db) for _ in range(4)))
+    assert len(gateway_backends(env)) - before == 4
+    return before
+
+
 def test_connections_a_burst_opened_close_when_idle_but_one_stays(env: TenantEnv) -> None:
-    secret = env.tenant.secret_path("db_gateway_password")
-
-    def backends() -> int:
-        with env.superuser() as su:
-            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                             (APPLICATION_NAME,)).fetchone()
-            return int(row[0]) if row else 0
-
     async def scenario() -> None:
-        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 4,
-                      idle_s=0.5)
+        db = database(env, size=4, idle_s=0.5)
         try:
-            before = backends()
-
-            async def hold() -> None:
-                async with db.connection() as conn:
-                    await conn.execute("SELECT pg_sleep(0.1)")
-
-            await asyncio.gather(*(hold() for _ in range(4)))
-            assert backends() - before == 4
+            before = await _burst_of_four(env, db)
             await asyncio.sleep(1.5)
-            assert backends() - before == 1  # the burst's extra backends are gone, one stays for the next request
+            # The burst's extra backends are gone, one stays for the next request.
+            assert len(gateway_backends(env)) - before == 1
             async with db.connection() as conn:
                 assert await conn.fetchval("SELECT 1") == 1
         finally:
@@ -138,34 +119,18 @@ def test_connections_a_burst_opened_close_when_idle_but_one_stays(env: TenantEnv
 def test_a_burst_s_connections_close_while_one_at_a_time_still_comes(env: TenantEnv) -> None:
     """The gateway's own sweeps ask for a connection every few seconds: that must not keep a burst's open."""
 
-    def backends() -> int:
-        with env.superuser() as su:
-            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                             (APPLICATION_NAME,)).fetchone()
-            return int(row[0]) if row else 0
-
-    secret = env.tenant.secret_path("db_gateway_password")
-
     async def scenario() -> None:
-        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 4,
-                      idle_s=0.5)
+        db = database(env, size=4, idle_s=0.5)
         try:
-            before = backends()
-
-            async def hold() -> None:
-                async with db.connection() as conn:
-                    await conn.execute("SELECT pg_sleep(0.1)")
-
-            await asyncio.gather(*(hold() for _ in range(4)))
-            assert backends() - before == 4
+            before = await _burst_of_four(env, db)
             # Two at a time for a while: two stay.
             for _ in range(15):
-                await asyncio.gather(hold(), hold())
-            assert backends() - before == 2
+                await asyncio.gather(_hold(db), _hold(db))
+            assert len(gateway_backends(env)) - before == 2
             # Then one at a time, with no pause longer than a period: one stays.
             for _ in range(20):
-                await hold()
-            assert backends() - before == 1
+                await _hold(db)
+            assert len(gateway_backends(env)) - before == 1
         finally:
             await db.close()
 

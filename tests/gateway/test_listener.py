@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from appliance.gateway.core.config import Settings
-from appliance.gateway.core.db import APPLICATION_NAME, Database
 from appliance.gateway.core.listener import Follower, Listener
-from tests.support.pg import PgCluster
-from tests.support.stack import TenantEnv, make_tenant, provision, remove_base, temp_base
-
-
-@pytest.fixture(scope="module")
-def env(pg_module: PgCluster) -> Iterator[TenantEnv]:
-    base = temp_base()
-    try:
-        env = make_tenant(base, pg=pg_module)
-        provision(env)
-        yield env
-    finally:
-        remove_base(base)
+from tests.gateway.conftest import database, gateway_backends
+from tests.support.stack import TenantEnv
 
 
 class Heard:
@@ -42,10 +28,7 @@ class Heard:
 
 
 def listening_backends(env: TenantEnv) -> list[int]:
-    with env.superuser() as su:
-        rows = su.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query ILIKE 'LISTEN %%'",
-                          (APPLICATION_NAME,)).fetchall()
-    return [int(row[0]) for row in rows]
+    return gateway_backends(env, "LISTEN %")
 
 
 def notify(env: TenantEnv, channel: str, payload: str) -> None:
@@ -54,10 +37,8 @@ def notify(env: TenantEnv, channel: str, payload: str) -> None:
 
 
 def test_each_follower_hears_its_channels_on_one_connection_and_is_told_when_it_comes_back(env: TenantEnv) -> None:
-    secret = env.tenant.secret_path("db_gateway_password")
-
     async def scenario() -> None:
-        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 2)
+        db = database(env)
         listener = Listener(db.dedicated)
         first, second = Heard(("alpha", "shared")), Heard(("beta", "shared"))
         listener.follow(first.follower)
@@ -102,10 +83,8 @@ def test_each_follower_hears_its_channels_on_one_connection_and_is_told_when_it_
 
 
 def test_nobody_following_means_no_connection(env: TenantEnv) -> None:
-    secret = env.tenant.secret_path("db_gateway_password")
-
     async def scenario() -> None:
-        db = Database(Settings.from_tenant(env.tenant).db_conninfo, lambda: secret.read_text().strip(), 2)
+        db = database(env)
         listener = Listener(db.dedicated)
         listener.start()
         await asyncio.sleep(0.3)
